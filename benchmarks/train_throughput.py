@@ -1,0 +1,108 @@
+"""Training throughput of the sVAE on the embedded APOGEE library.
+
+Runs xpsvae's own training loop (data resident on the device, batches drawn by
+index) for a fixed time, then, in the same run, a loop that feeds the same
+network batch by batch from numpy (what peer implementations do), and prints
+the ratio. The last line is a JSON object.
+
+    python benchmarks/train_throughput.py --seconds 30 --threads 2
+    python benchmarks/train_throughput.py --device cuda --amp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from xpsvae import SVAE, TrainConfig, benchmark_split, load_apogee_library
+from xpsvae.model import svae_loss
+
+
+class _Stop(Exception):
+    pass
+
+
+def ours(stars, args) -> float:
+    config = TrainConfig(optimizer="sgd", lr=0.01, batch_size=args.batch_size, epochs=10**6,
+                         calibrate_epochs=0,
+                         val_fraction=0.0, device=args.device, amp=args.amp,
+                         threads=args.threads, loss_form="paper")
+    model = SVAE(train_config=config, arch=args.arch)
+    state = {}
+
+    def stop(trainer):
+        if trainer.epoch == 1:  # first epoch is warm-up: start the clock after it
+            state["t0"], state["e0"] = time.perf_counter(), 1
+        elif time.perf_counter() - state["t0"] > args.seconds:
+            state["t1"], state["e1"] = time.perf_counter(), trainer.epoch
+            raise _Stop()
+    try:
+        model.fit(stars, progress=False, on_epoch_end=stop)
+    except _Stop:
+        pass
+    per_epoch = (len(stars) // args.batch_size) * args.batch_size
+    return (state["e1"] - state["e0"]) * per_epoch / (state["t1"] - state["t0"])
+
+
+def numpy_fed(stars, args) -> float:
+    """The same network and loss, each batch sliced in numpy and converted to a tensor."""
+    from xpsvae import SVAEConfig, ScatterVAE
+    device = torch.device(args.device if args.device != "auto" else "cpu")
+    net = ScatterVAE(SVAEConfig.preset(args.arch, stars.n_inputs)).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = (stars.values - stars.values.mean(0)) / stars.values.std(0)
+    e = stars.errors / stars.values.std(0)
+    n, done, t0 = len(x), 0, None
+    rng = np.random.default_rng(0)
+    while True:
+        perm = rng.permutation(n)
+        for b in range(n // args.batch_size):
+            idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
+            xb = torch.from_numpy(x[idx]).float().to(device)
+            eb = torch.from_numpy(e[idx]).float().to(device)
+            out = net(xb, torch.randn(len(idx), 6, device=device))
+            loss = svae_loss(xb, eb, out["x_hat"], out["scatter"], out["latent_mean"],
+                             out["latent_logvar"])["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()  # peers log the loss every batch
+            if t0 is not None:
+                done += len(idx)
+        if t0 is None:
+            t0 = time.perf_counter()
+        elif time.perf_counter() - t0 > args.seconds:
+            return done / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--arch", default="paper", choices=("paper", "later"))
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--no-baseline", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    library = load_apogee_library()
+    train_idx, _ = benchmark_split(len(library))
+    stars = library.subset(train_idx)
+    rate = ours(stars, args)
+    result = {"samples_per_s": round(rate), "device": args.device,
+              "threads": torch.get_num_threads(), "arch": args.arch,
+              "batch_size": args.batch_size, "amp": args.amp, "seconds": args.seconds,
+              "n_train": len(stars), "torch": torch.__version__}
+    if not args.no_baseline:
+        base = numpy_fed(stars, args)
+        result.update(numpy_fed_samples_per_s=round(base), ratio=round(rate / base, 3))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Command line: ``xpsvae demo | train | encode | generate``. Each command wraps the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from .data import SpectraError, read_spectra
+from .model import ACTIVATIONS, LOSS_FORMS, NORMS, SCATTER_MAPS, SVAEConfig
+from .svae import CONFIG_FILE, ModelFileError, SVAE
+from .trainer import TrainConfig, TrainingDiverged
+
+#: TrainConfig fields settable from the command line (flag name = field name with dashes).
+TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
+                 "weight_decay": float, "momentum": float, "lr_decay": float,
+                 "loss_form": str, "seed": int, "val_fraction": float, "device": str,
+                 "grad_clip": float, "threads": int}
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training recipe (defaults: the chosen --recipe)")
+    g.add_argument("--recipe", choices=("fast", "paper"), default="fast",
+                   help="fast: AdamW + cosine, summed-ELBO loss (default); paper: SGD with "
+                        "momentum, batch 1024, lr 0.1 decayed per epoch, paper loss form")
+    g.add_argument("--optimizer", choices=("adamw", "sgd"))
+    g.add_argument("--lr", type=float, help="peak (adamw) or initial (sgd) learning rate")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--lr-decay", type=float, help="SGD: lr * lr_decay**epoch")
+    g.add_argument("--loss-form", choices=LOSS_FORMS,
+                   help="paper: SPEC §4 means (KL weighed N/n_Z); elbo: sums")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on GPU")
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch")
+    a = p.add_argument_group("architecture (defaults: the chosen --arch)")
+    a.add_argument("--arch", choices=("paper", "later"), default="paper",
+                   help="paper: 80-50-30 GELU (SPEC §3); later: 90-70-50-30-10, BatchNorm, "
+                        "sigmoid scatter")
+    a.add_argument("--hidden", help="encoder widths, comma separated, e.g. 80,50,30")
+    a.add_argument("--latent-dim", type=int)
+    a.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    a.add_argument("--norm", choices=NORMS)
+    a.add_argument("--scatter-map", choices=SCATTER_MAPS)
+
+
+def _train_config(args) -> TrainConfig:
+    overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.amp:
+        overrides["amp"] = True
+    return TrainConfig.preset(args.recipe, **overrides)
+
+
+def _model_config(args, input_dim: int) -> SVAEConfig:
+    d = SVAEConfig.preset(args.arch, input_dim).to_dict()
+    if args.hidden:
+        d["hidden"] = [int(h) for h in args.hidden.split(",")]
+    for key in ("latent_dim", "activation", "norm", "scatter_map"):
+        if getattr(args, key) is not None:
+            d[key] = getattr(args, key)
+    return SVAEConfig.from_dict(d)
+
+
+def _resume_config(args, out_dir: str) -> TrainConfig:
+    """On --resume, the saved recipe with only the options given now that may change."""
+    with open(os.path.join(out_dir, CONFIG_FILE)) as f:
+        saved = TrainConfig.from_dict(json.load(f)["training"]).to_dict()
+    for key in ("epochs", "device", "threads"):
+        if getattr(args, key) is not None:
+            saved[key] = getattr(args, key)
+    if args.amp:
+        saved["amp"] = True
+    return TrainConfig.from_dict(saved)
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_train(args) -> int:
+    spectra = read_spectra(args.data)
+    print(spectra.accounting.summary(), file=sys.stderr)
+    if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
+        model = SVAE(train_config=_resume_config(args, args.out))
+    else:
+        model = SVAE(_model_config(args, spectra.n_inputs), _train_config(args))
+    model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    _write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
+    last = model.history[-1]
+    print(f"trained {last['epoch']} epochs in {last['seconds']:.1f} s; "
+          f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    model = SVAE.load(args.model)
+    spectra = read_spectra(args.data)
+    print(spectra.accounting.summary(), file=sys.stderr)
+    latent_mean, latent_std = model.encode(spectra, device=args.device)
+    out = model.standardised_outputs(spectra, device=args.device)
+    w = out["err"] ** 2 + out["scatter"] ** 2
+    chi2_dof = (((out["x"] - out["x_hat"]) ** 2) / w).mean(axis=1)
+    row = spectra.accounting.set_aside  # keep the input row numbers of the kept stars
+    kept_rows = np.setdiff1d(np.arange(spectra.accounting.rows_read),
+                             np.array([r for r, _, _ in row], dtype=np.int64))
+    columns = {"source_id": spectra.source_id, "input_row": kept_rows,
+               "latent_mean": list(latent_mean), "latent_std": list(latent_std),
+               "reconstruction_chi2_per_dof": chi2_dof}
+    table = pa.table({k: pa.array(v if not isinstance(v, list) else [x.tolist() for x in v])
+                      for k, v in columns.items()})
+    table = table.replace_schema_metadata({"xpsvae": json.dumps(
+        {"model": os.path.abspath(args.model), "accounting": spectra.accounting.to_dict(100)})})
+    pq.write_table(table, args.out)
+    print(f"encoded {len(spectra)} stars to {args.out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    model = SVAE.load(args.model)
+    if args.latent:
+        latent = _read_latent(args.latent, model.config.latent_dim)
+        spectra, scatter = model.decode(latent, args.device), model.scatter(latent, args.device)
+    else:
+        latent, spectra, scatter = model.generate(args.n, seed=args.seed, device=args.device)
+    names = model.info.get("input_names") or [f"input_{i}" for i in range(spectra.shape[1])]
+    table = pa.table({"latent": [z.tolist() for z in latent],
+                      "flux" if model.info.get("kind") == "sampled" else "coefficients":
+                          [s.tolist() for s in spectra],
+                      "intrinsic_scatter": [s.tolist() for s in scatter]})
+    meta = {"inputs": names, "units": model.info.get("normalisation"),
+            "kind": model.info.get("kind"), "wavelength_nm": model.info.get("wavelength_nm")}
+    pq.write_table(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
+    print(f"generated {len(latent)} spectra to {args.out}")
+    return 0
+
+
+def _read_latent(path: str, latent_dim: int) -> np.ndarray:
+    import pyarrow.parquet as pq
+    if path.endswith((".npy",)):
+        latent = np.load(path, allow_pickle=False)
+    else:
+        table = pq.read_table(path)
+        if "latent_mean" in table.column_names:
+            latent = np.array(table.column("latent_mean").to_pylist(), dtype=np.float32)
+        elif "latent" in table.column_names:
+            latent = np.array(table.column("latent").to_pylist(), dtype=np.float32)
+        else:
+            raise SpectraError(f"{path}: needs a 'latent_mean' or 'latent' column "
+                               f"(lists of {latent_dim} numbers)")
+    if latent.ndim != 2 or latent.shape[1] != latent_dim or not np.isfinite(latent).all():
+        raise SpectraError(f"{path}: latent vectors must be finite, shape (n, {latent_dim}); "
+                           f"got {latent.shape}")
+    return latent
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out, epochs=args.epochs, max_stars=args.max_stars, device=args.device,
+             paper_recipe=not args.skip_paper_recipe, progress=not args.quiet,
+             threads=args.threads)
+    print(f"report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xpsvae", description=__doc__)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train on the embedded APOGEE library, evaluate, report")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--epochs", type=int, help="override the default recipe's epochs")
+    d.add_argument("--max-stars", type=int, help="use only the first N stars (quick look)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--skip-paper-recipe", action="store_true",
+                   help="do not also train the paper's SGD recipe for comparison")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train an sVAE on a table of spectra")
+    t.add_argument("data", help="Parquet / FITS / HDF5 table of spectra")
+    t.add_argument("--out", required=True, help="model directory")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    _add_training_options(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("encode", help="latent mean and std per star")
+    e.add_argument("model", help="model directory")
+    e.add_argument("data", help="table of spectra")
+    e.add_argument("--out", required=True, help="output Parquet file")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_encode)
+
+    g = sub.add_parser("generate", help="spectra and intrinsic scatter from latent vectors")
+    g.add_argument("model", help="model directory")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--n", type=int, help="draw N latent vectors from the prior")
+    src.add_argument("--latent", help="Parquet with 'latent_mean' (from encode) or 'latent', "
+                                      "or a .npy array (n, latent_dim)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="output Parquet file")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpectraError, ModelFileError, TrainingDiverged, ValueError, FileNotFoundError) as exc:
+        print(f"xpsvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

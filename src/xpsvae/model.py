@@ -1,0 +1,214 @@
+"""The scatter VAE of Laroche & Speagle (2023): network and loss, in one file.
+
+The network has three parts that share one latent space (SPEC §3):
+
+* the encoder maps a standardised spectrum ``x`` (N inputs) to the latent mean
+  ``mu`` and log-variance ``logvar`` (n_Z each);
+* the decoder maps a latent vector ``z`` to the reconstruction ``x_hat``;
+* the scatter head, with the decoder's architecture and its own weights, maps
+  the same ``z`` to a positive per-input intrinsic scatter ``s_s``.
+
+The loss (SPEC §4, paper eqs 1-5) lives in :func:`svae_loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+NORMS = ("none", "batch", "layer")
+SCATTER_MAPS = ("softplus", "exp", "sigmoid")
+LOSS_FORMS = ("paper", "elbo")
+
+
+@dataclass
+class SVAEConfig:
+    """Architecture of the scatter VAE.
+
+    Attributes:
+        input_dim: number of inputs N (110 coefficients, 343 samples, ...).
+        latent_dim: number of latent dimensions n_Z (paper: 6).
+        hidden: encoder layer widths; the decoder and the scatter head use
+            them in reverse (paper: 80, 50, 30).
+        activation: one of ``gelu`` (paper), ``relu``, ``silu``, ``tanh``.
+        norm: normalisation after each hidden linear layer: ``none`` (paper),
+            ``batch`` or ``layer``.
+        scatter_map: map that makes the scatter head's output positive:
+            ``softplus`` (default), ``exp`` or ``sigmoid`` (later public code).
+    """
+
+    input_dim: int = 110
+    latent_dim: int = 6
+    hidden: Sequence[int] = field(default_factory=lambda: (80, 50, 30))
+    activation: str = "gelu"
+    norm: str = "none"
+    scatter_map: str = "softplus"
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.input_dim < 1 or self.latent_dim < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"widths must be positive, got input_dim={self.input_dim}, "
+                             f"latent_dim={self.latent_dim}, hidden={self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.scatter_map not in SCATTER_MAPS:
+            raise ValueError(f"scatter_map must be one of {SCATTER_MAPS}, got {self.scatter_map!r}")
+
+    @classmethod
+    def preset(cls, name: str, input_dim: int) -> "SVAEConfig":
+        """Named architectures.
+
+        Args:
+            name: ``paper`` (SPEC §3: 80-50-30, GELU, no normalisation) or
+                ``later`` (the authors' later public code: 90-70-50-30-10,
+                BatchNorm, sigmoid scatter head).
+            input_dim: number of inputs.
+
+        Returns:
+            The configuration.
+        """
+        if name == "paper":
+            return cls(input_dim=input_dim)
+        if name == "later":
+            return cls(input_dim=input_dim, hidden=(90, 70, 50, 30, 10), norm="batch",
+                       scatter_map="sigmoid")
+        raise ValueError(f"unknown architecture preset {name!r}; choose 'paper' or 'later'")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SVAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _mlp(widths: Sequence[int], cfg: SVAEConfig) -> nn.Sequential:
+    """Hidden stack: Linear (+ norm) + activation for each consecutive pair of widths."""
+    layers: list[nn.Module] = []
+    for w_in, w_out in zip(widths[:-1], widths[1:]):
+        layers.append(nn.Linear(w_in, w_out))
+        if cfg.norm == "batch":
+            layers.append(nn.BatchNorm1d(w_out))
+        elif cfg.norm == "layer":
+            layers.append(nn.LayerNorm(w_out))
+        layers.append(ACTIVATIONS[cfg.activation]())
+    return nn.Sequential(*layers)
+
+
+class ScatterVAE(nn.Module):
+    """The sVAE network: encoder, decoder and scatter head (SPEC §3)."""
+
+    def __init__(self, config: SVAEConfig):
+        super().__init__()
+        self.config = config
+        enc_widths = (config.input_dim, *config.hidden)
+        dec_widths = (config.latent_dim, *reversed(config.hidden))
+        self.encoder = nn.Sequential(_mlp(enc_widths, config),
+                                     nn.Linear(config.hidden[-1], 2 * config.latent_dim))
+        self.decoder = nn.Sequential(_mlp(dec_widths, config),
+                                     nn.Linear(config.hidden[0], config.input_dim))
+        self.scatter_head = nn.Sequential(_mlp(dec_widths, config),
+                                          nn.Linear(config.hidden[0], config.input_dim))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent mean and log-variance, each of shape (batch, latent_dim)."""
+        latent_mean, latent_logvar = self.encoder(x).chunk(2, dim=-1)
+        return latent_mean, latent_logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstructed (standardised) spectrum, shape (batch, input_dim)."""
+        return self.decoder(z)
+
+    def intrinsic_scatter(self, z: torch.Tensor) -> torch.Tensor:
+        """Positive intrinsic scatter (standardised units), shape (batch, input_dim)."""
+        raw = self.scatter_head(z)
+        if self.config.scatter_map == "softplus":
+            return F.softplus(raw)
+        if self.config.scatter_map == "exp":
+            # Clamp keeps exp finite in float32 even for a wild initial output.
+            return torch.exp(raw.clamp(max=20.0))
+        return torch.sigmoid(raw)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None
+                ) -> Dict[str, torch.Tensor]:
+        """Encode, draw z = mu + sigma * noise (noise=None: z = mu), decode.
+
+        Args:
+            x: standardised spectra, shape (batch, input_dim).
+            noise: standard-normal draws of shape (batch, latent_dim), or None
+                to decode the latent mean (evaluation).
+
+        Returns:
+            dict with ``x_hat``, ``scatter``, ``latent_mean``, ``latent_logvar``.
+        """
+        if x.ndim != 2 or x.shape[1] != self.config.input_dim:
+            raise ValueError(f"expected input of shape (batch, {self.config.input_dim}), "
+                             f"got {tuple(x.shape)}")
+        latent_mean, latent_logvar = self.encode(x)
+        z = latent_mean if noise is None else latent_mean + torch.exp(0.5 * latent_logvar) * noise
+        return {"x_hat": self.decode(z), "scatter": self.intrinsic_scatter(z),
+                "latent_mean": latent_mean, "latent_logvar": latent_logvar}
+
+
+def svae_loss(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Tensor,
+              scatter: torch.Tensor, latent_mean: torch.Tensor,
+              latent_logvar: torch.Tensor, form: str = "paper") -> Dict[str, torch.Tensor]:
+    """The sVAE loss (SPEC §4, paper eqs 1-5), per star, averaged over the batch.
+
+    With N inputs and n_Z latent dimensions, ``w_i = s_x,i^2 + s_s,i^2`` and::
+
+        chi2 = 1/(2N)   sum_i (x_i - x_hat_i)^2 / w_i                     (eq 3)
+        P    = 1/(2N)   sum_i log w_i                                     (eq 4)
+        KL   = 1/(2n_Z) sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)     (eq 5)
+        L    = chi2 + P + KL                                              (eqs 1-2)
+
+    ``form="elbo"`` drops the 1/N and 1/n_Z (sums instead of means): the
+    textbook negative ELBO up to a constant, where the paper's form weighs the
+    KL by N/n_Z relative to it.
+
+    Args:
+        x, x_err, x_hat, scatter: shape (batch, N), standardised units.
+        latent_mean, latent_logvar: shape (batch, n_Z).
+        form: ``paper`` or ``elbo``.
+
+    Returns:
+        dict of scalar tensors ``loss``, ``chi2``, ``penalty``, ``kl``.
+    """
+    if form not in LOSS_FORMS:
+        raise ValueError(f"loss form must be one of {LOSS_FORMS}, got {form!r}")
+    w = x_err ** 2 + scatter ** 2
+    chi2_i = (x - x_hat) ** 2 / w
+    penalty_i = torch.log(w)
+    kl_j = latent_mean ** 2 + torch.exp(latent_logvar) - 1.0 - latent_logvar
+    reduce = torch.mean if form == "paper" else torch.sum
+    chi2 = 0.5 * reduce(chi2_i, dim=-1).mean()
+    penalty = 0.5 * reduce(penalty_i, dim=-1).mean()
+    kl = 0.5 * reduce(kl_j, dim=-1).mean()
+    return {"loss": chi2 + penalty + kl, "chi2": chi2, "penalty": penalty, "kl": kl}
+
+
+def gaussian_nll_per_star(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Tensor,
+                          scatter: torch.Tensor) -> torch.Tensor:
+    """Per-star negative log-likelihood sum_i (r_i^2/2 + ln(w_i)/2), no 2*pi term, no KL.
+
+    This is the quality figure of the benchmark (metrics.json ``mean_nll``).
+    """
+    w = x_err ** 2 + scatter ** 2
+    return 0.5 * ((x - x_hat) ** 2 / w + torch.log(w)).sum(dim=-1)
+
+
+__all__ = ["SVAEConfig", "ScatterVAE", "svae_loss", "gaussian_nll_per_star", "LOSS_FORMS",
+           "SCATTER_MAPS", "NORMS", "ACTIVATIONS"]

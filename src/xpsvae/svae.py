@@ -1,0 +1,357 @@
+"""The public model class: fit, encode, decode, scatter, generate, save, load.
+
+:class:`SVAE` joins the network (:mod:`xpsvae.model`), the standardisation
+(:mod:`xpsvae.preprocess`) and the trainer (:mod:`xpsvae.trainer`). Everything
+it takes and returns is in the physical units of the input (after the
+brightness normalisation); standardisation happens inside.
+
+A model directory holds ``model.safetensors`` (weights) and ``config.json``
+(format version, architecture, training recipe, standardisation statistics,
+data description). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .data import SpectraError, SpectraSet
+from .model import ScatterVAE, SVAEConfig
+from .preprocess import Standardizer
+from .trainer import HISTORY_NAME, Trainer, TrainConfig, resolve_device
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+#: Training options that may change when a run is resumed.
+RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads")
+
+
+class ModelFileError(ValueError):
+    """A model directory that cannot be loaded: the message says which file and what is wrong."""
+
+
+def _as_spectra(spectra, errors=None) -> SpectraSet:
+    if isinstance(spectra, SpectraSet):
+        return spectra
+    if errors is None:
+        raise SpectraError("training needs errors: pass a SpectraSet or (values, errors)")
+    return SpectraSet.from_arrays(spectra, errors)
+
+
+class SVAE:
+    """A scatter VAE for XP spectra (Laroche & Speagle 2023).
+
+    Args:
+        config: the architecture; None builds the ``arch`` preset for the
+            data's width at :meth:`fit`.
+        train_config: the training recipe (default: ``TrainConfig()``, the
+            ``fast`` preset).
+        arch: architecture preset used when ``config`` is None (``paper`` or
+            ``later``).
+
+    Example:
+        >>> from xpsvae import SVAE, load_apogee_library
+        >>> stars = load_apogee_library()
+        >>> model = SVAE().fit(stars, out_dir="my_model")
+        >>> latent_mean, latent_std = model.encode(stars)
+        >>> spectra, scatter = model.decode(latent_mean), model.scatter(latent_mean)
+    """
+
+    def __init__(self, config: Optional[SVAEConfig] = None,
+                 train_config: Optional[TrainConfig] = None, arch: str = "paper"):
+        self.config = config
+        self.train_config = train_config or TrainConfig()
+        self.arch = arch
+        self.network: Optional[ScatterVAE] = None
+        self.standardizer: Optional[Standardizer] = None
+        self.history: list = []
+        self.info: Dict[str, object] = {}  # kind, normalisation, wavelength, data description
+
+    # ------------------------------------------------------------------ training
+    def fit(self, spectra, errors=None, *, out_dir: Optional[str] = None, resume: bool = False,
+            progress: bool = True, on_epoch_end: Optional[Callable[[Trainer], None]] = None
+            ) -> "SVAE":
+        """Fit standardisation and network on the given (training) stars.
+
+        A validation share (``train_config.val_fraction``) is drawn from them
+        with ``train_config.seed``; the standardisation is fitted on the rest.
+
+        Args:
+            spectra: a :class:`SpectraSet`, or an array (n_stars, n_inputs)
+                with ``errors`` of the same shape.
+            errors: errors when ``spectra`` is an array.
+            out_dir: model directory: receives ``config.json`` before
+                training, a checkpoint and ``history.csv`` after every epoch,
+                and the final model.
+            resume: continue from ``out_dir``'s checkpoint (same data, same
+                recipe; only ``epochs``, ``device``, ``amp``, ``threads`` may change).
+            progress: show a progress bar.
+            on_epoch_end: callback after each epoch's checkpoint.
+
+        Returns:
+            self, trained.
+        """
+        spectra = _as_spectra(spectra, errors)
+        tc = self.train_config
+        n = len(spectra)
+        n_val = int(tc.val_fraction * n)
+        if n - n_val < 2:
+            raise SpectraError(f"need at least 2 training stars after the validation split, got "
+                               f"{n - n_val} of {n}")
+        perm = np.random.default_rng(tc.seed).permutation(n)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        data_description = {"source": spectra.accounting.source if spectra.accounting else None,
+                            "n_stars": n, "n_train": len(train_idx), "n_val": n_val,
+                            "checksum": float(np.float64(spectra.values).sum())}
+
+        saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
+        if resume and saved and os.path.exists(saved):
+            self._adopt_saved_run(out_dir, data_description)
+        else:
+            if self.config is None:
+                self.config = SVAEConfig.preset(self.arch, spectra.n_inputs)
+            if self.config.input_dim != spectra.n_inputs:
+                raise SpectraError(f"{data_description['source']}: {spectra.n_inputs} inputs per "
+                                   f"spectrum, but the architecture expects {self.config.input_dim}")
+            self.standardizer = Standardizer.fit(spectra.values[train_idx])
+            self.info = {"kind": spectra.kind, "normalisation": spectra.normalisation,
+                         "wavelength_nm": None if spectra.wavelength_nm is None
+                         else spectra.wavelength_nm.tolist(),
+                         "input_names": spectra.input_names(), "data": data_description}
+            self.network = self._build_network()
+            if out_dir:
+                self._write_config(out_dir)
+
+        x, err = self.standardizer.transform(spectra.values, spectra.errors)
+        x, err = torch.from_numpy(x), torch.from_numpy(err)
+        trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
+        try:
+            trainer.fit(x[train_idx], err[train_idx], x[val_idx], err[val_idx], resume=resume,
+                        on_epoch_end=on_epoch_end)
+        finally:
+            self.history = trainer.history
+            self.network = trainer.model.cpu()
+        if out_dir:
+            self.save(out_dir)
+        return self
+
+    def _build_network(self) -> ScatterVAE:
+        # Weights are drawn from the run's seed without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.train_config.seed)
+            return ScatterVAE(self.config)
+
+    def _adopt_saved_run(self, out_dir: str, data_description: dict) -> None:
+        saved = _read_config(out_dir)
+        old_tc = TrainConfig.from_dict(saved["training"])
+        changed = {k: (getattr(old_tc, k), getattr(self.train_config, k))
+                   for k in old_tc.to_dict() if k not in RESUMABLE_CHANGES
+                   and getattr(old_tc, k) != getattr(self.train_config, k)}
+        if changed:
+            raise ValueError(f"{out_dir}: cannot resume with a different recipe; changed options "
+                             f"(saved, now): {changed}. Only {RESUMABLE_CHANGES} may change.")
+        old_data = saved["info"]["data"]
+        if (old_data["n_stars"], old_data["checksum"]) != (data_description["n_stars"],
+                                                           data_description["checksum"]):
+            raise ValueError(f"{out_dir}: the run was started on other data ({old_data['n_stars']} "
+                             f"stars from {old_data['source']}); resume needs the same data")
+        self.config = SVAEConfig.from_dict(saved["model"])
+        self.standardizer = Standardizer.from_dict(saved["preprocessing"])
+        self.info = saved["info"]
+        self.network = self._build_network()
+
+    # ------------------------------------------------------------------ inference
+    def _require_trained(self) -> None:
+        if self.network is None or self.standardizer is None:
+            raise RuntimeError("the model is not trained: call fit() or SVAE.load() first")
+
+    def _values(self, spectra) -> np.ndarray:
+        values = spectra.values if isinstance(spectra, SpectraSet) else np.asarray(spectra)
+        if values.ndim == 1:
+            values = values[None, :]
+        if values.ndim != 2 or values.shape[1] != self.config.input_dim:
+            source = spectra.accounting.source if isinstance(spectra, SpectraSet) and \
+                spectra.accounting else "input"
+            raise SpectraError(f"{source}: spectra of shape {values.shape}; this model expects "
+                               f"(n_stars, {self.config.input_dim}) "
+                               f"({self.info.get('kind', 'unknown')} inputs)")
+        return values
+
+    @torch.no_grad()
+    def _run(self, fn: Callable[[torch.Tensor], Tuple[torch.Tensor, ...]], array: np.ndarray,
+             device: str = "cpu", chunk: int = 65536) -> Tuple[np.ndarray, ...]:
+        """Apply ``fn`` to float32 chunks of ``array`` on ``device``; concatenate the outputs."""
+        dev = resolve_device(device)
+        self.network.to(dev).eval()
+        parts = []
+        for i in range(0, array.shape[0], chunk):
+            t = torch.from_numpy(np.ascontiguousarray(array[i:i + chunk], dtype=np.float32)).to(dev)
+            parts.append([o.float().cpu().numpy() for o in fn(t)])
+        self.network.cpu()
+        return tuple(np.concatenate(p) for p in zip(*parts))
+
+    def encode(self, spectra, device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+        """Latent mean and standard deviation per star.
+
+        Args:
+            spectra: a :class:`SpectraSet` or array (n_stars, n_inputs), in
+                the input's units.
+            device: where to run.
+
+        Returns:
+            (latent_mean, latent_std), each (n_stars, latent_dim).
+        """
+        self._require_trained()
+        x = self.standardizer.transform(self._values(spectra))
+
+        def fn(t):
+            mean, logvar = self.network.encode(t)
+            return mean, torch.exp(0.5 * logvar)
+        return self._run(fn, x, device)
+
+    def _check_latent(self, latent) -> np.ndarray:
+        latent = np.atleast_2d(np.asarray(latent, dtype=np.float32))
+        if latent.ndim != 2 or latent.shape[1] != self.config.latent_dim:
+            raise ValueError(f"latent vectors must have shape (n, {self.config.latent_dim}), "
+                             f"got {latent.shape}")
+        return latent
+
+    def decode(self, latent, device: str = "cpu") -> np.ndarray:
+        """Spectra generated from latent vectors (n, latent_dim), in the input's units."""
+        self._require_trained()
+        (x_hat,) = self._run(lambda t: (self.network.decode(t),), self._check_latent(latent), device)
+        return self.standardizer.inverse_values(x_hat)
+
+    def scatter(self, latent, device: str = "cpu") -> np.ndarray:
+        """Intrinsic scatter (a standard deviation per input) for latent vectors, input's units."""
+        self._require_trained()
+        (s,) = self._run(lambda t: (self.network.intrinsic_scatter(t),),
+                         self._check_latent(latent), device)
+        return self.standardizer.inverse_scale(s)
+
+    def generate(self, n: int, seed: int = 0, device: str = "cpu"
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draw ``n`` latent vectors from the N(0, 1) prior and generate spectra.
+
+        Returns:
+            (latent, spectra, intrinsic_scatter).
+        """
+        if n < 1:
+            raise ValueError(f"n must be positive, got {n}")
+        self._require_trained()
+        latent = np.random.default_rng(seed).standard_normal(
+            (n, self.config.latent_dim)).astype(np.float32)
+        return latent, self.decode(latent, device), self.scatter(latent, device)
+
+    def standardised_outputs(self, spectra: SpectraSet, device: str = "cpu"
+                             ) -> Dict[str, np.ndarray]:
+        """Everything the metrics need, in standardised units, decoding the latent mean.
+
+        Returns:
+            dict with ``x``, ``err``, ``x_hat``, ``scatter``, ``latent_mean``,
+            ``latent_std`` (arrays, one row per star).
+        """
+        self._require_trained()
+        x, err = self.standardizer.transform(self._values(spectra), spectra.errors)
+
+        def fn(t):
+            out = self.network(t)
+            return (out["x_hat"], out["scatter"], out["latent_mean"],
+                    torch.exp(0.5 * out["latent_logvar"]))
+        x_hat, scatter, mean, std = self._run(fn, x, device)
+        return {"x": x, "err": err, "x_hat": x_hat, "scatter": scatter, "latent_mean": mean,
+                "latent_std": std}
+
+    # ------------------------------------------------------------------ files
+    def _config_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "xpsvae_version": __version__,
+                "model": self.config.to_dict(), "training": self.train_config.to_dict(),
+                "preprocessing": self.standardizer.to_dict(), "info": self.info}
+
+    def _write_config(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self._config_dict(), f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    def save(self, directory: str) -> None:
+        """Write ``model.safetensors``, ``config.json`` (and ``history.csv``) to ``directory``."""
+        self._require_trained()
+        self._write_config(directory)
+        path = os.path.join(directory, MODEL_FILE)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.network.state_dict().items()}
+        save_file(state, path + ".tmp", metadata={"format_version": str(FORMAT_VERSION)})
+        os.replace(path + ".tmp", path)
+        history_path = os.path.join(directory, HISTORY_NAME)
+        if self.history and not os.path.exists(history_path):
+            import pandas as pd
+            pd.DataFrame(self.history).to_csv(history_path, index=False)
+
+    @classmethod
+    def load(cls, directory: str) -> "SVAE":
+        """Load a model directory written by :meth:`save` (safetensors + JSON only).
+
+        Raises:
+            ModelFileError: missing file, other format version, or a weight
+                whose shape disagrees with the saved architecture.
+        """
+        saved = _read_config(directory)
+        try:
+            config = SVAEConfig.from_dict(saved["model"])
+            standardizer = Standardizer.from_dict(saved["preprocessing"])
+            train_config = TrainConfig.from_dict(saved.get("training", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{os.path.join(directory, CONFIG_FILE)}: invalid ({exc})") from exc
+        if standardizer.n_inputs != config.input_dim:
+            raise ModelFileError(f"{directory}: standardisation has {standardizer.n_inputs} inputs, "
+                                 f"the architecture {config.input_dim}")
+        model = cls(config, train_config)
+        model.standardizer = standardizer
+        model.info = saved.get("info", {})
+        model.network = ScatterVAE(config)
+        weights_path = os.path.join(directory, MODEL_FILE)
+        if not os.path.exists(weights_path):
+            raise ModelFileError(f"{weights_path}: missing")
+        weights = load_file(weights_path)
+        expected = model.network.state_dict()
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        if missing or unexpected:
+            raise ModelFileError(f"{weights_path}: weights do not fit the architecture in "
+                                 f"{CONFIG_FILE}; missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in expected.items():
+            if tuple(weights[name].shape) != tuple(tensor.shape):
+                raise ModelFileError(f"{weights_path}: tensor {name!r} has shape "
+                                     f"{tuple(weights[name].shape)}, the architecture in "
+                                     f"{CONFIG_FILE} needs {tuple(tensor.shape)}")
+        model.network.load_state_dict(weights)
+        model.network.eval()
+        history_path = os.path.join(directory, HISTORY_NAME)
+        if os.path.exists(history_path):
+            import pandas as pd
+            model.history = pd.read_csv(history_path).to_dict("records")
+        return model
+
+
+def _read_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ModelFileError(f"{path}: missing; is {directory!r} a model directory?")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
+    version = saved.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model format version {version!r}; this xpsvae "
+                             f"({__version__}) reads version {FORMAT_VERSION}")
+    return saved

@@ -1,0 +1,119 @@
+"""The command line, as a user runs it: train, resume, encode, generate, demo."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from xpsvae.cli import main
+
+
+@pytest.fixture(scope="module")
+def stars_file(tmp_path_factory, small_library):
+    stars = small_library.subset(np.arange(1200))
+    flux = stars.values.astype(np.float64)
+    flux[10, 3] = np.nan  # one bad row: set aside and counted, not fatal
+    path = str(tmp_path_factory.mktemp("data") / "stars.parquet")
+    pq.write_table(pa.table({"source_id": stars.source_id, "flux": list(flux),
+                             "flux_error": list(stars.errors.astype(np.float64)),
+                             "teff": stars.labels["teff"].to_numpy()}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, stars_file):
+    out = str(tmp_path_factory.mktemp("m") / "model")
+    assert main(["--quiet", "train", stars_file, "--out", out, "--epochs", "2",
+                 "--batch-size", "128", "--threads", "2", "--hidden", "64,32"]) == 0
+    return out
+
+
+def test_train_writes_model_history_and_accounting(model_dir):
+    files = set(os.listdir(model_dir))
+    assert {"model.safetensors", "config.json", "history.csv", "checkpoint.safetensors",
+            "data_accounting.json"} <= files
+    acc = json.load(open(os.path.join(model_dir, "data_accounting.json")))
+    assert (acc["rows_read"], acc["rows_kept"], acc["rows_set_aside"]) == (1200, 1199, 1)
+    assert acc["set_aside_rows"][0] == {"row": 10, "reason": "non-finite value", "input_column": 3}
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    assert config["model"]["hidden"] == [64, 32] and config["training"]["epochs"] == 2
+    history = open(os.path.join(model_dir, "history.csv")).read().splitlines()
+    assert history[0].startswith("epoch,phase,lr,train_loss,train_chi2,train_penalty,train_kl")
+    assert len(history) == 1 + 2 + 10  # header, 2 epochs, 10 calibration epochs
+
+
+def test_resume_extends_a_run(tmp_path, stars_file):
+    out = str(tmp_path / "m")
+    common = ["--quiet", "train", stars_file, "--out", out, "--threads", "2", "--recipe", "paper",
+              "--batch-size", "256"]
+    assert main(common + ["--epochs", "2"]) == 0
+    assert main(common + ["--epochs", "3", "--resume"]) == 0
+    history = open(os.path.join(out, "history.csv")).read().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
+
+
+def test_encode_then_generate_from_the_latents(tmp_path, model_dir, stars_file):
+    latent_path = str(tmp_path / "latent.parquet")
+    assert main(["encode", model_dir, stars_file, "--out", latent_path]) == 0
+    t = pq.read_table(latent_path)
+    assert t.num_rows == 1199 and 10 not in t.column("input_row").to_pylist()
+    assert t.column_names == ["source_id", "input_row", "latent_mean", "latent_std",
+                              "reconstruction_chi2_per_dof"]
+    latent = np.array(t.column("latent_mean").to_pylist())
+    assert latent.shape == (1199, 6) and (np.array(t.column("latent_std").to_pylist()) > 0).all()
+    out = str(tmp_path / "gen.parquet")
+    assert main(["generate", model_dir, "--latent", latent_path, "--out", out]) == 0
+    g = pq.read_table(out)
+    flux = np.array(g.column("flux").to_pylist())
+    assert flux.shape == (1199, 343)
+    assert (np.array(g.column("intrinsic_scatter").to_pylist()) > 0).all()
+    meta = json.loads(g.schema.metadata[b"xpsvae"])
+    assert meta["inputs"][0] == "flux_336nm" and meta["wavelength_nm"][-1] == 1020
+    # the generated spectra are in the input's units: comparable to the input flux
+    inputs = np.array(pq.read_table(stars_file).column("flux").to_pylist())
+    assert abs(np.nanmedian(flux) / np.nanmedian(inputs) - 1) < 0.3
+
+
+def test_generate_from_the_prior(tmp_path, model_dir):
+    out = str(tmp_path / "prior.parquet")
+    assert main(["generate", model_dir, "--n", "7", "--seed", "3", "--out", out]) == 0
+    assert pq.read_table(out).num_rows == 7
+
+
+def test_cli_errors_are_clear(tmp_path, model_dir, capsys):
+    bad = str(tmp_path / "coeffs.parquet")
+    pq.write_table(pa.table({"source_id": [1], "flux": [[1.0] * 110],
+                             "flux_error": [[0.1] * 110]}), bad)
+    assert main(["encode", model_dir, bad, "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "expects (n_stars, 343)" in capsys.readouterr().err
+    assert main(["encode", str(tmp_path), bad, "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "config.json: missing" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_on_a_slice(tmp_path):
+    out = str(tmp_path / "demo")
+    assert main(["--quiet", "demo", "--out", out, "--max-stars", "2500", "--epochs", "2",
+                 "--threads", "2"]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for name in ("svae", "svae_paper_recipe"):
+        for block in ("test", "cool", "low_logg"):
+            assert {"mean_nll", "std_r", "frac_abs_r_gt_5", "frac_abs_r_gt_10",
+                    "median_scatter_over_error"} <= set(metrics[name][block])
+        assert metrics[name]["training"]["wall_time_s"] > 0
+    assert metrics["svae"]["test"]["n_stars"] == 250
+    report = open(os.path.join(out, "report.md")).read()
+    assert "Against the authors' public implementation" in report
+    for png in ("learning_curves.png", "reconstructions.png", "normalised_errors.png",
+                "scatter_vs_error.png", "learning_curves_paper_recipe.png"):
+        path = os.path.join(out, "figures", png)
+        assert os.path.getsize(path) > 10_000, png
+        assert f"figures/{png}" in report
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "xpsvae", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "demo" in done.stdout

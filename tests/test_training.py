@@ -1,0 +1,118 @@
+"""Training on real library spectra: determinism, resume, learning, divergence."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from xpsvae import SVAE, TrainConfig, TrainingDiverged
+from xpsvae.trainer import CHECKPOINT_NAME
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.network.state_dict().items()}
+
+
+def test_same_seed_same_cpu_results(small_library, quick_config):
+    stars = small_library.subset(np.arange(1500))
+    a = SVAE(train_config=quick_config).fit(stars, progress=False)
+    b = SVAE(train_config=quick_config).fit(stars, progress=False)
+    for k, v in _weights(a).items():
+        assert torch.equal(v, _weights(b)[k]), k
+    assert a.history[-1]["val_loss"] == b.history[-1]["val_loss"]
+    other = TrainConfig(**{**quick_config.to_dict(), "seed": quick_config.seed + 1})
+    c = SVAE(train_config=other).fit(stars, progress=False)
+    assert not torch.equal(_weights(a)["decoder.1.weight"], _weights(c)["decoder.1.weight"])
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arch,crash_after", [("paper", 2), ("later", 3)])
+def test_interrupted_run_resumes_to_the_same_weights(small_library, tmp_path, arch, crash_after):
+    """Crash after an epoch (during calibration for crash_after=3); resume ends where the
+    uninterrupted run ends."""
+    stars = small_library.subset(np.arange(1500))
+    config = TrainConfig(epochs=2, calibrate_epochs=2, batch_size=128, seed=11, threads=2)
+    whole = SVAE(train_config=config, arch=arch).fit(stars, out_dir=str(tmp_path / "a"),
+                                                     progress=False)
+
+    def crash(trainer):
+        if trainer.epoch == crash_after:
+            raise Crash()
+    out = str(tmp_path / "b")
+    with pytest.raises(Crash):
+        SVAE(train_config=config, arch=arch).fit(stars, out_dir=out, progress=False,
+                                                 on_epoch_end=crash)
+    assert os.path.exists(os.path.join(out, CHECKPOINT_NAME))
+    resumed = SVAE(train_config=config, arch=arch).fit(stars, out_dir=out, resume=True,
+                                                       progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for k, v in _weights(whole).items():
+        assert torch.equal(v, _weights(resumed)[k]), k
+    assert SVAE.load(out).history[-1]["val_loss"] == pytest.approx(whole.history[-1]["val_loss"])
+
+
+def test_resume_refuses_other_data_or_recipe(small_library, tmp_path, quick_config):
+    stars = small_library.subset(np.arange(600))
+    out = str(tmp_path / "m")
+    SVAE(train_config=quick_config).fit(stars, out_dir=out, progress=False)
+    with pytest.raises(ValueError, match="other data"):
+        SVAE(train_config=quick_config).fit(small_library.subset(np.arange(700)), out_dir=out,
+                                            resume=True, progress=False)
+    other = TrainConfig(**{**quick_config.to_dict(), "lr": 0.1})
+    with pytest.raises(ValueError, match="lr"):
+        SVAE(train_config=other).fit(stars, out_dir=out, resume=True, progress=False)
+
+
+def test_short_training_lowers_validation_loss(small_library):
+    """3,000 real stars, 12 epochs of the default recipe: the validation loss (summed-ELBO
+    form, nats per star) must fall by at least 300 from its first-epoch value, and the
+    scatter-calibration epoch must not raise it."""
+    config = TrainConfig(epochs=12, calibrate_epochs=1, seed=0, threads=2)
+    model = SVAE(train_config=config).fit(small_library, progress=False)
+    val = [h["val_loss"] for h in model.history]
+    assert val[11] < val[0] - 300, val
+    assert val[12] <= val[11] + 1e-3, val
+    assert [h["phase"] for h in model.history][-1] == "calibrate"
+
+
+def test_diverging_run_stops_and_keeps_last_good_checkpoint(small_library, tmp_path):
+    stars = small_library.subset(np.arange(1000))
+    out = str(tmp_path / "m")
+    after_epoch_1 = {}
+
+    def poison(trainer):
+        if trainer.epoch == 1:
+            after_epoch_1.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+            with torch.no_grad():  # what an exploding step does to the weights
+                trainer.model.decoder[1].weight.fill_(float("nan"))
+    model = SVAE(train_config=TrainConfig(epochs=3, calibrate_epochs=0, threads=2, seed=2))
+    with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint"):
+        model.fit(stars, out_dir=out, progress=False, on_epoch_end=poison)
+    restored = _weights(model)
+    for k, v in after_epoch_1.items():
+        assert torch.equal(v, restored[k]), k
+    assert len(model.history) == 1
+    # the checkpoint on disk is still the good one and resumes
+    resumed = SVAE(train_config=TrainConfig(epochs=3, calibrate_epochs=0, threads=2, seed=2))
+    resumed.fit(stars, out_dir=out, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert np.isfinite(resumed.history[-1]["val_loss"])
+
+
+def test_bad_recipe_options_are_rejected():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="adam2")
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown training preset"):
+        TrainConfig.preset("turbo")
+
+
+def test_paper_recipe_preset_is_the_papers():
+    c = TrainConfig.preset("paper")
+    assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.loss_form) == ("sgd", 0.1, 1024, 100,
+                                                                        "paper")
+    assert c.momentum == 0.9 and c.calibrate_epochs == 0
