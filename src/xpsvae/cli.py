@@ -19,7 +19,7 @@ from .trainer import TrainConfig, TrainingDiverged
 TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
                  "weight_decay": float, "momentum": float, "lr_decay": float,
                  "loss_form": str, "seed": int, "val_fraction": float, "device": str,
-                 "grad_clip": float, "threads": int}
+                 "grad_clip": float, "threads": int, "calibrate_epochs": int}
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on GPU")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--calibrate-epochs", type=int,
+                   help="final epochs training only the scatter head on latent-mean "
+                        "reconstructions (0: off)")
     a = p.add_argument_group("architecture (defaults: the chosen --arch)")
     a.add_argument("--arch", choices=("paper", "later"), default="paper",
                    help="paper: 80-50-30 GELU (SPEC §3); later: 90-70-50-30-10, BatchNorm, "
@@ -109,10 +112,7 @@ def cmd_encode(args) -> int:
     out = model.standardised_outputs(spectra, device=args.device)
     w = out["err"] ** 2 + out["scatter"] ** 2
     chi2_dof = (((out["x"] - out["x_hat"]) ** 2) / w).mean(axis=1)
-    row = spectra.accounting.set_aside  # keep the input row numbers of the kept stars
-    kept_rows = np.setdiff1d(np.arange(spectra.accounting.rows_read),
-                             np.array([r for r, _, _ in row], dtype=np.int64))
-    columns = {"source_id": spectra.source_id, "input_row": kept_rows,
+    columns = {"source_id": spectra.source_id, "input_row": spectra.input_row,
                "latent_mean": list(latent_mean), "latent_std": list(latent_std),
                "reconstruction_chi2_per_dof": chi2_dof}
     table = pa.table({k: pa.array(v if not isinstance(v, list) else [x.tolist() for x in v])

