@@ -20,7 +20,8 @@ def stars_file(tmp_path_factory, small_library):
     path = str(tmp_path_factory.mktemp("data") / "stars.parquet")
     pq.write_table(pa.table({"source_id": stars.source_id, "flux": list(flux),
                              "flux_error": list(stars.errors.astype(np.float64)),
-                             "teff": stars.labels["teff"].to_numpy()}), path)
+                             **{c: stars.labels[c].to_numpy() for c in ("teff", "logg", "fe_h")}}),
+                   path)
     return path
 
 
@@ -99,16 +100,28 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     assert main(["--quiet", "demo", "--out", out, "--max-stars", "2500", "--epochs", "2",
                  "--threads", "2"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
-    for name in ("svae", "svae_paper_recipe"):
+    for name in ("svae", "svae_paper_recipe", "cannon"):
         for block in ("test", "cool", "low_logg"):
             assert {"mean_nll", "std_r", "frac_abs_r_gt_5", "frac_abs_r_gt_10",
                     "median_scatter_over_error"} <= set(metrics[name][block])
+    for name in ("svae", "svae_paper_recipe"):
         assert metrics[name]["training"]["wall_time_s"] > 0
     assert metrics["svae"]["test"]["n_stars"] == 250
+    fit = metrics["cannon"]["fit"]
+    assert fit["n_train_stars_used"] + fit["n_train_stars_without_labels"] == 2250
+    assert fit["n_train_stars_without_labels"] > 0
+    assert metrics["cannon"]["test"]["n_stars"] + fit["n_test_stars_without_labels"] == 250
+    assert set(metrics["comparison"]["edges_mean_abs_r"]) == {"blue", "red"}
+    assert {"as_good_with_smaller_scatter", "robust_in_the_tails",
+            "covers_more_latent_volume"} <= set(metrics["claims"])
+    assert metrics["latent_volume_gain"]["n_labelled"] + \
+        metrics["latent_volume_gain"]["n_unlabelled"] == 2500
     report = open(os.path.join(out, "report.md")).read()
     assert "Against the authors' public implementation" in report
+    assert "The paper's three claims" in report and "left out for a missing label" in report
     for png in ("learning_curves.png", "reconstructions.png", "normalised_errors.png",
-                "scatter_vs_error.png", "learning_curves_paper_recipe.png"):
+                "scatter_vs_error.png", "learning_curves_paper_recipe.png",
+                "figure2_flux_450nm.png", "figure2_flux_750nm.png", "figure3_latent.png"):
         path = os.path.join(out, "figures", png)
         assert os.path.getsize(path) > 10_000, png
         assert f"figures/{png}" in report
@@ -117,3 +130,36 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "xpsvae", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout
+
+
+def test_cannon_fit_predict_infer_and_evaluate(tmp_path, stars_file, model_dir):
+    cannon_dir = str(tmp_path / "cannon")
+    assert main(["cannon", "fit", stars_file, "--labels", "teff,logg,fe_h",
+                 "--out", cannon_dir]) == 0
+    assert set(os.listdir(cannon_dir)) == {"cannon.safetensors", "cannon.json"}
+    spectra_path = str(tmp_path / "cannon_spectra.parquet")
+    assert main(["cannon", "predict", cannon_dir, stars_file, "--out", spectra_path]) == 0
+    predicted = pq.read_table(spectra_path)
+    fe_h = predicted.column("fe_h").to_numpy()
+    rows = predicted.column("flux").to_pylist()
+    assert all((row is None) == np.isnan(f) for row, f in zip(rows, fe_h))
+    assert len([r for r in rows if r is not None][0]) == 343
+    labels_path = str(tmp_path / "labels.parquet")
+    assert main(["cannon", "infer", cannon_dir, stars_file, "--out", labels_path]) == 0
+    inferred = pq.read_table(labels_path)
+    assert inferred.num_rows == 1199 and {"teff", "logg", "fe_h", "chi2"} <= set(
+        inferred.column_names)
+    report_dir = str(tmp_path / "report")
+    assert main(["--quiet", "evaluate", model_dir, stars_file, "--cannon", cannon_dir,
+                 "--out", report_dir]) == 0
+    metrics = json.load(open(os.path.join(report_dir, "metrics.json")))
+    assert metrics["svae"]["test"]["n_stars"] == 1199
+    assert metrics["cannon"]["test"]["n_stars"] < 1199  # stars without [Fe/H] left out
+    assert os.path.getsize(os.path.join(report_dir, "figures", "figure2_flux_450nm.png")) > 10_000
+    assert "The paper's three claims" in open(os.path.join(report_dir, "report.md")).read()
+
+
+def test_cannon_without_label_columns_is_a_clear_error(tmp_path, stars_file, capsys):
+    assert main(["cannon", "fit", stars_file, "--labels", "teff,vsini",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "['vsini'] not found" in capsys.readouterr().err

@@ -87,9 +87,15 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
 
 # --------------------------------------------------------------------------- commands
 
-def cmd_train(args) -> int:
-    spectra = read_spectra(args.data)
+def _read_and_report(path: str):
+    """Read a table of spectra and say on stderr what was read, kept and set aside."""
+    spectra = read_spectra(path)
     print(spectra.accounting.summary(), file=sys.stderr)
+    return spectra
+
+
+def cmd_train(args) -> int:
+    spectra = _read_and_report(args.data)
     if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
         model = SVAE(train_config=_resume_config(args, args.out))
     else:
@@ -106,8 +112,7 @@ def cmd_encode(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
     model = SVAE.load(args.model)
-    spectra = read_spectra(args.data)
-    print(spectra.accounting.summary(), file=sys.stderr)
+    spectra = _read_and_report(args.data)
     latent_mean, latent_std = model.encode(spectra, device=args.device)
     out = model.standardised_outputs(spectra, device=args.device)
     w = out["err"] ** 2 + out["scatter"] ** 2
@@ -173,6 +178,74 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_cannon_fit(args) -> int:
+    from .cannon import Cannon
+    spectra = _read_and_report(args.data)
+    cannon = Cannon(args.labels.split(",")).fit(spectra)
+    cannon.save(args.out)
+    info = cannon.fit_info
+    print(f"fitted the Cannon on {info.n_stars_used} stars ({info.n_stars_without_labels} left "
+          f"out for a missing label); model in {args.out}")
+    return 0
+
+
+def cmd_cannon_predict(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from .cannon import Cannon
+    from .data import column_to_1d, read_table_columns
+    cannon = Cannon.load(args.cannon)
+    columns = read_table_columns(args.labels_table)
+    missing = [c for c in cannon.label_names if c not in columns]
+    if missing:
+        raise SpectraError(f"{args.labels_table}: label columns {missing} not found")
+    labels = np.column_stack([column_to_1d(columns[c]).astype(np.float64)
+                              for c in cannon.label_names])
+    ok = np.isfinite(labels).all(axis=1)
+    flux = np.full((len(labels), cannon.theta.shape[0]), np.nan)
+    flux[ok] = cannon.predict(labels[ok])
+    out = {c: labels[:, i] for i, c in enumerate(cannon.label_names)}
+    out["flux" if cannon.kind == "sampled" else "coefficients"] = [
+        row.tolist() if good else None for row, good in zip(flux, ok)]
+    out["population_scatter"] = [cannon.population_scatter().tolist() if good else None
+                                 for good in ok]
+    pq.write_table(pa.table(out), args.out)
+    print(f"predicted {int(ok.sum())} spectra to {args.out}; {int((~ok).sum())} rows with a "
+          "missing label left empty")
+    return 0
+
+
+def cmd_cannon_infer(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from .cannon import Cannon
+    cannon = Cannon.load(args.cannon)
+    spectra = _read_and_report(args.data)
+    labels, chi2 = cannon.infer_labels(spectra)
+    out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
+    out.update({c: labels[:, i] for i, c in enumerate(cannon.label_names)})
+    out["chi2"] = chi2
+    pq.write_table(pa.table(out), args.out)
+    print(f"inferred labels of {len(spectra)} stars to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .assess import assess
+    from .cannon import Cannon
+    from .report import write_report
+    model = SVAE.load(args.model)
+    spectra = _read_and_report(args.data)
+    cannon = Cannon.load(args.cannon) if args.cannon else None
+    os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
+    metrics = {"model_dir": args.model,
+               "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20)}}
+    metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(f"report: {write_report(args.out, metrics)}")
+    return 0
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
@@ -217,6 +290,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output Parquet file")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")
+    v.add_argument("model", help="sVAE model directory")
+    v.add_argument("data", help="held-out stars (labels teff, logg, fe_h for the tails)")
+    v.add_argument("--cannon", help="a Cannon directory to compare with")
+    v.add_argument("--out", required=True, help="report directory")
+    v.add_argument("--device", default="cpu")
+    v.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("cannon", help="The Cannon: the supervised baseline")
+    csub = c.add_subparsers(dest="cannon_command", required=True)
+    cf = csub.add_parser("fit", help="fit on a table of spectra with label columns")
+    cf.add_argument("data", help="table of spectra with label columns")
+    cf.add_argument("--labels", default="teff,logg,fe_h", help="label columns, comma separated")
+    cf.add_argument("--out", required=True, help="Cannon directory")
+    cf.set_defaults(func=cmd_cannon_fit)
+    cp = csub.add_parser("predict", help="spectra from labels")
+    cp.add_argument("cannon", help="Cannon directory")
+    cp.add_argument("labels_table", help="Parquet / FITS / HDF5 table with the label columns")
+    cp.add_argument("--out", required=True, help="output Parquet file")
+    cp.set_defaults(func=cmd_cannon_predict)
+    ci = csub.add_parser("infer", help="labels from spectra (the Cannon's test step)")
+    ci.add_argument("cannon", help="Cannon directory")
+    ci.add_argument("data", help="table of spectra")
+    ci.add_argument("--out", required=True, help="output Parquet file")
+    ci.set_defaults(func=cmd_cannon_infer)
     return p
 
 

@@ -238,11 +238,12 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file")
-    columns = _read_columns(path)
+    columns = read_table_columns(path)
     return spectra_from_columns(columns, source=path)
 
 
-def _read_columns(path: str) -> Dict[str, object]:
+def read_table_columns(path: str) -> Dict[str, object]:
+    """Every column of a Parquet, FITS or HDF5 table, by name (format from the file name)."""
     name = path.lower()
     if name.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
@@ -304,7 +305,8 @@ def _column_to_2d(column, source: str, name: str, width: Optional[int] = None) -
     return out
 
 
-def _column_to_1d(column) -> np.ndarray:
+def column_to_1d(column) -> np.ndarray:
+    """A table column (numpy, masked, astropy or pyarrow) as a native-endian numpy array."""
     if hasattr(column, "to_numpy") and not isinstance(column, np.ndarray):
         try:
             arr = np.asarray(column.to_numpy(zero_copy_only=False))
@@ -335,12 +337,12 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
     names = list(columns)
     if not names:
         raise SpectraError(f"{source}: the table has no columns")
-    n_rows = len(_column_to_1d(columns[names[0]])) if not hasattr(columns[names[0]], "__len__") \
+    n_rows = len(column_to_1d(columns[names[0]])) if not hasattr(columns[names[0]], "__len__") \
         else len(columns[names[0]])
     if n_rows == 0:
         raise SpectraError(f"{source}: the table holds no rows")
     sid_name = next((c for c in SOURCE_ID_COLUMNS if c in columns), None)
-    source_id = None if sid_name is None else _column_to_1d(columns[sid_name]).astype(np.int64)
+    source_id = None if sid_name is None else column_to_1d(columns[sid_name]).astype(np.int64)
 
     used = {sid_name}
     normalisation = "none"
@@ -361,7 +363,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
             raise SpectraError(
                 f"{source}: coefficients need the G-band flux column 'phot_g_mean_flux' "
                 "(from gaiadr3.gaia_source, joined on source_id) to remove brightness (SPEC §2)")
-        g_flux = _column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
+        g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
         used.add("phot_g_mean_flux")
         # A bad G flux poisons every coefficient of the row, so the row is set aside
         # by the ordinary non-finite check below rather than a separate rule.
@@ -374,12 +376,12 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
     for c in names:
         if c in used or c == "wavelength":
             continue
-        col = _column_to_1d(columns[c])
+        col = column_to_1d(columns[c])
         if col.ndim == 1 and len(col) == n_rows:
             label_columns[c] = col
     labels = pd.DataFrame(label_columns) if label_columns else None
     if "wavelength" in columns and kind == "sampled":
-        wl = np.asarray(_column_to_1d(columns["wavelength"]), dtype=np.float64)
+        wl = np.asarray(column_to_1d(columns["wavelength"]), dtype=np.float64)
         wavelength = wl if wl.shape == (values.shape[1],) else None
     return SpectraSet.from_arrays(values, errors, source_id, kind, wavelength, labels, source,
                                   normalisation)
@@ -412,7 +414,7 @@ def _coefficient_arrays(columns: Dict[str, object], source: str):
             if not idx or idx != list(range(len(idx))):
                 raise SpectraError(f"{source}: flattened {'error ' if is_err else ''}columns for "
                                    f"{band.upper()} are missing or not numbered 0..n-1")
-            parts.append(np.column_stack([_column_to_1d(columns[flat[(is_err, band, i)]])
+            parts.append(np.column_stack([column_to_1d(columns[flat[(is_err, band, i)]])
                                           .astype(np.float64) for i in idx]))
         blocks.append(np.hstack(parts))
     if blocks[0].shape != blocks[1].shape:

@@ -104,3 +104,106 @@ def _save(fig, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+LABEL_AXES = {"teff": r"$T_\mathrm{eff}$ (K)", "logg": r"$\log g$ (dex)", "fe_h": "[Fe/H] (dex)"}
+TAIL_STYLE = {"cool": ("teff", 4000.0, "tab:green", r"$T_\mathrm{eff}$ < 4000 K"),
+              "low_logg": ("logg", 1.0, "gold", r"$\log g$ < 1")}
+
+
+def _binned_mode(label: np.ndarray, r: np.ndarray, n_bins: int = 25):
+    """Centre of each label bin and the mode of r in it (from a histogram of r)."""
+    edges = np.nanpercentile(label, np.linspace(0.5, 99.5, n_bins + 1))
+    centres, modes = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (label >= lo) & (label < hi) & np.isfinite(r)
+        if sel.sum() < 20:
+            continue
+        counts, r_edges = np.histogram(np.clip(r[sel], -10, 10), bins=40)
+        k = np.argmax(counts)
+        centres.append(0.5 * (lo + hi))
+        modes.append(0.5 * (r_edges[k] + r_edges[k + 1]))
+    return np.array(centres), np.array(modes)
+
+
+def plot_figure2(labels, input_name: str, r_svae: np.ndarray, r_cannon: np.ndarray,
+                 scatter_svae: np.ndarray, scatter_cannon: float, path: str,
+                 unit: str = "standardised units") -> str:
+    """The paper's Figure 2 for one input: normalised errors and scatter against labels.
+
+    Rows: sVAE normalised error, Cannon normalised error, sVAE per-star scatter
+    (the Cannon's population scatter as a grey line). Columns: Teff, logg,
+    [Fe/H]. The mode of the normalised error per label bin is drawn in purple;
+    the cool and low-gravity tails are coloured.
+    """
+    names = [c for c in ("teff", "logg", "fe_h") if c in labels]
+    fig, axes = plt.subplots(3, len(names), figsize=(4.6 * len(names), 9.5), sharex="col",
+                             squeeze=False)
+    for col, name in enumerate(names):
+        x = np.asarray(labels[name], dtype=float)
+        tails = {t: np.asarray(labels[c], dtype=float) < cut
+                 for t, (c, cut, _, _) in TAIL_STYLE.items() if c in labels}
+        rest = ~np.logical_or.reduce(list(tails.values())) if tails else np.ones(len(x), bool)
+        for row, (values, title) in enumerate(((r_svae, "sVAE"), (r_cannon, "Cannon"),
+                                               (scatter_svae, "sVAE scatter"))):
+            ax = axes[row, col]
+            ok = np.isfinite(values) & np.isfinite(x)
+            ax.scatter(x[ok & rest], values[ok & rest], s=2, color="0.35", alpha=0.35,
+                       rasterized=True)
+            for t, mask in tails.items():
+                ax.scatter(x[ok & mask], values[ok & mask], s=3, color=TAIL_STYLE[t][2],
+                           alpha=0.6, label=TAIL_STYLE[t][3], rasterized=True)
+            if row < 2:
+                centres, modes = _binned_mode(x[ok], values[ok])
+                ax.plot(centres, modes, color="purple", lw=1.5, label="mode per bin")
+                for level in (-5, 5):
+                    ax.axhline(level, color="k", lw=0.5, ls=":")
+                ax.set_ylim(-15, 15)
+                ax.set_ylabel(f"{title}: normalised error")
+            else:
+                ax.axhline(scatter_cannon, color="0.5", lw=2, label="Cannon population scatter")
+                ax.set_yscale("log")
+                ax.set_ylabel(f"scatter of {input_name} ({unit})")
+            if row == 2:
+                ax.set_xlabel(LABEL_AXES.get(name, name))
+    axes[0, 0].legend(fontsize=7, markerscale=3, loc="lower left")
+    axes[2, 0].legend(fontsize=7, markerscale=3, loc="lower left")
+    fig.suptitle(f"Normalised errors and scatter of {input_name} against APOGEE labels "
+                 "(held-out stars)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_figure3(latent_labelled: np.ndarray, latent_unlabelled: np.ndarray, path: str,
+                 gain: Optional[dict] = None) -> str:
+    """The paper's Figure 3: latent projections of labelled against unlabelled stars.
+
+    A lower-triangle grid of every pair of latent dimensions.
+    """
+    d = latent_labelled.shape[1]
+    fig, axes = plt.subplots(d - 1, d - 1, figsize=(2.6 * (d - 1), 2.6 * (d - 1)), squeeze=False)
+    for i in range(1, d):
+        for j in range(d - 1):
+            ax = axes[i - 1, j]
+            if j >= i:
+                ax.axis("off")
+                continue
+            # labelled first: the (fewer) unlabelled stars are drawn on top, where they show
+            ax.scatter(latent_labelled[:, j], latent_labelled[:, i], s=1, color="tab:orange",
+                       alpha=0.15, rasterized=True, label="with APOGEE labels")
+            ax.scatter(latent_unlabelled[:, j], latent_unlabelled[:, i], s=1, color="tab:blue",
+                       alpha=0.4, rasterized=True, label="without [Fe/H] (unlabelled)")
+            if i == d - 1:
+                ax.set_xlabel(f"$z_{j}$")
+            if j == 0:
+                ax.set_ylabel(f"$z_{i}$")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    text = ""
+    if gain is not None:
+        lo, hi = gain["interval_16_84"]
+        text = (f"\nlatent volume gain dV/V_sup = {gain['gain']:.1%} "
+                f"(16-84%: {lo:.1%} to {hi:.1%})")
+    fig.legend(handles, labels, loc="upper right", markerscale=8, fontsize=10)
+    fig.suptitle("sVAE latent means (dimensionless), every pair of dimensions" + text)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return _save(fig, path)

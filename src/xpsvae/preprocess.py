@@ -42,10 +42,12 @@ class Standardizer:
     def transform(self, values: np.ndarray, errors: np.ndarray | None = None):
         """Standardised values (and errors, if given) as float32."""
         self._check(values)
-        x = ((values - self.mean) / self.std).astype(np.float32)
+        # float32 arithmetic on float32 data: half the memory traffic of float64 and no copies
+        mean, inv_std = self.mean.astype(np.float32), (1.0 / self.std).astype(np.float32)
+        x = (np.asarray(values, dtype=np.float32) - mean) * inv_std
         if errors is None:
             return x
-        return x, (np.asarray(errors) / self.std).astype(np.float32)
+        return x, np.asarray(errors, dtype=np.float32) * inv_std
 
     def inverse_values(self, standardised: np.ndarray) -> np.ndarray:
         """Spectra back in the input's units."""

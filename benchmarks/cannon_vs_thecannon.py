@@ -1,0 +1,88 @@
+"""Our Cannon against the reference package TheCannon 0.7.3 (``pip install thecannon matplotlib``).
+
+Both are fitted on the labelled training stars of the benchmark split (teff,
+logg, fe_h; stars lacking one are left out), in the same standardised units
+(statistics of the whole training split). TheCannon caps its scatter grid at
+about 0.81, so its inputs and errors are divided by 10 and its scatter
+multiplied back. Prints both fit times, the agreement of predicted test
+spectra, and the test-set figures of each; the last line is a JSON object.
+
+    python benchmarks/cannon_vs_thecannon.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+
+import numpy as np
+import torch
+
+from xpsvae import Standardizer, benchmark_split, load_apogee_library
+from xpsvae.cannon import Cannon
+from xpsvae.evaluate import reconstruction_metrics, tail_masks
+
+LABELS = ("teff", "logg", "fe_h")
+SHRINK = 10.0
+
+
+def figures(y, err, prediction, scatter, labels) -> dict:
+    out = {"test": reconstruction_metrics(y, err, prediction, scatter)}
+    for name, mask in tail_masks(labels).items():
+        out[name] = reconstruction_metrics(y[mask], err[mask], prediction[mask], scatter)
+    return {block: {k: round(v, 5) for k, v in m.items()} for block, m in out.items()}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    library = load_apogee_library()
+    train_idx, test_idx = benchmark_split(len(library))
+    train, test = library.subset(train_idx), library.subset(test_idx)
+    standardizer = Standardizer.fit(train.values)
+
+    start = time.perf_counter()
+    ours = Cannon(LABELS).fit(train, standardizer=standardizer)
+    ours_s = time.perf_counter() - start
+
+    from TheCannon import dataset, model
+    tr_labels = ours.labels_of(train)
+    keep = np.isfinite(tr_labels).all(axis=1)
+    y_tr, e_tr = standardizer.transform(train.values[keep], train.errors[keep])
+    te_labels = ours.labels_of(test)
+    te_keep = np.isfinite(te_labels).all(axis=1)
+    y_te, e_te = standardizer.transform(test.values[te_keep], test.errors[te_keep])
+    ds = dataset.Dataset(np.arange(y_tr.shape[1]), train.source_id[keep],
+                         (y_tr / SHRINK).astype(np.float64),
+                         (SHRINK / e_tr.astype(np.float64)) ** 2, tr_labels[keep],
+                         test.source_id[te_keep], y_te / SHRINK, (SHRINK / e_te) ** 2)
+    ds.set_label_names(list(LABELS))
+    reference = model.CannonModel(2, useErrors=False)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference.train(ds)
+    ref_s = time.perf_counter() - start
+    ds.test_label_vals = te_labels[te_keep]
+    reference.infer_spectra(ds)
+    ref_prediction = reference.model_spectra * SHRINK
+    ref_scatter = np.asarray(reference.scatters) * SHRINK
+
+    our_prediction = ours.predict_standardised(te_labels[te_keep])
+    test_labels = test.labels.iloc[np.flatnonzero(te_keep)].reset_index(drop=True)
+    diff = np.abs(our_prediction - ref_prediction) / np.sqrt(e_te ** 2 + ref_scatter ** 2)
+    result = {
+        "n_train": int(keep.sum()), "n_test": int(te_keep.sum()),
+        "ours_fit_s": round(ours_s, 3), "thecannon_fit_s": round(ref_s, 3),
+        "speedup": round(ref_s / ours_s, 2),
+        "prediction_diff_over_sigma_median": float(np.median(diff)),
+        "prediction_diff_over_sigma_max": float(diff.max()),
+        "scatter_ratio_median": float(np.median(ours.scatter / ref_scatter)),
+        "ours": figures(y_te, e_te, our_prediction, ours.scatter, test_labels),
+        "thecannon": figures(y_te, e_te, ref_prediction, ref_scatter, test_labels),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
