@@ -246,6 +246,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_ingest(args) -> int:
+    import glob
+    from .ingest import ingest
+    paths = []
+    for pattern in args.inputs:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"{pattern}: no such file")
+        paths += matches
+    manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
+                      rows_per_shard=args.rows_per_shard, progress=not args.quiet)
+    total = manifest["total"]
+    print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
+          f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
+    return 0
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
@@ -290,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output Parquet file")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("ingest", help="read Gaia XP files (any archive format) into one store")
+    i.add_argument("inputs", nargs="+", help="files or glob patterns")
+    i.add_argument("--out", required=True, help="store folder")
+    i.add_argument("--gaia-source", action="append",
+                   help="gaia_source table(s) with phot_g_mean_flux or phot_g_mean_mag "
+                        "(repeat for several)")
+    i.add_argument("--rows-per-shard", type=int, default=100_000)
+    i.set_defaults(func=cmd_ingest)
 
     v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")
     v.add_argument("model", help="sVAE model directory")

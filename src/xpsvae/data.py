@@ -23,7 +23,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -143,7 +143,8 @@ class SpectraSet:
     @classmethod
     def from_arrays(cls, values, errors, source_id=None, kind: str = "sampled",
                     wavelength_nm=None, labels: Optional[pd.DataFrame] = None,
-                    source: str = "<arrays>", normalisation: str = "none") -> "SpectraSet":
+                    source: str = "<arrays>", normalisation: str = "none",
+                    row_problems: Sequence[tuple] = ()) -> "SpectraSet":
         """Validate arrays into a set; bad rows are set aside and counted.
 
         Args:
@@ -155,6 +156,8 @@ class SpectraSet:
             labels: optional per-star DataFrame (n_stars rows).
             source: name used in messages.
             normalisation: how brightness was removed, recorded with the model.
+            row_problems: (mask, reason) pairs checked before the numeric checks,
+                e.g. a missing band or a missing G flux.
 
         Returns:
             The validated set.
@@ -182,7 +185,7 @@ class SpectraSet:
             raise SpectraError(f"{source}: source_id has shape {source_id.shape}, expected ({n},)")
         if labels is not None and len(labels) != n:
             raise SpectraError(f"{source}: labels have {len(labels)} rows, spectra {n}")
-        keep = _set_aside_bad_rows(values, errors, accounting)
+        keep = _set_aside_bad_rows(values, errors, accounting, row_problems)
         if not keep.any():
             raise SpectraError(f"{accounting.summary()}: no usable row left")
         dup = pd.Series(source_id[keep]).duplicated(keep=False)
@@ -199,10 +202,11 @@ class SpectraSet:
                    kept_labels, normalisation, accounting, np.flatnonzero(keep))
 
 
-def _set_aside_bad_rows(values: np.ndarray, errors: np.ndarray,
-                        accounting: RowAccounting) -> np.ndarray:
+def _set_aside_bad_rows(values: np.ndarray, errors: np.ndarray, accounting: RowAccounting,
+                        row_problems: Sequence[tuple] = ()) -> np.ndarray:
     """Mask of usable rows; each other row is recorded with the first problem found."""
-    checks = [
+    checks = [(np.broadcast_to(np.asarray(mask, bool)[:, None], values.shape), reason)
+              for mask, reason in row_problems] + [
         (~np.isfinite(values), "non-finite value"),
         (~np.isfinite(errors), "non-finite error"),
         (errors <= 0, "zero or negative error"),
@@ -225,7 +229,8 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
 
     Args:
         path: the file. Parquet (``.parquet``, ``.pq``), FITS (``.fits``,
-            ``.fit``, ``.fits.gz``) or HDF5 (``.h5``, ``.hdf5``).
+            ``.fit``, ``.fits.gz``) or HDF5 (``.h5``, ``.hdf5``); or a store
+            folder written by ``xpsvae ingest``.
 
     Returns:
         The validated :class:`SpectraSet`; its ``accounting`` says what was
@@ -238,6 +243,9 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file")
+    if os.path.isdir(path):
+        from .ingest import read_store_columns
+        return spectra_from_columns(read_store_columns(path), source=path)
     columns = read_table_columns(path)
     return spectra_from_columns(columns, source=path)
 
@@ -346,6 +354,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
 
     used = {sid_name}
     normalisation = "none"
+    row_problems: List[tuple] = []
     if all(c in columns for c in SAMPLED_COLUMNS):
         kind = "sampled"
         values = _column_to_2d(columns["flux"], source, "flux")
@@ -365,9 +374,14 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
                 "(from gaiadr3.gaia_source, joined on source_id) to remove brightness (SPEC §2)")
         g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
         used.add("phot_g_mean_flux")
-        # A bad G flux poisons every coefficient of the row, so the row is set aside
-        # by the ordinary non-finite check below rather than a separate rule.
-        g_flux = np.where(np.isfinite(g_flux) & (g_flux > 0), g_flux, np.nan)
+        good_g = np.isfinite(g_flux) & (g_flux > 0)
+        for band in ("bp", "rp"):
+            if f"{band}_missing" in columns:
+                missing = column_to_1d(columns[f"{band}_missing"]).astype(bool)
+                row_problems.append((missing, f"no {band.upper()} spectrum"))
+                used.add(f"{band}_missing")
+        row_problems.append((~good_g, "missing or non-positive phot_g_mean_flux"))
+        g_flux = np.where(good_g, g_flux, np.nan)
         values = values / g_flux[:, None]
         errors = errors / g_flux[:, None]
         normalisation = "phot_g_mean_flux"
@@ -377,14 +391,15 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
         if c in used or c == "wavelength":
             continue
         col = column_to_1d(columns[c])
-        if col.ndim == 1 and len(col) == n_rows:
+        is_arrays = col.dtype == object and any(isinstance(v, (list, np.ndarray)) for v in col[:5])
+        if col.ndim == 1 and len(col) == n_rows and not is_arrays:
             label_columns[c] = col
     labels = pd.DataFrame(label_columns) if label_columns else None
     if "wavelength" in columns and kind == "sampled":
         wl = np.asarray(column_to_1d(columns["wavelength"]), dtype=np.float64)
         wavelength = wl if wl.shape == (values.shape[1],) else None
     return SpectraSet.from_arrays(values, errors, source_id, kind, wavelength, labels, source,
-                                  normalisation)
+                                  normalisation, row_problems)
 
 
 def _coefficient_arrays(columns: Dict[str, object], source: str):

@@ -1,0 +1,170 @@
+"""Reading every Gaia DR3 XP archive format into one store, with nothing lost."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from xpsvae import read_spectra
+from xpsvae.cli import main
+from xpsvae.ingest import XPParseError, ingest, parse_array_text
+
+from .conftest import shared_file
+
+FORMATS = ["XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW.ecsv", "XP_CONTINUOUS_RAW.fits",
+           "XP_CONTINUOUS_RAW.xml", "XP_CONTINUOUS_RAW_plain.xml",
+           "MeanSpectrumSolutionWithCov.avro"]
+ARRAYS = [f"{b}_{k}" for b in ("bp", "rp") for k in ("coefficients", "coefficient_errors",
+                                                    "coefficient_correlations")]
+
+
+def _store_table(store):
+    manifest = json.load(open(os.path.join(store, "manifest.json")))
+    return pq.read_table([os.path.join(store, s) for s in manifest["shards"]][0]), manifest
+
+
+def test_every_format_gives_the_same_arrays(tmp_path):
+    tables = {}
+    for name in FORMATS:
+        store = str(tmp_path / name)
+        ingest([shared_file("gaia_dr3_xp", name)], store, progress=False)
+        tables[name], manifest = _store_table(store)
+        assert manifest["total"]["rows_kept"] == 2 and manifest["total"]["rows_set_aside"] == 0
+    ref = tables["XP_CONTINUOUS_RAW.csv"]
+    for name, table in tables.items():
+        assert table.column("source_id").to_pylist() == ref.column("source_id").to_pylist()
+        for col in ARRAYS:
+            a = np.array(ref.column(col).to_pylist())
+            b = np.array(table.column(col).to_pylist())
+            if col.endswith("coefficients"):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name} {col}")
+            elif name.endswith(".avro"):  # derived from the packed covariance
+                np.testing.assert_allclose(a, b, rtol=3e-7, err_msg=f"{name} {col}")
+            else:  # the archive publishes errors and correlations as float32
+                np.testing.assert_array_equal(a.astype(np.float32), b.astype(np.float32),
+                                              err_msg=f"{name} {col}")
+        for col in ("bp_n_relevant_bases", "rp_basis_function_id"):
+            assert table.column(col).to_pylist() == ref.column(col).to_pylist()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "ecsv", "fits", "xml"])
+def test_missing_bp_is_flagged_not_dropped(tmp_path, suffix):
+    store = str(tmp_path / "s")
+    ingest([shared_file("gaia_dr3_xp", f"XP_CONTINUOUS_RAW_with_missing_BP.{suffix}")], store,
+           progress=False)
+    table, manifest = _store_table(store)
+    assert manifest["total"]["rows_kept"] == 3
+    assert table.column("bp_missing").to_pylist() == [False, True, False]
+    assert table.column("bp_coefficients").to_pylist()[1] is None
+    assert len(table.column("rp_coefficients").to_pylist()[1]) == 55
+
+
+def _lines():
+    return open(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv")).read() \
+        .splitlines()
+
+
+def test_bad_rows_are_set_aside_with_reasons_and_the_rest_kept(tmp_path):
+    header, *rows = _lines()
+    good = rows[0]
+    fields = good.split('"')  # quoted arrays at odd positions
+    bp = fields[1]
+
+    def with_bp(new):
+        return '"'.join([fields[0], new, *fields[2:]])
+    first_id = good.split(",")[0]
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "wrong length": with_bp(bp.rsplit(",", 1)[0] + ")"),
+        "non-numeric": with_bp(bp.replace(bp.split(",")[1], " abc", 1)),
+        "nan": with_bp(bp.replace(bp.split(",")[1], " nan", 1)),
+        "negative error": '"'.join([fields[0], fields[1], fields[2],
+                                    fields[3].replace(fields[3].split(",")[0], "(-1.0", 1),
+                                    *fields[4:]]),
+        "unknown basis": good.replace(f"{first_id},", f"{int(first_id) + 7},", 1)
+                             .replace(",56,", ",99,", 1),
+        "duplicate": good,
+    }
+    path = tmp_path / "mixed.csv"
+    path.write_text("\n".join([header, *rows, *bad.values()]) + "\n")
+    store = str(tmp_path / "store")
+    manifest = ingest([str(path)], store, progress=False)
+    entry = manifest["files"][str(path)]
+    assert entry["rows_read"] == len(rows) + len(bad)
+    assert entry["rows_kept"] == len(rows)
+    assert entry["rows_read"] == entry["rows_kept"] + entry["rows_set_aside"]
+    aside = pq.read_table(os.path.join(store, "set_aside.parquet")).to_pylist()
+    reasons = {r["input_row"] - len(rows): r["reason"] for r in aside}
+    expected = ["fields, the header has", "54 values, n_parameters says 55", "not a number",
+                "NaN or inf in a coefficient: bp_coefficients[1]",
+                "zero, negative or non-finite error", "unknown basis id", "duplicate source_id"]
+    for k, text in enumerate(expected):
+        assert text in reasons[k], (list(bad)[k], reasons[k])
+    assert all(r["raw_text"] for r in aside)  # the raw line is kept for each rejected row
+
+
+def test_corrupt_gzip_empty_file_and_other_table(tmp_path):
+    header, *rows = _lines()
+    data = gzip.compress(("\n".join([header, *rows]) + "\n").encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(data[: len(data) - 40])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    other = tmp_path / "other.csv"
+    other.write_text("source_id,ra,dec\n1,10.0,20.0\n2,11.0,21.0\n")
+    store = str(tmp_path / "store")
+    manifest = ingest([str(cut), str(empty), str(other)], store, progress=False)
+    files = manifest["files"]
+    assert any("unreadable" in r for r in files[str(cut)]["reasons"])
+    assert files[str(cut)]["rows_read"] == files[str(cut)]["rows_kept"] + \
+        files[str(cut)]["rows_set_aside"]
+    assert "file refused" in files[str(empty)]["reasons"]
+    assert files[str(other)]["rows_kept"] == 0
+    assert files[str(other)]["reasons"] == {"no BP and no RP spectrum": 2}
+
+
+def test_rerun_skips_complete_files_and_store_trains(tmp_path):
+    store = str(tmp_path / "store")
+    spectra = shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")
+    source = shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet")
+    assert main(["--quiet", "ingest", spectra, "--out", store, "--gaia-source", source]) == 0
+    shards = json.load(open(os.path.join(store, "manifest.json")))["shards"]
+    assert main(["--quiet", "ingest", spectra, "--out", store]) == 0
+    manifest = json.load(open(os.path.join(store, "manifest.json")))
+    assert manifest["shards"] == shards and manifest["total"]["rows_kept"] == 30
+    table, _ = _store_table(store)
+    assert set(table.column("g_flux_origin").to_pylist()) == {"phot_g_mean_mag"}
+    stars = read_spectra(store)
+    assert stars.kind == "coefficients" and stars.n_inputs == 110 and len(stars) == 30
+    assert main(["--quiet", "train", store, "--out", str(tmp_path / "m"), "--epochs", "1",
+                 "--calibrate-epochs", "0", "--batch-size", "16", "--threads", "2"]) == 0
+
+
+def test_store_without_g_flux_sets_rows_aside_with_the_reason(tmp_path):
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,
+           progress=False)
+    from xpsvae import SpectraError
+    with pytest.raises(SpectraError, match="2 missing or non-positive phot_g_mean_flux; 1 no BP spectrum"):
+        read_spectra(store)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_array_parser_parses_or_raises_its_own_error(text):
+    try:
+        out = parse_array_text(text)
+    except XPParseError:
+        return
+    assert out is None or (out.dtype == np.float64 and out.ndim == 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20),
+       st.sampled_from(["({})", "[{}]"]), st.sampled_from([", ", ","]))
+def test_array_parser_round_trips_numbers(values, brackets, sep):
+    text = brackets.format(sep.join(repr(v) for v in values))
+    np.testing.assert_array_equal(parse_array_text(text), np.array(values))
