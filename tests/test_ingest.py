@@ -130,8 +130,10 @@ def test_rerun_skips_complete_files_and_store_trains(tmp_path):
     store = str(tmp_path / "store")
     spectra = shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")
     source = shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet")
-    assert main(["--quiet", "ingest", spectra, "--out", store, "--gaia-source", source]) == 0
+    assert main(["--quiet", "ingest", spectra, "--out", store, "--gaia-source", source,
+                 "--rows-per-shard", "7"]) == 0
     shards = json.load(open(os.path.join(store, "manifest.json")))["shards"]
+    assert len(shards) == 5  # 30 rows, at most 7 per shard
     assert main(["--quiet", "ingest", spectra, "--out", store]) == 0
     manifest = json.load(open(os.path.join(store, "manifest.json")))
     assert manifest["shards"] == shards and manifest["total"]["rows_kept"] == 30

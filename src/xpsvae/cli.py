@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--gaia-source", action="append",
                    help="gaia_source table(s) with phot_g_mean_flux or phot_g_mean_mag "
                         "(repeat for several)")
-    i.add_argument("--rows-per-shard", type=int, default=100_000)
+    i.add_argument("--rows-per-shard", type=int, default=5_000,
+                   help="rows per shard, also the most rows held in memory")
     i.set_defaults(func=cmd_ingest)
 
     v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")
