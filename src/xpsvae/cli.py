@@ -101,6 +101,8 @@ def cmd_train(args) -> int:
     else:
         model = SVAE(_model_config(args, spectra.n_inputs), _train_config(args))
     model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 writes the files and reports
     _write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
     last = model.history[-1]
     print(f"trained {last['epoch']} epochs in {last['seconds']:.1f} s; "
@@ -346,8 +348,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _init_distributed(args) -> None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    import torch
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    device = getattr(args, "device", None) or "auto"
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if device in ("auto", "cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        _init_distributed(args)
+        if int(os.environ.get("RANK", "0")) != 0:
+            args.quiet = True  # one progress bar, from rank 0
     try:
         return args.func(args)
     except (SpectraError, ModelFileError, TrainingDiverged, ValueError, FileNotFoundError) as exc:

@@ -24,7 +24,7 @@ from . import __version__
 from .data import SpectraError, SpectraSet
 from .model import ScatterVAE, SVAEConfig
 from .preprocess import Standardizer
-from .trainer import HISTORY_NAME, Trainer, TrainConfig, resolve_device
+from .trainer import HISTORY_NAME, Trainer, TrainConfig, distributed_rank_world, resolve_device
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -107,6 +107,7 @@ class SVAE:
                                f"{n - n_val} of {n}")
         perm = np.random.default_rng(tc.seed).permutation(n)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
+        rank, world = distributed_rank_world()
         data_description = {"source": spectra.accounting.source if spectra.accounting else None,
                             "n_stars": n, "n_train": len(train_idx), "n_val": n_val,
                             "checksum": float(np.float64(spectra.values).sum())}
@@ -126,19 +127,22 @@ class SVAE:
                          else spectra.wavelength_nm.tolist(),
                          "input_names": spectra.input_names(), "data": data_description}
             self.network = self._build_network()
-            if out_dir:
+            if out_dir and rank == 0:
                 self._write_config(out_dir)
 
         x, err = self.standardizer.transform(spectra.values, spectra.errors)
         x, err = torch.from_numpy(x), torch.from_numpy(err)
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
+        # Under torchrun each rank trains on every world-th training star; the
+        # standardisation above saw them all, so it is the same on every rank.
+        local = train_idx[rank::world]
         try:
-            trainer.fit(x[train_idx], err[train_idx], x[val_idx], err[val_idx], resume=resume,
+            trainer.fit(x[local], err[local], x[val_idx], err[val_idx], resume=resume,
                         on_epoch_end=on_epoch_end)
         finally:
             self.history = trainer.history
             self.network = trainer.model.cpu()
-        if out_dir:
+        if out_dir and rank == 0:
             self.save(out_dir)
         return self
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -125,6 +126,13 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def distributed_rank_world() -> tuple:
+    """(rank, world size) of a torchrun / DistributedDataParallel run; (0, 1) otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,6 +144,12 @@ def resolve_device(name: str) -> torch.device:
 
 class Trainer:
     """Trains a :class:`ScatterVAE` on standardised tensors, with checkpoints and resume.
+
+    Under ``torchrun`` (an initialised process group) the model is wrapped in
+    DistributedDataParallel: each rank trains on its own stars with
+    ``batch_size / world`` stars per step, so the global batch is
+    ``batch_size``; gradients are averaged across ranks, loss terms are
+    averaged for the history, and rank 0 alone writes files.
 
     Args:
         model: the network (moved to the training device).
@@ -154,8 +168,20 @@ class Trainer:
         self.progress = progress
         self.history: List[Dict[str, float]] = []
         self.epoch = 0  # epochs completed
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.rank, self.world = distributed_rank_world()
+        # Each rank draws its own shuffles and latent noise.
+        self.generator = torch.Generator(device=self.device).manual_seed(
+            config.seed + 1 + 1000 * self.rank)
+        self.forward = self._wrap()
         self.optimizer = self._make_optimizer()
+
+    def _wrap(self):
+        """The module the loop calls: the model, or DDP over its trainable parameters."""
+        if self.world == 1:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # ------------------------------------------------------------------ recipe
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -211,7 +237,12 @@ class Trainer:
         if has_val:
             x_val, err_val = x_val.to(self.device), err_val.to(self.device)
         n = x_train.shape[0]
-        batches_per_epoch = max(1, n // c.batch_size)  # drop the ragged tail: BatchNorm-safe
+        batch_size = max(2, c.batch_size // self.world)  # per rank; the global batch is c's
+        batches_per_epoch = max(1, n // batch_size)  # drop the ragged tail: BatchNorm-safe
+        if self.world > 1:  # every rank must take the same number of steps
+            steps = torch.tensor([batches_per_epoch], device=self.device)
+            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+            batches_per_epoch = int(steps.item())
         total_steps = batches_per_epoch * c.epochs  # of the main phase: sets the schedule
         all_epochs = c.epochs + c.calibrate_epochs
         latent_dim = self.model.config.latent_dim
@@ -230,13 +261,13 @@ class Trainer:
                 lr = self.learning_rate(step, total_steps, epoch)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                idx = perm[b * c.batch_size:(b + 1) * c.batch_size]
+                idx = perm[b * batch_size:(b + 1) * batch_size]
                 # index_select is ~3x faster than x_train[idx] for a row gather on CPU
                 x, err = x_train.index_select(0, idx), err_train.index_select(0, idx)
                 noise = None if calibrating else torch.randn(
                     x.shape[0], latent_dim, device=self.device, generator=self.generator)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = self.model(x, noise)
+                    out = self.forward(x, noise)
                 terms = svae_loss(x, err, out["x_hat"].float(), out["scatter"].float(),
                                   out["latent_mean"].float(), out["latent_logvar"].float(),
                                   c.loss_form)
@@ -248,6 +279,9 @@ class Trainer:
                 sums += torch.stack([terms[t].detach() for t in TERMS])
                 bar.update(1)
 
+            if self.world > 1:
+                dist.all_reduce(sums)
+                sums /= self.world
             row = {"epoch": epoch + 1, "phase": "calibrate" if calibrating else "train", "lr": lr}
             row.update({f"train_{t}": v / batches_per_epoch
                         for t, v in zip(TERMS, sums.tolist())})
@@ -263,7 +297,8 @@ class Trainer:
                             val=f"{row.get('val_loss', float('nan')):.4f}")
             if self.out_dir:
                 self.save_checkpoint()
-                self._write_history()
+                if self.rank == 0:
+                    self._write_history()
             if on_epoch_end is not None:
                 on_epoch_end(self)
         bar.close()
@@ -273,10 +308,14 @@ class Trainer:
     def _set_phase(self, calibrating: bool) -> None:
         """Train everything, or (calibration) only the scatter head with the rest frozen."""
         self.model.train()
+        changed = self.model.decoder[0][0].weight.requires_grad == calibrating
         for part in (self.model.encoder, self.model.decoder):
             part.requires_grad_(not calibrating)
             if calibrating:
                 part.eval()  # frozen BatchNorm statistics stay as trained
+        if changed and self.world > 1:
+            # DDP fixes the set of trainable parameters when built: build it again.
+            self.forward = self._wrap()
 
     @torch.no_grad()
     def evaluate_loss(self, x: torch.Tensor, err: torch.Tensor, chunk: int = 16384
@@ -322,13 +361,23 @@ class Trainer:
                     tensors[f"optim.{pid}.{key}"] = value.detach().contiguous().cpu()
                 else:
                     optim_scalars[f"{pid}.{key}"] = value
-        tensors["rng.generator"] = self.generator.get_state()
+        states = [self.generator.get_state()]
+        if self.world > 1:  # every rank's random stream, so that each resumes its own
+            states = [None] * self.world
+            dist.all_gather_object(states, self.generator.get_state())
+        for r, state in enumerate(states):
+            tensors[f"rng.generator.{r}"] = state
+        if self.rank != 0:
+            dist.barrier()  # rank 0 writes; the others wait until the file is whole
+            return
         meta = {"epoch": self.epoch, "history": self.history, "train_config": self.config.to_dict(),
                 "optim_param_groups": optim["param_groups"], "optim_scalars": optim_scalars}
         os.makedirs(self.out_dir, exist_ok=True)
         tmp = self.checkpoint_path + ".tmp"
         save_file(tensors, tmp, metadata={"xpsvae_checkpoint": json.dumps(meta)})
         os.replace(tmp, self.checkpoint_path)  # a crash mid-write leaves the old checkpoint whole
+        if self.world > 1:
+            dist.barrier()
 
     def load_checkpoint(self) -> bool:
         """Restore from ``out_dir/checkpoint.safetensors``; False if there is none."""
@@ -350,7 +399,8 @@ class Trainer:
             pid, key = k.split(".", 1)
             state.setdefault(int(pid), {})[key] = v
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
-        self.generator.set_state(tensors["rng.generator"])
+        key = f"rng.generator.{self.rank}"
+        self.generator.set_state(tensors[key] if key in tensors else tensors["rng.generator.0"])
         self.epoch = int(meta["epoch"])
         self.history = meta["history"]
         return True
