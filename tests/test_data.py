@@ -1,7 +1,6 @@
 """Reading tables of spectra: formats, bad input, row accounting."""
 import h5py
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

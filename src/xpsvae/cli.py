@@ -115,8 +115,9 @@ def cmd_encode(args) -> int:
     import pyarrow.parquet as pq
     model = SVAE.load(args.model)
     spectra = _read_and_report(args.data)
-    latent_mean, latent_std = model.encode(spectra, device=args.device)
+    # one pass of the network gives the latents and the reconstruction alike
     out = model.standardised_outputs(spectra, device=args.device)
+    latent_mean, latent_std = out["latent_mean"], out["latent_std"]
     w = out["err"] ** 2 + out["scatter"] ** 2
     chi2_dof = (((out["x"] - out["x_hat"]) ** 2) / w).mean(axis=1)
     columns = {"source_id": spectra.source_id, "input_row": spectra.input_row,

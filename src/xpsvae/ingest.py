@@ -410,16 +410,6 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
         account = FileAccount(path)
         rows: List[dict] = []
         shards: List[str] = []
-
-        def flush() -> None:
-            # Shards are written as they fill: memory holds at most one shard of rows.
-            name = f"part-{len(manifest['shards']) + len(shards):05d}.parquet"
-            table = pa.Table.from_pylist(rows, schema=STORE_SCHEMA)
-            pq.write_table(table, os.path.join(store, name + ".tmp"), compression="zstd")
-            os.replace(os.path.join(store, name + ".tmp"), os.path.join(store, name))
-            shards.append(name)
-            account.rows_kept += len(rows)
-            rows.clear()
         try:
             for number, raw, record in records(path):
                 account.rows_read += 1
@@ -439,12 +429,15 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
                 row.update(phot_g_mean_flux=flux, g_flux_origin=origin, input_file=path,
                            input_row=number)
                 rows.append(row)
-                if len(rows) >= rows_per_shard:
-                    flush()
+                if len(rows) >= rows_per_shard:  # memory holds at most one shard of rows
+                    shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), rows))
+                    account.rows_kept += len(rows)
+                    rows = []
         except SpectraError as exc:
             account.add_set_aside(-1, f"file refused: {exc}")
         if rows:
-            flush()
+            shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), rows))
+            account.rows_kept += len(rows)
         set_aside_rows += account.set_aside
         manifest["shards"] += shards
         manifest["files"][path] = {**account.to_dict(), "shards": shards, "size": stat.st_size,
@@ -455,6 +448,15 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
     manifest["total"] = _totals(manifest["files"])
     _write_json(manifest_path, manifest)
     return manifest
+
+
+def _write_shard(store: str, index: int, rows: List[dict]) -> str:
+    """Write rows as shard number ``index`` (atomically); return its file name."""
+    name = f"part-{index:05d}.parquet"
+    table = pa.Table.from_pylist(rows, schema=STORE_SCHEMA)
+    pq.write_table(table, os.path.join(store, name + ".tmp"), compression="zstd")
+    os.replace(os.path.join(store, name + ".tmp"), os.path.join(store, name))
+    return name
 
 
 def _totals(files: dict) -> dict:
