@@ -55,3 +55,13 @@ def test_edge_inputs_and_comparison():
     r2 = np.full((10, 110), 2.0)
     out = edge_comparison(r1, -r2, "coefficients")
     assert out["blue"]["ratio"] == pytest.approx(0.5) and out["red"]["cannon"] == 2.0
+
+
+def test_figures_do_not_depend_on_global_latex_setting(tmp_path):
+    import matplotlib
+    from xpsvae.figures import plot_normalised_errors
+    with matplotlib.rc_context({"text.usetex": True}):  # what importing GaiaXPy does
+        path = plot_normalised_errors(np.random.default_rng(0).normal(size=(50, 20)),
+                                      str(tmp_path / "r.png"))
+    import os
+    assert os.path.getsize(path) > 10_000

@@ -266,6 +266,37 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_flux(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from .ingest import read_store_columns
+    from .sampling import XPSampler
+    grid = None
+    if args.grid:
+        start, stop, step = (float(v) for v in args.grid.split(","))
+        grid = np.arange(start, stop + step / 2, step)
+    sampler = XPSampler(grid)
+    table = pa.table(read_store_columns(args.store))
+    both = ~(np.array(table.column("bp_missing").to_pylist())
+             | np.array(table.column("rp_missing").to_pylist()))
+
+    def band(name):
+        return tuple(np.array([v for v, ok in zip(table.column(f"{name}_{c}").to_pylist(), both)
+                               if ok]) for c in ("coefficients", "coefficient_errors",
+                                                 "coefficient_correlations"))
+    flux, error = sampler.flux_and_error(band("bp"), band("rp"))
+    ids = np.array(table.column("source_id").to_pylist())[both]
+    out = pa.table({"source_id": ids, "flux": list(flux), "flux_error": list(error),
+                    "phot_g_mean_flux": np.array(table.column("phot_g_mean_flux")
+                                                 .to_pylist())[both]})
+    meta = {"wavelength_nm": sampler.wavelength_nm.tolist(), "units": "W m^-2 nm^-1",
+            "stars_without_both_bands": int((~both).sum())}
+    pq.write_table(out.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
+    print(f"{args.out}: {len(ids)} spectra on {len(sampler.wavelength_nm)} samples; "
+          f"{int((~both).sum())} stars lacking a band left out")
+    return 0
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
@@ -320,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--rows-per-shard", type=int, default=5_000,
                    help="rows per shard, also the most rows held in memory")
     i.set_defaults(func=cmd_ingest)
+
+    fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "
+                                     "(GaiaXPy's calibration, vectorised)")
+    fx.add_argument("store", help="store folder from xpsvae ingest")
+    fx.add_argument("--out", required=True, help="output Parquet: source_id, flux, flux_error")
+    fx.add_argument("--grid", help="start,stop,step in nm (default: GaiaXPy's 336,1020,2)")
+    fx.set_defaults(func=cmd_flux)
 
     v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")
     v.add_argument("model", help="sVAE model directory")

@@ -5,16 +5,29 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence
 
+import functools
+
 import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+
+def _own_style(plot):
+    """Draw with matplotlib's plain text rendering whatever other libraries set globally
+    (GaiaXPy's import turns on LaTeX, which most machines lack)."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.usetex": False}):
+            return plot(*args, **kwargs)
+    return wrapper
+
 TERM_LABELS = {"loss": "total loss", "chi2": r"$\chi^2$ term", "penalty": r"penalty $P$",
                "kl": "KL term"}
 
 
+@_own_style
 def plot_history(history: List[Dict[str, float]], path: str, title: str = "") -> str:
     """Train and validation loss per epoch, one panel per term of SPEC §4."""
     epochs = [h["epoch"] for h in history]
@@ -32,6 +45,7 @@ def plot_history(history: List[Dict[str, float]], path: str, title: str = "") ->
     return _save(fig, path)
 
 
+@_own_style
 def plot_reconstructions(wavelength_nm: Optional[np.ndarray], values: np.ndarray,
                          errors: np.ndarray, reconstruction: np.ndarray, scatter: np.ndarray,
                          titles: Sequence[str], path: str,
@@ -61,6 +75,7 @@ def plot_reconstructions(wavelength_nm: Optional[np.ndarray], values: np.ndarray
     return _save(fig, path)
 
 
+@_own_style
 def plot_normalised_errors(r: np.ndarray, path: str, title: str = "") -> str:
     """Histogram of all normalised errors against the unit normal they should follow."""
     r = np.asarray(r).ravel()
@@ -80,6 +95,7 @@ def plot_normalised_errors(r: np.ndarray, path: str, title: str = "") -> str:
     return _save(fig, path)
 
 
+@_own_style
 def plot_scatter_vs_error(wavelength_nm: Optional[np.ndarray], errors: np.ndarray,
                           scatter: np.ndarray, path: str, unit: str = "standardised units") -> str:
     """Median observational error and median intrinsic scatter per input, 16-84% bands."""
@@ -126,6 +142,7 @@ def _binned_mode(label: np.ndarray, r: np.ndarray, n_bins: int = 25):
     return np.array(centres), np.array(modes)
 
 
+@_own_style
 def plot_figure2(labels, input_name: str, r_svae: np.ndarray, r_cannon: np.ndarray,
                  scatter_svae: np.ndarray, scatter_cannon: float, path: str,
                  unit: str = "standardised units") -> str:
@@ -174,6 +191,7 @@ def plot_figure2(labels, input_name: str, r_svae: np.ndarray, r_cannon: np.ndarr
     return _save(fig, path)
 
 
+@_own_style
 def plot_figure3(latent_labelled: np.ndarray, latent_unlabelled: np.ndarray, path: str,
                  gain: Optional[dict] = None) -> str:
     """The paper's Figure 3: latent projections of labelled against unlabelled stars.

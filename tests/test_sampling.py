@@ -1,0 +1,90 @@
+"""Coefficients to sampled flux against GaiaXPy's own calibration."""
+import csv
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from xpsvae.cli import main
+from xpsvae.ingest import ingest, parse_array_text
+
+from .conftest import shared_file
+
+gaiaxpy = pytest.importorskip("gaiaxpy", reason="GaiaXPy provides the design matrices")
+
+from xpsvae.sampling import XPSampler, covariance_matrices  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("s") / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], path, progress=False)
+    return path
+
+
+def _bands(store):
+    import os
+    table = pq.read_table(os.path.join(store, "part-00000.parquet"))
+    return tuple(tuple(np.array(table.column(f"{b}_{c}").to_pylist())
+                       for c in ("coefficients", "coefficient_errors", "coefficient_correlations"))
+                 for b in ("bp", "rp"))
+
+
+def test_default_grid_matches_gaiaxpy_calibrate_output(store):
+    rows = list(csv.DictReader(open(shared_file("gaia_dr3_xp",
+                                                "calibrator_solution_default.csv"))))
+    ref_flux = np.array([parse_array_text(r["flux"]) for r in rows])
+    ref_error = np.array([parse_array_text(r["flux_error"]) for r in rows])
+    sampler = XPSampler()
+    bp, rp = _bands(store)
+    flux, error = sampler.flux_and_error(bp, rp)
+    np.testing.assert_allclose(flux, ref_flux, rtol=1e-6)
+    np.testing.assert_allclose(error, ref_error, rtol=1e-6)
+    np.testing.assert_array_equal(sampler.wavelength_nm, np.arange(336.0, 1021.0, 2.0))
+
+
+def test_user_grid_matches_gaiaxpy(store):
+    grid = np.arange(400.0, 900.0, 7.5)
+    from gaiaxpy import calibrate
+    reference, _ = calibrate(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"), sampling=grid,
+                             save_file=False)
+    bp, rp = _bands(store)
+    flux, error = XPSampler(grid).flux_and_error(bp, rp)
+    np.testing.assert_allclose(flux, np.vstack(reference["flux"]), rtol=1e-6)
+    np.testing.assert_allclose(error, np.vstack(reference["flux_error"]), rtol=1e-6)
+
+
+def test_covariance_matches_gaiaxpy_construction(store):
+    from gaiaxpy.core.generic_functions import array_to_symmetric_matrix
+    from gaiaxpy.spectrum.utils import _correlation_to_covariance_dr3int5
+    (coeff, errors, correlations), _ = _bands(store)
+    ours = covariance_matrices(errors, correlations)
+    import os
+    table = pq.read_table(os.path.join(store, "part-00000.parquet"))
+    std = np.array(table.column("bp_standard_deviation").to_pylist())
+    for i in range(len(coeff)):
+        corr = array_to_symmetric_matrix(correlations[i], 55)
+        theirs = _correlation_to_covariance_dr3int5(corr, errors[i], std[i]) * std[i] ** 2
+        np.testing.assert_allclose(ours[i], theirs, rtol=1e-12)
+    assert np.allclose(ours, np.swapaxes(ours, 1, 2))
+    np.testing.assert_allclose(np.sqrt(np.einsum("nkk->nk", ours)), errors)
+
+
+def test_flux_command_writes_a_trainable_table(tmp_path, store):
+    out = str(tmp_path / "flux.parquet")
+    assert main(["flux", store, "--out", out]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 2 and len(table.column("flux").to_pylist()[0]) == 343
+    meta = json.loads(table.schema.metadata[b"xpsvae"])
+    assert meta["units"] == "W m^-2 nm^-1" and meta["wavelength_nm"][0] == 336.0
+    from xpsvae import read_spectra
+    spectra = read_spectra(out)
+    assert spectra.kind == "sampled" and spectra.n_inputs == 343
+
+
+def test_wrong_shapes_are_refused():
+    with pytest.raises(ValueError, match=r"\(2, 1485\)"):
+        covariance_matrices(np.ones((2, 55)), np.zeros((2, 1484)))
+    with pytest.raises(ValueError, match="bp coefficients must have shape"):
+        XPSampler().flux(np.zeros((1, 54)), np.zeros((1, 55)))
