@@ -145,13 +145,33 @@ def test_rerun_skips_complete_files_and_store_trains(tmp_path):
                  "--calibrate-epochs", "0", "--batch-size", "16", "--threads", "2"]) == 0
 
 
-def test_store_without_g_flux_sets_rows_aside_with_the_reason(tmp_path):
+def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):
+    pytest.importorskip("gaiaxpy", reason="the synthetic G passband comes from GaiaXPy")
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,
            progress=False)
-    from xpsvae import SpectraError
-    with pytest.raises(SpectraError, match="2 missing or non-positive phot_g_mean_flux; 1 no BP spectrum"):
-        read_spectra(store)
+    table, _ = _store_table(store)
+    origins = table.column("g_flux_origin").to_pylist()
+    assert origins[1] == "missing"  # no BP: no synthetic G either
+    assert origins[0] == origins[2] == "synthetic G (GaiaXPy Gaia_DR3_Vega)"
+    stars = read_spectra(store)
+    assert len(stars) == 2
+    assert stars.accounting.reasons() == {"no BP spectrum": 1}
+
+
+def test_synthetic_g_flux_agrees_with_measured_g(tmp_path):
+    pytest.importorskip("gaiaxpy", reason="the synthetic G passband comes from GaiaXPy")
+    from xpsvae.sampling import synthetic_g_flux
+    store = str(tmp_path / "store")
+    ingest([shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")], store,
+           gaia_source=[shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet")],
+           progress=False)
+    table, _ = _store_table(store)
+    measured = np.array(table.column("phot_g_mean_flux").to_pylist())
+    synthetic = synthetic_g_flux(np.array(table.column("bp_coefficients").to_pylist()),
+                                 np.array(table.column("rp_coefficients").to_pylist()))
+    ratio = synthetic / measured
+    assert np.all(np.abs(ratio - 1) < 0.03), ratio  # 30 CALSPEC standards: 0.4-2.2%
 
 
 @settings(max_examples=300, deadline=None)

@@ -36,12 +36,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .data import SpectraError
+from .sampling import G_ZERO_POINT
 
 BANDS = ("bp", "rp")
 #: Basis function set ids of Gaia DR3 (BP, RP); others are refused.
 DR3_BASIS_IDS = {"bp": {56}, "rp": {57}}
-#: G-band zero point of DR3 (Riello et al. 2021): flux = 10**(-0.4 (G - ZP)) e-/s.
-G_ZERO_POINT = 25.6874
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.parquet"
 
@@ -450,8 +449,26 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
     return manifest
 
 
+def _fill_synthetic_g(rows: List[dict]) -> None:
+    """Rows without a G flux from gaia_source and with both bands get the synthetic one."""
+    todo = [r for r in rows if r["g_flux_origin"] == "missing"
+            and not (r["bp_missing"] or r["rp_missing"])]
+    if not todo:
+        return
+    try:
+        from .sampling import SYNTHETIC_G_ORIGIN, synthetic_g_flux
+        flux = synthetic_g_flux(np.array([r["bp_coefficients"] for r in todo]),
+                                np.array([r["rp_coefficients"] for r in todo]))
+    except ImportError:  # GaiaXPy absent: the rows stay flagged "missing"
+        return
+    for row, value in zip(todo, flux):
+        if np.isfinite(value):
+            row["phot_g_mean_flux"], row["g_flux_origin"] = float(value), SYNTHETIC_G_ORIGIN
+
+
 def _write_shard(store: str, index: int, rows: List[dict]) -> str:
     """Write rows as shard number ``index`` (atomically); return its file name."""
+    _fill_synthetic_g(rows)
     name = f"part-{index:05d}.parquet"
     table = pa.Table.from_pylist(rows, schema=STORE_SCHEMA)
     pq.write_table(table, os.path.join(store, name + ".tmp"), compression="zstd")
