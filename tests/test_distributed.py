@@ -28,8 +28,9 @@ def _train(args, processes=1):
     if processes == 1:
         cmd = [sys.executable, "-m", "xpsvae", "--quiet", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-               "--master-port", "29533", "-m", "xpsvae", "--quiet", "train", *args]
+        # --standalone: a local rendezvous on a free port, so parallel runs cannot collide
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(processes), "-m", "xpsvae", "--quiet", "train", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
