@@ -63,7 +63,9 @@ def test_encode_then_generate_from_the_latents(tmp_path, model_dir, stars_file):
     t = pq.read_table(latent_path)
     assert t.num_rows == 1199 and 10 not in t.column("input_row").to_pylist()
     assert t.column_names == ["source_id", "input_row", "latent_mean", "latent_std",
-                              "reconstruction_chi2_per_dof"]
+                              "reconstruction_chi2_per_dof", "anomaly_score"]
+    meta = json.loads(t.schema.metadata[b"xpsvae"])
+    assert meta["format_version"] == 1 and len(meta["preprocessing"]["mean"]) == 343
     latent = np.array(t.column("latent_mean").to_pylist())
     assert latent.shape == (1199, 6) and (np.array(t.column("latent_std").to_pylist()) > 0).all()
     out = str(tmp_path / "gen.parquet")

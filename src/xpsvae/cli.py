@@ -111,23 +111,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    import pyarrow as pa
     import pyarrow.parquet as pq
+    from .catalog import encode_store, encoded_table, model_metadata
+    if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
+        manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
+                                workers=args.workers, progress=not args.quiet)
+        print(f"encoded {manifest['rows']} stars in {len(manifest['shards'])} shards to "
+              f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
+        return 0
     model = SVAE.load(args.model)
     spectra = _read_and_report(args.data)
-    # one pass of the network gives the latents and the reconstruction alike
-    out = model.standardised_outputs(spectra, device=args.device)
-    latent_mean, latent_std = out["latent_mean"], out["latent_std"]
-    w = out["err"] ** 2 + out["scatter"] ** 2
-    chi2_dof = (((out["x"] - out["x_hat"]) ** 2) / w).mean(axis=1)
-    columns = {"source_id": spectra.source_id, "input_row": spectra.input_row,
-               "latent_mean": list(latent_mean), "latent_std": list(latent_std),
-               "reconstruction_chi2_per_dof": chi2_dof}
-    table = pa.table({k: pa.array(v if not isinstance(v, list) else [x.tolist() for x in v])
-                      for k, v in columns.items()})
-    table = table.replace_schema_metadata({"xpsvae": json.dumps(
-        {"model": os.path.abspath(args.model), "accounting": spectra.accounting.to_dict(100)})})
-    pq.write_table(table, args.out)
+    table = encoded_table(model, spectra, device=args.device)
+    meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
+            "accounting": spectra.accounting.to_dict(100)}
+    pq.write_table(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
     print(f"encoded {len(spectra)} stars to {args.out}")
     return 0
 
@@ -324,11 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("encode", help="latent mean and std per star")
+    e = sub.add_parser("encode", help="latents, reconstruction chi2 and anomaly score per star")
     e.add_argument("model", help="model directory")
-    e.add_argument("data", help="table of spectra")
-    e.add_argument("--out", required=True, help="output Parquet file")
+    e.add_argument("data", help="table of spectra, or a store folder (encoded shard by shard)")
+    e.add_argument("--out", required=True,
+                   help="output Parquet file (a table) or folder of shards (a store)")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--scheduler", help="for a store: 'local' (a Dask LocalCluster) or a Dask "
+                                       "scheduler address; default: this process")
+    e.add_argument("--workers", type=int, default=2, help="processes of the local cluster")
     e.set_defaults(func=cmd_encode)
 
     g = sub.add_parser("generate", help="spectra and intrinsic scatter from latent vectors")

@@ -282,8 +282,42 @@ def _read_hdf5_columns(path: str) -> Dict[str, object]:
     return datasets
 
 
+def _arrow_lists_to_2d(column, source: str, name: str, width: Optional[int]) -> np.ndarray:
+    """Arrow list column to (n, width) float64 without a Python loop; null rows -> NaN."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(float)
+    valid = np.isfinite(lengths)
+    if width is None:
+        if not valid.any():
+            raise SpectraError(f"{source}: column {name!r} holds no arrays")
+        values, first, counts = np.unique(lengths[valid], return_index=True, return_counts=True)
+        common = counts == counts.max()  # ties: the length met first wins
+        width = int(values[common][np.argmin(first[common])])
+    wrong = np.flatnonzero(valid & (lengths != width))
+    if len(wrong):
+        raise SpectraError(f"{source}: row {wrong[0]}, column {name!r}: array of length "
+                           f"{int(lengths[wrong[0]])}, expected {width}")
+    out = np.full((len(arr), width), np.nan)
+    if valid.any():
+        kept = arr.filter(pa.array(valid)) if not valid.all() else arr
+        out[valid] = np.asarray(kept.flatten().to_numpy(zero_copy_only=False),
+                                dtype=np.float64).reshape(-1, width)
+    return out
+
+
+def _is_arrow_lists(column) -> bool:
+    import pyarrow as pa
+    kind = getattr(column, "type", None)
+    return isinstance(column, (pa.Array, pa.ChunkedArray)) and kind is not None and (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
+
+
 def _column_to_2d(column, source: str, name: str, width: Optional[int] = None) -> np.ndarray:
     """A column of per-row arrays (fixed or list) to a float64 2-D array; null rows -> NaN."""
+    if _is_arrow_lists(column):
+        return _arrow_lists_to_2d(column, source, name, width)
     if hasattr(column, "combine_chunks") or hasattr(column, "to_pylist"):  # pyarrow
         rows = column.to_pylist()
     else:
@@ -388,8 +422,8 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
 
     label_columns = {}
     for c in names:
-        if c in used or c == "wavelength":
-            continue
+        if c in used or c == "wavelength" or _is_arrow_lists(columns[c]):
+            continue  # array columns (e.g. correlations) are not per-star labels
         col = column_to_1d(columns[c])
         is_arrays = col.dtype == object and any(isinstance(v, (list, np.ndarray)) for v in col[:5])
         if col.ndim == 1 and len(col) == n_rows and not is_arrays:

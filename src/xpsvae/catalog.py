@@ -1,0 +1,188 @@
+"""Catalogue-scale encoding and scoring of a store, shard by shard, in one process or on Dask.
+
+Every input shard becomes one output shard (``OUT/part-NNNNN.parquet``) with,
+per star, ``source_id``, ``input_row``, ``latent_mean``, ``latent_std``,
+``reconstruction_chi2_per_dof`` and ``anomaly_score``, and in the file's
+metadata the model's format and package version and its standardisation
+statistics. An output shard is written atomically, so a restarted job skips
+the shards already done. The same function runs in-process, on a Dask
+``LocalCluster`` or on a remote scheduler.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .data import SpectraError, SpectraSet, read_spectra
+from .svae import CONFIG_FILE, SVAE
+
+MANIFEST = "manifest.json"
+
+
+def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
+    """Latents, reconstruction chi2 per degree of freedom and anomaly score per star.
+
+    ``anomaly_score`` is the star's negative log-likelihood under the model,
+    per input: mean over inputs of ``r^2/2 + ln(2 pi w)/2`` with ``w = err^2 +
+    scatter^2`` in standardised units and the reconstruction decoded from the
+    latent mean. Rare or broken spectra score high.
+    """
+    out = model.standardised_outputs(spectra, device=device)
+    w = out["err"].astype(np.float64) ** 2 + out["scatter"].astype(np.float64) ** 2
+    r2 = (out["x"] - out["x_hat"]) ** 2 / w
+    anomaly = 0.5 * (r2 + np.log(2 * math.pi * w)).mean(axis=1)
+    return pa.table({
+        "source_id": spectra.source_id,
+        "input_row": spectra.input_row,
+        "latent_mean": pa.FixedSizeListArray.from_arrays(
+            out["latent_mean"].astype(np.float32).ravel(), out["latent_mean"].shape[1]),
+        "latent_std": pa.FixedSizeListArray.from_arrays(
+            out["latent_std"].astype(np.float32).ravel(), out["latent_std"].shape[1]),
+        "reconstruction_chi2_per_dof": r2.mean(axis=1),
+        "anomaly_score": anomaly,
+    })
+
+
+def model_metadata(model_dir: str) -> dict:
+    """What an output shard records of the model: versions and standardisation statistics."""
+    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
+        saved = json.load(f)
+    return {"model_dir": os.path.abspath(model_dir), "format_version": saved["format_version"],
+            "xpsvae_version": saved["xpsvae_version"], "preprocessing": saved["preprocessing"]}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(model_dir: str) -> SVAE:
+    return SVAE.load(model_dir)  # once per worker process, not once per shard
+
+
+def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
+    """Encode one input table into one output shard; returns its row accounting.
+
+    Runs with one torch thread, so that every worker gives bit-identical
+    results whatever its machine's thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _load_model(model_dir)
+        try:
+            spectra = read_spectra(shard)
+            table = encoded_table(model, spectra)
+            accounting = spectra.accounting.to_dict(max_rows_listed=100)
+        except SpectraError as exc:  # e.g. every row of the shard set aside
+            table = encoded_table_schema(model).empty_table()
+            accounting = {"source": shard, "error": str(exc)}
+    finally:
+        torch.set_num_threads(threads)
+    meta = {**model_metadata(model_dir), "input": os.path.abspath(shard),
+            "accounting": accounting}
+    table = table.replace_schema_metadata({"xpsvae": json.dumps(meta)})
+    pq.write_table(table, out_path + ".tmp", compression="zstd")
+    os.replace(out_path + ".tmp", out_path)
+    return {"input": shard, "output": os.path.basename(out_path), "rows": table.num_rows,
+            "accounting": accounting}
+
+
+def encoded_table_schema(model: SVAE) -> pa.Schema:
+    d = model.config.latent_dim
+    return pa.schema([("source_id", pa.int64()), ("input_row", pa.int64()),
+                      ("latent_mean", pa.list_(pa.float32(), d)),
+                      ("latent_std", pa.list_(pa.float32(), d)),
+                      ("reconstruction_chi2_per_dof", pa.float64()),
+                      ("anomaly_score", pa.float64())])
+
+
+def input_shards(data: str) -> List[str]:
+    """The shards of a store (in manifest order), or the file itself."""
+    manifest = os.path.join(data, MANIFEST)
+    if os.path.isdir(data):
+        if not os.path.exists(manifest):
+            raise SpectraError(f"{data}: no {MANIFEST}; not an xpsvae store")
+        with open(manifest) as f:
+            return [os.path.join(data, s) for s in json.load(f)["shards"]]
+    return [data]
+
+
+def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[str] = None,
+                 workers: int = 2, progress: bool = True) -> dict:
+    """Encode every shard of a store into ``out_dir``; shards already encoded are skipped.
+
+    Args:
+        model_dir: a trained sVAE.
+        data: a store folder (or one table file).
+        out_dir: output folder of Parquet shards and ``manifest.json``.
+        scheduler: None (this process), ``"local"`` (a Dask LocalCluster of
+            ``workers`` single-threaded processes) or a Dask scheduler address.
+        workers: processes of the local cluster.
+        progress: show a progress bar.
+
+    Returns:
+        The output manifest.
+    """
+    SVAE.load(model_dir)  # fail early, with the model's own message, before any work
+    os.makedirs(out_dir, exist_ok=True)
+    shards = input_shards(data)
+    jobs = [(s, os.path.join(out_dir, f"part-{i:05d}.parquet")) for i, s in enumerate(shards)]
+    todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped
+    results = _run(model_dir, todo, scheduler, workers, progress)
+    done = {r["output"]: r for r in results}
+    previous = _read_manifest(out_dir)
+    for entry in previous.get("shards", []):
+        done.setdefault(entry["output"], entry)
+    manifest = {**model_metadata(model_dir), "input": os.path.abspath(data),
+                "shards": [done[os.path.basename(o)] for _, o in jobs if
+                           os.path.basename(o) in done],
+                "rows": sum(done[os.path.basename(o)]["rows"] for _, o in jobs
+                            if os.path.basename(o) in done),
+                "complete": all(os.path.exists(o) for _, o in jobs)}
+    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST))
+    return manifest
+
+
+def _read_manifest(out_dir: str) -> dict:
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], workers: int,
+         progress: bool) -> List[dict]:
+    from tqdm.auto import tqdm
+    if not todo:
+        return []
+    if scheduler is None:
+        return [encode_shard(model_dir, s, o)
+                for s, o in tqdm(todo, desc="encode", unit="shard", disable=not progress)]
+    from dask.distributed import Client, LocalCluster, as_completed
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        futures = [client.submit(encode_shard, model_dir, s, o, pure=False) for s, o in todo]
+        results = []
+        for future in tqdm(as_completed(futures), total=len(futures), desc="encode",
+                           unit="shard", disable=not progress):
+            results.append(future.result())
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
