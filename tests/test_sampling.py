@@ -81,6 +81,14 @@ def test_flux_command_writes_a_trainable_table(tmp_path, store):
     from xpsvae import read_spectra
     spectra = read_spectra(out)
     assert spectra.kind == "sampled" and spectra.n_inputs == 343
+    normalised = str(tmp_path / "normalised.parquet")
+    assert main(["flux", store, "--out", normalised, "--normalise"]) == 0
+    g_flux = np.array(pq.read_table(normalised).column("phot_g_mean_flux").to_pylist())
+    ratio = np.array(pq.read_table(normalised).column("flux").to_pylist()) / np.array(
+        table.column("flux").to_pylist())
+    np.testing.assert_allclose(ratio, np.broadcast_to(1 / g_flux[:, None], ratio.shape), rtol=1e-12)
+    assert "per e-/s of G" in json.loads(pq.read_table(normalised).schema.metadata[b"xpsvae"])[
+        "units"]
 
 
 def test_wrong_shapes_are_refused():

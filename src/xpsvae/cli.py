@@ -283,10 +283,15 @@ def cmd_flux(args) -> int:
                                                  "coefficient_correlations"))
     flux, error = sampler.flux_and_error(band("bp"), band("rp"))
     ids = np.array(table.column("source_id").to_pylist())[both]
+    g_flux = np.array(table.column("phot_g_mean_flux").to_pylist(), dtype=float)[both]
+    units = "W m^-2 nm^-1"
+    if args.normalise:
+        # brightness removed as for coefficients (SPEC §2); no G flux -> NaN, set aside on reading
+        flux, error = flux / g_flux[:, None], error / g_flux[:, None]
+        units = "W m^-2 nm^-1 per e-/s of G"
     out = pa.table({"source_id": ids, "flux": list(flux), "flux_error": list(error),
-                    "phot_g_mean_flux": np.array(table.column("phot_g_mean_flux")
-                                                 .to_pylist())[both]})
-    meta = {"wavelength_nm": sampler.wavelength_nm.tolist(), "units": "W m^-2 nm^-1",
+                    "phot_g_mean_flux": g_flux})
+    meta = {"wavelength_nm": sampler.wavelength_nm.tolist(), "units": units,
             "stars_without_both_bands": int((~both).sum())}
     pq.write_table(out.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
     print(f"{args.out}: {len(ids)} spectra on {len(sampler.wavelength_nm)} samples; "
@@ -358,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("store", help="store folder from xpsvae ingest")
     fx.add_argument("--out", required=True, help="output Parquet: source_id, flux, flux_error")
     fx.add_argument("--grid", help="start,stop,step in nm (default: GaiaXPy's 336,1020,2)")
+    fx.add_argument("--normalise", action="store_true",
+                    help="divide flux and errors by phot_g_mean_flux (ready for training)")
     fx.set_defaults(func=cmd_flux)
 
     v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")

@@ -409,8 +409,10 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
         account = FileAccount(path)
         rows: List[dict] = []
         shards: List[str] = []
+        rows_bar = tqdm(records(path), desc=os.path.basename(path), unit="row", leave=False,
+                        disable=not progress)
         try:
-            for number, raw, record in records(path):
+            for number, raw, record in rows_bar:
                 account.rows_read += 1
                 try:
                     if isinstance(record, XPParseError):
@@ -434,6 +436,8 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
                     rows = []
         except SpectraError as exc:
             account.add_set_aside(-1, f"file refused: {exc}")
+        finally:
+            rows_bar.close()
         if rows:
             shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), rows))
             account.rows_kept += len(rows)
