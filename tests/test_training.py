@@ -116,3 +116,10 @@ def test_paper_recipe_preset_is_the_papers():
     assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.loss_form) == ("sgd", 0.1, 1024, 100,
                                                                         "paper")
     assert c.momentum == 0.9 and c.calibrate_epochs == 0
+
+
+def test_unknown_saved_training_option_warns():
+    saved = {**TrainConfig().to_dict(), "turbo_mode": True}
+    with pytest.warns(UserWarning, match="turbo_mode"):
+        config = TrainConfig.from_dict(saved)
+    assert config == TrainConfig()

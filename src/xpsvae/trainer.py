@@ -122,7 +122,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild from a saved dict; options this version does not know are dropped, with a warning."""
         known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            import warnings
+            warnings.warn(f"training options {unknown} are not known to this xpsvae and are "
+                          "ignored (saved by another version?)", stacklevel=2)
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
