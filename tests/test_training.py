@@ -123,3 +123,17 @@ def test_unknown_saved_training_option_warns():
     with pytest.warns(UserWarning, match="turbo_mode"):
         config = TrainConfig.from_dict(saved)
     assert config == TrainConfig()
+
+
+def test_compiled_training_matches_eager(small_library):
+    """torch.compile fuses operations, so the weights agree closely, not bitwise."""
+    stars = small_library.subset(np.arange(700))
+    eager = SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=0, batch_size=128,
+                                          threads=2, seed=4)).fit(stars, progress=False)
+    compiled = SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=0, batch_size=128,
+                                             threads=2, seed=4, compile=True)).fit(
+        stars, progress=False)
+    for name, value in _weights(eager).items():
+        torch.testing.assert_close(_weights(compiled)[name], value, rtol=1e-3, atol=1e-4)
+    assert compiled.history[-1]["val_loss"] == pytest.approx(eager.history[-1]["val_loss"],
+                                                             rel=1e-3)

@@ -42,6 +42,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on GPU")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="run the network through torch.compile")
     g.add_argument("--calibrate-epochs", type=int,
                    help="final epochs training only the scatter head on latent-mean "
                         "reconstructions (0: off)")
@@ -58,8 +60,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def _train_config(args) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
-    if args.amp:
-        overrides["amp"] = True
+    for flag in ("amp", "compile"):
+        if getattr(args, flag):
+            overrides[flag] = True
     return TrainConfig.preset(args.recipe, **overrides)
 
 

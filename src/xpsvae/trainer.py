@@ -62,6 +62,9 @@ class TrainConfig:
             absorbs the latent sampling noise, which is absent when a star is
             decoded from its latent mean (0: off, the paper's behaviour).
         calibrate_lr_fraction: learning rate of those epochs, as a share of ``lr``.
+        compile: run the network through ``torch.compile`` (measured on 2 CPU
+            cores: +20% samples/s after ~25 s of compiling; needs a C++
+            compiler on CPU).
     """
 
     optimizer: str = "adamw"
@@ -82,6 +85,7 @@ class TrainConfig:
     threads: int = 0
     calibrate_epochs: int = 10
     calibrate_lr_fraction: float = 0.1
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -182,12 +186,14 @@ class Trainer:
         self.optimizer = self._make_optimizer()
 
     def _wrap(self):
-        """The module the loop calls: the model, or DDP over its trainable parameters."""
-        if self.world == 1:
-            return self.model
-        from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        """The module the loop calls: the model, or DDP over its trainable parameters,
+        compiled if asked (it shares the model's parameters either way)."""
+        module = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            module = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(module) if self.config.compile else module
 
     # ------------------------------------------------------------------ recipe
     def _make_optimizer(self) -> torch.optim.Optimizer:
