@@ -24,6 +24,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .data import SpectraError, SpectraSet
+from .files import write_json
 from .preprocess import Standardizer
 
 FORMAT_VERSION = 1
@@ -224,8 +225,7 @@ class Cannon:
                 "label_mean": self.label_mean.tolist(), "label_std": self.label_std.tolist(),
                 "preprocessing": self.standardizer.to_dict(), "kind": self.kind,
                 "fit": None if self.fit_info is None else vars(self.fit_info)}
-        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(meta, f, indent=1)
+        write_json(os.path.join(directory, CONFIG_FILE), meta)
 
     @classmethod
     def load(cls, directory: str) -> "Cannon":

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .data import SpectraError, SpectraSet, read_spectra
+from .files import write_json
 from .svae import CONFIG_FILE, SVAE
 
 MANIFEST = "manifest.json"
@@ -145,9 +146,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
                 "rows": sum(done[os.path.basename(o)]["rows"] for _, o in jobs
                             if os.path.basename(o) in done),
                 "complete": all(os.path.exists(o) for _, o in jobs)}
-    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST))
+    write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
 
 

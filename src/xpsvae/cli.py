@@ -11,6 +11,7 @@ from typing import List, Optional
 import numpy as np
 
 from .data import SpectraError, read_spectra
+from .files import write_json
 from .model import ACTIVATIONS, LOSS_FORMS, NORMS, SCATTER_MAPS, SVAEConfig
 from .svae import CONFIG_FILE, ModelFileError, SVAE
 from .trainer import TrainConfig, TrainingDiverged
@@ -106,7 +107,7 @@ def cmd_train(args) -> int:
     model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 writes the files and reports
-    _write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
+    write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
     last = model.history[-1]
     print(f"trained {last['epoch']} epochs in {last['seconds']:.1f} s; "
           f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")
@@ -244,7 +245,7 @@ def cmd_evaluate(args) -> int:
     metrics = {"model_dir": args.model,
                "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20)}}
     metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
-    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(f"report: {write_report(args.out, metrics)}")
     return 0
 
@@ -300,11 +301,6 @@ def cmd_flux(args) -> int:
     print(f"{args.out}: {len(ids)} spectra on {len(sampler.wavelength_nm)} samples; "
           f"{int((~both).sum())} stars lacking a band left out")
     return 0
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
 
 
 def build_parser() -> argparse.ArgumentParser:

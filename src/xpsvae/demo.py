@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ import torch
 from . import __version__
 from .assess import assess
 from .cannon import Cannon
+from .files import write_json
 from .figures import plot_history
 from .library import benchmark_split, library_path, load_apogee_library
 from .report import REFERENCE, write_report
@@ -100,7 +100,6 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
                             progress_title=f"({recipe} recipe)")
             metrics[name] = result["svae"]
         metrics[name]["training"] = training
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_json(os.path.join(out_dir, "metrics.json"), metrics)
     write_report(out_dir, metrics)
     return metrics

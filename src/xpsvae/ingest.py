@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .data import SpectraError
+from .files import write_json
 from .sampling import G_ZERO_POINT
 
 BANDS = ("bp", "rp")
@@ -447,9 +448,9 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
                                    "complete": True}
         _write_set_aside(store, set_aside_rows)
         manifest["total"] = _totals(manifest["files"])
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     manifest["total"] = _totals(manifest["files"])
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return manifest
 
 
@@ -510,12 +511,6 @@ def _write_set_aside(store: str, rows: List[dict]) -> None:
                         ("raw_text", pa.string()), ("reason", pa.string())])
     path = os.path.join(store, SET_ASIDE)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
     os.replace(path + ".tmp", path)
 
 

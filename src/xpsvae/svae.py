@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .data import SpectraError, SpectraSet
+from .files import write_json
 from .model import ScatterVAE, SVAEConfig
 from .preprocess import Standardizer
 from .trainer import HISTORY_NAME, Trainer, TrainConfig, distributed_rank_world, resolve_device
@@ -281,10 +282,7 @@ class SVAE:
 
     def _write_config(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, CONFIG_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self._config_dict(), f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json(os.path.join(directory, CONFIG_FILE), self._config_dict())
 
     def save(self, directory: str) -> None:
         """Write ``model.safetensors``, ``config.json`` (and ``history.csv``) to ``directory``."""
