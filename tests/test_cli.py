@@ -165,3 +165,17 @@ def test_cannon_without_label_columns_is_a_clear_error(tmp_path, stars_file, cap
     assert main(["cannon", "fit", stars_file, "--labels", "teff,vsini",
                  "--out", str(tmp_path / "c")]) == 2
     assert "['vsini'] not found" in capsys.readouterr().err
+
+
+def test_encode_a_folder_that_is_not_a_store_and_predict_without_labels(tmp_path, model_dir,
+                                                                      stars_file, capsys):
+    folder = tmp_path / "not_a_store"
+    folder.mkdir()
+    assert main(["encode", model_dir, str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert "no manifest.json; not an xpsvae store" in capsys.readouterr().err
+    cannon_dir = str(tmp_path / "cannon")
+    assert main(["cannon", "fit", stars_file, "--out", cannon_dir]) == 0
+    labels = str(tmp_path / "labels.parquet")
+    pq.write_table(pa.table({"teff": [5000.0], "logg": [4.0]}), labels)
+    assert main(["cannon", "predict", cannon_dir, labels, "--out", str(tmp_path / "p")]) == 2
+    assert "label columns ['fe_h'] not found" in capsys.readouterr().err
