@@ -22,19 +22,20 @@ set aside. Duplicate source ids are set aside with the row of the first one.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
+import itertools
 import json
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import fastcsv
 from .data import SpectraError
 from .files import write_json
 from .sampling import G_ZERO_POINT
@@ -47,13 +48,17 @@ SET_ASIDE = "set_aside.parquet"
 
 _band_fields = []
 for _b in BANDS:
+    # Errors and correlations are float32, as the archive publishes them.
     _band_fields += [pa.field(f"{_b}_coefficients", pa.list_(pa.float64())),
-                     pa.field(f"{_b}_coefficient_errors", pa.list_(pa.float64())),
-                     pa.field(f"{_b}_coefficient_correlations", pa.list_(pa.float64())),
+                     pa.field(f"{_b}_coefficient_errors", pa.list_(pa.float32())),
+                     pa.field(f"{_b}_coefficient_correlations", pa.list_(pa.float32())),
                      pa.field(f"{_b}_n_relevant_bases", pa.int32()),
                      pa.field(f"{_b}_standard_deviation", pa.float64()),
                      pa.field(f"{_b}_basis_function_id", pa.int32()),
                      pa.field(f"{_b}_missing", pa.bool_())]
+#: A batch of rows before the G-flux join: the store's columns that come from the XP file.
+BATCH_SCHEMA = pa.schema([pa.field("source_id", pa.int64()), *_band_fields,
+                          pa.field("input_row", pa.int64())])
 STORE_SCHEMA = pa.schema([pa.field("source_id", pa.int64()), *_band_fields,
                           pa.field("phot_g_mean_flux", pa.float64()),
                           pa.field("g_flux_origin", pa.string()),
@@ -126,41 +131,156 @@ class FileAccount:
 # archive's snake_case names to values, arrays already parsed (or raises XPParseError
 # for that row, which the caller sets aside).
 
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _csv_lines(lines: Iterable[str], header: List[str], first_number: int) -> Iterator[tuple]:
+    """The exact, row-by-row reader of CSV data lines (numbered from ``first_number``)."""
+    for number, line in enumerate(lines, start=first_number):
+        if not line.strip():
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as exc:
+            yield number, line, XPParseError(f"bad CSV line ({exc})")
+            continue
+        if len(fields) != len(header):
+            yield number, line, XPParseError(
+                f"{len(fields)} fields, the header has {len(header)} (truncated line?)")
+            continue
+        yield number, line, dict(zip(header, fields))
 
 
 def _csv_records(path: str) -> Iterator[tuple]:
-    """DataLink CSV and ECSV (plain or gzip'd): header line, then one star per line."""
-    with _open_text(path) as f:
-        header = None
-        number = -1
-        try:
-            for line in f:
+    """DataLink CSV and ECSV (plain or gzip'd), row by row; see :func:`_csv_batches`."""
+    for batch in _csv_batches(path, fast=False):
+        yield from batch.records
+
+
+@dataclass
+class _Batch:
+    """Consecutive rows of one input file.
+
+    ``table`` holds rows the fast path has already parsed and checked (in
+    BATCH_SCHEMA, with ``input_row``); ``records`` holds rows to check one by
+    one, as ``(row, raw text or None, record or XPParseError)``.
+    """
+
+    records: List[tuple] = field(default_factory=list)
+    table: Optional[pa.Table] = None
+    raw_line: Callable[[int], Optional[str]] = lambda row: None
+
+    @property
+    def rows(self) -> int:
+        return len(self.records) + (self.table.num_rows if self.table is not None else 0)
+
+
+def _csv_batches(path: str, fast: bool = True) -> Iterator[_Batch]:
+    """DataLink CSV and ECSV (plain or gzip'd): header line, then one star per line.
+
+    Chunks of lines go through :mod:`xpsvae.fastcsv`; a chunk it calls
+    irregular (or every chunk, with ``fast=False``) is read row by row.
+    """
+    chunks = fastcsv.line_chunks(path)
+    next_row = 0
+    header = None
+    try:
+        for chunk in chunks:
+            if header is None:
+                header, chunk, _ = fastcsv.split_header(chunk)
                 if header is None:
-                    if line.startswith("#") or not line.strip():
-                        continue
-                    header = next(csv.reader([line]))
                     continue
-                number += 1
-                if not line.strip():
-                    continue
-                try:
-                    fields = next(csv.reader([line]))
-                except csv.Error as exc:
-                    yield number, line.rstrip("\n"), XPParseError(f"bad CSV line ({exc})")
-                    continue
-                if len(fields) != len(header):
-                    yield number, line.rstrip("\n"), XPParseError(
-                        f"{len(fields)} fields, the header has {len(header)} (truncated line?)")
-                    continue
-                yield number, line.rstrip("\n"), dict(zip(header, fields))
-        except (EOFError, OSError, gzip.BadGzipFile) as exc:  # a corrupt or cut gzip member
-            yield number + 1, None, XPParseError(f"file unreadable after row {number}: {exc}")
+                fast = fast and all(c in header for c in _FAST_COLUMNS)
+            if not chunk:
+                continue
+            try:
+                if not fast:
+                    raise fastcsv.Irregular("exact reader asked for")
+                strings = fastcsv.parse_chunk(chunk, header)
+                batch = _fast_batch(strings, next_row, chunk)
+                next_row += strings.num_rows
+            except fastcsv.Irregular:
+                lines = chunk.decode("utf-8", errors="replace").split("\n")
+                if lines and lines[-1] == "":
+                    lines.pop()
+                batch = _Batch(records=list(_csv_lines(lines, header, next_row)))
+                next_row += len(lines)
+            yield batch
+    except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
+        yield _Batch(records=[(next_row, None, XPParseError(
+            f"file unreadable after row {next_row - 1}: {exc}"))])
+        return
     if header is None:
         raise SpectraError(f"{path}: no header line; an empty file or not a table")
+
+
+_FAST_COLUMNS = ("source_id",) + tuple(f"{b}_{k}" for b in BANDS
+                                       for k in ("coefficients", "coefficient_errors"))
+
+
+def _fast_batch(strings: pa.Table, first_row: int, chunk: bytes) -> _Batch:
+    """Parse and check a whole chunk at once; rows failing a check go to the exact reader.
+
+    Raises:
+        fastcsv.Irregular: a value the vectorised parsers refuse (the caller
+            reads the chunk row by row).
+    """
+    n = strings.num_rows
+    exact = np.zeros(n, dtype=bool)  # rows to read one by one, for their exact message
+    columns = {"source_id": fastcsv.number_column(strings.column("source_id"), pa.int64())}
+    exact |= columns["source_id"].is_null().to_numpy(zero_copy_only=False)
+    both_missing = np.ones(n, dtype=bool)
+
+    def scalar(name, type_):
+        return fastcsv.number_column(strings.column(name), type_) if name in strings.column_names \
+            else pa.nulls(n, type_)
+    for band in BANDS:
+        coeff, n_coeff = fastcsv.array_column(strings.column(f"{band}_coefficients"), pa.float64())
+        errors, n_errors = fastcsv.array_column(strings.column(f"{band}_coefficient_errors"),
+                                                pa.float32())
+        corr_name = f"{band}_coefficient_correlations"
+        corr, n_corr = fastcsv.array_column(strings.column(corr_name), pa.float32()) \
+            if corr_name in strings.column_names else (np.zeros(0, np.float32), np.zeros(n, int))
+        missing = n_coeff == 0
+        both_missing &= missing
+        n_parameters = scalar(f"{band}_n_parameters", pa.int64()).to_numpy(zero_copy_only=False)
+        basis = scalar(f"{band}_basis_function_id", pa.int32())
+        basis_np = basis.to_numpy(zero_copy_only=False)
+        known_basis = np.isin(basis_np, list(DR3_BASIS_IDS[band])) | np.isnan(basis_np)
+        exact |= ~missing & (
+            (n_errors != n_coeff)
+            | ((n_corr != 0) & (n_corr != n_coeff * (n_coeff - 1) // 2))
+            | (~np.isnan(n_parameters) & (n_parameters != n_coeff))
+            | fastcsv.row_flags(coeff, n_coeff, ~np.isfinite(coeff))
+            | fastcsv.row_flags(errors, n_errors, ~(np.isfinite(errors) & (errors > 0)))
+            | ~known_basis)
+        null_if_missing = pa.array(missing)
+        columns.update({
+            f"{band}_coefficients": fastcsv.list_array(coeff, n_coeff, missing, pa.float64()),
+            f"{band}_coefficient_errors": fastcsv.list_array(errors, n_errors, missing,
+                                                             pa.float32()),
+            f"{band}_coefficient_correlations": fastcsv.list_array(
+                corr, n_corr, missing | (n_corr == 0), pa.float32()),
+            f"{band}_n_relevant_bases": pc.if_else(
+                null_if_missing, pa.scalar(None, pa.int32()),
+                scalar(f"{band}_n_relevant_bases", pa.int32())),
+            f"{band}_standard_deviation": pc.if_else(
+                null_if_missing, pa.scalar(None, pa.float64()),
+                scalar(f"{band}_standard_deviation", pa.float64())),
+            f"{band}_basis_function_id": pc.if_else(null_if_missing,
+                                                    pa.scalar(None, pa.int32()), basis),
+            f"{band}_missing": null_if_missing})
+    exact |= both_missing
+    columns["input_row"] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+    table = pa.table(columns, schema=BATCH_SCHEMA).filter(pa.array(~exact))
+    lines: List[bytes] = []
+
+    def raw_line(row: int) -> str:
+        if not lines:
+            lines.extend(chunk.split(b"\n"))
+        return lines[row - first_row].decode("utf-8", errors="replace")
+    records = []
+    for i in np.flatnonzero(exact):
+        records.append((first_row + int(i), raw_line(first_row + int(i)),
+                        strings.slice(int(i), 1).to_pylist()[0]))
+    return _Batch(records=records, table=table, raw_line=raw_line)
 
 
 def _table_records(table) -> Iterator[tuple]:
@@ -376,6 +496,67 @@ def _astropy_columns(path: str) -> dict:
 
 # --------------------------------------------------------------------------- the store
 
+def _file_batches(path: str, batch_rows: int = 2_000) -> Iterator[_Batch]:
+    if _file_kind(path) == "csv":
+        yield from _csv_batches(path)
+        return
+    rows = records(path)
+    while True:
+        chunk = list(itertools.islice(rows, batch_rows))
+        if not chunk:
+            return
+        yield _Batch(records=chunk)
+
+
+class _SeenIds:
+    """source_ids already in the store, with where each came from (sorted arrays, not a dict,
+    so 10^8 ids take ~2 GB rather than ~20)."""
+
+    def __init__(self):
+        self.files: List[str] = []
+        self._ids = np.zeros(0, np.int64)
+        self._file = np.zeros(0, np.int32)
+        self._row = np.zeros(0, np.int64)
+
+    def add(self, ids: np.ndarray, file: str, rows: np.ndarray) -> None:
+        if file not in self.files:
+            self.files.append(file)
+        ids = np.concatenate([self._ids, ids])
+        order = np.argsort(ids, kind="stable")
+        self._ids = ids[order]
+        self._file = np.concatenate([self._file, np.full(len(rows), self.files.index(file),
+                                                         np.int32)])[order]
+        self._row = np.concatenate([self._row, rows])[order]
+
+    def first_seen(self, ids: np.ndarray) -> List[Optional[str]]:
+        """For each id, where it was first seen ("file row N"), or None."""
+        at = np.minimum(np.searchsorted(self._ids, ids), max(len(self._ids) - 1, 0))
+        found = (self._ids[at] == ids) if len(self._ids) else np.zeros(len(ids), bool)
+        return [f"{os.path.basename(self.files[self._file[a]])} row {self._row[a]}" if f else None
+                for a, f in zip(at, found)]
+
+
+def _normalise_batch(batch: _Batch, account: "FileAccount") -> pa.Table:
+    """The batch's good rows as one BATCH_SCHEMA table (in row order); bad rows set aside."""
+    rows = []
+    for number, raw, record in batch.records:
+        try:
+            if isinstance(record, XPParseError):
+                raise record
+            row = normalise_record(record)
+        except XPParseError as exc:
+            account.add_set_aside(number, str(exc), raw)
+            continue
+        row["input_row"] = number
+        rows.append(row)
+    tables = [t for t in (batch.table, pa.Table.from_pylist(rows, schema=BATCH_SCHEMA) if rows
+                          else None) if t is not None and t.num_rows]
+    if not tables:
+        return BATCH_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    return table.take(pc.sort_indices(table.column("input_row"))) if len(tables) > 1 else table
+
+
 def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
            rows_per_shard: int = 5_000, progress: bool = True) -> dict:
     """Read XP files into the store; files already complete in its manifest are skipped.
@@ -384,9 +565,9 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
         paths: input files, any mix of formats.
         store: the store folder (created if needed).
         gaia_source: gaia_source tables for the G-band flux join.
-        rows_per_shard: rows per Parquet shard; also the most rows held in
-            memory (5,000 rows: ~720 MB peak RSS, the package included).
-        progress: show a progress bar over files.
+        rows_per_shard: rows per Parquet shard; memory holds about one shard
+            plus one read chunk (16 MB of text).
+        progress: show progress bars over files and rows.
 
     Returns:
         The manifest (also written to ``store/manifest.json``).
@@ -396,7 +577,8 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
     manifest_path = os.path.join(store, MANIFEST)
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else \
         {"files": {}, "shards": [], "gaia_source": []}
-    g_flux = read_g_flux(list(gaia_source)) if gaia_source else {}
+    g_ids, g_flux, g_origin = _g_flux_arrays(read_g_flux(list(gaia_source)) if gaia_source
+                                             else {})
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
                                                                              gaia_source)))
     seen = _ids_in_store(store, manifest)
@@ -408,40 +590,53 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
         if done and done.get("complete") and done.get("size") == stat.st_size:
             continue  # re-running after an interruption: this file is already in the store
         account = FileAccount(path)
-        rows: List[dict] = []
+        pending: List[pa.Table] = []
         shards: List[str] = []
-        rows_bar = tqdm(records(path), desc=os.path.basename(path), unit="row", leave=False,
+        rows_bar = tqdm(desc=os.path.basename(path), unit="row", leave=False,
                         disable=not progress)
+
+        def write_full_shards(final: bool) -> None:
+            table = pa.concat_tables(pending) if pending else None
+            pending.clear()
+            while table is not None and (table.num_rows >= rows_per_shard or
+                                         (final and table.num_rows)):
+                shard = table.slice(0, rows_per_shard)
+                shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), shard))
+                account.rows_kept += shard.num_rows
+                table = table.slice(rows_per_shard)
+            if table is not None and table.num_rows:
+                pending.append(table)
         try:
-            for number, raw, record in rows_bar:
-                account.rows_read += 1
-                try:
-                    if isinstance(record, XPParseError):
-                        raise record
-                    row = normalise_record(record)
-                except XPParseError as exc:
-                    account.add_set_aside(number, str(exc), raw)
-                    continue
-                first = seen.get(row["source_id"])
-                if first is not None:
-                    account.add_set_aside(number, f"duplicate source_id: first at {first}", raw)
-                    continue
-                seen[row["source_id"]] = f"{os.path.basename(path)} row {number}"
-                flux, origin = g_flux.get(row["source_id"], (np.nan, "missing"))
-                row.update(phot_g_mean_flux=flux, g_flux_origin=origin, input_file=path,
-                           input_row=number)
-                rows.append(row)
-                if len(rows) >= rows_per_shard:  # memory holds at most one shard of rows
-                    shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), rows))
-                    account.rows_kept += len(rows)
-                    rows = []
+            for batch in _file_batches(path):
+                account.rows_read += batch.rows
+                rows_bar.update(batch.rows)
+                table = _normalise_batch(batch, account)
+                ids = table.column("source_id").to_numpy()
+                rows = table.column("input_row").to_numpy()
+                first = seen.first_seen(ids)
+                _, first_in_batch = np.unique(ids, return_index=True)
+                repeated = np.ones(len(ids), bool)
+                repeated[first_in_batch] = False
+                keep = np.ones(len(ids), bool)
+                for i in np.flatnonzero(np.array([f is not None for f in first], bool) | repeated):
+                    where = first[i] or f"{os.path.basename(path)} row " \
+                        f"{rows[np.flatnonzero(ids == ids[i])[0]]}"
+                    raw = next((r for n, r, _ in batch.records if n == rows[i]), None) \
+                        or batch.raw_line(int(rows[i]))
+                    account.add_set_aside(int(rows[i]), f"duplicate source_id: first at {where}",
+                                          raw)
+                    keep[i] = False
+                table = table.filter(pa.array(keep))
+                seen.add(ids[keep], path, rows[keep])
+                pending.append(_join_g_flux(table, path, g_ids, g_flux, g_origin))
+                if sum(t.num_rows for t in pending) >= rows_per_shard:
+                    write_full_shards(final=False)
         except SpectraError as exc:
             account.add_set_aside(-1, f"file refused: {exc}")
         finally:
             rows_bar.close()
-        if rows:
-            shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), rows))
-            account.rows_kept += len(rows)
+        write_full_shards(final=True)
+        account.set_aside.sort(key=lambda r: r["input_row"])
         set_aside_rows += account.set_aside
         manifest["shards"] += shards
         manifest["files"][path] = {**account.to_dict(), "shards": shards, "size": stat.st_size,
@@ -454,28 +649,57 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
     return manifest
 
 
-def _fill_synthetic_g(rows: List[dict]) -> None:
+def _g_flux_arrays(found: Dict[int, tuple]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.array(sorted(found), dtype=np.int64)
+    return (ids, np.array([found[i][0] for i in ids], dtype=np.float64),
+            np.array([found[i][1] for i in ids], dtype=object))
+
+
+def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarray,
+                 g_origin: np.ndarray) -> pa.Table:
+    """Add the store's G-flux and provenance columns (STORE_SCHEMA order)."""
+    ids = table.column("source_id").to_numpy()
+    flux = np.full(len(ids), np.nan)
+    origin = np.full(len(ids), "missing", dtype=object)
+    if len(g_ids):
+        at = np.minimum(np.searchsorted(g_ids, ids), len(g_ids) - 1)
+        found = g_ids[at] == ids
+        flux[found], origin[found] = g_flux[at[found]], g_origin[at[found]]
+    columns = {name: table.column(name) for name in BATCH_SCHEMA.names}
+    columns.update(phot_g_mean_flux=pa.array(flux), g_flux_origin=pa.array(origin, pa.string()),
+                   input_file=pa.array(np.full(len(ids), path, dtype=object), pa.string()))
+    return pa.table({name: columns[name] for name in STORE_SCHEMA.names}, schema=STORE_SCHEMA)
+
+
+def _fill_synthetic_g(table: pa.Table) -> pa.Table:
     """Rows without a G flux from gaia_source and with both bands get the synthetic one."""
-    todo = [r for r in rows if r["g_flux_origin"] == "missing"
-            and not (r["bp_missing"] or r["rp_missing"])]
-    if not todo:
-        return
+    origin = np.array(table.column("g_flux_origin").to_pylist(), dtype=object)
+    todo = np.flatnonzero((origin == "missing")
+                          & ~table.column("bp_missing").to_numpy(zero_copy_only=False)
+                          & ~table.column("rp_missing").to_numpy(zero_copy_only=False))
+    if not len(todo):
+        return table
     try:
         from .sampling import SYNTHETIC_G_ORIGIN, synthetic_g_flux
-        flux = synthetic_g_flux(np.array([r["bp_coefficients"] for r in todo]),
-                                np.array([r["rp_coefficients"] for r in todo]))
     except ImportError:  # GaiaXPy absent: the rows stay flagged "missing"
-        return
-    for row, value in zip(todo, flux):
-        if np.isfinite(value):
-            row["phot_g_mean_flux"], row["g_flux_origin"] = float(value), SYNTHETIC_G_ORIGIN
+        return table
+    bands = [np.array(table.column(f"{b}_coefficients").take(pa.array(todo)).to_pylist(),
+                      dtype=np.float64) for b in BANDS]
+    flux_new = synthetic_g_flux(*bands)
+    flux = table.column("phot_g_mean_flux").to_numpy(zero_copy_only=False).copy()
+    ok = np.isfinite(flux_new)
+    flux[todo[ok]] = flux_new[ok]
+    origin[todo[ok]] = SYNTHETIC_G_ORIGIN
+    table = table.set_column(table.schema.get_field_index("phot_g_mean_flux"),
+                             "phot_g_mean_flux", pa.array(flux))
+    return table.set_column(table.schema.get_field_index("g_flux_origin"), "g_flux_origin",
+                            pa.array(origin, pa.string()))
 
 
-def _write_shard(store: str, index: int, rows: List[dict]) -> str:
-    """Write rows as shard number ``index`` (atomically); return its file name."""
-    _fill_synthetic_g(rows)
+def _write_shard(store: str, index: int, table: pa.Table) -> str:
+    """Write a STORE_SCHEMA table as shard number ``index`` (atomically); return its file name."""
+    table = _fill_synthetic_g(table)
     name = f"part-{index:05d}.parquet"
-    table = pa.Table.from_pylist(rows, schema=STORE_SCHEMA)
     pq.write_table(table, os.path.join(store, name + ".tmp"), compression="zstd")
     os.replace(os.path.join(store, name + ".tmp"), os.path.join(store, name))
     return name
@@ -491,13 +715,16 @@ def _totals(files: dict) -> dict:
             "reasons": dict(reasons)}
 
 
-def _ids_in_store(store: str, manifest: dict) -> Dict[int, str]:
-    seen = {}
+def _ids_in_store(store: str, manifest: dict) -> _SeenIds:
+    seen = _SeenIds()
     for name in manifest["shards"]:
         table = pq.read_table(os.path.join(store, name), columns=["source_id", "input_file",
                                                                   "input_row"])
-        for sid, f, r in zip(*(table.column(c).to_pylist() for c in table.column_names)):
-            seen[sid] = f"{os.path.basename(f)} row {r}"
+        files = table.column("input_file").to_numpy(zero_copy_only=False)
+        for file in np.unique(files):
+            mask = files == file
+            seen.add(table.column("source_id").to_numpy()[mask], str(file),
+                     table.column("input_row").to_numpy()[mask])
     return seen
 
 
