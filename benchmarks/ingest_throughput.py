@@ -40,6 +40,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--skip-astropy", action="store_true")
+    p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
+                   "train_throughput.py --streaming)")
     args = p.parse_args()
     from xpsvae.ingest import ingest
     work = tempfile.mkdtemp()
@@ -49,6 +51,8 @@ def main() -> None:
         start = time.perf_counter()
         manifest = ingest([path], os.path.join(work, "store"), progress=False)
         ours = time.perf_counter() - start
+        if args.keep_store:
+            shutil.copytree(os.path.join(work, "store"), args.keep_store, dirs_exist_ok=True)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         assert manifest["total"]["rows_kept"] == args.rows, manifest["total"]
         result = {"rows": args.rows, "rows_per_s": round(args.rows / ours, 1),

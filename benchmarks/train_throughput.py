@@ -7,6 +7,11 @@ the ratio. The last line is a JSON object.
 
     python benchmarks/train_throughput.py --seconds 30 --threads 2
     python benchmarks/train_throughput.py --device cuda --amp
+    python benchmarks/train_throughput.py --streaming STORE   # streamed vs resident, same stars
+
+With ``--streaming STORE`` the stars are a store's (``xpsvae ingest``); the
+run trains on them streamed shard by shard and, in the same run, resident in
+memory, and reports the ratio (how close streaming gets to resident).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ class _Stop(Exception):
     pass
 
 
-def ours(stars, args) -> float:
+def ours(stars, args, store=None) -> float:
+    """Samples/s of xpsvae's loop: resident tensors, or streamed from ``store``."""
     config = TrainConfig(optimizer="sgd", lr=0.01, batch_size=args.batch_size, epochs=10**6,
                          calibrate_epochs=0,
                          val_fraction=0.0, device=args.device, amp=args.amp,
@@ -41,7 +47,11 @@ def ours(stars, args) -> float:
             state["t1"], state["e1"] = time.perf_counter(), trainer.epoch
             raise _Stop()
     try:
-        model.fit(stars, progress=False, on_epoch_end=stop)
+        if store:
+            model.fit_store(store, progress=False, on_epoch_end=stop,
+                            buffer_shards=args.buffer_shards)
+        else:
+            model.fit(stars, progress=False, on_epoch_end=stop)
     except _Stop:
         pass
     per_epoch = (len(stars) // args.batch_size) * args.batch_size
@@ -90,8 +100,20 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network "
                    "(compile time falls in the warm-up epoch, outside the clock)")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--streaming", metavar="STORE", help="a store folder: streamed vs resident")
+    p.add_argument("--buffer-shards", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.streaming:
+        from xpsvae import read_spectra
+        stars = read_spectra(args.streaming)
+        streamed, resident = ours(stars, args, store=args.streaming), ours(stars, args)
+        print(json.dumps({"streamed_samples_per_s": round(streamed),
+                          "resident_samples_per_s": round(resident),
+                          "ratio": round(streamed / resident, 3), "device": args.device,
+                          "threads": torch.get_num_threads(), "rows": len(stars),
+                          "buffer_shards": args.buffer_shards, "batch_size": args.batch_size}))
+        return
     library = load_apogee_library()
     train_idx, _ = benchmark_split(len(library))
     stars = library.subset(train_idx)

@@ -33,3 +33,34 @@ def small_library(library):
 def quick_config():
     from xpsvae import TrainConfig
     return TrainConfig(epochs=2, calibrate_epochs=1, batch_size=256, seed=3, threads=2)
+
+
+@pytest.fixture(scope="session")
+def calspec_store(tmp_path_factory):
+    """300 real CALSPEC XP spectra (30 stars, each under 10 source_ids and 10 G magnitudes,
+    0.001 mag apart, so that every row is distinct) in 12 shards of 25."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from xpsvae.ingest import ingest
+    work = tmp_path_factory.mktemp("stream")
+    spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
+    source = pq.read_table(shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet"),
+                           columns=["source_id", "phot_g_mean_mag"])
+
+    def copies(table):
+        parts = []
+        for k in range(10):
+            copy = table.set_column(0, "source_id", pc.add(table.column("source_id"), k * 7919))
+            if "phot_g_mean_mag" in copy.column_names:
+                copy = copy.set_column(1, "phot_g_mean_mag",
+                                       pc.add(copy.column("phot_g_mean_mag"), 0.001 * k))
+            parts.append(copy)
+        return pa.concat_tables(parts)
+    pq.write_table(copies(spectra.replace_schema_metadata(None)), work / "xp.parquet")
+    pq.write_table(copies(source), work / "gaia_source.parquet")
+    path = str(work / "store")
+    manifest = ingest([str(work / "xp.parquet")], path, gaia_source=[str(work / "gaia_source.parquet")],
+                      rows_per_shard=25, progress=False)
+    assert manifest["total"]["rows_kept"] == 30 * 10 and len(manifest["shards"]) == 12
+    return path

@@ -99,15 +99,27 @@ def _read_and_report(path: str):
 
 
 def cmd_train(args) -> int:
-    spectra = _read_and_report(args.data)
+    if args.streaming:
+        if not os.path.isdir(args.data):
+            raise SpectraError(f"{args.data}: --streaming reads a store folder (xpsvae ingest)")
+        from .stream import read_shard, store_shards
+        n_inputs = read_shard(store_shards(args.data)[0]).n_inputs
+    else:
+        spectra = _read_and_report(args.data)
+        n_inputs = spectra.n_inputs
     if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
         model = SVAE(train_config=_resume_config(args, args.out))
     else:
-        model = SVAE(_model_config(args, spectra.n_inputs), _train_config(args))
-    model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+        model = SVAE(_model_config(args, n_inputs), _train_config(args))
+    if args.streaming:
+        model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
+                        buffer_shards=args.buffer_shards)
+    else:
+        model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 writes the files and reports
-    write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
+    if not args.streaming:
+        write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
     last = model.history[-1]
     print(f"trained {last['epoch']} epochs in {last['seconds']:.1f} s; "
           f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")
@@ -319,9 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train an sVAE on a table of spectra")
-    t.add_argument("data", help="Parquet / FITS / HDF5 table of spectra")
+    t.add_argument("data", help="Parquet / FITS / HDF5 table of spectra, or a store folder")
     t.add_argument("--out", required=True, help="model directory")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--streaming", action="store_true",
+                   help="stream a store shard by shard (for stores larger than memory)")
+    t.add_argument("--buffer-shards", type=int, default=4,
+                   help="with --streaming: shards shuffled together in memory")
     _add_training_options(t)
     t.set_defaults(func=cmd_train)
 

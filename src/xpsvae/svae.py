@@ -147,6 +147,62 @@ class SVAE:
             self.save(out_dir)
         return self
 
+    def fit_store(self, store: str, *, out_dir: Optional[str] = None, resume: bool = False,
+                  progress: bool = True, buffer_shards: int = 4,
+                  on_epoch_end: Optional[Callable[[Trainer], None]] = None) -> "SVAE":
+        """Fit on a store written by ``xpsvae ingest``, streamed shard by shard.
+
+        For stores larger than memory: only ``buffer_shards`` shards (plus one
+        read ahead) are in memory at a time, rows are shuffled across them, and
+        shards come in a new random order every epoch (:mod:`xpsvae.stream`).
+        Validation stars are picked by a hash of source_id
+        (``train_config.val_fraction`` of them, at most 65,536 kept). Under
+        ``torchrun`` each rank reads only its own shards.
+
+        Args:
+            store: the store folder.
+            out_dir, resume, progress, on_epoch_end: as for :meth:`fit`.
+            buffer_shards: shards shuffled together in memory.
+
+        Returns:
+            self, trained.
+        """
+        from .stream import StoreStream
+        tc = self.train_config
+        rank, world = distributed_rank_world()
+        stream = StoreStream.scan(store, tc.val_fraction, tc.seed, buffer_shards, rank=rank,
+                                  world=world, progress=progress and rank == 0)
+        data_description = {"source": os.path.abspath(store), "streamed": True,
+                            "n_stars": int(stream.total_train_rows), "n_train": int(
+                                stream.total_train_rows), "n_val": int(len(stream.x_val)),
+                            "checksum": stream.checksum}
+        saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
+        if resume and saved and os.path.exists(saved):
+            self._adopt_saved_run(out_dir, data_description)
+            stream.standardizer = self.standardizer
+        else:
+            if self.config is None:
+                self.config = SVAEConfig.preset(self.arch, stream.n_inputs)
+            if self.config.input_dim != stream.n_inputs:
+                raise SpectraError(f"{store}: {stream.n_inputs} inputs per spectrum, but the "
+                                   f"architecture expects {self.config.input_dim}")
+            self.standardizer = stream.standardizer
+            self.info = {"kind": stream.kind, "normalisation": stream.normalisation,
+                         "wavelength_nm": None, "input_names": stream.input_names,
+                         "data": data_description}
+            self.network = self._build_network()
+            if out_dir and rank == 0:
+                self._write_config(out_dir)
+        trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
+        try:
+            trainer.fit_stream(stream, resume=resume, on_epoch_end=on_epoch_end)
+        finally:
+            self.history = trainer.history
+            self.network = trainer.model.cpu()
+        if out_dir and rank == 0:
+            self.save(out_dir)
+        return self
+
     def _build_network(self) -> ScatterVAE:
         # Weights are drawn from the run's seed without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -238,19 +238,52 @@ class Trainer:
             TrainingDiverged: the loss became NaN or inf; the model is restored
                 to the last good checkpoint, which stays on disk.
         """
+        x_train, err_train = x_train.to(self.device), err_train.to(self.device)
+        n = x_train.shape[0]
+        batch_size = self.rank_batch_size
+
+        def batches(epoch: int, n_batches: int):
+            perm = torch.randperm(n, device=self.device, generator=self.generator)
+            for b in range(n_batches):
+                idx = perm[b * batch_size:(b + 1) * batch_size]
+                # index_select is ~3x faster than x_train[idx] for a row gather on CPU
+                yield x_train.index_select(0, idx), err_train.index_select(0, idx)
+        # drop the ragged tail: BatchNorm-safe
+        return self._loop(batches, max(1, n // batch_size), x_val, err_val, resume, on_epoch_end)
+
+    def fit_stream(self, stream, resume: bool = False,
+                   on_epoch_end: Optional[Callable[["Trainer"], None]] = None
+                   ) -> List[Dict[str, float]]:
+        """Train from a :class:`xpsvae.stream.StoreStream` (a store larger than memory).
+
+        Same loop, checkpoints and resume as :meth:`fit`; the validation stars
+        are the stream's.
+        """
+        batch_size = self.rank_batch_size
+
+        def batches(epoch: int, n_batches: int):
+            return stream.epoch(epoch, batch_size, n_batches, self.device)
+        x_val, err_val = torch.from_numpy(stream.x_val), torch.from_numpy(stream.err_val)
+        return self._loop(batches, stream.batches_per_epoch(batch_size), x_val, err_val, resume,
+                          on_epoch_end)
+
+    @property
+    def rank_batch_size(self) -> int:
+        """Stars per step on this rank; the global batch is ``config.batch_size``."""
+        return max(2, self.config.batch_size // self.world)
+
+    def _loop(self, batches: Callable[[int, int], Iterator], batches_per_epoch: int,
+              x_val: Optional[torch.Tensor], err_val: Optional[torch.Tensor], resume: bool,
+              on_epoch_end: Optional[Callable[["Trainer"], None]]) -> List[Dict[str, float]]:
+        """The training loop over ``batches(epoch, n_batches)``, whatever feeds them."""
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
         if resume:
             self.load_checkpoint()
-        x_train = x_train.to(self.device)
-        err_train = err_train.to(self.device)
         has_val = x_val is not None and len(x_val) > 0
         if has_val:
             x_val, err_val = x_val.to(self.device), err_val.to(self.device)
-        n = x_train.shape[0]
-        batch_size = max(2, c.batch_size // self.world)  # per rank; the global batch is c's
-        batches_per_epoch = max(1, n // batch_size)  # drop the ragged tail: BatchNorm-safe
         if self.world > 1:  # every rank must take the same number of steps
             steps = torch.tensor([batches_per_epoch], device=self.device)
             dist.all_reduce(steps, op=dist.ReduceOp.MIN)
@@ -267,15 +300,11 @@ class Trainer:
             calibrating = epoch >= c.epochs
             self._set_phase(calibrating)
             sums = torch.zeros(len(TERMS), device=self.device)
-            perm = torch.randperm(n, device=self.device, generator=self.generator)
-            for b in range(batches_per_epoch):
+            for b, (x, err) in enumerate(batches(epoch, batches_per_epoch)):
                 step = epoch * batches_per_epoch + b
                 lr = self.learning_rate(step, total_steps, epoch)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                idx = perm[b * batch_size:(b + 1) * batch_size]
-                # index_select is ~3x faster than x_train[idx] for a row gather on CPU
-                x, err = x_train.index_select(0, idx), err_train.index_select(0, idx)
                 noise = None if calibrating else torch.randn(
                     x.shape[0], latent_dim, device=self.device, generator=self.generator)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -299,6 +328,10 @@ class Trainer:
                         for t, v in zip(TERMS, sums.tolist())})
             if has_val:
                 row.update({f"val_{t}": v for t, v in self.evaluate_loss(x_val, err_val).items()})
+                if self.world > 1:  # ranks that stream hold different validation stars
+                    vals = torch.tensor([row[f"val_{t}"] for t in TERMS], device=self.device)
+                    dist.all_reduce(vals)
+                    row.update({f"val_{t}": v / self.world for t, v in zip(TERMS, vals.tolist())})
             row["seconds"] = time.perf_counter() - start
             if not all(math.isfinite(v) for k, v in row.items() if k.startswith(("train_", "val_"))):
                 bar.close()

@@ -1,0 +1,236 @@
+"""Training batches streamed from a store's Parquet shards, for stores larger than memory.
+
+:class:`StoreStream` first scans the store once (:meth:`StoreStream.scan`):
+it fits the standardisation on the training stars, counts them, and keeps a
+bounded set of validation stars. Each epoch it then
+
+1. puts this rank's shards in a random order drawn from (seed, epoch, rank),
+2. reads ``buffer_shards`` of them at a time in a background thread,
+   standardises them and shuffles their rows together (a shuffle buffer that
+   spans shards), pinning the buffer in page-locked memory when training on
+   a GPU so that its copy to the device runs asynchronously,
+3. cuts the buffers into batches, carrying the ragged end of one buffer into
+   the next, and stops after the same number of batches on every rank.
+
+Which stars are for validation is decided by a hash of ``source_id``, so it
+does not depend on how the store is sharded. Under ``torchrun`` each rank
+reads only its own shards (``shards[rank::world]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from .data import SpectraError, SpectraSet, spectra_from_columns
+from .preprocess import Standardizer
+
+#: The store columns training needs (the correlations, ~90% of a shard, are not read).
+TRAINING_COLUMNS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "bp_missing",
+                    "rp_coefficients", "rp_coefficient_errors", "rp_missing", "phot_g_mean_flux"]
+
+
+def store_shards(store: str) -> List[str]:
+    """Paths of a store's shards, in manifest order."""
+    manifest_path = os.path.join(store, "manifest.json")
+    if not os.path.exists(manifest_path):
+        raise SpectraError(f"{store}: no manifest.json; not an xpsvae store")
+    shards = json.load(open(manifest_path))["shards"]
+    if not shards:
+        raise SpectraError(f"{store}: the store holds no rows")
+    return [os.path.join(store, s) for s in shards]
+
+
+def read_shard(path: str) -> SpectraSet:
+    """One shard as a validated SpectraSet (rows set aside as by :func:`read_spectra`)."""
+    table = pq.read_table(path, columns=TRAINING_COLUMNS)
+    return spectra_from_columns({c: table.column(c) for c in table.column_names}, source=path)
+
+
+def is_validation(source_id: np.ndarray, val_fraction: float) -> np.ndarray:
+    """The validation share, by a hash of source_id (splitmix64): stable under any sharding."""
+    z = source_id.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < val_fraction
+
+
+class StoreStream:
+    """Shuffled training batches from a store, read shard by shard.
+
+    Build it with :meth:`scan`. Iterate an epoch with :meth:`epoch`.
+
+    Attributes:
+        standardizer: fitted on the training stars of every shard.
+        train_rows: training stars on this rank.
+        x_val, err_val: standardised validation stars (at most ``max_val_rows``).
+        n_inputs, kind, normalisation, input_names: what the spectra are.
+        checksum: sum of the training values (to check that a resumed run
+            sees the same data).
+    """
+
+    def __init__(self, shards: List[str], standardizer: Standardizer, train_rows: int,
+                 x_val: np.ndarray, err_val: np.ndarray, val_fraction: float, seed: int,
+                 rank: int, world: int, buffer_shards: int, example: SpectraSet,
+                 checksum: float, total_train_rows: int):
+        self.shards = shards
+        self.standardizer = standardizer
+        self.train_rows = train_rows
+        self.total_train_rows = total_train_rows
+        self.x_val, self.err_val = x_val, err_val
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.rank, self.world = rank, world
+        self.buffer_shards = max(1, buffer_shards)
+        self.n_inputs = example.n_inputs
+        self.kind, self.normalisation = example.kind, example.normalisation
+        self.input_names = example.input_names()
+        self.checksum = checksum
+
+    @classmethod
+    def scan(cls, store: str, val_fraction: float = 0.1, seed: int = 0, buffer_shards: int = 4,
+             max_val_rows: int = 65_536, rank: int = 0, world: int = 1,
+             progress: bool = False) -> "StoreStream":
+        """One pass over this rank's shards: standardisation, counts, validation stars.
+
+        Under DDP the statistics of all ranks are combined, so every rank
+        standardises identically.
+        """
+        from tqdm.auto import tqdm
+        shards = store_shards(store)[rank::world]
+        if not shards:
+            raise SpectraError(f"{store}: {len(store_shards(store))} shards for {world} ranks; "
+                               "every rank needs at least one")
+        count, mean, m2, checksum = 0, None, None, 0.0
+        val_values, val_errors, example = [], [], None
+        for path in tqdm(shards, desc="scanning store", unit="shard", disable=not progress):
+            spectra = read_shard(path)
+            example = example or spectra
+            val = is_validation(spectra.source_id, val_fraction) if spectra.source_id is not None \
+                else np.zeros(len(spectra), bool)
+            if val.any() and sum(len(v) for v in val_values) < max_val_rows:
+                val_values.append(spectra.values[val])
+                val_errors.append(spectra.errors[val])
+            train = spectra.values[~val].astype(np.float64)
+            if not len(train):
+                continue
+            # Chan et al.'s pairwise update: exact, stable, one shard in memory.
+            n_b, mean_b = len(train), train.mean(axis=0)
+            m2_b = ((train - mean_b) ** 2).sum(axis=0)
+            count, mean, m2 = _combine(count, mean, m2, n_b, mean_b, m2_b)
+            checksum += float(train.sum())
+        local_count = count
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (count, mean, m2, checksum))
+            count, mean, m2, checksum = 0, None, None, 0.0
+            for n_b, mean_b, m2_b, sum_b in gathered:
+                if n_b:
+                    count, mean, m2 = _combine(count, mean, m2, n_b, mean_b, m2_b)
+                checksum += sum_b
+        if count < 2:
+            raise SpectraError(f"{store}: fewer than 2 training stars")
+        std = np.sqrt(m2 / count)
+        std[~(std > 0)] = 1.0
+        standardizer = Standardizer(mean, std)
+        n_inputs = example.n_inputs
+        if val_values:
+            x_val, err_val = standardizer.transform(np.concatenate(val_values)[:max_val_rows],
+                                                    np.concatenate(val_errors)[:max_val_rows])
+        else:
+            x_val = err_val = np.zeros((0, n_inputs), np.float32)
+        return cls(shards, standardizer, local_count, x_val, err_val, val_fraction, seed, rank,
+                   world, buffer_shards, example, checksum, count)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return max(1, self.train_rows // batch_size)
+
+    def _buffers(self, epoch: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Shuffled, standardised training rows, ``buffer_shards`` shards at a time."""
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        order = rng.permutation(len(self.shards))
+        for start in range(0, len(order), self.buffer_shards):
+            parts = [read_shard(self.shards[i]) for i in order[start:start + self.buffer_shards]]
+            values = np.concatenate([p.values[~self._val(p)] for p in parts])
+            errors = np.concatenate([p.errors[~self._val(p)] for p in parts])
+            rows = rng.permutation(len(values))
+            yield self.standardizer.transform(values[rows], errors[rows])
+
+    def _val(self, spectra: SpectraSet) -> np.ndarray:
+        if spectra.source_id is None:
+            return np.zeros(len(spectra), bool)
+        return is_validation(spectra.source_id, self.val_fraction)
+
+    def epoch(self, epoch: int, batch_size: int, n_batches: int, device: torch.device
+              ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """``n_batches`` batches of (x, err) on ``device`` for one epoch.
+
+        The next buffer is read while the current one trains; with a CUDA
+        device it is pinned and copied asynchronously.
+        """
+        pin = device.type == "cuda"
+        ready: "queue.Queue" = queue.Queue(maxsize=1)  # one buffer read ahead
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for x, err in self._buffers(epoch):
+                    if stop.is_set():
+                        return
+                    x, err = torch.from_numpy(x), torch.from_numpy(err)
+                    if pin:
+                        x, err = x.pin_memory(), err.pin_memory()
+                    ready.put((x, err))
+            except BaseException as exc:  # raised in the training loop
+                ready.put(exc)
+            ready.put(None)
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        given = 0
+        carry: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        try:
+            while given < n_batches:
+                item = ready.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                x, err = (t.to(device, non_blocking=pin) for t in item)
+                if carry is not None:
+                    x, err = torch.cat([carry[0], x]), torch.cat([carry[1], err])
+                whole = (x.shape[0] // batch_size) * batch_size
+                for i in range(0, whole, batch_size):
+                    if given == n_batches:
+                        break
+                    yield x[i:i + batch_size], err[i:i + batch_size]
+                    given += 1
+                carry = (x[whole:], err[whole:])
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    thread.join(0.01)
+        if given < n_batches:
+            raise SpectraError(f"the store gave {given} batches in epoch {epoch + 1}, "
+                               f"{n_batches} expected: did its shards change?")
+
+
+def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    if not n_a:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta ** 2 * n_a * n_b / n

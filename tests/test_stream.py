@@ -1,0 +1,84 @@
+"""Training streamed from a store's shards (stores larger than memory)."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xpsvae import SVAE, TrainConfig, read_spectra
+from xpsvae.cli import main
+from xpsvae.preprocess import Standardizer
+from xpsvae.stream import StoreStream, is_validation, read_shard
+
+
+
+@pytest.fixture
+def store(calspec_store):
+    return calspec_store
+
+
+def test_an_epoch_gives_every_training_star_once_shuffled_across_shards(store):
+    stream = StoreStream.scan(store, val_fraction=0.2, seed=5, buffer_shards=3)
+    everything = read_spectra(store)
+    val = is_validation(everything.source_id, 0.2)
+    assert 0 < val.sum() < len(val) and len(stream.x_val) == val.sum()
+    expected = Standardizer.fit(everything.values[~val])
+    np.testing.assert_allclose(stream.standardizer.mean, expected.mean, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(stream.standardizer.std, expected.std, rtol=1e-10)
+
+    n_batches = stream.batches_per_epoch(4)
+    assert n_batches == (~val).sum() // 4
+    epochs = []
+    for epoch in range(2):
+        batches = list(stream.epoch(epoch, 4, n_batches, torch.device("cpu")))
+        assert len(batches) == n_batches and all(b[0].shape == (4, 110) for b in batches)
+        epochs.append(torch.cat([b[0] for b in batches]).numpy())
+    train_x = expected.transform(everything.values[~val]).astype(np.float32)
+    for rows in epochs:  # every training star, once (but for the ragged end)
+        kept = {r.tobytes() for r in rows}
+        assert len(kept) == len(rows) and kept <= {r.tobytes() for r in train_x}
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order every epoch
+    shard_of = {}
+    for i, path in enumerate(stream.shards):
+        s = read_shard(path)
+        for r in Standardizer.transform(expected, s.values):
+            shard_of[r.astype(np.float32).tobytes()] = i
+    first_batches = [shard_of[r.tobytes()] for r in epochs[0][:40]]
+    assert len(set(first_batches)) > 1  # rows of several shards are mixed together
+
+
+def test_each_rank_reads_only_its_own_shards(store):
+    parts = [StoreStream.scan(store, rank=r, world=3).shards for r in range(3)]
+    assert sorted(sum(parts, [])) == sorted(StoreStream.scan(store).shards)
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+
+
+def test_streamed_training_is_repeatable_and_resumes_to_the_same_weights(store, tmp_path):
+    common = [store, "--streaming", "--buffer-shards", "2", "--batch-size", "32",
+              "--calibrate-epochs", "1", "--threads", "2", "--seed", "4", "--epochs", "3"]
+    assert main(["--quiet", "train", *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["--quiet", "train", *common, "--out", str(tmp_path / "b")]) == 0
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    second = load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in first:  # the same seed gives the same weights on CPU
+        torch.testing.assert_close(first[k], second[k], rtol=0, atol=0)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(trainer):
+        if trainer.epoch == 2:
+            raise Crash
+    config = TrainConfig(epochs=3, calibrate_epochs=1, batch_size=32, threads=2, seed=4)
+    with pytest.raises(Crash):
+        SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "c"), progress=False,
+                                            buffer_shards=2, on_epoch_end=crash_after_two)
+    SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "c"), resume=True,
+                                        progress=False, buffer_shards=2)
+    resumed = load_file(str(tmp_path / "c" / "model.safetensors"))
+    for k in first:
+        torch.testing.assert_close(first[k], resumed[k], rtol=0, atol=0)
+    history = pd.read_csv(tmp_path / "c" / "history.csv")
+    assert history.epoch.tolist() == [1, 2, 3, 4] and np.isfinite(history.val_loss).all()
