@@ -190,7 +190,7 @@ def array_column(column: pa.ChunkedArray, type_: pa.DataType) -> Tuple[np.ndarra
     try:
         parsed = pcsv.read_csv(
             pa.py_buffer(text),
-            read_options=pcsv.ReadOptions(column_names=["v"], block_size=4 << 20),
+            read_options=pcsv.ReadOptions(column_names=["v"], block_size=1 << 20),
             convert_options=pcsv.ConvertOptions(column_types={"v": type_}))
     except pa.ArrowInvalid as exc:
         raise Irregular(str(exc)) from None
