@@ -84,3 +84,37 @@ def test_fit_on_real_library_stars(small_library):
     assert cannon.fit_info.n_stars_used + cannon.fit_info.n_stars_without_labels == 3000
     assert cannon.fit_info.n_stars_without_labels > 0  # the library's stars without [Fe/H]
     assert (cannon.scatter >= 0).all() and np.isfinite(cannon.theta).all()
+
+
+def _grid_scatter_one_input(design, y, err):
+    """TheCannon 0.7.3's search for one input, written out plainly (an independent check)."""
+    from xpsvae.cannon import THECANNON_LN_SCATTER_GRID as grid
+    ivar = 1.0 / np.minimum(err, 100.0) ** 2
+
+    def fit(s):
+        cinv = ivar / (1 + ivar * s ** 2)
+        coeff = np.linalg.solve(design.T @ (cinv[:, None] * design), design.T @ (cinv * y))
+        return coeff, np.sum(cinv * (y - design @ coeff) ** 2) - np.sum(np.log(cinv))
+    values = np.array([fit(np.exp(g))[1] for g in grid])
+    low = int(np.argmin(values))
+    if low in (0, len(grid) - 1):
+        return np.exp(grid[low])
+    z = np.polyfit(grid[low - 1:low + 2], values[low - 1:low + 2], 2)
+    return np.exp(np.roots(np.polyder(z))[0])
+
+
+def test_thecannon_scatter_mode_reproduces_its_grid_search_and_ml_is_likelier():
+    stars, labels, scaled, theta, scatter = _synthetic(n=1500, d=12, seed=2)
+    grid = Cannon(scatter_method="thecannon").fit(stars, standardizer=_identity(stars))
+    ml = Cannon().fit(stars, standardizer=_identity(stars))
+    design = design_matrix((labels - grid.label_mean) / grid.label_std)
+    expected = [_grid_scatter_one_input(design, stars.values[:, i], stars.errors[:, i])
+                for i in range(stars.n_inputs)]
+    np.testing.assert_allclose(grid.scatter, expected, rtol=1e-4, atol=1e-5)  # float32 sums
+
+    def nll(model):
+        var = stars.errors ** 2 + model.scatter ** 2
+        return (((stars.values - model.predict(labels)) ** 2) / var + np.log(var)).sum(axis=0)
+    assert (nll(ml) <= nll(grid) + 1e-6).all()  # the exact fit is never less likely
+    with pytest.raises(ValueError, match="scatter_method"):
+        Cannon(scatter_method="grid")

@@ -28,6 +28,9 @@ from .files import write_json
 from .preprocess import Standardizer
 
 FORMAT_VERSION = 1
+#: ``ml``: the exact maximum-likelihood scatter. ``thecannon``: TheCannon 0.7.3's grid and
+#: parabola search (a few per cent higher), to reproduce figures made with that package.
+SCATTER_METHODS = ("ml", "thecannon")
 N_START_LABELS = 512
 WEIGHTS_FILE = "cannon.safetensors"
 CONFIG_FILE = "cannon.json"
@@ -65,6 +68,9 @@ class Cannon:
 
     Args:
         label_names: the labels the model is quadratic in.
+        scatter_method: ``ml`` (exact maximum likelihood, the default) or
+            ``thecannon`` (TheCannon 0.7.3's grid-and-parabola scatter search,
+            for figures comparable with that package's).
 
     Attributes:
         theta: coefficients, shape (n_inputs, P), for standardised values.
@@ -73,10 +79,15 @@ class Cannon:
         label_mean, label_std: the label standardisation.
     """
 
-    def __init__(self, label_names: Sequence[str] = ("teff", "logg", "fe_h")):
+    def __init__(self, label_names: Sequence[str] = ("teff", "logg", "fe_h"),
+                 scatter_method: str = "ml"):
         if not label_names:
             raise ValueError("the Cannon needs at least one label")
+        if scatter_method not in SCATTER_METHODS:
+            raise ValueError(f"scatter_method must be one of {SCATTER_METHODS}, "
+                             f"got {scatter_method!r}")
         self.label_names = tuple(label_names)
+        self.scatter_method = scatter_method
         self.theta: Optional[np.ndarray] = None
         self.scatter: Optional[np.ndarray] = None
         self.standardizer: Optional[Standardizer] = None
@@ -125,7 +136,11 @@ class Cannon:
         labels = labels[has_labels]
         self.label_mean, self.label_std = labels.mean(axis=0), labels.std(axis=0)
         design = design_matrix((labels - self.label_mean) / self.label_std)
-        theta, var_scatter = _fit_quadratic_with_scatter(design, y, err, iterations, newton_steps)
+        if self.scatter_method == "thecannon":
+            theta, var_scatter = _fit_quadratic_grid_scatter(design, y, err)
+        else:
+            theta, var_scatter = _fit_quadratic_with_scatter(design, y, err, iterations,
+                                                             newton_steps)
         self.theta, self.scatter = theta, np.sqrt(var_scatter)
         # Training label vectors kept as starting points for the test step (label inference),
         # whose chi2 surface has several minima.
@@ -224,6 +239,7 @@ class Cannon:
         meta = {"format_version": FORMAT_VERSION, "label_names": list(self.label_names),
                 "label_mean": self.label_mean.tolist(), "label_std": self.label_std.tolist(),
                 "preprocessing": self.standardizer.to_dict(), "kind": self.kind,
+                "scatter_method": self.scatter_method,
                 "fit": None if self.fit_info is None else vars(self.fit_info)}
         write_json(os.path.join(directory, CONFIG_FILE), meta)
 
@@ -239,7 +255,7 @@ class Cannon:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(f"{path}: Cannon format version {meta.get('format_version')!r}; "
                                  f"this xpsvae reads version {FORMAT_VERSION}")
-        model = cls(meta["label_names"])
+        model = cls(meta["label_names"], meta.get("scatter_method", "ml"))
         weights = load_file(os.path.join(directory, WEIGHTS_FILE))
         model.theta, model.scatter = weights["theta"], weights["scatter"]
         model.start_labels = weights["start_labels"]
@@ -274,14 +290,65 @@ def _fit_quadratic_with_scatter(design: np.ndarray, y: np.ndarray, err: np.ndarr
     outer = (a32[:, :, None] * a32[:, None, :]).reshape(n, p * p)
     var_scatter = torch.zeros(y32.shape[1])
     for it in range(iterations):
-        weight = torch.reciprocal(var_err + var_scatter)
-        normal = (outer.T @ weight).T.reshape(-1, p, p).double()
-        rhs = (a32.T @ (weight * y32)).T.double()
-        theta = torch.linalg.solve(normal, rhs)
+        theta = _weighted_fit(outer, a32, y32, torch.reciprocal(var_err + var_scatter))
         residual2 = (y32 - a32 @ theta.float().T) ** 2
         # later alternations start close to the optimum: fewer Newton steps
         var_scatter = _scatter_variance(residual2, var_err, var_scatter,
                                         newton_steps if it == 0 else max(1, newton_steps // 2))
+    return np.ascontiguousarray(theta.numpy()), var_scatter.double().numpy()
+
+
+#: TheCannon 0.7.3's scatter grid, ln s = ln(1e-4), ln(1e-4) + 0.5, ... < 0, lifted by a factor
+#: of 10 to standardised units (its grid tops out at s ~ 0.8, below the scatter of many inputs).
+THECANNON_LN_SCATTER_GRID = np.arange(np.log(1e-4), 0.0, 0.5) + np.log(10.0)
+
+
+def _weighted_fit(outer: torch.Tensor, a32: torch.Tensor, y32: torch.Tensor,
+                  weight: torch.Tensor) -> torch.Tensor:
+    """Every input's weighted least-squares theta (D, P) at once."""
+    p = a32.shape[1]
+    normal = (outer.T @ weight).T.reshape(-1, p, p).double()
+    rhs = (a32.T @ (weight * y32)).T.double()
+    return torch.linalg.solve(normal, rhs)
+
+
+def _fit_quadratic_grid_scatter(design: np.ndarray, y: np.ndarray, err: np.ndarray
+                                ) -> Tuple[np.ndarray, np.ndarray]:
+    """theta and scatter variance as TheCannon 0.7.3 finds them, for all inputs at once.
+
+    For each scatter on :data:`THECANNON_LN_SCATTER_GRID`: the weighted fit and
+    its -2 ln L; then a parabola in ln s through the lowest grid point and its
+    two neighbours (the grid's end when the lowest is an end point), and a last
+    weighted fit at the parabola's vertex. Errors are capped at 100 (TheCannon
+    floors the inverse variance at 0.01 in its units). This lands near, but not
+    on, the maximum-likelihood scatter: the parabola is a coarse model of the
+    likelihood, and TheCannon's scatters come out a few per cent higher.
+    """
+    n, p = design.shape
+    a32 = torch.from_numpy(design.astype(np.float32))
+    y32 = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    var_err = torch.from_numpy(np.minimum(np.ascontiguousarray(err, dtype=np.float32), 100.0)) ** 2
+    outer = (a32[:, :, None] * a32[:, None, :]).reshape(n, p * p)
+    grid = torch.from_numpy(THECANNON_LN_SCATTER_GRID)
+    objective = torch.zeros(len(grid), y32.shape[1], dtype=torch.float64)
+    for g, ln_s in enumerate(grid.tolist()):
+        weight = torch.reciprocal(var_err + float(np.exp(2 * ln_s)))
+        theta = _weighted_fit(outer, a32, y32, weight)
+        residual2 = (y32 - a32 @ theta.float().T) ** 2
+        objective[g] = (weight * residual2 - torch.log(weight)).double().sum(dim=0)
+    lowest = objective.argmin(dim=0)
+    inner = (lowest > 0) & (lowest < len(grid) - 1)
+    mid = lowest.clamp(1, len(grid) - 2)
+    cols = torch.arange(objective.shape[1])
+    f0, f1, f2 = objective[mid - 1, cols], objective[mid, cols], objective[mid + 1, cols]
+    step = float(grid[1] - grid[0])
+    # vertex of the parabola through three equally spaced points
+    curvature = f0 - 2 * f1 + f2
+    vertex = grid[mid] + 0.5 * step * (f0 - f2) / torch.where(curvature != 0, curvature,
+                                                                torch.ones_like(curvature))
+    ln_s = torch.where(inner & (curvature > 0), vertex, grid[lowest])
+    var_scatter = torch.exp(2 * ln_s).float()
+    theta = _weighted_fit(outer, a32, y32, torch.reciprocal(var_err + var_scatter))
     return np.ascontiguousarray(theta.numpy()), var_scatter.double().numpy()
 
 

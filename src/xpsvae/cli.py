@@ -197,7 +197,7 @@ def cmd_demo(args) -> int:
 def cmd_cannon_fit(args) -> int:
     from .cannon import Cannon
     spectra = _read_and_report(args.data)
-    cannon = Cannon(args.labels.split(",")).fit(spectra)
+    cannon = Cannon(args.labels.split(","), scatter_method=args.scatter_method).fit(spectra)
     cannon.save(args.out)
     info = cannon.fit_info
     print(f"fitted the Cannon on {info.n_stars_used} stars ({info.n_stars_without_labels} left "
@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("data", help="table of spectra with label columns")
     cf.add_argument("--labels", default="teff,logg,fe_h", help="label columns, comma separated")
     cf.add_argument("--out", required=True, help="Cannon directory")
+    cf.add_argument("--scatter-method", choices=("ml", "thecannon"), default="ml",
+                    help="ml: exact maximum likelihood; thecannon: TheCannon 0.7.3's grid search "
+                         "(reproduces that package's scatters, a few per cent higher)")
     cf.set_defaults(func=cmd_cannon_fit)
     cp = csub.add_parser("predict", help="spectra from labels")
     cp.add_argument("cannon", help="Cannon directory")
