@@ -65,6 +65,10 @@ class TrainConfig:
         compile: run each batch's forward pass and loss through
             ``torch.compile`` as one graph (needs a C++ compiler on CPU; see
             the README for the measured gain).
+        sync_batchnorm: under DDP on GPUs, BatchNorm layers (``later``
+            architecture) normalise over the global batch (SyncBatchNorm).
+            PyTorch has SyncBatchNorm for GPUs only: on CPU (gloo) each rank
+            normalises over its own ``batch_size / world`` stars.
     """
 
     optimizer: str = "adamw"
@@ -86,6 +90,7 @@ class TrainConfig:
     calibrate_epochs: int = 10
     calibrate_lr_fraction: float = 0.1
     compile: bool = False
+    sync_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -173,12 +178,15 @@ class Trainer:
                  progress: bool = True):
         self.config = config
         self.device = resolve_device(config.device)
+        self.rank, self.world = distributed_rank_world()
+        if self.world > 1 and self.device.type == "cuda" and config.sync_batchnorm:
+            # same parameter names, so checkpoints and model files are unchanged
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.out_dir = out_dir
         self.progress = progress
         self.history: List[Dict[str, float]] = []
         self.epoch = 0  # epochs completed
-        self.rank, self.world = distributed_rank_world()
         # Each rank draws its own shuffles and latent noise.
         self.generator = torch.Generator(device=self.device).manual_seed(
             config.seed + 1 + 1000 * self.rank)
