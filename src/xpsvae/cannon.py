@@ -330,16 +330,34 @@ def _fit_quadratic_grid_scatter(design: np.ndarray, y: np.ndarray, err: np.ndarr
     var_err = torch.from_numpy(np.minimum(np.ascontiguousarray(err, dtype=np.float32), 100.0)) ** 2
     outer = (a32[:, :, None] * a32[:, None, :]).reshape(n, p * p)
     grid = torch.from_numpy(THECANNON_LN_SCATTER_GRID)
-    objective = torch.zeros(len(grid), y32.shape[1], dtype=torch.float64)
-    for g, ln_s in enumerate(grid.tolist()):
-        weight = torch.reciprocal(var_err + float(np.exp(2 * ln_s)))
+    d = y32.shape[1]
+
+    def objective_at(ln_s: torch.Tensor) -> torch.Tensor:
+        """-2 ln L of every input's weighted fit at its own scatter exp(ln_s[i])."""
+        weight = torch.reciprocal(var_err + torch.exp(2 * ln_s).float())
         theta = _weighted_fit(outer, a32, y32, weight)
         residual2 = (y32 - a32 @ theta.float().T) ** 2
-        objective[g] = (weight * residual2 - torch.log(weight)).double().sum(dim=0)
+        return (weight * residual2 - torch.log(weight)).double().sum(dim=0)
+
+    # The profile likelihood is unimodal in ln s, so its lowest grid point is one of the two
+    # that bracket the maximum-likelihood scatter: evaluate those and their outer neighbours,
+    # 4 points, not all 19 (the whole grid if a neighbour of the lowest is still missing).
+    _, var_estimate = _fit_quadratic_with_scatter(design, y, err.clip(max=100.0), 3, 4)
+    ln_s_estimate = 0.5 * torch.log(torch.from_numpy(var_estimate).clamp(min=1e-300))
+    below = torch.floor((ln_s_estimate - grid[0]) / (grid[1] - grid[0])).long()
+    objective = torch.full((len(grid), d), float("inf"), dtype=torch.float64)
+    cols = torch.arange(d)
+    for offset in (-1, 0, 1, 2):
+        index = (below + offset).clamp(0, len(grid) - 1)
+        objective[index, cols] = objective_at(grid[index])
+    lowest = objective.argmin(dim=0)
+    if not (torch.isfinite(objective[(lowest - 1).clamp(min=0), cols]).all()
+            and torch.isfinite(objective[(lowest + 1).clamp(max=len(grid) - 1), cols]).all()):
+        for g in range(len(grid)):
+            objective[g] = objective_at(grid[g].expand(d))
     lowest = objective.argmin(dim=0)
     inner = (lowest > 0) & (lowest < len(grid) - 1)
     mid = lowest.clamp(1, len(grid) - 2)
-    cols = torch.arange(objective.shape[1])
     f0, f1, f2 = objective[mid - 1, cols], objective[mid, cols], objective[mid + 1, cols]
     step = float(grid[1] - grid[0])
     # vertex of the parabola through three equally spaced points
