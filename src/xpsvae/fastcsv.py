@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import queue
 import threading
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -104,8 +104,8 @@ def line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
                 thread.join(0.01)
 
 
-def split_header(chunk: bytes) -> Tuple[Optional[List[str]], bytes, int]:
-    """(header fields, the rest of the chunk, data-line number offset) from a file's first chunk.
+def split_header(chunk: bytes) -> Tuple[Optional[List[str]], bytes]:
+    """(header fields, the rest of the chunk) from a file's first chunk.
 
     Comment (``#``, the ECSV preamble) and blank lines before the header are
     skipped. Returns a None header when the chunk holds no header line.
@@ -117,9 +117,9 @@ def split_header(chunk: bytes) -> Tuple[Optional[List[str]], bytes, int]:
         line = chunk[pos:end]
         if line.strip() and not line.startswith(b"#"):
             header = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
-            return header, chunk[end + 1:], 0
+            return header, chunk[end + 1:]
         pos = end + 1
-    return None, b"", 0
+    return None, b""
 
 
 def parse_chunk(chunk: bytes, header: List[str]) -> pa.Table:
@@ -214,6 +214,3 @@ def list_array(values: np.ndarray, counts: np.ndarray, missing: np.ndarray,
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=type_),
                                     mask=pa.array(missing))
 
-
-def present_columns(table: pa.Table) -> Dict[str, pa.ChunkedArray]:
-    return {name: table.column(name) for name in table.column_names}

@@ -186,7 +186,7 @@ def _csv_batches(path: str, fast: bool = True) -> Iterator[_Batch]:
     try:
         for chunk in chunks:
             if header is None:
-                header, chunk, _ = fastcsv.split_header(chunk)
+                header, chunk = fastcsv.split_header(chunk)
                 if header is None:
                     continue
                 fast = fast and all(c in header for c in _FAST_COLUMNS)
