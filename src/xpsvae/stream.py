@@ -51,7 +51,10 @@ def store_shards(store: str) -> List[str]:
 
 def read_shard(path: str) -> SpectraSet:
     """One shard as a validated SpectraSet (rows set aside as by :func:`read_spectra`)."""
-    table = pq.read_table(path, columns=TRAINING_COLUMNS)
+    names = pq.read_schema(path).names
+    wanted = [c for c in TRAINING_COLUMNS if c in names]
+    # a store of coefficients reads just what training needs; anything else is read whole
+    table = pq.read_table(path, columns=wanted if "bp_coefficients" in wanted else None)
     return spectra_from_columns({c: table.column(c) for c in table.column_names}, source=path)
 
 
