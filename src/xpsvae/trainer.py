@@ -303,9 +303,10 @@ class Trainer:
         if has_val:
             x_val, err_val = x_val.to(self.device), err_val.to(self.device)
         if self.world > 1:  # every rank must take the same number of steps
-            steps = torch.tensor([batches_per_epoch], device=self.device)
+            steps = torch.tensor([batches_per_epoch, int(has_val)], device=self.device)
             dist.all_reduce(steps, op=dist.ReduceOp.MIN)
-            batches_per_epoch = int(steps.item())
+            # validation only if every rank has stars for it: its loss is averaged across ranks
+            batches_per_epoch, has_val = int(steps[0].item()), bool(steps[1].item())
         total_steps = batches_per_epoch * c.epochs  # of the main phase: sets the schedule
         all_epochs = c.epochs + c.calibrate_epochs
         latent_dim = self.model.config.latent_dim
