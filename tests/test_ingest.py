@@ -276,3 +276,87 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
     _assert_same_tables(*tables)
     asides = [pq.read_table(os.path.join(s, "set_aside.parquet")).to_pylist() for s in (fast, exact)]
     assert asides[0] == asides[1] and [r["input_row"] for r in asides[0]] == [17, 41]
+
+
+SAMPLED = ["XP_SAMPLED_RAW_dr3int6.csv", "XP_SAMPLED_RAW_dr3int6.ecsv",
+           "XP_SAMPLED_RAW_dr3int6.fits"]
+
+
+def test_sampled_spectra_in_every_format_give_one_sampled_store(tmp_path):
+    from xpsvae.data import GAIAXPY_DEFAULT_GRID_NM
+    fluxes = []
+    for name in SAMPLED:
+        store = str(tmp_path / name)
+        manifest = ingest([shared_file("gaia_dr3_xp", name)], store, progress=False)
+        assert manifest["kind"] == "sampled" and manifest["total"]["rows_set_aside"] == 0
+        np.testing.assert_array_equal(manifest["wavelength_nm"], GAIAXPY_DEFAULT_GRID_NM)
+        table, _ = _store_table(store)
+        assert table.column_names[:3] == ["source_id", "flux", "flux_error"]
+        fluxes.append(np.array(table.column("flux").to_pylist()))
+    assert fluxes[0].shape == (manifest["total"]["rows_kept"], 343)
+    for other in fluxes[1:]:  # published as float32 in every format
+        np.testing.assert_array_equal(fluxes[0].astype(np.float32), other.astype(np.float32))
+
+
+def test_gaiaxpy_calibrate_output_takes_its_grid_from_the_sampling_file(tmp_path):
+    pytest.importorskip("gaiaxpy", reason="the synthetic G flux of the join comes from GaiaXPy")
+    # G fluxes for these sources: the synthetic ones of their own coefficients
+    coeff_store = str(tmp_path / "coefficients")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], coeff_store, progress=False)
+    coeff, _ = _store_table(coeff_store)
+    gaia_source = str(tmp_path / "gaia_source.parquet")
+    pq.write_table(coeff.select(["source_id", "phot_g_mean_flux"]), gaia_source)
+    store = str(tmp_path / "sampled")
+    manifest = ingest([shared_file("gaia_dr3_xp", "calibrator_solution_default.csv")], store,
+                      gaia_source=[gaia_source], progress=False)
+    grid = np.arange(336.0, 1021.0, 2.0)
+    np.testing.assert_array_equal(manifest["wavelength_nm"], grid)
+    stars = read_spectra(store)  # flux divided by the G flux (SPEC §2 step 1)
+    assert stars.kind == "sampled" and stars.normalisation == "phot_g_mean_flux"
+    np.testing.assert_array_equal(stars.wavelength_nm, grid)
+    table, _ = _store_table(store)
+    g = np.array(table.column("phot_g_mean_flux").to_pylist())
+    np.testing.assert_allclose(stars.values, np.array(table.column("flux").to_pylist()) /
+                               g[:, None], rtol=1e-6)  # SpectraSet holds float32
+    # a store holds one kind: a coefficient file is refused, with nothing read
+    manifest = ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store,
+                      progress=False)
+    entry = manifest["files"][os.path.abspath(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv"))]
+    assert entry["rows_read"] == 0 and "file refused" in entry["reasons"]
+    assert manifest["total"]["rows_kept"] == 2
+
+
+def test_sampled_spectra_of_unknown_grid_need_one(tmp_path):
+    lines = open(shared_file("gaia_dr3_xp", "XP_SAMPLED_RAW_dr3int6.csv")).read().splitlines()
+    header, row = lines[0], lines[1]
+    head, flux, rest = row.split('"', 2)
+    short = '"(' + ", ".join(flux.strip("()").split(", ")[:100]) + ')"'
+    errors = rest.split('"')[1]
+    short_err = '"(' + ", ".join(errors.strip("()").split(", ")[:100]) + ')"'
+    path = tmp_path / "sampled_100.csv"
+    path.write_text(header + "\n" + head + short + "," + short_err + "\n")
+    manifest = ingest([str(path)], str(tmp_path / "a"), progress=False)
+    assert "file refused" in manifest["files"][str(path)]["reasons"]
+    manifest = ingest([str(path)], str(tmp_path / "b"), progress=False,
+                      wavelength=np.linspace(400, 598, 100))
+    assert manifest["total"]["rows_kept"] == 1 and len(manifest["wavelength_nm"]) == 100
+
+
+def test_astropy_table_and_dataframe_from_python_give_the_files_arrays(tmp_path):
+    from astropy.table import Table
+    path = shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.fits")
+    astropy_table = Table.read(path)
+    astropy_table.meta["name"] = "my stars"
+    frame = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")) \
+        .to_pandas()
+    store = str(tmp_path / "store")
+    manifest = ingest([astropy_table, frame], store, progress=False)
+    assert manifest["files"]["<Table my stars>"]["rows_kept"] == 2
+    assert manifest["files"]["<DataFrame #1>"]["rows_kept"] == 30
+    from_file = str(tmp_path / "file")
+    ingest([path], from_file, progress=False)
+    a = pa.concat_tables([pq.read_table(os.path.join(store, s)) for s in manifest["shards"]])
+    b, _ = _store_table(from_file)
+    for col in ARRAYS:
+        np.testing.assert_array_equal(np.array(a.column(col).to_pylist()[:2], dtype=float),
+                                      np.array(b.column(col).to_pylist(), dtype=float))

@@ -271,8 +271,13 @@ def cmd_ingest(args) -> int:
         if not matches:
             raise FileNotFoundError(f"{pattern}: no such file")
         paths += matches
+    wavelength = None
+    if args.wavelength:
+        start, stop, step = (float(v) for v in args.wavelength.split(","))
+        wavelength = np.arange(start, stop + step / 2, step)
     manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
-                      rows_per_shard=args.rows_per_shard, progress=not args.quiet)
+                      rows_per_shard=args.rows_per_shard, progress=not args.quiet,
+                      wavelength=wavelength)
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
@@ -371,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeat for several)")
     i.add_argument("--rows-per-shard", type=int, default=5_000,
                    help="rows per shard, also the most rows held in memory")
+    i.add_argument("--wavelength", metavar="START,STOP,STEP",
+                   help="grid (nm) of sampled spectra whose files do not give one "
+                        "(default: a 'wavelength' column, GaiaXPy's <name>_sampling.csv, or "
+                        "GaiaXPy's 336-1020 nm in 2 nm for 343 samples)")
     i.set_defaults(func=cmd_ingest)
 
     fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "

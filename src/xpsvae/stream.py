@@ -36,6 +36,7 @@ from .preprocess import Standardizer
 #: The store columns training needs (the correlations, ~90% of a shard, are not read).
 TRAINING_COLUMNS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "bp_missing",
                     "rp_coefficients", "rp_coefficient_errors", "rp_missing", "phot_g_mean_flux"]
+SAMPLED_TRAINING_COLUMNS = ["flux", "flux_error"]
 
 
 def store_shards(store: str) -> List[str]:
@@ -51,11 +52,14 @@ def store_shards(store: str) -> List[str]:
 
 def read_shard(path: str) -> SpectraSet:
     """One shard as a validated SpectraSet (rows set aside as by :func:`read_spectra`)."""
+    from .ingest import store_info
+    info = store_info(os.path.dirname(path))
     names = pq.read_schema(path).names
-    wanted = [c for c in TRAINING_COLUMNS if c in names]
-    # a store of coefficients reads just what training needs; anything else is read whole
-    table = pq.read_table(path, columns=wanted if "bp_coefficients" in wanted else None)
-    return spectra_from_columns({c: table.column(c) for c in table.column_names}, source=path)
+    wanted = [c for c in TRAINING_COLUMNS + SAMPLED_TRAINING_COLUMNS if c in names]
+    table = pq.read_table(path, columns=wanted)
+    return spectra_from_columns({c: table.column(c) for c in table.column_names}, source=path,
+                                divide_sampled_by_g=info["kind"] == "sampled",
+                                wavelength_nm=info.get("wavelength_nm"))
 
 
 def is_validation(source_id: np.ndarray, val_fraction: float) -> np.ndarray:
