@@ -225,7 +225,7 @@ def test_chunk_array_parser_agrees_with_the_exact_parser_or_steps_aside(fields):
 @pytest.mark.parametrize("name", ["XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW.ecsv",
                                   "XP_CONTINUOUS_RAW_with_missing_BP.csv"])
 def test_fast_and_exact_csv_readers_give_the_same_store(tmp_path, name, monkeypatch):
-    from xpsvae import ingest as ingest_module
+    from xpsvae import xpformats as ingest_module
     fast = str(tmp_path / "fast")
     ingest([shared_file("gaia_dr3_xp", name)], fast, progress=False)
     real = ingest_module._csv_batches
@@ -249,7 +249,7 @@ def _assert_same_tables(a, b):
 def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
     """A bulk-format csv.gz read in small chunks (fast path, chunk boundaries everywhere)
     gives the same store as the exact reader, bad rows included."""
-    from xpsvae import fastcsv, ingest as ingest_module
+    from xpsvae import fastcsv, xpformats as ingest_module
     lines = open(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")).read().splitlines()
     header = [line for line in lines if line.startswith("#")]
     body = [line for line in lines if not line.startswith("#")]
