@@ -323,7 +323,8 @@ def _g_flux_arrays(found: Dict[int, tuple]) -> Tuple[np.ndarray, np.ndarray, np.
 
 def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarray,
                  g_origin: np.ndarray) -> pa.Table:
-    """Add the store's G-flux and provenance columns (STORE_SCHEMA order)."""
+    """Add the store's G-flux and provenance columns (STORE_SCHEMA order): from gaia_source
+    where it has the star, else the synthetic G of :func:`_fill_synthetic_g`."""
     ids = table.column("source_id").to_numpy()
     flux = np.full(len(ids), np.nan)
     origin = np.full(len(ids), "missing", dtype=object)
@@ -335,7 +336,8 @@ def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarr
     columns = {name: table.column(name) for name in table.column_names}
     columns.update(phot_g_mean_flux=pa.array(flux), g_flux_origin=pa.array(origin, pa.string()),
                    input_file=pa.array(np.full(len(ids), path, dtype=object), pa.string()))
-    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
+    return _fill_synthetic_g(pa.table({name: columns[name] for name in schema.names},
+                                      schema=schema))
 
 
 def _fill_synthetic_g(table: pa.Table) -> pa.Table:
@@ -367,7 +369,6 @@ def _fill_synthetic_g(table: pa.Table) -> pa.Table:
 
 def _write_shard(store: str, index: int, table: pa.Table) -> str:
     """Write a STORE_SCHEMA table as shard number ``index`` (atomically); return its file name."""
-    table = _fill_synthetic_g(table)
     name = f"part-{index:05d}.parquet"
     # Floats rarely repeat: no dictionary pages (they cost ~60% of the write), and
     # byte-stream-split encoding, which lets zstd find the shared exponent bytes.
