@@ -82,3 +82,28 @@ def test_streamed_training_is_repeatable_and_resumes_to_the_same_weights(store, 
         torch.testing.assert_close(first[k], resumed[k], rtol=0, atol=0)
     history = pd.read_csv(tmp_path / "c" / "history.csv")
     assert history.epoch.tolist() == [1, 2, 3, 4] and np.isfinite(history.val_loss).all()
+
+
+def test_a_shard_without_usable_rows_is_left_out_and_counted(store, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    copy = str(tmp_path / "store")
+    shutil.copytree(store, copy)
+    shard = os.path.join(copy, "part-00003.parquet")
+    table = pq.read_table(shard)  # as if no G flux could be found for any of its stars
+    table = table.set_column(table.schema.get_field_index("phot_g_mean_flux"), "phot_g_mean_flux",
+                             pa.array(np.full(table.num_rows, np.nan)))
+    pq.write_table(table, shard)
+    stream = StoreStream.scan(copy, val_fraction=0.0)
+    assert shard not in stream.shards and len(stream.shards) == 11
+    acc = stream.accounting
+    assert (acc["rows_read"], acc["rows_kept"], acc["rows_set_aside"]) == (300, 275, 25)
+    assert acc["reasons"] == {"in a shard without usable rows": 25}
+    assert acc["shards_without_usable_rows"][0].startswith(shard)
+    out = str(tmp_path / "model")
+    assert main(["--quiet", "train", copy, "--streaming", "--out", out, "--epochs", "1",
+                 "--calibrate-epochs", "0", "--batch-size", "32", "--threads", "2"]) == 0
+    import json
+    assert json.load(open(os.path.join(out, "data_accounting.json")))["rows_set_aside"] == 25

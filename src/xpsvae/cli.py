@@ -118,8 +118,9 @@ def cmd_train(args) -> int:
         model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 writes the files and reports
-    if not args.streaming:
-        write_json(os.path.join(args.out, "data_accounting.json"), spectra.accounting.to_dict())
+    write_json(os.path.join(args.out, "data_accounting.json"),
+               model.info["data"]["accounting"] if args.streaming
+               else spectra.accounting.to_dict())
     last = model.history[-1]
     print(f"trained {last['epoch']} epochs in {last['seconds']:.1f} s; "
           f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")

@@ -23,6 +23,7 @@ import json
 import os
 import queue
 import threading
+from collections import Counter
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -84,6 +85,9 @@ class StoreStream:
         n_inputs, kind, normalisation, input_names: what the spectra are.
         checksum: sum of the training values (to check that a resumed run
             sees the same data).
+        accounting: rows read, kept and set aside over the scanned shards,
+            with the reasons; shards whose rows were all set aside are left
+            out of training and listed.
     """
 
     def __init__(self, shards: List[str], standardizer: Standardizer, train_rows: int,
@@ -119,9 +123,23 @@ class StoreStream:
             raise SpectraError(f"{store}: {len(store_shards(store))} shards for {world} ranks; "
                                "every rank needs at least one")
         count, mean, m2, checksum = 0, None, None, 0.0
-        val_values, val_errors, example = [], [], None
+        val_values, val_errors, example, usable = [], [], None, []
+        accounting = {"rows_read": 0, "rows_kept": 0, "rows_set_aside": 0, "reasons": Counter(),
+                      "shards_without_usable_rows": []}
         for path in tqdm(shards, desc="scanning store", unit="shard", disable=not progress):
-            spectra = read_shard(path)
+            try:
+                spectra = read_shard(path)
+            except SpectraError as exc:  # every row set aside: the shard is left out, counted
+                rows = pq.read_metadata(path).num_rows
+                accounting["rows_read"] += rows
+                accounting["rows_set_aside"] += rows
+                accounting["reasons"]["in a shard without usable rows"] += rows
+                accounting["shards_without_usable_rows"].append(f"{path}: {exc}")
+                continue
+            usable.append(path)
+            for key in ("rows_read", "rows_kept", "rows_set_aside"):
+                accounting[key] += getattr(spectra.accounting, key)
+            accounting["reasons"].update(spectra.accounting.reasons())
             example = example or spectra
             val = is_validation(spectra.source_id, val_fraction) if spectra.source_id is not None \
                 else np.zeros(len(spectra), bool)
@@ -139,14 +157,22 @@ class StoreStream:
         local_count = count
         if world > 1 and dist.is_available() and dist.is_initialized():
             gathered = [None] * world
-            dist.all_gather_object(gathered, (count, mean, m2, checksum))
+            dist.all_gather_object(gathered, (count, mean, m2, checksum, accounting))
             count, mean, m2, checksum = 0, None, None, 0.0
-            for n_b, mean_b, m2_b, sum_b in gathered:
+            accounting = {"rows_read": 0, "rows_kept": 0, "rows_set_aside": 0,
+                          "reasons": Counter(), "shards_without_usable_rows": []}
+            for n_b, mean_b, m2_b, sum_b, acc_b in gathered:
                 if n_b:
                     count, mean, m2 = _combine(count, mean, m2, n_b, mean_b, m2_b)
                 checksum += sum_b
-        if count < 2:
-            raise SpectraError(f"{store}: fewer than 2 training stars")
+                for key, value in acc_b.items():
+                    accounting[key] += value
+        if count < 2 or example is None:
+            raise SpectraError(f"{store}: fewer than 2 training stars "
+                               f"({accounting['rows_read']} rows read, "
+                               f"{accounting['rows_set_aside']} set aside: "
+                               f"{dict(accounting['reasons'])})")
+        accounting["reasons"] = dict(accounting["reasons"])
         std = np.sqrt(m2 / count)
         std[~(std > 0)] = 1.0
         standardizer = Standardizer(mean, std)
@@ -156,8 +182,10 @@ class StoreStream:
                                                     np.concatenate(val_errors)[:max_val_rows])
         else:
             x_val = err_val = np.zeros((0, n_inputs), np.float32)
-        return cls(shards, standardizer, local_count, x_val, err_val, val_fraction, seed, rank,
-                   world, buffer_shards, example, checksum, count)
+        stream = cls(usable, standardizer, local_count, x_val, err_val, val_fraction, seed,
+                     rank, world, buffer_shards, example, checksum, count)
+        stream.accounting = accounting
+        return stream
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, self.train_rows // batch_size)

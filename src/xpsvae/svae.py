@@ -175,7 +175,7 @@ class SVAE:
         data_description = {"source": os.path.abspath(store), "streamed": True,
                             "n_stars": int(stream.total_train_rows), "n_train": int(
                                 stream.total_train_rows), "n_val": int(len(stream.x_val)),
-                            "checksum": stream.checksum}
+                            "checksum": stream.checksum, "accounting": stream.accounting}
         saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
         if resume and saved and os.path.exists(saved):
             self._adopt_saved_run(out_dir, data_description)
