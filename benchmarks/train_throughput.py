@@ -34,6 +34,7 @@ class _Stop(Exception):
 def ours(stars, args, store=None) -> float:
     """Samples/s of xpsvae's loop: resident tensors, or streamed from ``store``."""
     config = TrainConfig(optimizer="sgd", lr=0.01, batch_size=args.batch_size, epochs=10**6,
+                         lr_scaling="none",
                          calibrate_epochs=0,
                          val_fraction=0.0, device=args.device, amp=args.amp,
                          threads=args.threads, loss_form="paper", compile=args.compile)

@@ -137,3 +137,22 @@ def test_compiled_training_matches_eager(small_library):
         torch.testing.assert_close(_weights(compiled)[name], value, rtol=1e-3, atol=1e-4)
     assert compiled.history[-1]["val_loss"] == pytest.approx(eager.history[-1]["val_loss"],
                                                              rel=1e-3)
+
+
+def test_learning_rate_follows_the_batch_size_by_the_stated_rule():
+    from xpsvae import TrainConfig
+    assert TrainConfig(batch_size=1024).scaled_lr == 3e-3  # the rule is asked for, not default
+    fast = TrainConfig(batch_size=1024, lr_scaling="auto")  # AdamW, lr meant for 256: sqrt
+    assert fast.scaled_lr == pytest.approx(3e-3 * 2)
+    paper = TrainConfig.preset("paper", batch_size=4096, lr_scaling="auto")  # SGD: linear
+    assert paper.scaled_lr == pytest.approx(0.1 * 4)
+    assert TrainConfig(batch_size=1024, lr_scaling="sqrt", lr_reference_batch=4096).scaled_lr \
+        == pytest.approx(1.5e-3)
+    assert TrainConfig.preset("paper").scaled_lr == 0.1
+    # a configuration saved before the rule existed keeps the rate it ran at
+    old = TrainConfig.preset("paper").to_dict()
+    del old["lr_scaling"], old["lr_reference_batch"]
+    old["batch_size"] = 2048
+    assert TrainConfig.from_dict(old).scaled_lr == 0.1
+    with pytest.raises(ValueError, match="lr_scaling"):
+        TrainConfig(lr_scaling="cubic")

@@ -20,7 +20,8 @@ from .trainer import TrainConfig, TrainingDiverged
 TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
                  "weight_decay": float, "momentum": float, "lr_decay": float,
                  "loss_form": str, "seed": int, "val_fraction": float, "device": str,
-                 "grad_clip": float, "threads": int, "calibrate_epochs": int}
+                 "grad_clip": float, "threads": int, "calibrate_epochs": int,
+                 "lr_scaling": str, "lr_reference_batch": int}
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         "momentum, batch 1024, lr 0.1 decayed per epoch, paper loss form")
     g.add_argument("--optimizer", choices=("adamw", "sgd"))
     g.add_argument("--lr", type=float, help="peak (adamw) or initial (sgd) learning rate")
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="stars per step; the rate follows it "
+                                                  "(--lr-scaling)")
+    g.add_argument("--lr-scaling", choices=("auto", "sqrt", "linear", "none"),
+                   help="rate at another batch size: --lr is meant for --lr-reference-batch "
+                        "(the recipe's batch); a batch k times larger runs at lr*sqrt(k) (sqrt, "
+                        "auto for adamw) or lr*k (linear, auto for sgd); none (default): --lr "
+                        "as given")
+    g.add_argument("--lr-reference-batch", type=int)
     g.add_argument("--epochs", type=int)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--momentum", type=float, help="SGD momentum")

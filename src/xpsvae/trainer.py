@@ -27,6 +27,7 @@ from .model import LOSS_FORMS, ScatterVAE, svae_loss
 CHECKPOINT_NAME = "checkpoint.safetensors"
 HISTORY_NAME = "history.csv"
 TERMS = ("loss", "chi2", "penalty", "kl")
+LR_SCALINGS = ("auto", "sqrt", "linear", "none")
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,6 +66,15 @@ class TrainConfig:
         compile: run each batch's forward pass and loss through
             ``torch.compile`` as one graph (needs a C++ compiler on CPU; see
             the README for the measured gain).
+        lr_scaling: how the rate follows the batch size: ``lr`` is the rate
+            at ``lr_reference_batch`` stars per step, and a batch k times
+            larger runs at ``lr * sqrt(k)`` (``sqrt``) or ``lr * k``
+            (``linear``); ``auto`` is ``sqrt`` for AdamW and ``linear`` for
+            SGD; ``none`` (the default) uses ``lr`` as given. See
+            :attr:`scaled_lr` and the README for the measurements: ``sqrt``
+            helps at a fixed epoch budget, but long runs at the scaled AdamW
+            rate can let the scatter of a few stars collapse.
+        lr_reference_batch: the batch size ``lr`` is meant for (the recipe's own).
         sync_batchnorm: under DDP on GPUs, BatchNorm layers (``later``
             architecture) normalise over the global batch (SyncBatchNorm).
             PyTorch has SyncBatchNorm for GPUs only: on CPU (gloo) each rank
@@ -91,6 +101,8 @@ class TrainConfig:
     calibrate_lr_fraction: float = 0.1
     compile: bool = False
     sync_batchnorm: bool = True
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -102,8 +114,20 @@ class TrainConfig:
         if self.batch_size < 2 or self.epochs < 1 or not self.lr > 0:
             raise ValueError(f"need batch_size >= 2, epochs >= 1 and lr > 0; got "
                              f"{self.batch_size}, {self.epochs}, {self.lr}")
+        if self.lr_scaling not in LR_SCALINGS or self.lr_reference_batch < 1:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS} and lr_reference_batch "
+                             f">= 1, got {self.lr_scaling!r}, {self.lr_reference_batch}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+
+    @property
+    def scaled_lr(self) -> float:
+        """The peak (AdamW) or initial (SGD) rate used at ``batch_size``."""
+        rule = self.lr_scaling
+        if rule == "auto":
+            rule = "sqrt" if self.optimizer == "adamw" else "linear"
+        k = self.batch_size / self.lr_reference_batch
+        return self.lr * {"sqrt": math.sqrt(k), "linear": k, "none": 1.0}[rule]
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -120,7 +144,8 @@ class TrainConfig:
         presets = {
             "fast": dict(),
             "paper": dict(optimizer="sgd", lr=0.1, batch_size=1024, epochs=100, momentum=0.9,
-                          lr_decay=0.96, weight_decay=0.0, loss_form="paper", calibrate_epochs=0),
+                          lr_decay=0.96, weight_decay=0.0, loss_form="paper", calibrate_epochs=0,
+                          lr_reference_batch=1024),
         }
         if name not in presets:
             raise ValueError(f"unknown training preset {name!r}; choose from {sorted(presets)}")
@@ -138,6 +163,9 @@ class TrainConfig:
             import warnings
             warnings.warn(f"training options {unknown} are not known to this xpsvae and are "
                           "ignored (saved by another version?)", stacklevel=2)
+        d = dict(d)
+        # saved before the batch-size rule: the rate was used as given
+        d.setdefault("lr_reference_batch", d.get("batch_size", cls.lr_reference_batch))
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -217,23 +245,25 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         if c.optimizer == "adamw":
-            return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
+            return torch.optim.AdamW(self.model.parameters(), lr=c.scaled_lr,
+                                     weight_decay=c.weight_decay)
+        return torch.optim.SGD(self.model.parameters(), lr=c.scaled_lr, momentum=c.momentum,
                                weight_decay=c.weight_decay)
 
     def learning_rate(self, step: int, total_steps: int, epoch: int) -> float:
         """The rate at a global step: a pure function, so resuming needs no scheduler state."""
         c = self.config
+        lr = c.scaled_lr
         if epoch >= c.epochs:  # scatter calibration phase
-            return c.lr * c.calibrate_lr_fraction
+            return lr * c.calibrate_lr_fraction
         if c.optimizer == "sgd":
-            return c.lr * c.lr_decay ** epoch
+            return lr * c.lr_decay ** epoch
         warmup = max(1, int(c.warmup_fraction * total_steps))
         if step < warmup:
-            return c.lr * (step + 1) / warmup
+            return lr * (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
         floor = c.min_lr_fraction
-        return c.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
     # ------------------------------------------------------------------ loop
     def fit(self, x_train: torch.Tensor, err_train: torch.Tensor,
