@@ -302,6 +302,9 @@ def _arrow_lists_to_2d(column, source: str, name: str, width: Optional[int]) -> 
     if len(wrong):
         raise SpectraError(f"{source}: row {wrong[0]}, column {name!r}: array of length "
                            f"{int(lengths[wrong[0]])}, expected {width}")
+    if valid.all():  # the common case: no copy into a NaN-filled array
+        return np.asarray(arr.flatten().to_numpy(zero_copy_only=False),
+                          dtype=np.float64).reshape(-1, width)
     out = np.full((len(arr), width), np.nan)
     if valid.any():
         kept = arr.filter(pa.array(valid)) if not valid.all() else arr
