@@ -82,6 +82,14 @@ def test_streamed_training_is_repeatable_and_resumes_to_the_same_weights(store, 
         torch.testing.assert_close(first[k], resumed[k], rtol=0, atol=0)
     history = pd.read_csv(tmp_path / "c" / "history.csv")
     assert history.epoch.tolist() == [1, 2, 3, 4] and np.isfinite(history.val_loss).all()
+    # epochs read from the float32 cache: the same rows in the same order, the same weights
+    cache = str(tmp_path / "cache")
+    SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "d"), progress=False,
+                                        buffer_shards=2, cache_dir=cache)
+    assert len([n for n in os.listdir(cache) if n.endswith(".npy")]) == 2 * 12
+    cached = load_file(str(tmp_path / "d" / "model.safetensors"))
+    for k in first:
+        torch.testing.assert_close(first[k], cached[k], rtol=0, atol=0)
 
 
 def test_a_shard_without_usable_rows_is_left_out_and_counted(store, tmp_path):

@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
         model = SVAE(_model_config(args, n_inputs), _train_config(args))
     if args.streaming:
         model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                        buffer_shards=args.buffer_shards)
+                        buffer_shards=args.buffer_shards, cache_dir=args.cache_dir)
     else:
         model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream a store shard by shard (for stores larger than memory)")
     t.add_argument("--buffer-shards", type=int, default=4,
                    help="with --streaming: shards shuffled together in memory")
+    t.add_argument("--cache-dir", help="with --streaming: keep the checked training rows "
+                                       "there as float32 .npy files and read epochs from them")
     _add_training_options(t)
     t.set_defaults(func=cmd_train)
 
