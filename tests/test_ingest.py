@@ -360,3 +360,10 @@ def test_astropy_table_and_dataframe_from_python_give_the_files_arrays(tmp_path)
     for col in ARRAYS:
         np.testing.assert_array_equal(np.array(a.column(col).to_pylist()[:2], dtype=float),
                                       np.array(b.column(col).to_pylist(), dtype=float))
+
+
+def test_flux_conversion_refuses_a_sampled_store(tmp_path, capsys):
+    store = str(tmp_path / "sampled")
+    ingest([shared_file("gaia_dr3_xp", "XP_SAMPLED_RAW_dr3int6.csv")], store, progress=False)
+    assert main(["--quiet", "flux", store, "--out", str(tmp_path / "f.parquet")]) == 2
+    assert "a store of sampled spectra" in capsys.readouterr().err

@@ -296,8 +296,11 @@ def cmd_ingest(args) -> int:
 def cmd_flux(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from .ingest import read_store_columns
+    from .ingest import read_store_columns, store_info
     from .sampling import XPSampler
+    if store_info(args.store)["kind"] != "coefficients":
+        raise SpectraError(f"{args.store}: a store of sampled spectra; xpsvae flux converts "
+                           "coefficients")
     grid = None
     if args.grid:
         start, stop, step = (float(v) for v in args.grid.split(","))
