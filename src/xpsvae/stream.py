@@ -176,6 +176,10 @@ class StoreStream:
                 checksum += sum_b
                 for key, value in acc_b.items():
                     accounting[key] += value
+            empty = [r for r, g in enumerate(gathered) if g[0] < 2]
+            if empty:  # raised on every rank, so that none waits for the others
+                raise SpectraError(f"{store}: ranks {empty} have fewer than 2 training stars in "
+                                   f"their shards; use fewer processes or smaller shards")
         if count < 2 or example is None:
             raise SpectraError(f"{store}: fewer than 2 training stars "
                                f"({accounting['rows_read']} rows read, "
