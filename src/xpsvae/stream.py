@@ -272,6 +272,11 @@ class StoreStream:
                     yield x[i:i + batch_size], err[i:i + batch_size]
                     given += 1
                 carry = (x[whole:], err[whole:])
+            if given < n_batches and carry is not None and carry[0].shape[0] >= 2:
+                # fewer stars than one batch (a small store, or a rank's small share): one
+                # smaller batch, as the resident loop does
+                yield carry
+                given += 1
         finally:
             stop.set()
             while thread.is_alive():
