@@ -62,9 +62,6 @@ class XPParseError(SpectraError):
     """A value in an XP file that cannot be parsed."""
 
 
-_ARRAY_TEXT = re.compile(r"^\s*[\(\[]?(.*?)[\)\]]?\s*$", re.S)
-
-
 def parse_array_text(text: Optional[str]) -> Optional[np.ndarray]:
     """An array serialised as text: ``"(a, b, ...)"`` (DataLink CSV), ``"[a,b,...]"`` (ECSV).
 
