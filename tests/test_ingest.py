@@ -318,6 +318,13 @@ def test_gaiaxpy_calibrate_output_takes_its_grid_from_the_sampling_file(tmp_path
     g = np.array(table.column("phot_g_mean_flux").to_pylist())
     np.testing.assert_allclose(stars.values, np.array(table.column("flux").to_pylist()) /
                                g[:, None], rtol=1e-6)  # SpectraSet holds float32
+    # a model streamed from the store knows what its inputs are
+    model_dir = str(tmp_path / "model")
+    assert main(["--quiet", "train", store, "--streaming", "--out", model_dir, "--epochs", "1",
+                 "--calibrate-epochs", "0", "--batch-size", "2", "--val-fraction", "0"]) == 0
+    info = json.load(open(os.path.join(model_dir, "config.json")))["info"]
+    assert info["kind"] == "sampled" and info["normalisation"] == "phot_g_mean_flux"
+    np.testing.assert_array_equal(info["wavelength_nm"], grid)
     # a store holds one kind: a coefficient file is refused, with nothing read
     manifest = ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store,
                       progress=False)

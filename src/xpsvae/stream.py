@@ -106,6 +106,7 @@ class StoreStream:
         self.n_inputs = example.n_inputs
         self.kind, self.normalisation = example.kind, example.normalisation
         self.input_names = example.input_names()
+        self.wavelength_nm = example.wavelength_nm
         self.checksum = checksum
         self.cache: Dict[str, Tuple[str, str]] = {}  # shard -> (values, errors) .npy files
 

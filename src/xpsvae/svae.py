@@ -194,7 +194,9 @@ class SVAE:
                                    f"architecture expects {self.config.input_dim}")
             self.standardizer = stream.standardizer
             self.info = {"kind": stream.kind, "normalisation": stream.normalisation,
-                         "wavelength_nm": None, "input_names": stream.input_names,
+                         "wavelength_nm": None if stream.wavelength_nm is None
+                         else [float(w) for w in stream.wavelength_nm],
+                         "input_names": stream.input_names,
                          "data": data_description}
             self.network = self._build_network()
             if out_dir and rank == 0:
