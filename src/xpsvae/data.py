@@ -246,7 +246,8 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
     if os.path.isdir(path):
         from .ingest import read_store_columns, store_info
         info = store_info(path)
-        return spectra_from_columns(read_store_columns(path), source=path,
+        return spectra_from_columns(read_store_columns(path, without_correlations=True),
+                                    source=path,
                                     divide_sampled_by_g=info["kind"] == "sampled",
                                     wavelength_nm=info.get("wavelength_nm"))
     columns = read_table_columns(path)

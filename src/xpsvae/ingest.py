@@ -427,13 +427,23 @@ def store_info(store: str) -> dict:
             "wavelength_nm": manifest.get("wavelength_nm")}
 
 
-def read_store_columns(store: str) -> dict:
-    """The store's shards as one column mapping (for :func:`xpsvae.data.spectra_from_columns`)."""
+def read_store_columns(store: str, without_correlations: bool = False) -> dict:
+    """The store's shards as one column mapping (for :func:`xpsvae.data.spectra_from_columns`).
+
+    Args:
+        store: the store folder.
+        without_correlations: leave out the correlation columns (~90% of a
+            coefficient store's bytes; training and encoding do not use them).
+    """
     manifest_path = os.path.join(store, MANIFEST)
     if not os.path.exists(manifest_path):
         raise SpectraError(f"{store}: no {MANIFEST}; not an xpsvae store")
     shards = json.load(open(manifest_path))["shards"]
     if not shards:
         raise SpectraError(f"{store}: the store holds no rows")
-    table = pa.concat_tables([pq.read_table(os.path.join(store, s)) for s in shards])
+    names = pq.read_schema(os.path.join(store, shards[0])).names
+    if without_correlations:
+        names = [n for n in names if not n.endswith("_coefficient_correlations")]
+    table = pa.concat_tables([pq.read_table(os.path.join(store, s), columns=names)
+                              for s in shards])
     return {c: table.column(c) for c in table.column_names}
