@@ -113,23 +113,11 @@ class SVAE:
                             "n_stars": n, "n_train": len(train_idx), "n_val": n_val,
                             "checksum": float(np.float64(spectra.values).sum())}
 
-        saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
-        if resume and saved and os.path.exists(saved):
-            self._adopt_saved_run(out_dir, data_description)
-        else:
-            if self.config is None:
-                self.config = SVAEConfig.preset(self.arch, spectra.n_inputs)
-            if self.config.input_dim != spectra.n_inputs:
-                raise SpectraError(f"{data_description['source']}: {spectra.n_inputs} inputs per "
-                                   f"spectrum, but the architecture expects {self.config.input_dim}")
-            self.standardizer = Standardizer.fit(spectra.values[train_idx])
-            self.info = {"kind": spectra.kind, "normalisation": spectra.normalisation,
-                         "wavelength_nm": None if spectra.wavelength_nm is None
-                         else spectra.wavelength_nm.tolist(),
-                         "input_names": spectra.input_names(), "data": data_description}
-            self.network = self._build_network()
-            if out_dir and rank == 0:
-                self._write_config(out_dir)
+        self._start_run(out_dir, resume, data_description, spectra.n_inputs,
+                        lambda: Standardizer.fit(spectra.values[train_idx]),
+                        {"kind": spectra.kind, "normalisation": spectra.normalisation,
+                         "wavelength_nm": spectra.wavelength_nm,
+                         "input_names": spectra.input_names()})
 
         x, err = self.standardizer.transform(spectra.values, spectra.errors)
         x, err = torch.from_numpy(x), torch.from_numpy(err)
@@ -182,25 +170,12 @@ class SVAE:
                             "n_stars": int(stream.total_train_rows), "n_train": int(
                                 stream.total_train_rows), "n_val": int(len(stream.x_val)),
                             "checksum": stream.checksum, "accounting": stream.accounting}
-        saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
-        if resume and saved and os.path.exists(saved):
-            self._adopt_saved_run(out_dir, data_description)
-            stream.standardizer = self.standardizer
-        else:
-            if self.config is None:
-                self.config = SVAEConfig.preset(self.arch, stream.n_inputs)
-            if self.config.input_dim != stream.n_inputs:
-                raise SpectraError(f"{store}: {stream.n_inputs} inputs per spectrum, but the "
-                                   f"architecture expects {self.config.input_dim}")
-            self.standardizer = stream.standardizer
-            self.info = {"kind": stream.kind, "normalisation": stream.normalisation,
-                         "wavelength_nm": None if stream.wavelength_nm is None
-                         else [float(w) for w in stream.wavelength_nm],
-                         "input_names": stream.input_names,
-                         "data": data_description}
-            self.network = self._build_network()
-            if out_dir and rank == 0:
-                self._write_config(out_dir)
+        self._start_run(out_dir, resume, data_description, stream.n_inputs,
+                        lambda: stream.standardizer,
+                        {"kind": stream.kind, "normalisation": stream.normalisation,
+                         "wavelength_nm": stream.wavelength_nm,
+                         "input_names": stream.input_names})
+        stream.standardizer = self.standardizer  # a resumed run's saved statistics
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         try:
             trainer.fit_stream(stream, resume=resume, on_epoch_end=on_epoch_end)
@@ -210,6 +185,28 @@ class SVAE:
         if out_dir and rank == 0:
             self.save(out_dir)
         return self
+
+    def _start_run(self, out_dir: Optional[str], resume: bool, data_description: dict,
+                   n_inputs: int, fit_standardizer: Callable[[], Standardizer],
+                   info: dict) -> None:
+        """Adopt the saved run to resume, or set up a new one: architecture,
+        standardisation, what the inputs are, and ``config.json`` (rank 0)."""
+        saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
+        if resume and saved and os.path.exists(saved):
+            self._adopt_saved_run(out_dir, data_description)
+            return
+        if self.config is None:
+            self.config = SVAEConfig.preset(self.arch, n_inputs)
+        if self.config.input_dim != n_inputs:
+            raise SpectraError(f"{data_description['source']}: {n_inputs} inputs per spectrum, "
+                               f"but the architecture expects {self.config.input_dim}")
+        self.standardizer = fit_standardizer()
+        wavelength = info.get("wavelength_nm")
+        self.info = {**info, "wavelength_nm": None if wavelength is None
+                     else [float(w) for w in wavelength], "data": data_description}
+        self.network = self._build_network()
+        if out_dir and distributed_rank_world()[0] == 0:
+            self._write_config(out_dir)
 
     def _build_network(self) -> ScatterVAE:
         # Weights are drawn from the run's seed without disturbing the caller's global RNG.
