@@ -118,30 +118,37 @@ def _astropy_columns(path: str) -> dict:
 
 class _SeenIds:
     """source_ids already in the store, with where each came from (sorted arrays, not a dict,
-    so 10^8 ids take ~2 GB rather than ~20)."""
+    so 10^8 ids take ~2 GB rather than ~20).
+
+    The ids are kept as sorted runs (ids, file index, row); a new batch becomes a run and
+    runs of similar size are merged, so adding n ids costs O(n log n) in all rather than a
+    sort of everything seen for every batch, and a lookup searches O(log n) runs.
+    """
 
     def __init__(self):
         self.files: List[str] = []
-        self._ids = np.zeros(0, np.int64)
-        self._file = np.zeros(0, np.int32)
-        self._row = np.zeros(0, np.int64)
+        self._runs: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, ids: np.ndarray, file: str, rows: np.ndarray) -> None:
+        if not len(ids):
+            return
         if file not in self.files:
             self.files.append(file)
-        ids = np.concatenate([self._ids, ids])
-        order = np.argsort(ids, kind="stable")
-        self._ids = ids[order]
-        self._file = np.concatenate([self._file, np.full(len(rows), self.files.index(file),
-                                                         np.int32)])[order]
-        self._row = np.concatenate([self._row, rows])[order]
+        run = (ids, np.full(len(ids), self.files.index(file), np.int32), rows)
+        while self._runs and len(self._runs[-1][0]) <= len(run[0]):
+            run = tuple(np.concatenate([a, b]) for a, b in zip(self._runs.pop(), run))
+        order = np.argsort(run[0], kind="stable")
+        self._runs.append(tuple(a[order] for a in run))
 
     def first_seen(self, ids: np.ndarray) -> List[Optional[str]]:
         """For each id, where it was first seen ("file row N"), or None."""
-        at = np.minimum(np.searchsorted(self._ids, ids), max(len(self._ids) - 1, 0))
-        found = (self._ids[at] == ids) if len(self._ids) else np.zeros(len(ids), bool)
-        return [f"{os.path.basename(self.files[self._file[a]])} row {self._row[a]}" if f else None
-                for a, f in zip(at, found)]
+        where: List[Optional[str]] = [None] * len(ids)
+        for run_ids, run_file, run_row in self._runs:
+            at = np.minimum(np.searchsorted(run_ids, ids), len(run_ids) - 1)
+            for i in np.flatnonzero(run_ids[at] == ids):
+                where[i] = f"{os.path.basename(self.files[run_file[at[i]]])} row " \
+                    f"{run_row[at[i]]}"
+        return where
 
 
 def _normalise_batch(batch: _Batch, account: "FileAccount",

@@ -125,15 +125,9 @@ class SVAE:
         # Under torchrun each rank trains on every world-th training star; the
         # standardisation above saw them all, so it is the same on every rank.
         local = train_idx[rank::world]
-        try:
-            trainer.fit(x[local], err[local], x[val_idx], err[val_idx], resume=resume,
-                        on_epoch_end=on_epoch_end)
-        finally:
-            self.history = trainer.history
-            self.network = trainer.model.cpu()
-        if out_dir and rank == 0:
-            self.save(out_dir)
-        return self
+        return self._train(trainer, out_dir, lambda: trainer.fit(
+            x[local], err[local], x[val_idx], err[val_idx], resume=resume,
+            on_epoch_end=on_epoch_end))
 
     def fit_store(self, store: str, *, out_dir: Optional[str] = None, resume: bool = False,
                   progress: bool = True, buffer_shards: int = 4,
@@ -177,12 +171,18 @@ class SVAE:
                          "input_names": stream.input_names})
         stream.standardizer = self.standardizer  # a resumed run's saved statistics
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
+        return self._train(trainer, out_dir, lambda: trainer.fit_stream(
+            stream, resume=resume, on_epoch_end=on_epoch_end))
+
+    def _train(self, trainer: Trainer, out_dir: Optional[str], run: Callable[[], list]
+               ) -> "SVAE":
+        """Run the trainer; keep its history and network even if it stops; save (rank 0)."""
         try:
-            trainer.fit_stream(stream, resume=resume, on_epoch_end=on_epoch_end)
+            run()
         finally:
             self.history = trainer.history
             self.network = trainer.model.cpu()
-        if out_dir and rank == 0:
+        if out_dir and distributed_rank_world()[0] == 0:
             self.save(out_dir)
         return self
 
