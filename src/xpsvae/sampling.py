@@ -15,6 +15,7 @@ The design matrices and weights come from GaiaXPy itself (``pip install gaiaxpy`
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -137,6 +138,19 @@ G_ZERO_POINT = 25.6874
 SYNTHETIC_G_ORIGIN = "synthetic G (GaiaXPy Gaia_DR3_Vega)"
 
 
+@lru_cache(maxsize=1)
+def _synthetic_g_weights() -> Tuple[Dict[str, np.ndarray], float]:
+    """Per band, the G passband's coefficient weights (design column times merge weight),
+    and the system's G zero point: read from GaiaXPy's files once per process, not per batch."""
+    from gaiaxpy import PhotometricSystem
+    system = PhotometricSystem.Gaia_DR3_Vega.value
+    design = system.load_xpsampling_from_xml()
+    _, merge = system.load_xpmerge_from_xml()
+    g = list(system.get_bands()).index("G")
+    weights = {b: np.asarray(design[b][:, g] * merge[b][g], dtype=np.float64) for b in BANDS}
+    return weights, float(system.get_zero_points()[g])
+
+
 def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -> np.ndarray:
     """G-band flux (e-/s) computed linearly from the coefficients: the SPEC §2 fallback.
 
@@ -152,13 +166,9 @@ def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -
     Returns:
         (n,) G flux in e-/s; NaN where the synthetic flux is not positive.
     """
-    from gaiaxpy import PhotometricSystem
-    system = PhotometricSystem.Gaia_DR3_Vega.value
-    design = system.load_xpsampling_from_xml()
-    _, merge = system.load_xpmerge_from_xml()
-    g = list(system.get_bands()).index("G")
-    flux = sum(np.atleast_2d(np.asarray(c, dtype=np.float64)) @ design[b][:, g] * merge[b][g]
+    weights, zero_point = _synthetic_g_weights()
+    flux = sum(np.atleast_2d(np.asarray(c, dtype=np.float64)) @ weights[b]
                for b, c in zip(BANDS, (bp_coefficients, rp_coefficients)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = -2.5 * np.log10(np.where(flux > 0, flux, np.nan)) + system.get_zero_points()[g]
+        magnitude = -2.5 * np.log10(np.where(flux > 0, flux, np.nan)) + zero_point
     return 10 ** (-0.4 * (magnitude - G_ZERO_POINT))
