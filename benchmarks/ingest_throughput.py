@@ -5,9 +5,13 @@ files (the real ECSV header and rows of ../shared/data, repeated with varying
 source_id), ingests it into a store, then reads the same file with astropy.
 The last line is a JSON object with ``rows``, ``rows_per_s``,
 ``astropy_rows_per_s``, ``ratio`` and ``peak_rss_mb`` (of our ingest, read
-before astropy runs).
+before astropy runs: the main process, plus ``workers`` times the largest
+parsing process when there are any, ``worker_peak_rss_mb``). RSS counts the
+pages of shared libraries once per process; ``peak_pss_mb`` (Linux), the peak
+of the proportional set size summed over the main process and its workers,
+counts them once in all: the memory the ingest really takes.
 
-    python benchmarks/ingest_throughput.py --rows 100000
+    python benchmarks/ingest_throughput.py --rows 100000 --workers 2
 """
 
 from __future__ import annotations
@@ -36,27 +40,81 @@ def build(path: str, rows: int) -> None:
             f.write(f"{int(source_id) + 1000 * i},{rest}\n")
 
 
+class PssSampler:
+    """Peak proportional set size of this process and its children, sampled every 0.2 s."""
+
+    def __init__(self):
+        import threading
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _pss_kb(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            return 0
+
+    @staticmethod
+    def _children(pid: int) -> list:
+        found = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                found += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+            except OSError:
+                pass
+        return found
+
+    def _run(self):
+        me = os.getpid()
+        while not self._stop.wait(0.2):
+            total = sum(self._pss_kb(pid) for pid in [me, *self._children(me)])
+            self.peak_mb = max(self.peak_mb, total / 1024)
+
+    def __enter__(self):
+        if os.path.exists("/proc/self/smaps_rollup"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--skip-astropy", action="store_true")
+    p.add_argument("--workers", type=int, default=0,
+                   help="parsing processes (default: as xpsvae ingest, one per core, at most 8)")
     p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
                    "train_throughput.py --streaming)")
     args = p.parse_args()
+    from xpsvae.cli import default_ingest_workers
     from xpsvae.ingest import ingest
+    workers = args.workers or default_ingest_workers()
     work = tempfile.mkdtemp()
     try:
         path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")
         build(path, args.rows)
-        start = time.perf_counter()
-        manifest = ingest([path], os.path.join(work, "store"), progress=False)
-        ours = time.perf_counter() - start
+        with PssSampler() as pss:
+            start = time.perf_counter()
+            manifest = ingest([path], os.path.join(work, "store"), progress=False,
+                              workers=workers)
+            ours = time.perf_counter() - start
         if args.keep_store:
             shutil.copytree(os.path.join(work, "store"), args.keep_store, dirs_exist_ok=True)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 \
+            if workers > 1 else 0.0
         assert manifest["total"]["rows_kept"] == args.rows, manifest["total"]
         result = {"rows": args.rows, "rows_per_s": round(args.rows / ours, 1),
-                  "peak_rss_mb": round(peak_mb), "file_mb": round(os.path.getsize(path) / 2**20)}
+                  "peak_rss_mb": round(main_mb + workers * worker_mb),
+                  "main_peak_rss_mb": round(main_mb), "worker_peak_rss_mb": round(worker_mb),
+                  "peak_pss_mb": round(pss.peak_mb),
+                  "workers": workers, "cpus": os.cpu_count(),
+                  "file_mb": round(os.path.getsize(path) / 2**20)}
         if not args.skip_astropy:
             from astropy.table import Table
             start = time.perf_counter()

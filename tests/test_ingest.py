@@ -229,7 +229,7 @@ def test_fast_and_exact_csv_readers_give_the_same_store(tmp_path, name, monkeypa
     fast = str(tmp_path / "fast")
     ingest([shared_file("gaia_dr3_xp", name)], fast, progress=False)
     real = ingest_module._csv_batches
-    monkeypatch.setattr(ingest_module, "_csv_batches", lambda path: real(path, fast=False))
+    monkeypatch.setattr(ingest_module, "_csv_batches", lambda path, **kw: real(path, fast=False, **kw))
     exact = str(tmp_path / "exact")
     ingest([shared_file("gaia_dr3_xp", name)], exact, progress=False)
     a, _ = _store_table(fast)
@@ -247,8 +247,9 @@ def _assert_same_tables(a, b):
 
 
 def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
-    """A bulk-format csv.gz read in small chunks (fast path, chunk boundaries everywhere)
-    gives the same store as the exact reader, bad rows included."""
+    """A bulk-format csv.gz read in small chunks (fast path, chunk boundaries everywhere),
+    in this process or by two parsing processes, gives the same store as the exact reader,
+    bad rows included."""
     from xpsvae import fastcsv, xpformats as ingest_module
     lines = open(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")).read().splitlines()
     header = [line for line in lines if line.startswith("#")]
@@ -259,23 +260,29 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
         rows.append(f"{int(source_id) + 1000 * i},{rest}")
     rows[17] = rows[17][: len(rows[17]) // 3]  # a truncated line
     rows[41] = rows[41].replace("[", "[abc,", 1)  # not a number
+    rows[50] = rows[5]  # a duplicate source_id, chunks away from the first
     path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + body[:1] + rows) + "\n").encode()))
     real_chunks = fastcsv.line_chunks
     monkeypatch.setattr(fastcsv, "line_chunks", lambda p: real_chunks(p, chunk_bytes=200_000))
-    fast = str(tmp_path / "fast")
-    manifest = ingest([str(path)], fast, progress=False)
-    assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 58
+    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "exact")}
+    manifest = ingest([str(path)], stores["fast"], progress=False)
+    assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 57
+    pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
+    assert pooled["total"] == manifest["total"]
     real = ingest_module._csv_batches
-    monkeypatch.setattr(ingest_module, "_csv_batches", lambda p: real(p, fast=False))
-    exact = str(tmp_path / "exact")
-    ingest([str(path)], exact, progress=False)
+    monkeypatch.setattr(ingest_module, "_csv_batches", lambda p, **kw: real(p, fast=False, **kw))
+    ingest([str(path)], stores["exact"], progress=False)
     tables = [pa.concat_tables([pq.read_table(os.path.join(s, n)) for n in
                                 json.load(open(os.path.join(s, "manifest.json")))["shards"]])
-              for s in (fast, exact)]
-    _assert_same_tables(*tables)
-    asides = [pq.read_table(os.path.join(s, "set_aside.parquet")).to_pylist() for s in (fast, exact)]
-    assert asides[0] == asides[1] and [r["input_row"] for r in asides[0]] == [17, 41]
+              for s in stores.values()]
+    _assert_same_tables(tables[0], tables[2])
+    _assert_same_tables(tables[1], tables[2])
+    asides = [pq.read_table(os.path.join(s, "set_aside.parquet")).to_pylist()
+              for s in stores.values()]
+    assert asides[0] == asides[1] == asides[2]
+    assert [r["input_row"] for r in asides[0]] == [17, 41, 50]
+    assert asides[0][2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
 
 
 SAMPLED = ["XP_SAMPLED_RAW_dr3int6.csv", "XP_SAMPLED_RAW_dr3int6.ecsv",

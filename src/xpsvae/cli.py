@@ -271,6 +271,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def default_ingest_workers() -> int:
+    """Parsing processes for ``xpsvae ingest``: one per core, at most 8 (beyond that one
+    file's decompression, in a single thread, is the limit)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
+
+
 def cmd_ingest(args) -> int:
     import glob
     from .ingest import ingest
@@ -286,7 +293,7 @@ def cmd_ingest(args) -> int:
         wavelength = np.arange(start, stop + step / 2, step)
     manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
-                      wavelength=wavelength)
+                      wavelength=wavelength, workers=args.workers or default_ingest_workers())
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
@@ -394,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid (nm) of sampled spectra whose files do not give one "
                         "(default: a 'wavelength' column, GaiaXPy's <name>_sampling.csv, or "
                         "GaiaXPy's 336-1020 nm in 2 nm for 343 samples)")
+    i.add_argument("--workers", type=int, default=0,
+                   help="processes parsing CSV-family files (default: the CPU cores, at most 8; "
+                        "1: parse in this process); the store is the same whatever the number")
     i.set_defaults(func=cmd_ingest)
 
     fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "

@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -36,7 +37,7 @@ from .files import write_json
 from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
 from .xpformats import (BANDS, BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, XPParseError, _Batch,  # noqa: F401
-                        file_batches, is_sampled_record, normalise_record,
+                        ParsePool, file_batches, is_sampled_record, normalise_record,
                         normalise_sampled_record, parse_array_text, sampled_grid)
 
 MANIFEST = "manifest.json"
@@ -180,7 +181,7 @@ def _normalise_batch(batch: _Batch, account: "FileAccount",
 
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
            rows_per_shard: int = 5_000, progress: bool = True,
-           wavelength: Optional[np.ndarray] = None) -> dict:
+           wavelength: Optional[np.ndarray] = None, workers: int = 1) -> dict:
     """Read XP files into the store; files already complete in its manifest are skipped.
 
     Args:
@@ -191,10 +192,16 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
             coefficients or sampled spectra on one wavelength grid.
         gaia_source: gaia_source tables for the G-band flux join.
         rows_per_shard: rows per Parquet shard; memory holds about one shard
-            plus three read chunks (16 MB of text each).
+            plus three read chunks (16 MB of text each), and two chunks per
+            worker.
         progress: show progress bars over files and rows.
         wavelength: the grid (nm) of sampled spectra whose files do not say
             (see :func:`sampled_grid`).
+        workers: processes that parse CSV-family files (DataLink CSV, ECSV,
+            bulk ``*.csv.gz``); 1 parses in this process. They start with the
+            first file of more than one chunk (~400 bulk rows). The store is
+            the same whatever the number. Scripts that pass more than 1 need
+            the ``if __name__ == "__main__":`` guard of Python's multiprocessing.
 
     Returns:
         The manifest (also written to ``store/manifest.json``).
@@ -214,56 +221,57 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     set_aside_rows = _read_set_aside(store)
     sources = [(os.path.abspath(p), os.path.abspath(p)) if isinstance(p, (str, os.PathLike))
                else (_table_name(p, i), p) for i, p in enumerate(paths)]
-    for name, source in tqdm(sources, desc="ingest", unit="file", disable=not progress):
-        size = os.stat(source).st_size if isinstance(source, str) else None
-        done = manifest["files"].get(name)
-        if size is not None and done and done.get("complete") and done.get("size") == size:
-            continue  # re-running after an interruption: this file is already in the store
-        account = FileAccount(name)
-        pending: List[pa.Table] = []
-        shards: List[str] = []
-        rows_bar = tqdm(desc=os.path.basename(name), unit="row", leave=False,
-                        disable=not progress)
+    with ParsePool(workers) if workers > 1 else nullcontext() as pool:
+        for name, source in tqdm(sources, desc="ingest", unit="file", disable=not progress):
+            size = os.stat(source).st_size if isinstance(source, str) else None
+            done = manifest["files"].get(name)
+            if size is not None and done and done.get("complete") and done.get("size") == size:
+                continue  # re-running after an interruption: this file is already in the store
+            account = FileAccount(name)
+            pending: List[pa.Table] = []
+            shards: List[str] = []
+            rows_bar = tqdm(desc=os.path.basename(name), unit="row", leave=False,
+                            disable=not progress)
 
-        def write_full_shards(final: bool) -> None:
-            table = pa.concat_tables(pending) if pending else None
-            pending.clear()
-            while table is not None and (table.num_rows >= rows_per_shard or
-                                         (final and table.num_rows)):
-                shard = table.slice(0, rows_per_shard)
-                shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), shard))
-                account.rows_kept += shard.num_rows
-                table = table.slice(rows_per_shard)
-            if table is not None and table.num_rows:
-                pending.append(table)
-        try:
-            batches = file_batches(source)
-            first_batch = next(batches, None)
-            grid = _check_kind(name, first_batch, manifest, wavelength)
-            for batch in itertools.chain([first_batch] if first_batch else [], batches):
-                account.rows_read += batch.rows
-                rows_bar.update(batch.rows)
-                table = _normalise_batch(batch, account, grid)
-                keep = _drop_duplicates(table, batch, seen, name, account)
-                table = table.filter(pa.array(keep))
-                seen.add(table.column("source_id").to_numpy(), name,
-                         table.column("input_row").to_numpy())
-                pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin))
-                if sum(t.num_rows for t in pending) >= rows_per_shard:
-                    write_full_shards(final=False)
-        except SpectraError as exc:
-            account.add_set_aside(-1, f"file refused: {exc}")
-        finally:
-            rows_bar.close()
-        write_full_shards(final=True)
-        account.set_aside.sort(key=lambda r: r["input_row"])
-        set_aside_rows += account.set_aside
-        manifest["shards"] += shards
-        manifest["files"][name] = {**account.to_dict(), "shards": shards, "size": size,
-                                   "complete": True}
-        _write_set_aside(store, set_aside_rows)
-        manifest["total"] = _totals(manifest["files"])
-        write_json(manifest_path, manifest)
+            def write_full_shards(final: bool) -> None:
+                table = pa.concat_tables(pending) if pending else None
+                pending.clear()
+                while table is not None and (table.num_rows >= rows_per_shard or
+                                             (final and table.num_rows)):
+                    shard = table.slice(0, rows_per_shard)
+                    shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), shard))
+                    account.rows_kept += shard.num_rows
+                    table = table.slice(rows_per_shard)
+                if table is not None and table.num_rows:
+                    pending.append(table)
+            try:
+                batches = file_batches(source, pool=pool)
+                first_batch = next(batches, None)
+                grid = _check_kind(name, first_batch, manifest, wavelength)
+                for batch in itertools.chain([first_batch] if first_batch else [], batches):
+                    account.rows_read += batch.rows
+                    rows_bar.update(batch.rows)
+                    table = _normalise_batch(batch, account, grid)
+                    keep = _drop_duplicates(table, batch, seen, name, account)
+                    table = table.filter(pa.array(keep))
+                    seen.add(table.column("source_id").to_numpy(), name,
+                             table.column("input_row").to_numpy())
+                    pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin))
+                    if sum(t.num_rows for t in pending) >= rows_per_shard:
+                        write_full_shards(final=False)
+            except SpectraError as exc:
+                account.add_set_aside(-1, f"file refused: {exc}")
+            finally:
+                rows_bar.close()
+            write_full_shards(final=True)
+            account.set_aside.sort(key=lambda r: r["input_row"])
+            set_aside_rows += account.set_aside
+            manifest["shards"] += shards
+            manifest["files"][name] = {**account.to_dict(), "shards": shards, "size": size,
+                                       "complete": True}
+            _write_set_aside(store, set_aside_rows)
+            manifest["total"] = _totals(manifest["files"])
+            write_json(manifest_path, manifest)
     manifest["total"] = _totals(manifest["files"])
     write_json(manifest_path, manifest)
     return manifest

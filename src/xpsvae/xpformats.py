@@ -21,8 +21,10 @@ import csv
 import itertools
 import os
 import re
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Optional
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -139,15 +141,21 @@ class _Batch:
         return len(self.records) + (self.table.num_rows if self.table is not None else 0)
 
 
-def _csv_batches(path: str, fast: bool = True) -> Iterator[_Batch]:
+def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = None
+                 ) -> Iterator[_Batch]:
     """DataLink CSV and ECSV (plain or gzip'd): header line, then one star per line.
 
     Chunks of lines go through :mod:`xpsvae.fastcsv`; a chunk it calls
-    irregular (or every chunk, with ``fast=False``) is read row by row.
+    irregular (or every chunk, with ``fast=False``) is read row by row. With a
+    ``pool``, chunks are parsed in its worker processes, a few ahead, and come
+    back in file order.
     """
     chunks = fastcsv.line_chunks(path)
+    in_flight: Deque[tuple] = deque()
     next_row = 0
     header = None
+    failure: Optional[Exception] = None
+    first_chunk = True
     try:
         for chunk in chunks:
             if header is None:
@@ -157,32 +165,115 @@ def _csv_batches(path: str, fast: bool = True) -> Iterator[_Batch]:
                 fast = fast and all(c in header for c in _FAST_COLUMNS)
             if not chunk:
                 continue
-            try:
-                if not fast:
-                    raise fastcsv.Irregular("exact reader asked for")
-                strings = fastcsv.parse_chunk(chunk, header)
-                batch = _fast_batch(strings, next_row, chunk)
-                next_row += strings.num_rows
-            except fastcsv.Irregular:
-                lines = chunk.decode("utf-8", errors="replace").split("\n")
-                if lines and lines[-1] == "":
-                    lines.pop()
-                batch = _Batch(records=list(_csv_lines(lines, header, next_row)))
-                next_row += len(lines)
-            yield batch
+            job = (chunk, header, next_row, fast)
+            # A file's first chunk is parsed here: a file of one chunk never starts the pool.
+            in_flight.append((chunk, next_row, job if first_chunk or pool is None
+                              else pool.submit(*job)))
+            first_chunk = False
+            next_row += _line_count(chunk)
+            while len(in_flight) > (pool.ahead if pool else 0):
+                yield _finished(*in_flight.popleft())
     except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
+        failure = exc
+    while in_flight:
+        yield _finished(*in_flight.popleft())
+    if failure is not None:
         yield _Batch(records=[(next_row, None, XPParseError(
-            f"file unreadable after row {next_row - 1}: {exc}"))])
+            f"file unreadable after row {next_row - 1}: {failure}"))])
         return
     if header is None:
         raise SpectraError(f"{path}: no header line; an empty file or not a table")
+
+
+def _line_count(chunk: bytes) -> int:
+    """Data lines in a chunk: its rows, on the fast path and the exact one alike."""
+    return chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+
+
+def _finished(chunk: bytes, first_row: int, job) -> _Batch:
+    """A chunk's batch from its parse job (a pool's future, or the arguments to parse here)."""
+    records, table = job.result() if isinstance(job, Future) else parse_chunk_rows(*job)
+    lines: List[bytes] = []
+
+    def raw_line(row: int) -> str:
+        if not lines:
+            lines.extend(chunk.split(b"\n"))
+        return lines[row - first_row].decode("utf-8", errors="replace")
+    return _Batch(records=records, table=table, raw_line=raw_line)
+
+
+def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, fast: bool
+                     ) -> Tuple[List[tuple], Optional[pa.Table]]:
+    """One chunk of CSV data lines, numbered from ``first_row``: (records, table).
+
+    The table holds the rows that passed every check of the fast path; the
+    records, each row read one by one (the whole chunk where the fast path
+    steps aside). Runs in a :class:`ParsePool` worker, so it takes and
+    returns only plain data.
+    """
+    try:
+        if not fast:
+            raise fastcsv.Irregular("exact reader asked for")
+        strings = fastcsv.parse_chunk(chunk, header)
+        if strings.num_rows != _line_count(chunk):  # row numbers must be line numbers
+            raise fastcsv.Irregular("rows are not lines")
+        return _fast_batch(strings, first_row, chunk)
+    except fastcsv.Irregular:
+        lines = chunk.decode("utf-8", errors="replace").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return list(_csv_lines(lines, header, first_row)), None
+
+
+class ParsePool:
+    """Worker processes that parse CSV chunks (:func:`parse_chunk_rows`), started on first use.
+
+    Parsing is most of an ingest's work and, on one core, several times
+    slower than decompressing, so a few processes keep up with one file's
+    decompression. Files of a single chunk never start the pool.
+
+    Args:
+        workers: processes (>= 2; fewer means parse in the calling process).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.ahead = workers + 1  # chunks in flight: memory holds about two chunks per worker
+        self._executor = None
+
+    def submit(self, *job):
+        if self._executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            # spawn, not fork: the parent runs the decompression thread while it forks
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_parse_worker_setup, initargs=(self.workers,))
+        return self._executor.submit(parse_chunk_rows, *job)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "ParsePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _parse_worker_setup(workers: int) -> None:
+    # Arrow's own threads, shared out, so that the workers do not oversubscribe the cores.
+    pa.set_cpu_count(max(1, (os.cpu_count() or 1) // workers))
 
 
 _FAST_COLUMNS = ("source_id",) + tuple(f"{b}_{k}" for b in BANDS
                                        for k in ("coefficients", "coefficient_errors"))
 
 
-def _fast_batch(strings: pa.Table, first_row: int, chunk: bytes) -> _Batch:
+def _fast_batch(strings: pa.Table, first_row: int, chunk: bytes
+                ) -> Tuple[List[tuple], pa.Table]:
     """Parse and check a whole chunk at once; rows failing a check go to the exact reader.
 
     Raises:
@@ -237,17 +328,10 @@ def _fast_batch(strings: pa.Table, first_row: int, chunk: bytes) -> _Batch:
     exact |= both_missing
     columns["input_row"] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
     table = pa.table(columns, schema=BATCH_SCHEMA).filter(pa.array(~exact))
-    lines: List[bytes] = []
-
-    def raw_line(row: int) -> str:
-        if not lines:
-            lines.extend(chunk.split(b"\n"))
-        return lines[row - first_row].decode("utf-8", errors="replace")
-    records = []
-    for i in np.flatnonzero(exact):
-        records.append((first_row + int(i), raw_line(first_row + int(i)),
-                        strings.slice(int(i), 1).to_pylist()[0]))
-    return _Batch(records=records, table=table, raw_line=raw_line)
+    lines = chunk.split(b"\n") if exact.any() else []
+    records = [(first_row + int(i), lines[i].decode("utf-8", errors="replace"),
+                strings.slice(int(i), 1).to_pylist()[0]) for i in np.flatnonzero(exact)]
+    return records, table
 
 
 def _table_records(table) -> Iterator[tuple]:
@@ -493,11 +577,15 @@ def sampled_grid(name: str, record: dict, wavelength: Optional[np.ndarray]) -> n
     return grid
 
 
-def file_batches(source, batch_rows: int = 2_000) -> Iterator[_Batch]:
-    """Batches of rows of a file (by path) or of an in-memory astropy/pyarrow Table or DataFrame."""
+def file_batches(source, batch_rows: int = 2_000, pool: Optional[ParsePool] = None
+                 ) -> Iterator[_Batch]:
+    """Batches of rows of a file (by path) or of an in-memory astropy/pyarrow Table or DataFrame.
+
+    A ``pool`` parses the chunks of CSV-family files in worker processes.
+    """
     if isinstance(source, str):
         if _file_kind(source) == "csv":
-            yield from _csv_batches(source)
+            yield from _csv_batches(source, pool=pool)
             return
         rows = records(source)
     else:
