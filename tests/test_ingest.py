@@ -147,7 +147,6 @@ def test_rerun_skips_complete_files_and_store_trains(tmp_path):
 
 
 def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):
-    pytest.importorskip("gaiaxpy", reason="the synthetic G passband comes from GaiaXPy")
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,
            progress=False)
@@ -160,8 +159,17 @@ def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):
     assert stars.accounting.reasons() == {"no BP spectrum": 1}
 
 
+def test_shipped_g_passband_is_gaiaxpys():
+    pytest.importorskip("gaiaxpy", reason="the shipped passband is checked against GaiaXPy")
+    from xpsvae.sampling import SYNTHETIC_G_FILE, synthetic_g_weights_from_gaiaxpy
+    shipped = json.load(open(SYNTHETIC_G_FILE))
+    fresh = synthetic_g_weights_from_gaiaxpy()
+    assert shipped["zero_point"] == fresh["zero_point"]
+    for band in ("bp", "rp"):
+        assert len(shipped[band]) == 55 and shipped[band] == fresh[band]
+
+
 def test_synthetic_g_flux_agrees_with_measured_g(tmp_path):
-    pytest.importorskip("gaiaxpy", reason="the synthetic G passband comes from GaiaXPy")
     from xpsvae.sampling import synthetic_g_flux
     store = str(tmp_path / "store")
     ingest([shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")], store,
@@ -381,3 +389,13 @@ def test_flux_conversion_refuses_a_sampled_store(tmp_path, capsys):
     ingest([shared_file("gaia_dr3_xp", "XP_SAMPLED_RAW_dr3int6.csv")], store, progress=False)
     assert main(["--quiet", "flux", store, "--out", str(tmp_path / "f.parquet")]) == 2
     assert "a store of sampled spectra" in capsys.readouterr().err
+
+
+def test_reading_gaia_files_does_not_import_pytorch():
+    """Ingest (and each of its parsing processes) imports the readers alone, not the model."""
+    import subprocess
+    import sys
+    code = ("import sys, xpsvae.ingest, xpsvae.xpformats; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from xpsvae import SVAE; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -365,10 +365,7 @@ def _fill_synthetic_g(table: pa.Table) -> pa.Table:
                           & ~table.column("rp_missing").to_numpy(zero_copy_only=False))
     if not len(todo):
         return table
-    try:
-        from .sampling import SYNTHETIC_G_ORIGIN, synthetic_g_flux
-    except ImportError:  # GaiaXPy absent: the rows stay flagged "missing"
-        return table
+    from .sampling import SYNTHETIC_G_ORIGIN, synthetic_g_flux
     bands = [np.array(table.column(f"{b}_coefficients").take(pa.array(todo)).to_pylist(),
                       dtype=np.float64) for b in BANDS]
     flux_new = synthetic_g_flux(*bands)

@@ -15,6 +15,8 @@ The design matrices and weights come from GaiaXPy itself (``pip install gaiaxpy`
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
@@ -138,17 +140,36 @@ G_ZERO_POINT = 25.6874
 SYNTHETIC_G_ORIGIN = "synthetic G (GaiaXPy Gaia_DR3_Vega)"
 
 
-@lru_cache(maxsize=1)
-def _synthetic_g_weights() -> Tuple[Dict[str, np.ndarray], float]:
+#: GaiaXPy's Gaia_DR3_Vega G passband as coefficient weights, shipped with the package so
+#: that the G fallback needs neither GaiaXPy nor its import time (written by
+#: :func:`synthetic_g_weights_from_gaiaxpy`; a test checks it against GaiaXPy).
+SYNTHETIC_G_FILE = os.path.join(os.path.dirname(__file__), "resources",
+                                "synthetic_g_gaia_dr3_vega.json")
+
+
+def synthetic_g_weights_from_gaiaxpy() -> dict:
     """Per band, the G passband's coefficient weights (design column times merge weight),
-    and the system's G zero point: read from GaiaXPy's files once per process, not per batch."""
+    and the system's G zero point, from GaiaXPy's own files (``pip install gaiaxpy``)."""
     from gaiaxpy import PhotometricSystem
     system = PhotometricSystem.Gaia_DR3_Vega.value
     design = system.load_xpsampling_from_xml()
     _, merge = system.load_xpmerge_from_xml()
     g = list(system.get_bands()).index("G")
-    weights = {b: np.asarray(design[b][:, g] * merge[b][g], dtype=np.float64) for b in BANDS}
-    return weights, float(system.get_zero_points()[g])
+    return {"source": f"GaiaXPy {_gaiaxpy_version()} PhotometricSystem.Gaia_DR3_Vega, band G",
+            "zero_point": float(system.get_zero_points()[g]),
+            **{b: [float(v) for v in np.asarray(design[b][:, g] * merge[b][g])] for b in BANDS}}
+
+
+def _gaiaxpy_version() -> str:
+    from importlib.metadata import version
+    return version("gaiaxpy")
+
+
+@lru_cache(maxsize=1)
+def _synthetic_g_weights() -> Tuple[Dict[str, np.ndarray], float]:
+    with open(SYNTHETIC_G_FILE) as f:
+        saved = json.load(f)
+    return {b: np.asarray(saved[b], dtype=np.float64) for b in BANDS}, float(saved["zero_point"])
 
 
 def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -> np.ndarray:
