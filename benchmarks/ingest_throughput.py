@@ -91,9 +91,8 @@ def main() -> None:
     p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
                    "train_throughput.py --streaming)")
     args = p.parse_args()
-    from xpsvae.cli import default_ingest_workers
-    from xpsvae.ingest import ingest
-    workers = args.workers or default_ingest_workers()
+    from xpsvae.ingest import default_workers, ingest
+    workers = args.workers or default_workers()
     work = tempfile.mkdtemp()
     try:
         path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")

@@ -271,16 +271,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def default_ingest_workers() -> int:
-    """Parsing processes for ``xpsvae ingest``: one per core, at most 8 (beyond that one
-    file's decompression, in a single thread, is the limit)."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1))
-
-
 def cmd_ingest(args) -> int:
     import glob
-    from .ingest import ingest
+    from .ingest import default_workers, ingest
     paths = []
     for pattern in args.inputs:
         matches = sorted(glob.glob(pattern))
@@ -293,7 +286,7 @@ def cmd_ingest(args) -> int:
         wavelength = np.arange(start, stop + step / 2, step)
     manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
-                      wavelength=wavelength, workers=args.workers or default_ingest_workers())
+                      wavelength=wavelength, workers=args.workers or default_workers())
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")

@@ -179,6 +179,13 @@ def _normalise_batch(batch: _Batch, account: "FileAccount",
     return table.take(pc.sort_indices(table.column("input_row"))) if len(tables) > 1 else table
 
 
+def default_workers() -> int:
+    """Parsing processes for ``xpsvae ingest``: one per core, at most 8 (beyond that one
+    file's decompression, in a single thread, is the limit)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cores or 1))
+
+
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
            rows_per_shard: int = 5_000, progress: bool = True,
            wavelength: Optional[np.ndarray] = None, workers: int = 1) -> dict:
