@@ -134,7 +134,7 @@ def parse_chunk(chunk: bytes, header: List[str]) -> pa.Table:
     try:
         return pcsv.read_csv(
             pa.BufferReader(chunk),
-            read_options=pcsv.ReadOptions(column_names=header, block_size=4 << 20, use_threads=False),
+            read_options=pcsv.ReadOptions(column_names=header, block_size=4 << 20),
             parse_options=pcsv.ParseOptions(invalid_row_handler=reject),
             convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header}))
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
@@ -190,7 +190,7 @@ def array_column(column: pa.ChunkedArray, type_: pa.DataType) -> Tuple[np.ndarra
     try:
         parsed = pcsv.read_csv(
             pa.py_buffer(text),
-            read_options=pcsv.ReadOptions(column_names=["v"], block_size=1 << 20, use_threads=False),
+            read_options=pcsv.ReadOptions(column_names=["v"], block_size=1 << 20),
             convert_options=pcsv.ConvertOptions(column_types={"v": type_}))
     except pa.ArrowInvalid as exc:
         raise Irregular(str(exc)) from None
