@@ -180,10 +180,16 @@ def _normalise_batch(batch: _Batch, account: "FileAccount",
 
 
 def default_workers() -> int:
-    """Parsing processes for ``xpsvae ingest``: one per core, at most 8 (beyond that one
-    file's decompression, in a single thread, is the limit)."""
+    """Parsing processes for ``xpsvae ingest``: one per core from 4 cores up, at most 8.
+
+    In-process parsing already keeps ~2 cores busy (Arrow's threads and the
+    decompression thread): on 2 cores, 2 workers gave 4% more rows/s for twice
+    the memory (benchmarks/ingest_throughput.py), so there the default is 1.
+    Beyond 8, one file's decompression, in a single thread, is the limit.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
+    cores = cores or 1
+    return min(8, cores) if cores >= 4 else 1
 
 
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
