@@ -38,7 +38,7 @@ from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
 from .xpformats import (BANDS, BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, XPParseError, _Batch,  # noqa: F401
                         ParsePool, file_batches, is_sampled_record, normalise_record,
-                        normalise_sampled_record, parse_array_text, sampled_grid)
+                        normalise_sampled_record, parse_array_text, sampled_grid, usable_cores)
 
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.parquet"
@@ -187,8 +187,7 @@ def default_workers() -> int:
     the memory (benchmarks/ingest_throughput.py), so there the default is 1.
     Beyond 8, one file's decompression, in a single thread, is the limit.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = usable_cores()
     return min(8, cores) if cores >= 4 else 1
 
 

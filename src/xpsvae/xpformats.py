@@ -233,7 +233,7 @@ class ParsePool:
     decompression. Files of a single chunk never start the pool.
 
     Args:
-        workers: processes (>= 2; fewer means parse in the calling process).
+        workers: processes (:func:`xpsvae.ingest.ingest` makes a pool only for 2 or more).
     """
 
     def __init__(self, workers: int):
@@ -263,9 +263,16 @@ class ParsePool:
         self.close()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _parse_worker_setup(workers: int) -> None:
     # Arrow's own threads, shared out, so that the workers do not oversubscribe the cores.
-    pa.set_cpu_count(max(1, (os.cpu_count() or 1) // workers))
+    pa.set_cpu_count(max(1, usable_cores() // workers))
 
 
 _FAST_COLUMNS = ("source_id",) + tuple(f"{b}_{k}" for b in BANDS
