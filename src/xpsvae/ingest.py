@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -233,7 +234,9 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     set_aside_rows = _read_set_aside(store)
     sources = [(os.path.abspath(p), os.path.abspath(p)) if isinstance(p, (str, os.PathLike))
                else (_table_name(p, i), p) for i, p in enumerate(paths)]
-    with ParsePool(workers) if workers > 1 else nullcontext() as pool:
+    # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
+    with ParsePool(workers) if workers > 1 else nullcontext() as pool, \
+            ThreadPoolExecutor(max_workers=1) as writer:
         for name, source in tqdm(sources, desc="ingest", unit="file", disable=not progress):
             size = os.stat(source).st_size if isinstance(source, str) else None
             done = manifest["files"].get(name)
@@ -241,7 +244,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
                 continue  # re-running after an interruption: this file is already in the store
             account = FileAccount(name)
             pending: List[pa.Table] = []
-            shards: List[str] = []
+            writes: List[Future] = []  # shard file names, once written
             rows_bar = tqdm(desc=os.path.basename(name), unit="row", leave=False,
                             disable=not progress)
 
@@ -251,7 +254,10 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
                 while table is not None and (table.num_rows >= rows_per_shard or
                                              (final and table.num_rows)):
                     shard = table.slice(0, rows_per_shard)
-                    shards.append(_write_shard(store, len(manifest["shards"]) + len(shards), shard))
+                    if writes:
+                        writes[-1].result()  # one shard in flight: memory stays bounded
+                    writes.append(writer.submit(_write_shard, store,
+                                                len(manifest["shards"]) + len(writes), shard))
                     account.rows_kept += shard.num_rows
                     table = table.slice(rows_per_shard)
                 if table is not None and table.num_rows:
@@ -265,7 +271,8 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
                     rows_bar.update(batch.rows)
                     table = _normalise_batch(batch, account, grid)
                     keep = _drop_duplicates(table, batch, seen, name, account)
-                    table = table.filter(pa.array(keep))
+                    if not keep.all():  # a filter copies every column, correlations too
+                        table = table.filter(pa.array(keep))
                     seen.add(table.column("source_id").to_numpy(), name,
                              table.column("input_row").to_numpy())
                     pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin))
@@ -276,6 +283,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
             finally:
                 rows_bar.close()
             write_full_shards(final=True)
+            shards = [w.result() for w in writes]
             account.set_aside.sort(key=lambda r: r["input_row"])
             set_aside_rows += account.set_aside
             manifest["shards"] += shards
