@@ -165,12 +165,13 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
                 fast = fast and all(c in header for c in _FAST_COLUMNS)
             if not chunk:
                 continue
-            job = (chunk, header, next_row, fast)
+            n_lines = _line_count(chunk)
+            job = (chunk, header, next_row, n_lines, fast)
             # A file's first chunk is parsed here: a file of one chunk never starts the pool.
             in_flight.append((chunk, next_row, job if first_chunk or pool is None
                               else pool.submit(*job)))
             first_chunk = False
-            next_row += _line_count(chunk)
+            next_row += n_lines
             while len(in_flight) > (pool.ahead if pool else 0):
                 yield _finished(*in_flight.popleft())
     except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
@@ -202,9 +203,9 @@ def _finished(chunk: bytes, first_row: int, job) -> _Batch:
     return _Batch(records=records, table=table, raw_line=raw_line)
 
 
-def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, fast: bool
-                     ) -> Tuple[List[tuple], Optional[pa.Table]]:
-    """One chunk of CSV data lines, numbered from ``first_row``: (records, table).
+def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: int,
+                     fast: bool) -> Tuple[List[tuple], Optional[pa.Table]]:
+    """One chunk of ``n_lines`` CSV data lines, numbered from ``first_row``: (records, table).
 
     The table holds the rows that passed every check of the fast path; the
     records, each row read one by one (the whole chunk where the fast path
@@ -215,7 +216,7 @@ def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, fast: bool
         if not fast:
             raise fastcsv.Irregular("exact reader asked for")
         strings = fastcsv.parse_chunk(chunk, header)
-        if strings.num_rows != _line_count(chunk):  # row numbers must be line numbers
+        if strings.num_rows != n_lines:  # row numbers must be line numbers
             raise fastcsv.Irregular("rows are not lines")
         return _fast_batch(strings, first_row, chunk)
     except fastcsv.Irregular:
