@@ -1,19 +1,19 @@
 """The fast path for the CSV family (DataLink CSV, ECSV, bulk ``*.csv.gz``): whole chunks at once.
 
 A file is decompressed in a background thread (``isal`` when installed, else
-zlib) into chunks of complete lines. Each chunk is tokenised by Arrow's CSV
-reader with every column kept as text, then:
+zlib) into chunks of complete lines. Each chunk is then split at its quotes:
 
-* scalar columns are cast by Arrow;
-* array columns (``"[a,b,...]"`` or ``"(a, b, ...)"``) are parsed in one go:
-  brackets, commas and spaces become line breaks, so the chunk's arrays turn
-  into a one-column CSV of numbers that Arrow parses natively, while the
-  commas counted per row give each array's length.
+* the quoted fields are the arrays (``"[a,b,...]"`` or ``"(a, b, ...)"``), nine
+  tenths of the bytes. A column's arrays are parsed in one go: their numbers,
+  end to end, become one Arrow string array (the text without its commas, cut
+  where the commas were), which Arrow's cast turns into numbers;
+* the rest of the text, a placeholder standing for each quoted field, is short:
+  Arrow's CSV reader tokenises it, and scalar columns are cast by Arrow.
 
 Anything irregular in a chunk (a blank line, a row with the wrong number of
-fields, text that is not a number) makes :func:`parse_chunk` return None and
-the caller reads that chunk row by row with the exact, slower parser, so the
-fast path never changes what is kept, what is set aside, or the messages.
+fields, text that is not a number) raises :class:`Irregular`, and the caller
+reads that chunk row by row with the exact, slower parser, so the fast path
+never changes what is kept, what is set aside, or the messages.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import queue
 import threading
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,6 @@ import pyarrow.csv as pcsv
 
 #: Bytes of text per chunk: ~400 bulk-format rows.
 CHUNK_BYTES = 16 << 20
-_TO_NEWLINES = bytes.maketrans(b",[]() ", b"\n" * 6)
 
 
 class Irregular(Exception):
@@ -122,9 +121,33 @@ def split_header(chunk: bytes) -> Tuple[Optional[List[str]], bytes]:
     return None, b""
 
 
-def parse_chunk(chunk: bytes, header: List[str]) -> pa.Table:
-    """Tokenise a chunk of data lines; every column as text. Raises Irregular."""
-    if b"\n\n" in chunk or chunk.startswith(b"\n") or b"\r" in chunk:
+#: Stands for a quoted field in the text of a chunk's other fields (a control character,
+#: so that no value of an XP table is mistaken for it).
+PLACEHOLDER = "\x1f"
+
+
+def parse_chunk(chunk: bytes, header: List[str]) -> Tuple[pa.Table, Dict[str, "QuotedFields"]]:
+    """Split a chunk of data lines into its quoted fields and the text of the rest.
+
+    The quoted fields are the arrays (``"[a,b,...]"``), nine tenths of a bulk
+    file's bytes. Splitting the chunk at its quotes sets them apart in one
+    pass, so that Arrow's CSV tokeniser reads only the short scalar fields.
+
+    Returns:
+        (fields, quoted): every column as text, with :data:`PLACEHOLDER` where a
+        field was quoted; and, per column that has quoted fields, their rows
+        and their text without the quotes.
+
+    Raises:
+        Irregular: unbalanced or escaped quotes, a blank line, a CR, a row with
+            the wrong number of fields (the caller reads the chunk row by row).
+    """
+    pieces = chunk.split(b'"')
+    if len(pieces) % 2 == 0:
+        raise Irregular("unbalanced quotes")
+    quoted = pieces[1::2]
+    text = PLACEHOLDER.encode().join(pieces[0::2])
+    if b"\n\n" in text or text.startswith(b"\n") or b"\r" in text:
         raise Irregular("blank line or CR")  # row numbers must match the exact reader's
     rejected: List[int] = []
 
@@ -132,16 +155,34 @@ def parse_chunk(chunk: bytes, header: List[str]) -> pa.Table:
         rejected.append(1)
         return "skip"
     try:
-        return pcsv.read_csv(
-            pa.BufferReader(chunk),
-            read_options=pcsv.ReadOptions(column_names=header, block_size=4 << 20),
+        fields = pcsv.read_csv(
+            pa.py_buffer(text),
+            read_options=pcsv.ReadOptions(column_names=header, use_threads=False),
             parse_options=pcsv.ParseOptions(invalid_row_handler=reject),
             convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header}))
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise Irregular(str(exc)) from None
-    finally:
-        if rejected:
-            raise Irregular(f"{len(rejected)} rows with the wrong number of fields")
+    if rejected:
+        raise Irregular(f"{len(rejected)} rows with the wrong number of fields")
+    # The quoted fields, in file order, are the placeholder cells in row-major order.
+    is_quoted = np.column_stack([pc.equal(fields.column(name), PLACEHOLDER)
+                                 .to_numpy(zero_copy_only=False) for name in header]) \
+        if fields.num_rows else np.zeros((0, len(header)), dtype=bool)
+    rows, columns = np.nonzero(is_quoted)
+    if len(rows) != len(quoted):  # an escaped quote, or a value that is the placeholder
+        raise Irregular("quoted fields do not match the cells")
+    by_column: Dict[str, QuotedFields] = {}
+    for column in np.unique(columns):
+        which = np.flatnonzero(columns == column)
+        by_column[header[column]] = QuotedFields(rows[which], [quoted[i] for i in which])
+    return fields, by_column
+
+
+class QuotedFields(NamedTuple):
+    """A column's quoted fields in a chunk: their row numbers and their text."""
+
+    rows: np.ndarray
+    texts: List[bytes]
 
 
 def number_column(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray:
@@ -153,8 +194,14 @@ def number_column(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArra
         raise Irregular(str(exc)) from None
 
 
-def array_column(column: pa.ChunkedArray, type_: pa.DataType) -> Tuple[np.ndarray, np.ndarray]:
-    """Parse a text column of bracketed arrays.
+def array_column(cells: pa.ChunkedArray, quoted: Optional[QuotedFields], type_: pa.DataType
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Parse a column of bracketed arrays, from :func:`parse_chunk`'s output.
+
+    Args:
+        cells: the column's text (the placeholder where a field was quoted).
+        quoted: the column's quoted fields (None: it has none).
+        type_: the numbers' Arrow type.
 
     Returns:
         (values, counts): every row's numbers end to end (NaN for ``nan``/``null``
@@ -162,42 +209,40 @@ def array_column(column: pa.ChunkedArray, type_: pa.DataType) -> Tuple[np.ndarra
         missing array).
 
     Raises:
-        Irregular: a field that is not a bracketed list of numbers.
+        Irregular: a field that is not a quoted, bracketed list of numbers.
     """
-    array = pa.concat_arrays(column.chunks) if column.num_chunks != 1 else column.chunk(0)
-    if array.null_count:
-        raise Irregular("null text")
-    _, offsets_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[array.offset:array.offset + len(array) + 1]
-    lengths = np.diff(offsets)
-    present = lengths > 0
-    counts = np.zeros(len(array), dtype=np.int64)
-    if not present.any():
+    counts = np.zeros(len(cells), dtype=np.int64)
+    rows, texts = quoted if quoted is not None else (np.zeros(0, dtype=np.int64), [])
+    # Every other cell must be empty (a missing array), not an unquoted value.
+    if (pc.sum(pc.utf8_length(cells)).as_py() or 0) != len(rows) * len(PLACEHOLDER):
+        raise Irregular("an array field not in quotes")
+    if not texts:
         return np.zeros(0), counts
-    data = np.frombuffer(data_buffer, dtype=np.uint8)
-    first, last = data[offsets[:-1][present]], data[offsets[1:][present] - 1]
-    brackets_ok = (((first == ord("[")) & (last == ord("]")))
-                   | ((first == ord("(")) & (last == ord(")"))))
-    if not brackets_ok.all() or (lengths[present] <= 2).any():
+    if not all(len(t) > 2 and t[:1] + t[-1:] in (b"[]", b"()") for t in texts):
         raise Irregular("not a bracketed array")
-    raw = data_buffer.to_pybytes()
-    counts[present] = [raw.count(b",", start, end) + 1  # bytes.count: C speed, no copy
-                       for start, end in zip(offsets[:-1][present].tolist(),
-                                             offsets[1:][present].tolist())]
-    # Brackets, commas and spaces all become line breaks: a one-column CSV of numbers
-    # (the empty lines this leaves are skipped by the CSV reader).
-    text = raw[offsets[0]:offsets[-1]].translate(_TO_NEWLINES)
-    try:
-        parsed = pcsv.read_csv(
-            pa.py_buffer(text),
-            read_options=pcsv.ReadOptions(column_names=["v"], block_size=1 << 20),
-            convert_options=pcsv.ConvertOptions(column_types={"v": type_}))
-    except pa.ArrowInvalid as exc:
+    # DataLink CSV writes "(a, b, ...)"; a space anywhere else makes the cast refuse.
+    loose = texts[0][:1] == b"("
+    bodies = [t[1:-1].replace(b", ", b",") if loose else t[1:-1] for t in texts]
+    # All the numbers, end to end, as one Arrow string array: the text without its commas,
+    # cut where the commas were. Arrow's cast then parses them all at C speed.
+    joined = b",".join(bodies)
+    commas = np.flatnonzero(np.frombuffer(joined, dtype=np.uint8) == ord(","))
+    digits = joined.replace(b",", b"")
+    offsets = np.empty(len(commas) + 2, dtype=np.int32)
+    offsets[0], offsets[-1] = 0, len(digits)
+    offsets[1:-1] = commas - np.arange(len(commas))
+    numbers = pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets),
+                                          pa.py_buffer(digits))
+    try:  # parses as Python's float() does, or refuses: "", "null", "1_0", " 1"
+        values = pc.cast(numbers, pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise Irregular(str(exc)) from None
-    values = parsed.column(0).to_numpy()
-    if len(values) != counts.sum():  # an empty element ("1,,2") or a space inside a number
-        raise Irregular("element count")
-    return values, counts
+    # The commas join inserted between arrays give each array's count.
+    array_ends = np.cumsum([len(b) + 1 for b in bodies[:-1]], dtype=np.int64) - 1
+    counts[rows] = np.diff(np.searchsorted(commas, array_ends), prepend=-1,
+                           append=len(commas))
+    # Parsed as float64 then rounded, as the exact parser does, whatever the column's type.
+    return values.astype(type_.to_pandas_dtype(), copy=False), counts
 
 
 def row_flags(values: np.ndarray, counts: np.ndarray, bad: np.ndarray) -> np.ndarray:

@@ -39,7 +39,8 @@ from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
 from .xpformats import (BANDS, BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, XPParseError, _Batch,  # noqa: F401
                         ParsePool, file_batches, is_sampled_record, normalise_record,
-                        normalise_sampled_record, parse_array_text, sampled_grid, usable_cores)
+                        normalise_sampled_record, parse_array_text, sampled_grid,
+                        system_allocator, usable_cores)
 
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.parquet"
@@ -235,7 +236,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     sources = [(os.path.abspath(p), os.path.abspath(p)) if isinstance(p, (str, os.PathLike))
                else (_table_name(p, i), p) for i, p in enumerate(paths)]
     # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
-    with ParsePool(workers) if workers > 1 else nullcontext() as pool, \
+    with system_allocator(), ParsePool(workers) if workers > 1 else nullcontext() as pool, \
             ThreadPoolExecutor(max_workers=1) as writer:
         for name, source in tqdm(sources, desc="ingest", unit="file", disable=not progress):
             size = os.stat(source).st_size if isinstance(source, str) else None
@@ -379,17 +380,22 @@ def _fill_synthetic_g(table: pa.Table) -> pa.Table:
     """Rows without a G flux from gaia_source and with both bands get the synthetic one."""
     if "bp_missing" not in table.column_names:
         return table  # sampled spectra: no coefficients to integrate
-    origin = np.array(table.column("g_flux_origin").to_pylist(), dtype=object)
-    todo = np.flatnonzero((origin == "missing")
+    todo = np.flatnonzero(pc.equal(table.column("g_flux_origin"), "missing")
+                          .to_numpy(zero_copy_only=False)
                           & ~table.column("bp_missing").to_numpy(zero_copy_only=False)
                           & ~table.column("rp_missing").to_numpy(zero_copy_only=False))
     if not len(todo):
         return table
     from .sampling import SYNTHETIC_G_ORIGIN, synthetic_g_flux
-    bands = [np.array(table.column(f"{b}_coefficients").take(pa.array(todo)).to_pylist(),
-                      dtype=np.float64) for b in BANDS]
+    bands = []
+    for band in BANDS:
+        rows = table.column(f"{band}_coefficients").take(pa.array(todo)).combine_chunks()
+        bands.append(rows.flatten().to_numpy().reshape(len(todo), -1)
+                     if len(set(rows.value_lengths().to_numpy())) == 1
+                     else np.array(rows.to_pylist(), dtype=np.float64))
     flux_new = synthetic_g_flux(*bands)
     flux = table.column("phot_g_mean_flux").to_numpy(zero_copy_only=False).copy()
+    origin = np.array(table.column("g_flux_origin").to_pylist(), dtype=object)
     ok = np.isfinite(flux_new)
     flux[todo[ok]] = flux_new[ok]
     origin[todo[ok]] = SYNTHETIC_G_ORIGIN
