@@ -399,11 +399,16 @@ def test_flux_conversion_refuses_a_sampled_store(tmp_path, capsys):
     assert "a store of sampled spectra" in capsys.readouterr().err
 
 
-def test_reading_gaia_files_does_not_import_pytorch():
-    """Ingest (and each of its parsing processes) imports the readers alone, not the model."""
+def test_reading_gaia_files_does_not_import_pytorch(tmp_path):
+    """Ingest (and each of its parsing processes) imports the readers alone, not the model;
+    so does the ``xpsvae ingest`` command."""
     import subprocess
     import sys
     code = ("import sys, xpsvae.ingest, xpsvae.xpformats; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from xpsvae.cli import main; "
+            f"assert main(['--quiet', 'ingest', {shared_file('gaia_dr3_xp', 'XP_CONTINUOUS_RAW.csv')!r}, "
+            f"'--out', {str(tmp_path / 'store')!r}]) == 0; "
+            "assert 'torch' not in sys.modules, 'torch imported by the command'; "
             "from xpsvae import SVAE; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

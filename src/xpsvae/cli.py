@@ -6,15 +6,20 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 
+from .choices import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
 from .data import SpectraError, read_spectra
 from .files import write_json
-from .model import ACTIVATIONS, LOSS_FORMS, NORMS, SCATTER_MAPS, SVAEConfig
-from .svae import CONFIG_FILE, ModelFileError, SVAE
-from .trainer import TrainConfig, TrainingDiverged
+
+if TYPE_CHECKING:
+    from .model import SVAEConfig
+    from .trainer import TrainConfig
+
+# The model and the trainer (and so PyTorch) are imported by the commands that use them:
+# `xpsvae ingest` starts without them.
 
 #: TrainConfig fields settable from the command line (flag name = field name with dashes).
 TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
@@ -62,12 +67,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         "sigmoid scatter")
     a.add_argument("--hidden", help="encoder widths, comma separated, e.g. 80,50,30")
     a.add_argument("--latent-dim", type=int)
-    a.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    a.add_argument("--activation", choices=sorted(ACTIVATION_NAMES))
     a.add_argument("--norm", choices=NORMS)
     a.add_argument("--scatter-map", choices=SCATTER_MAPS)
 
 
 def _train_config(args) -> TrainConfig:
+    from .trainer import TrainConfig
     overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     for flag in ("amp", "compile"):
         if getattr(args, flag):
@@ -76,6 +82,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _model_config(args, input_dim: int) -> SVAEConfig:
+    from .model import SVAEConfig
     d = SVAEConfig.preset(args.arch, input_dim).to_dict()
     if args.hidden:
         d["hidden"] = [int(h) for h in args.hidden.split(",")]
@@ -87,6 +94,8 @@ def _model_config(args, input_dim: int) -> SVAEConfig:
 
 def _resume_config(args, out_dir: str) -> TrainConfig:
     """On --resume, the saved recipe with only the options given now that may change."""
+    from .svae import CONFIG_FILE
+    from .trainer import TrainConfig
     with open(os.path.join(out_dir, CONFIG_FILE)) as f:
         saved = TrainConfig.from_dict(json.load(f)["training"]).to_dict()
     for key in ("epochs", "device", "threads"):
@@ -107,6 +116,7 @@ def _read_and_report(path: str):
 
 
 def cmd_train(args) -> int:
+    from .svae import CONFIG_FILE, SVAE
     if args.streaming:
         if not os.path.isdir(args.data):
             raise SpectraError(f"{args.data}: --streaming reads a store folder (xpsvae ingest)")
@@ -138,6 +148,7 @@ def cmd_train(args) -> int:
 def cmd_encode(args) -> int:
     import pyarrow.parquet as pq
     from .catalog import encode_store, encoded_table, model_metadata
+    from .svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
         manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
                                 workers=args.workers, progress=not args.quiet)
@@ -157,6 +168,7 @@ def cmd_encode(args) -> int:
 def cmd_generate(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from .svae import SVAE
     model = SVAE.load(args.model)
     if args.latent:
         latent = _read_latent(args.latent, model.config.latent_dim)
@@ -259,6 +271,7 @@ def cmd_evaluate(args) -> int:
     from .assess import assess
     from .cannon import Cannon
     from .report import write_report
+    from .svae import SVAE
     model = SVAE.load(args.model)
     spectra = _read_and_report(args.data)
     cannon = Cannon.load(args.cannon) if args.cannon else None
@@ -463,9 +476,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.quiet = True  # one progress bar, from rank 0
     try:
         return args.func(args)
-    except (SpectraError, ModelFileError, TrainingDiverged, ValueError, FileNotFoundError) as exc:
+    except _user_errors() as exc:
         print(f"xpsvae {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple:
+    """Errors told as a one-line message, not a traceback.
+
+    SpectraError and ModelFileError are ValueErrors; TrainingDiverged can only
+    come from a command that imported the trainer.
+    """
+    trainer = sys.modules.get(f"{__package__}.trainer")
+    return (ValueError, FileNotFoundError) + ((trainer.TrainingDiverged,) if trainer else ())
 
 
 if __name__ == "__main__":

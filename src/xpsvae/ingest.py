@@ -185,8 +185,9 @@ def default_workers() -> int:
     """Parsing processes for ``xpsvae ingest``: one per core from 4 cores up, at most 8.
 
     In-process parsing already keeps ~2 cores busy (Arrow's threads and the
-    decompression thread): on 2 cores, 2 workers gave 4-7% more rows/s for
-    twice the memory (benchmarks/ingest_throughput.py), so there the default is 1.
+    decompression thread): on 2 cores, 2 workers gave no more rows/s for
+    almost twice the memory (benchmarks/ingest_throughput.py), so there the
+    default is 1.
     Beyond 8, one file's decompression, in a single thread, is the limit.
     """
     cores = usable_cores()

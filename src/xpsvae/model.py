@@ -20,10 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
-NORMS = ("none", "batch", "layer")
-SCATTER_MAPS = ("softplus", "exp", "sigmoid")
-LOSS_FORMS = ("paper", "elbo")
+from .choices import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
+
+ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh)))
 LOGVAR_BOUND = 30.0
 
 
