@@ -208,17 +208,20 @@ def test_array_parser_round_trips_numbers(values, brackets, sep):
     st.lists(st.floats(allow_nan=False), min_size=1, max_size=8)
     .map(lambda v: "(" + ", ".join(repr(x) for x in v) + ")"),
     st.just(""), st.text(alphabet="[]()0123456789.,-e naNiful", max_size=12)), st.sampled_from([True, True, True, False])),
-    min_size=1, max_size=6))
-def test_chunk_array_parser_agrees_with_the_exact_parser_or_steps_aside(fields):
+    min_size=1, max_size=6), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_chunk_array_parser_agrees_with_the_exact_parser_or_steps_aside(fields, quote_scalar):
     """The vectorised parser of a chunk's array column either gives exactly what the row
     parser gives, or says Irregular (and the chunk is then read row by row): it never
-    returns something different. Fields are written quoted, as the archive does, or not."""
+    returns something different. Fields are written quoted, as the archive does, or not,
+    and a scalar column beside them is quoted in some rows (quoted fields of other
+    columns must not shift the arrays)."""
     import pyarrow as pa
     from xpsvae import fastcsv
-    chunk = "".join(f'{i},"{text}"\n' if quote else f"{i},{text}\n"
+    chunk = "".join((f'{i},"{text}"' if quote else f"{i},{text}")
+                    + (f',"{i}"\n' if quote_scalar[i] else f",{i}\n")
                     for i, (text, quote) in enumerate(fields)).encode()
     try:
-        cells, quoted = fastcsv.parse_chunk(chunk, ["row", "array"])
+        cells, quoted = fastcsv.parse_chunk(chunk, ["row", "array", "scalar"])
         if cells.num_rows != len(fields):
             raise fastcsv.Irregular("rows are not lines")
         values, counts = fastcsv.array_column(cells.column("array"), quoted.get("array"),
