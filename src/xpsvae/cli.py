@@ -408,9 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a 'wavelength' column, GaiaXPy's <name>_sampling.csv, or "
                         "GaiaXPy's 336-1020 nm in 2 nm for 343 samples)")
     i.add_argument("--workers", type=int, default=0,
-                   help="processes parsing CSV-family files (default: one per core, at most 8, "
-                        "from 4 cores up; else 1: parse in this process); the store is the same "
-                        "whatever the number")
+                   help="processes parsing CSV-family files (default: 4 from 4 cores up; else "
+                        "1: parse in this process); the store is the same whatever the number")
     i.set_defaults(func=cmd_ingest)
 
     fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "

@@ -182,16 +182,16 @@ def _normalise_batch(batch: _Batch, account: "FileAccount",
 
 
 def default_workers() -> int:
-    """Parsing processes for ``xpsvae ingest``: one per core from 4 cores up, at most 8.
+    """Parsing processes for ``xpsvae ingest``: 4 from 4 cores up, else 1 (in this process).
 
-    In-process parsing already keeps ~2 cores busy (Arrow's threads and the
-    decompression thread): on 2 cores, 2 workers gave no more rows/s for
-    almost twice the memory (benchmarks/ingest_throughput.py), so there the
-    default is 1.
-    Beyond 8, one file's decompression, in a single thread, is the limit.
+    In-process parsing already keeps ~2 cores busy (the parsing thread, the
+    decompression thread and the shard writer): on 2 cores, 2 workers gave no
+    more rows/s for almost twice the memory (benchmarks/ingest_throughput.py).
+    A worker parses a bulk row in ~230 µs of CPU, while decompressing it, in
+    one thread of this process, takes ~100 µs: beyond ~3 workers that thread
+    is the limit for one file, so more would only cost memory (~200 MB each).
     """
-    cores = usable_cores()
-    return min(8, cores) if cores >= 4 else 1
+    return 4 if usable_cores() >= 4 else 1
 
 
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
