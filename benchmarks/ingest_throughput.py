@@ -10,6 +10,10 @@ parsing process when there are any, ``worker_peak_rss_mb``). RSS counts the
 pages of shared libraries once per process; ``peak_pss_mb`` (Linux), the peak
 of the proportional set size summed over the main process and its workers,
 counts them once in all: the memory the ingest really takes.
+``main_cpu_us_per_row`` and ``workers_cpu_us_per_row`` are the CPU time per
+row of this process (every thread: inflating, handing chunks out, writing
+shards) and of the workers together: on a machine with more cores, they say
+how far more workers can take one file.
 
     python benchmarks/ingest_throughput.py --rows 100000 --workers 2
 """
@@ -87,7 +91,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--skip-astropy", action="store_true")
     p.add_argument("--workers", type=int, default=0,
-                   help="parsing processes (default: as xpsvae ingest, one per core, at most 8)")
+                   help="parsing processes (default: as xpsvae ingest, 4 from 4 cores up, else 1)")
     p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
                    "train_throughput.py --streaming)")
     args = p.parse_args()
@@ -97,6 +101,7 @@ def main() -> None:
     try:
         path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")
         build(path, args.rows)
+        before = resource.getrusage(resource.RUSAGE_SELF)
         with PssSampler() as pss:
             start = time.perf_counter()
             manifest = ingest([path], os.path.join(work, "store"), progress=False,
@@ -104,14 +109,21 @@ def main() -> None:
             ours = time.perf_counter() - start
         if args.keep_store:
             shutil.copytree(os.path.join(work, "store"), args.keep_store, dirs_exist_ok=True)
-        main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 \
-            if workers > 1 else 0.0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once shut down
+        main_mb = after.ru_maxrss / 1024
+        worker_mb = children.ru_maxrss / 1024 if workers > 1 else 0.0
+        main_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         assert manifest["total"]["rows_kept"] == args.rows, manifest["total"]
         result = {"rows": args.rows, "rows_per_s": round(args.rows / ours, 1),
                   "peak_rss_mb": round(main_mb + workers * worker_mb),
                   "main_peak_rss_mb": round(main_mb), "worker_peak_rss_mb": round(worker_mb),
                   "peak_pss_mb": round(pss.peak_mb),
+                  # CPU per row: this process (all its threads), and the workers together
+                  # (their start included); the slowest thread here bounds one file's rate
+                  "main_cpu_us_per_row": round(main_cpu / args.rows * 1e6),
+                  "workers_cpu_us_per_row": round((children.ru_utime + children.ru_stime)
+                                                  / args.rows * 1e6),
                   "workers": workers, "cpus": os.cpu_count(),
                   "file_mb": round(os.path.getsize(path) / 2**20)}
         if not args.skip_astropy:
