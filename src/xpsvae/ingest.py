@@ -39,8 +39,8 @@ from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
 from .xpformats import (BANDS, BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, XPParseError, _Batch,  # noqa: F401
                         ParsePool, file_batches, is_sampled_record, normalise_record,
-                        normalise_sampled_record, parse_array_text, sampled_grid,
-                        system_allocator, usable_cores)
+                        grid_length_error, normalise_sampled_record, parse_array_text,
+                        sampled_grid, system_allocator, usable_cores)
 
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.parquet"
@@ -161,6 +161,16 @@ def _normalise_batch(batch: _Batch, account: "FileAccount",
     Coefficients (BATCH_SCHEMA), or sampled spectra on ``grid`` (SAMPLED_BATCH_SCHEMA).
     """
     schema = BATCH_SCHEMA if grid is None else SAMPLED_BATCH_SCHEMA
+    fast = batch.table
+    if grid is not None and fast is not None and fast.num_rows:
+        # The fast path checked all but the grid's length, which the store decides.
+        n_flux = pc.list_value_length(fast.column("flux")).to_numpy(zero_copy_only=False)
+        wrong = n_flux != len(grid)
+        for row, n in zip(fast.column("input_row").to_numpy()[wrong], n_flux[wrong]):
+            account.add_set_aside(int(row), str(grid_length_error(int(n), len(grid))),
+                                  batch.raw_line(int(row)))
+        if wrong.any():
+            fast = fast.filter(pa.array(~wrong))
     rows = []
     for number, raw, record in batch.records:
         try:
@@ -173,7 +183,7 @@ def _normalise_batch(batch: _Batch, account: "FileAccount",
             continue
         row["input_row"] = number
         rows.append(row)
-    tables = [t for t in (batch.table, pa.Table.from_pylist(rows, schema=schema) if rows
+    tables = [t for t in (fast, pa.Table.from_pylist(rows, schema=schema) if rows
                           else None) if t is not None and t.num_rows]
     if not tables:
         return schema.empty_table()
@@ -313,7 +323,9 @@ def _check_kind(name: str, first: Optional[_Batch], manifest: dict,
         SpectraError: a file of the other kind, or on another grid, than the store holds.
     """
     record = None
-    if first is not None and first.table is None:
+    if first is not None and first.table is not None and first.table.num_rows:
+        record = first.table.slice(0, 1).to_pylist()[0]  # a row the fast path read
+    elif first is not None:
         record = next((r for _, _, r in first.records if isinstance(r, dict)), None)
     sampled = record is not None and is_sampled_record(record)
     kind = "sampled" if sampled else "coefficients"

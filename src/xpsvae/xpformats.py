@@ -163,7 +163,7 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
                 header, chunk = fastcsv.split_header(chunk)
                 if header is None:
                     continue
-                fast = fast and all(c in header for c in _FAST_COLUMNS)
+                fast = fast and _fast_kind(header)
             if not chunk:
                 continue
             n_lines = _line_count(chunk)
@@ -213,13 +213,14 @@ def _finished(chunk: bytes, first_row: int, job) -> _Batch:
 
 
 def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: int,
-                     fast: bool) -> Tuple[List[tuple], Optional[pa.Table]]:
+                     fast: Optional[str]) -> Tuple[List[tuple], Optional[pa.Table]]:
     """One chunk of ``n_lines`` CSV data lines, numbered from ``first_row``: (records, table).
 
-    The table holds the rows that passed every check of the fast path; the
-    records, each row read one by one (the whole chunk where the fast path
-    steps aside). Runs in a :class:`ParsePool` worker, so it takes and
-    returns only plain data.
+    The table holds the rows that passed every check of the fast path
+    (``fast``: "coefficients" or "sampled", see :func:`_fast_kind`; None for
+    the exact reader alone); the records, each row read one by one (the whole
+    chunk where the fast path steps aside). Runs in a :class:`ParsePool`
+    worker, so it takes and returns only plain data.
     """
     try:
         if not fast:
@@ -227,7 +228,8 @@ def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: i
         strings, quoted = fastcsv.parse_chunk(chunk, header)
         if strings.num_rows != n_lines:  # row numbers must be line numbers
             raise fastcsv.Irregular("rows are not lines")
-        return _fast_batch(strings, quoted, first_row, chunk, header)
+        parse = _fast_batch if fast == "coefficients" else _fast_sampled_batch
+        return parse(strings, quoted, first_row, chunk, header)
     except fastcsv.Irregular:
         lines = chunk.decode("utf-8", errors="replace").split("\n")
         if lines and lines[-1] == "":
@@ -308,6 +310,20 @@ _FAST_COLUMNS = ("source_id",) + tuple(f"{b}_{k}" for b in BANDS
                                        for k in ("coefficients", "coefficient_errors"))
 
 
+def _fast_kind(header: List[str]) -> Optional[str]:
+    """Which fast path reads a CSV file with this header: "coefficients", "sampled" or None.
+
+    Sampled spectra go the fast way only without a ``wavelength`` column (its
+    grid is read from the first row, by :func:`sampled_grid`).
+    """
+    if all(c in header for c in _FAST_COLUMNS):
+        return "coefficients"
+    if all(c in header for c in ("source_id", "flux_error")) and "wavelength" not in header \
+            and is_sampled_record(dict.fromkeys(header)):
+        return "sampled"
+    return None
+
+
 def _fast_batch(strings: pa.Table, quoted: dict, first_row: int, chunk: bytes,
                 header: List[str]) -> Tuple[List[tuple], pa.Table]:
     """Parse and check a whole chunk at once; rows failing a check go to the exact reader.
@@ -364,14 +380,47 @@ def _fast_batch(strings: pa.Table, quoted: dict, first_row: int, chunk: bytes,
             f"{band}_missing": null_if_missing})
     exact |= both_missing
     columns["input_row"] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
-    table = pa.table(columns, schema=BATCH_SCHEMA)
-    if exact.any():  # a filter copies every column, correlations too
-        table = table.filter(pa.array(~exact))
-    # Rows the checks refused are read again by the exact reader, for its own message.
-    lines = chunk.split(b"\n") if exact.any() else []
+    return _without_exact_rows(pa.table(columns, schema=BATCH_SCHEMA), exact, first_row,
+                               chunk, header)
+
+
+def _fast_sampled_batch(strings: pa.Table, quoted: dict, first_row: int, chunk: bytes,
+                        header: List[str]) -> Tuple[List[tuple], pa.Table]:
+    """:func:`_fast_batch` for sampled spectra (``flux``, ``flux_error``).
+
+    The checks of :func:`normalise_sampled_record` but the grid's length,
+    which the store's grid decides (:func:`xpsvae.ingest.ingest` checks it).
+    """
+    n = strings.num_rows
+    source_id = fastcsv.number_column(strings.column("source_id"), pa.int64())
+    flux, n_flux = fastcsv.array_column(strings.column("flux"), quoted.get("flux"),
+                                        pa.float64())
+    errors, n_errors = fastcsv.array_column(strings.column("flux_error"),
+                                            quoted.get("flux_error"), pa.float64())
+    exact = (source_id.is_null().to_numpy(zero_copy_only=False) | (n_flux == 0)
+             | (n_errors != n_flux)
+             | fastcsv.row_flags(flux, n_flux, ~np.isfinite(flux))
+             | fastcsv.row_flags(errors, n_errors, ~(np.isfinite(errors) & (errors > 0))))
+    present = np.zeros(n, dtype=bool)
+    table = pa.table({
+        "source_id": source_id,
+        "flux": fastcsv.list_array(flux, n_flux, present, pa.float64()),
+        "flux_error": fastcsv.list_array(errors, n_errors, present, pa.float64()),
+        "input_row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64))},
+        schema=SAMPLED_BATCH_SCHEMA)
+    return _without_exact_rows(table, exact, first_row, chunk, header)
+
+
+def _without_exact_rows(table: pa.Table, exact: np.ndarray, first_row: int, chunk: bytes,
+                        header: List[str]) -> Tuple[List[tuple], pa.Table]:
+    """(records, table): the rows a check refused, read again by the exact reader (for its
+    own message), and the table without them."""
+    if not exact.any():
+        return [], table
+    lines = chunk.split(b"\n")
     records = [record for i in np.flatnonzero(exact) for record in _csv_lines(
         [lines[i].decode("utf-8", errors="replace")], header, first_row + int(i))]
-    return records, table
+    return records, table.filter(pa.array(~exact))  # a filter copies every column
 
 
 def _table_records(table) -> Iterator[tuple]:
@@ -567,7 +616,7 @@ def normalise_sampled_record(record: dict, n_samples: int) -> dict:
     if flux is None:
         raise XPParseError("no flux")
     if len(flux) != n_samples:
-        raise XPParseError(f"flux: {len(flux)} samples, the wavelength grid has {n_samples}")
+        raise grid_length_error(len(flux), n_samples)
     if errors is None or len(errors) != len(flux):
         raise XPParseError(f"flux_error: {'missing' if errors is None else len(errors)} values "
                            f"for {len(flux)} samples")
@@ -579,6 +628,11 @@ def normalise_sampled_record(record: dict, n_samples: int) -> dict:
                            f"[{int(np.flatnonzero(bad)[0])}]")
     out.update(flux=flux, flux_error=errors)
     return out
+
+
+def grid_length_error(n_flux: int, n_samples: int) -> XPParseError:
+    """A row whose flux has another number of samples than the store's grid."""
+    return XPParseError(f"flux: {n_flux} samples, the wavelength grid has {n_samples}")
 
 
 def sampled_grid(name: str, record: dict, wavelength: Optional[np.ndarray]) -> np.ndarray:
