@@ -16,6 +16,7 @@ shards) and of the workers together: on a machine with more cores, they say
 how far more workers can take one file.
 
     python benchmarks/ingest_throughput.py --rows 100000 --workers 2
+    python benchmarks/ingest_throughput.py --rows 100000 --sampled
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import shutil
 import tempfile
 import time
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gaia_dr3_xp",
-                      "XP_CONTINUOUS_RAW.ecsv")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gaia_dr3_xp")
+SAMPLE = os.path.join(DATA, "XP_CONTINUOUS_RAW.ecsv")
+SAMPLED_SAMPLE = os.path.join(DATA, "XP_SAMPLED_RAW_dr3int6.ecsv")
 
 
-def build(path: str, rows: int) -> None:
-    lines = open(SAMPLE).read().splitlines()
+def build(path: str, rows: int, sample: str = SAMPLE) -> None:
+    lines = open(sample).read().splitlines()
     header = [line for line in lines if line.startswith("#")]
     body = [line for line in lines if not line.startswith("#")]
     with gzip.open(path, "wt", compresslevel=1) as f:
@@ -90,6 +92,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--skip-astropy", action="store_true")
+    p.add_argument("--sampled", action="store_true",
+                   help="sampled spectra (the XpSampledMeanSpectrum layout: flux and flux_error, "
+                        "343 samples) instead of coefficients")
     p.add_argument("--workers", type=int, default=0,
                    help="parsing processes (default: as xpsvae ingest, 4 from 4 cores up, else 1)")
     p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
@@ -99,8 +104,9 @@ def main() -> None:
     workers = args.workers or default_workers()
     work = tempfile.mkdtemp()
     try:
-        path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")
-        build(path, args.rows)
+        path = os.path.join(work, ("XpSampledMeanSpectrum" if args.sampled else
+                                   "XpContinuousMeanSpectrum") + "_000000-000001.csv.gz")
+        build(path, args.rows, SAMPLED_SAMPLE if args.sampled else SAMPLE)
         before = resource.getrusage(resource.RUSAGE_SELF)
         with PssSampler() as pss:
             start = time.perf_counter()
@@ -124,7 +130,7 @@ def main() -> None:
                   "main_cpu_us_per_row": round(main_cpu / args.rows * 1e6),
                   "workers_cpu_us_per_row": round((children.ru_utime + children.ru_stime)
                                                   / args.rows * 1e6),
-                  "workers": workers, "cpus": os.cpu_count(),
+                  "workers": workers, "cpus": os.cpu_count(), "sampled": args.sampled,
                   "file_mb": round(os.path.getsize(path) / 2**20)}
         if not args.skip_astropy:
             from astropy.table import Table
