@@ -267,28 +267,28 @@ def _assert_same_tables(a, b):
             assert a.column(name).equals(b.column(name)), name
 
 
-def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
-    """A bulk-format csv.gz read in small chunks (fast path, chunk boundaries everywhere),
-    in this process or by two parsing processes, gives the same store as the exact reader,
-    bad rows included."""
-    from xpsvae import fastcsv, xpformats as ingest_module
-    lines = open(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")).read().splitlines()
+def _bulk_rows(sample: str, n: int) -> tuple:
+    """(ECSV header lines, column line, n data rows): the sample file's rows, repeated with
+    source_ids made unique, as in the archive's bulk files."""
+    lines = open(shared_file("gaia_dr3_xp", sample)).read().splitlines()
     header = [line for line in lines if line.startswith("#")]
     body = [line for line in lines if not line.startswith("#")]
     rows = []
-    for i in range(60):
+    for i in range(n):
         source_id, rest = body[1 + i % (len(body) - 1)].split(",", 1)
         rows.append(f"{int(source_id) + 1000 * i},{rest}")
-    rows[17] = rows[17][: len(rows[17]) // 3]  # a truncated line
-    rows[41] = rows[41].replace("[", "[abc,", 1)  # not a number
-    rows[50] = rows[5]  # a duplicate source_id, chunks away from the first
-    path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
-    path.write_bytes(gzip.compress(("\n".join(header + body[:1] + rows) + "\n").encode()))
+    return header, body[0], rows
+
+
+def _ingest_three_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
+    """Ingest a file read in small chunks: by the fast path in this process, by two parsing
+    processes, and by the exact reader alone. Checks that the three stores and their
+    set-aside rows are the same; returns (manifest, set-aside rows)."""
+    from xpsvae import fastcsv, xpformats as ingest_module
     real_chunks = fastcsv.line_chunks
-    monkeypatch.setattr(fastcsv, "line_chunks", lambda p: real_chunks(p, chunk_bytes=200_000))
+    monkeypatch.setattr(fastcsv, "line_chunks", lambda p: real_chunks(p, chunk_bytes=chunk_bytes))
     stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "exact")}
     manifest = ingest([str(path)], stores["fast"], progress=False)
-    assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 57
     pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
     assert pooled["total"] == manifest["total"]
     real = ingest_module._csv_batches
@@ -302,22 +302,30 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
     asides = [pq.read_table(os.path.join(s, "set_aside.parquet")).to_pylist()
               for s in stores.values()]
     assert asides[0] == asides[1] == asides[2]
-    assert [r["input_row"] for r in asides[0]] == [17, 41, 50]
-    assert asides[0][2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
+    return manifest, asides[0]
+
+
+def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
+    """A bulk-format csv.gz read in small chunks (fast path, chunk boundaries everywhere),
+    in this process or by two parsing processes, gives the same store as the exact reader,
+    bad rows included."""
+    header, columns, rows = _bulk_rows("XP_CONTINUOUS_RAW.ecsv", 60)
+    rows[17] = rows[17][: len(rows[17]) // 3]  # a truncated line
+    rows[41] = rows[41].replace("[", "[abc,", 1)  # not a number
+    rows[50] = rows[5]  # a duplicate source_id, chunks away from the first
+    path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
+    path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
+    manifest, set_aside = _ingest_three_ways(path, tmp_path, monkeypatch, 200_000)
+    assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 57
+    assert [r["input_row"] for r in set_aside] == [17, 41, 50]
+    assert set_aside[2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
 
 
 def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
     """Sampled spectra (the XpSampledMeanSpectrum layout) in many chunks: the fast path, in
     this process or in two parsing processes, gives the exact reader's store and set-aside
     rows, a row of the wrong length for the grid included."""
-    from xpsvae import fastcsv, xpformats as ingest_module
-    lines = open(shared_file("gaia_dr3_xp", "XP_SAMPLED_RAW_dr3int6.ecsv")).read().splitlines()
-    header = [line for line in lines if line.startswith("#")]
-    body = [line for line in lines if not line.startswith("#")]
-    rows = []
-    for i in range(80):
-        source_id, rest = body[1 + i % (len(body) - 1)].split(",", 1)
-        rows.append(f"{int(source_id) + 1000 * i},{rest}")
+    header, columns, rows = _bulk_rows("XP_SAMPLED_RAW_dr3int6.ecsv", 80)
     rows[9] = rows[9][: len(rows[9]) // 2]  # a truncated line
     rows[23] = rows[23].replace('"[', '"[1.0E-16,', 1)  # 344 samples on a grid of 343
     rows[38] = re.sub(r'"\[[^,]*,', '"[nan,', rows[38], count=1)  # NaN for the first flux
@@ -325,28 +333,12 @@ def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, m
     rows[51] = rows[51][:at] + "-" + rows[51][at:]  # a negative flux_error
     rows[66] = rows[12]  # a duplicate source_id
     path = tmp_path / "XpSampledMeanSpectrum_000001-000002.csv.gz"
-    path.write_bytes(gzip.compress(("\n".join(header + body[:1] + rows) + "\n").encode()))
-    real_chunks = fastcsv.line_chunks
-    monkeypatch.setattr(fastcsv, "line_chunks", lambda p: real_chunks(p, chunk_bytes=60_000))
-    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "exact")}
-    manifest = ingest([str(path)], stores["fast"], progress=False)
+    path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
+    manifest, set_aside = _ingest_three_ways(path, tmp_path, monkeypatch, 60_000)
     assert manifest["kind"] == "sampled"
     assert manifest["total"]["rows_read"] == 80 and manifest["total"]["rows_kept"] == 75
-    pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
-    assert pooled["total"] == manifest["total"]
-    real = ingest_module._csv_batches
-    monkeypatch.setattr(ingest_module, "_csv_batches", lambda p, **kw: real(p, fast=False, **kw))
-    ingest([str(path)], stores["exact"], progress=False)
-    tables = [pa.concat_tables([pq.read_table(os.path.join(s, n)) for n in
-                                json.load(open(os.path.join(s, "manifest.json")))["shards"]])
-              for s in stores.values()]
-    _assert_same_tables(tables[0], tables[2])
-    _assert_same_tables(tables[1], tables[2])
-    asides = [pq.read_table(os.path.join(s, "set_aside.parquet")).to_pylist()
-              for s in stores.values()]
-    assert asides[0] == asides[1] == asides[2]
-    assert [r["input_row"] for r in asides[0]] == [9, 23, 38, 51, 66]
-    reasons = [r["reason"] for r in asides[0]]
+    assert [r["input_row"] for r in set_aside] == [9, 23, 38, 51, 66]
+    reasons = [r["reason"] for r in set_aside]
     assert "wavelength grid has 343" in reasons[1] and "NaN" in reasons[2]
     assert "negative" in reasons[3] and "duplicate" in reasons[4]
 
