@@ -341,9 +341,9 @@ def _fast_batch(strings: pa.Table, quoted: dict, first_row: int, chunk: bytes,
     def scalar(name, type_):
         return fastcsv.number_column(strings.column(name), type_) if name in strings.column_names \
             else pa.nulls(n, type_)
+    def array(name, type_):
+        return fastcsv.array_column(strings.column(name), quoted.get(name), type_)
     for band in BANDS:
-        def array(name, type_):
-            return fastcsv.array_column(strings.column(name), quoted.get(name), type_)
         coeff, n_coeff = array(f"{band}_coefficients", pa.float64())
         errors, n_errors = array(f"{band}_coefficient_errors", pa.float32())
         corr_name = f"{band}_coefficient_correlations"
