@@ -287,7 +287,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
                         table = table.filter(pa.array(keep))
                     seen.add(table.column("source_id").to_numpy(), name,
                              table.column("input_row").to_numpy())
-                    pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin))
+                    pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin, grid))
                     if sum(t.num_rows for t in pending) >= rows_per_shard:
                         write_full_shards(final=False)
             except SpectraError as exc:
@@ -371,9 +371,10 @@ def _g_flux_arrays(found: Dict[int, tuple]) -> Tuple[np.ndarray, np.ndarray, np.
 
 
 def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarray,
-                 g_origin: np.ndarray) -> pa.Table:
+                 g_origin: np.ndarray, grid: Optional[np.ndarray] = None) -> pa.Table:
     """Add the store's G-flux and provenance columns (STORE_SCHEMA order): from gaia_source
-    where it has the star, else the synthetic G of :func:`_fill_synthetic_g`."""
+    where it has the star, else the synthetic G of :func:`_fill_synthetic_g` (sampled
+    spectra: on ``grid``)."""
     ids = table.column("source_id").to_numpy()
     flux = np.full(len(ids), np.nan)
     origin = np.full(len(ids), "missing", dtype=object)
@@ -386,32 +387,44 @@ def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarr
     columns.update(phot_g_mean_flux=pa.array(flux), g_flux_origin=pa.array(origin, pa.string()),
                    input_file=pa.array(np.full(len(ids), path, dtype=object), pa.string()))
     return _fill_synthetic_g(pa.table({name: columns[name] for name in schema.names},
-                                      schema=schema))
+                                      schema=schema), grid)
 
 
-def _fill_synthetic_g(table: pa.Table) -> pa.Table:
-    """Rows without a G flux from gaia_source and with both bands get the synthetic one."""
-    if "bp_missing" not in table.column_names:
-        return table  # sampled spectra: no coefficients to integrate
-    todo = np.flatnonzero(pc.equal(table.column("g_flux_origin"), "missing")
-                          .to_numpy(zero_copy_only=False)
-                          & ~table.column("bp_missing").to_numpy(zero_copy_only=False)
-                          & ~table.column("rp_missing").to_numpy(zero_copy_only=False))
+def _rows_as_matrix(column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """The list column's values at ``rows`` as a (len(rows), k) float64 matrix."""
+    lists = column.take(pa.array(rows)).combine_chunks()
+    if len(set(lists.value_lengths().to_numpy())) == 1:
+        return lists.flatten().to_numpy().reshape(len(rows), -1).astype(np.float64)
+    return np.array(lists.to_pylist(), dtype=np.float64)
+
+
+def _fill_synthetic_g(table: pa.Table, grid: Optional[np.ndarray] = None) -> pa.Table:
+    """Rows without a G flux from gaia_source get the synthetic one: from the coefficients
+    where both bands are there, from sampled flux where it is on GaiaXPy's default grid."""
+    from .data import GAIAXPY_DEFAULT_GRID_NM
+    from .sampling import (SYNTHETIC_G_ORIGIN, SYNTHETIC_G_SAMPLED_ORIGIN, synthetic_g_flux,
+                           synthetic_g_flux_from_sampled)
+    todo = pc.equal(table.column("g_flux_origin"), "missing").to_numpy(zero_copy_only=False)
+    sampled = "flux" in table.column_names
+    if sampled and (grid is None or len(grid) != len(GAIAXPY_DEFAULT_GRID_NM)
+                    or not np.allclose(grid, GAIAXPY_DEFAULT_GRID_NM)):
+        return table  # another grid: the passband weights are for GaiaXPy's
+    if not sampled:
+        todo &= ~table.column("bp_missing").to_numpy(zero_copy_only=False) \
+            & ~table.column("rp_missing").to_numpy(zero_copy_only=False)
+    todo = np.flatnonzero(todo)
     if not len(todo):
         return table
-    from .sampling import SYNTHETIC_G_ORIGIN, synthetic_g_flux
-    bands = []
-    for band in BANDS:
-        rows = table.column(f"{band}_coefficients").take(pa.array(todo)).combine_chunks()
-        bands.append(rows.flatten().to_numpy().reshape(len(todo), -1)
-                     if len(set(rows.value_lengths().to_numpy())) == 1
-                     else np.array(rows.to_pylist(), dtype=np.float64))
-    flux_new = synthetic_g_flux(*bands)
+    if sampled:
+        flux_new = synthetic_g_flux_from_sampled(_rows_as_matrix(table.column("flux"), todo))
+    else:
+        flux_new = synthetic_g_flux(*[_rows_as_matrix(table.column(f"{band}_coefficients"),
+                                                      todo) for band in BANDS])
     flux = table.column("phot_g_mean_flux").to_numpy(zero_copy_only=False).copy()
     origin = np.array(table.column("g_flux_origin").to_pylist(), dtype=object)
     ok = np.isfinite(flux_new)
     flux[todo[ok]] = flux_new[ok]
-    origin[todo[ok]] = SYNTHETIC_G_ORIGIN
+    origin[todo[ok]] = SYNTHETIC_G_SAMPLED_ORIGIN if sampled else SYNTHETIC_G_ORIGIN
     table = table.set_column(table.schema.get_field_index("phot_g_mean_flux"),
                              "phot_g_mean_flux", pa.array(flux))
     return table.set_column(table.schema.get_field_index("g_flux_origin"), "g_flux_origin",

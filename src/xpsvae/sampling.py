@@ -138,6 +138,7 @@ def _user_grid(grid: np.ndarray):
 #: DR3 G-band zero point (Riello et al. 2021): flux in e-/s = 10**(-0.4 (G - ZP)).
 G_ZERO_POINT = 25.6874
 SYNTHETIC_G_ORIGIN = "synthetic G (GaiaXPy Gaia_DR3_Vega)"
+SYNTHETIC_G_SAMPLED_ORIGIN = "synthetic G (GaiaXPy Gaia_DR3_Vega, from sampled flux)"
 
 
 #: GaiaXPy's Gaia_DR3_Vega G passband as coefficient weights, shipped with the package so
@@ -148,16 +149,30 @@ SYNTHETIC_G_FILE = os.path.join(os.path.dirname(__file__), "resources",
 
 
 def synthetic_g_weights_from_gaiaxpy() -> dict:
-    """Per band, the G passband's coefficient weights (design column times merge weight),
-    and the system's G zero point, from GaiaXPy's own files (``pip install gaiaxpy``)."""
+    """The G passband's weights and the system's G zero point, from GaiaXPy's own files.
+
+    ``bp`` and ``rp``: per band, weights on the coefficients (design column
+    times merge weight). ``default_grid``: weights on flux sampled on GaiaXPy's
+    default grid (336-1020 nm in 2 nm), the least-squares solution w of
+    M w = (bp, rp) where M (110 x 343) turns coefficients into that flux, so
+    that w . flux equals the coefficients' synthetic G for any flux GaiaXPy
+    calibrates (to ~1e-14; ~2e-7 from float32 rounding of published flux).
+    Needs ``pip install gaiaxpy``.
+    """
     from gaiaxpy import PhotometricSystem
     system = PhotometricSystem.Gaia_DR3_Vega.value
     design = system.load_xpsampling_from_xml()
     _, merge = system.load_xpmerge_from_xml()
     g = list(system.get_bands()).index("G")
+    weights = {b: np.asarray(design[b][:, g] * merge[b][g], dtype=np.float64) for b in BANDS}
+    sampler = XPSampler()
+    to_flux = np.vstack([sampler.design[b] * sampler.merge[b] for b in BANDS])
+    on_grid = np.linalg.lstsq(to_flux, np.concatenate([weights[b] for b in BANDS]),
+                              rcond=None)[0]
     return {"source": f"GaiaXPy {_gaiaxpy_version()} PhotometricSystem.Gaia_DR3_Vega, band G",
             "zero_point": float(system.get_zero_points()[g]),
-            **{b: [float(v) for v in np.asarray(design[b][:, g] * merge[b][g])] for b in BANDS}}
+            **{b: [float(v) for v in weights[b]] for b in BANDS},
+            "default_grid": [float(v) for v in on_grid]}
 
 
 def _gaiaxpy_version() -> str:
@@ -167,9 +182,18 @@ def _gaiaxpy_version() -> str:
 
 @lru_cache(maxsize=1)
 def _synthetic_g_weights() -> Tuple[Dict[str, np.ndarray], float]:
+    """(weights by name: "bp", "rp", "default_grid"; the zero point), as shipped."""
     with open(SYNTHETIC_G_FILE) as f:
         saved = json.load(f)
-    return {b: np.asarray(saved[b], dtype=np.float64) for b in BANDS}, float(saved["zero_point"])
+    return ({name: np.asarray(saved[name], dtype=np.float64)
+             for name in (*BANDS, "default_grid")}, float(saved["zero_point"]))
+
+
+def _dr3_g_flux(system_flux: np.ndarray, zero_point: float) -> np.ndarray:
+    """A synthetic flux of the photometric system to a DR3 ``phot_g_mean_flux``; NaN if <= 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = -2.5 * np.log10(np.where(system_flux > 0, system_flux, np.nan)) + zero_point
+    return 10 ** (-0.4 * (magnitude - G_ZERO_POINT))
 
 
 def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -> np.ndarray:
@@ -190,6 +214,27 @@ def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -
     weights, zero_point = _synthetic_g_weights()
     flux = sum(np.atleast_2d(np.asarray(c, dtype=np.float64)) @ weights[b]
                for b, c in zip(BANDS, (bp_coefficients, rp_coefficients)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = -2.5 * np.log10(np.where(flux > 0, flux, np.nan)) + zero_point
-    return 10 ** (-0.4 * (magnitude - G_ZERO_POINT))
+    return _dr3_g_flux(flux, zero_point)
+
+
+def synthetic_g_flux_from_sampled(flux: np.ndarray) -> np.ndarray:
+    """:func:`synthetic_g_flux` for spectra sampled on GaiaXPy's default grid.
+
+    The same G passband, as weights on the 343 samples (336-1020 nm in 2 nm;
+    see :func:`synthetic_g_weights_from_gaiaxpy`), applied to calibrated flux
+    in W m^-2 nm^-1 (GaiaXPy's ``calibrate`` output, the XP_SAMPLED product).
+    On the 40,226 stars of the APOGEE library it gives G within 0.01 mag of
+    the measured one for 68% of the stars (median -0.003 mag).
+
+    Args:
+        flux: (n, 343).
+
+    Returns:
+        (n,) G flux in e-/s; NaN where the synthetic flux is not positive.
+    """
+    weights, zero_point = _synthetic_g_weights()
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    if flux.shape[1] != len(weights["default_grid"]):
+        raise ValueError(f"flux must be sampled on GaiaXPy's default grid, shape (n, "
+                         f"{len(weights['default_grid'])}); got {flux.shape}")
+    return _dr3_g_flux(flux @ weights["default_grid"], zero_point)
