@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from xpsvae import read_spectra
 from xpsvae.cli import main
+from xpsvae.data import SpectraError
 from xpsvae.ingest import XPParseError, ingest, parse_array_text
 
 from .conftest import shared_file
@@ -145,6 +146,36 @@ def test_rerun_skips_complete_files_and_store_trains(tmp_path):
     assert stars.kind == "coefficients" and stars.n_inputs == 110 and len(stars) == 30
     assert main(["--quiet", "train", store, "--out", str(tmp_path / "m"), "--epochs", "1",
                  "--calibrate-epochs", "0", "--batch-size", "16", "--threads", "2"]) == 0
+
+
+def test_gaia_source_tables_give_the_last_flux_else_the_first_magnitude(tmp_path):
+    """read_g_flux over a bulk-style gaia_source ECSV (.csv.gz, comment lines, other
+    columns, "null" values) and a Parquet table: a flux wins over a magnitude, the last
+    flux over earlier ones, the first magnitude over later ones."""
+    from xpsvae.ingest import G_ORIGINS, read_g_flux
+    from xpsvae.sampling import G_ZERO_POINT
+    ecsv = tmp_path / "GaiaSource_000000-000001.csv.gz"
+    ecsv.write_bytes(gzip.compress(
+        b"# %ECSV 1.0\n# ---\n# delimiter: ','\n"
+        b"solution_id,source_id,ra,phot_g_mean_flux,phot_g_mean_mag\n"
+        b"1,10,0.5,100.0,15.0\n"      # flux
+        b"1,11,0.5,null,12.0\n"       # magnitude only
+        b"1,12,0.5,-5.0,13.0\n"       # a negative flux: the magnitude
+        b"1,13,0.5,null,null\n"       # nothing
+        b"1,10,0.5,200.0,14.0\n"))    # a later flux for 10
+    parquet = str(tmp_path / "more.parquet")
+    pq.write_table(pa.table({"source_id": [11, 12, 14], "phot_g_mean_flux": [np.nan, 50.0, np.nan],
+                             "phot_g_mean_mag": [9.0, 9.0, 16.0]}), parquet)
+    ids, flux, origin = read_g_flux([str(ecsv), parquet])
+    assert ids.tolist() == [10, 11, 12, 14]
+    np.testing.assert_allclose(flux, [200.0, 10 ** (-0.4 * (12.0 - G_ZERO_POINT)), 50.0,
+                                      10 ** (-0.4 * (16.0 - G_ZERO_POINT))])
+    assert [G_ORIGINS[o] for o in origin] == ["phot_g_mean_flux", "phot_g_mean_mag",
+                                              "phot_g_mean_flux", "phot_g_mean_mag"]
+    bad = tmp_path / "no_g.csv"
+    bad.write_text("source_id,ra\n1,2\n")
+    with pytest.raises(SpectraError, match="no_g.csv: needs phot_g_mean_flux or phot_g_mean_mag"):
+        read_g_flux([str(bad)])
 
 
 def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):

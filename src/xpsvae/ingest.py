@@ -26,14 +26,14 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .data import SpectraError
+from .data import SpectraError, column_to_1d, read_table_columns
 from .files import write_json
 from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
@@ -82,38 +82,92 @@ class FileAccount:
 
 # --------------------------------------------------------------------------- G flux
 
-def read_g_flux(paths: Sequence[str]) -> Dict[int, tuple]:
-    """source_id -> (G flux in e-/s, origin) from gaia_source tables.
+#: Where a row's G flux came from, by the codes :func:`read_g_flux` returns.
+G_ORIGINS = ("phot_g_mean_flux", "phot_g_mean_mag")
+_G_COLUMNS = ("source_id", "phot_g_mean_flux", "phot_g_mean_mag")
+
+
+def read_g_flux(paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """G fluxes from gaia_source tables, as sorted arrays (10^8 stars take ~2 GB).
 
     ``phot_g_mean_flux`` where given, else ``phot_g_mean_mag`` converted with
-    the DR3 zero point: ``10**(-0.4 (G - 25.6874))``.
+    the DR3 zero point: ``10**(-0.4 (G - 25.6874))``. A star in several rows
+    or tables takes its last flux, else its first magnitude.
+
+    Returns:
+        (source_id sorted, G flux in e-/s, origin code: an index into :data:`G_ORIGINS`).
     """
-    from .data import column_to_1d, read_table_columns
-    found: Dict[int, tuple] = {}
+    ids, values, codes, order = [], [], [], []
+    start = 0
     for path in paths:
-        columns = read_table_columns(path) if not path.lower().endswith((".csv", ".ecsv")) \
-            else _astropy_columns(path)
-        if "source_id" not in columns:
-            raise SpectraError(f"{path}: a gaia_source table needs a source_id column")
-        ids = column_to_1d(columns["source_id"]).astype(np.int64)
+        columns = _gaia_source_columns(path)
+        sid = column_to_1d(columns["source_id"]).astype(np.int64)
+        n = len(sid)
         flux = column_to_1d(columns["phot_g_mean_flux"]).astype(float) \
-            if "phot_g_mean_flux" in columns else np.full(len(ids), np.nan)
+            if "phot_g_mean_flux" in columns else np.full(n, np.nan)
         mag = column_to_1d(columns["phot_g_mean_mag"]).astype(float) \
-            if "phot_g_mean_mag" in columns else np.full(len(ids), np.nan)
-        if "phot_g_mean_flux" not in columns and "phot_g_mean_mag" not in columns:
-            raise SpectraError(f"{path}: needs phot_g_mean_flux or phot_g_mean_mag")
-        for sid, f, m in zip(ids, flux, mag):
-            if np.isfinite(f) and f > 0:
-                found[int(sid)] = (float(f), "phot_g_mean_flux")
-            elif np.isfinite(m):
-                found.setdefault(int(sid), (10 ** (-0.4 * (m - G_ZERO_POINT)), "phot_g_mean_mag"))
-    return found
+            if "phot_g_mean_mag" in columns else np.full(n, np.nan)
+        has_flux = np.isfinite(flux) & (flux > 0)
+        has_mag = ~has_flux & np.isfinite(mag)
+        keep = has_flux | has_mag
+        ids.append(sid[keep])
+        values.append(np.where(has_flux, flux, 10 ** (-0.4 * (mag - G_ZERO_POINT)))[keep])
+        codes.append(np.where(has_flux, 0, 1)[keep].astype(np.int8))
+        order.append(np.arange(start, start + n)[keep])
+        start += n
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int8)
+    ids, values, codes, order = (np.concatenate(a) for a in (ids, values, codes, order))
+    # Per star the first row after sorting by: flux before magnitude, the last flux, the
+    # first magnitude.
+    ranked = np.lexsort((np.where(codes == 0, -order, order), codes, ids))
+    ids, values, codes = ids[ranked], values[ranked], codes[ranked]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return ids[first], values[first], codes[first]
 
 
-def _astropy_columns(path: str) -> dict:
-    from astropy.table import Table
-    table = Table.read(path)
-    return {c: table[c] for c in table.colnames}
+def _gaia_source_columns(path: str) -> dict:
+    """source_id and the G columns of a gaia_source table; only those are read."""
+    name = path.lower()
+    if name.endswith((".csv", ".ecsv", ".csv.gz", ".ecsv.gz")):
+        header, comments = _csv_header(path)
+        wanted = [c for c in _G_COLUMNS if c in header]
+        _check_g_columns(path, wanted)
+        import pyarrow.csv as pcsv
+        try:  # the bulk GaiaSource files have ~150 columns: Arrow reads just these
+            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(skip_rows=comments),
+                                  convert_options=pcsv.ConvertOptions(include_columns=wanted))
+        except pa.ArrowInvalid as exc:
+            raise SpectraError(f"{path}: cannot read the gaia_source table ({exc})") from exc
+        return {c: table.column(c) for c in wanted}
+    if name.endswith((".parquet", ".pq")):
+        wanted = [c for c in _G_COLUMNS if c in pq.read_schema(path).names]
+        _check_g_columns(path, wanted)
+        table = pq.read_table(path, columns=wanted)
+        return {c: table.column(c) for c in wanted}
+    columns = read_table_columns(path)
+    _check_g_columns(path, list(columns))
+    return columns
+
+
+def _csv_header(path: str) -> Tuple[List[str], int]:
+    """A CSV or ECSV file's column names and the number of comment lines before them."""
+    import csv
+    from .fastcsv import _open_binary
+    with _open_binary(path) as f:
+        for comments, line in enumerate(f):
+            text = line.decode("utf-8", errors="replace").strip()
+            if text and not text.startswith("#"):
+                return next(csv.reader([text])), comments
+    raise SpectraError(f"{path}: no header line; an empty file or not a table")
+
+
+def _check_g_columns(path: str, names: Sequence[str]) -> None:
+    if "source_id" not in names:
+        raise SpectraError(f"{path}: a gaia_source table needs a source_id column")
+    if "phot_g_mean_flux" not in names and "phot_g_mean_mag" not in names:
+        raise SpectraError(f"{path}: needs phot_g_mean_flux or phot_g_mean_mag")
 
 
 # --------------------------------------------------------------------------- the store
@@ -238,8 +292,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         {"files": {}, "shards": [], "gaia_source": []}
     if manifest["shards"]:
         manifest.setdefault("kind", "coefficients")  # stores written before sampled ones
-    g_ids, g_flux, g_origin = _g_flux_arrays(read_g_flux(list(gaia_source)) if gaia_source
-                                             else {})
+    g_ids, g_flux, g_origin = read_g_flux(list(gaia_source))
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
                                                                              gaia_source)))
     seen = _ids_in_store(store, manifest)
@@ -364,12 +417,6 @@ def _drop_duplicates(table: pa.Table, batch: _Batch, seen: "_SeenIds", name: str
     return keep
 
 
-def _g_flux_arrays(found: Dict[int, tuple]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ids = np.array(sorted(found), dtype=np.int64)
-    return (ids, np.array([found[i][0] for i in ids], dtype=np.float64),
-            np.array([found[i][1] for i in ids], dtype=object))
-
-
 def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarray,
                  g_origin: np.ndarray, grid: Optional[np.ndarray] = None) -> pa.Table:
     """Add the store's G-flux and provenance columns (STORE_SCHEMA order): from gaia_source
@@ -381,7 +428,8 @@ def _join_g_flux(table: pa.Table, path: str, g_ids: np.ndarray, g_flux: np.ndarr
     if len(g_ids):
         at = np.minimum(np.searchsorted(g_ids, ids), len(g_ids) - 1)
         found = g_ids[at] == ids
-        flux[found], origin[found] = g_flux[at[found]], g_origin[at[found]]
+        flux[found] = g_flux[at[found]]
+        origin[found] = np.array(G_ORIGINS, dtype=object)[g_origin[at[found]]]
     schema = SAMPLED_STORE_SCHEMA if "flux" in table.column_names else STORE_SCHEMA
     columns = {name: table.column(name) for name in table.column_names}
     columns.update(phot_g_mean_flux=pa.array(flux), g_flux_origin=pa.array(origin, pa.string()),
