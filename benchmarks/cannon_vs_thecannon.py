@@ -6,7 +6,8 @@ logg, fe_h; stars lacking one are left out), in the same standardised units
 about 0.81, so its inputs and errors are divided by 10 and its scatter
 multiplied back. Ours is fitted twice: exact maximum likelihood (the default)
 and ``scatter_method="thecannon"`` (its grid search). Prints the fit times, the agreement of predicted test
-spectra, and the test-set figures of each; the last line is a JSON object.
+spectra, and the test-set figures of each; TheCannon's also over 336-970 nm alone and with
+its scatter 5% larger (how sensitive the tail fractions are). The last line is a JSON object.
 
     python benchmarks/cannon_vs_thecannon.py
 """
@@ -27,9 +28,15 @@ from xpsvae.evaluate import reconstruction_metrics, tail_masks
 
 LABELS = ("teff", "logg", "fe_h")
 SHRINK = 10.0
+#: The library's first 318 samples, 336-970 nm, and a scatter 5% larger than TheCannon's:
+#: two ways to the issue's figures for TheCannon (0.30%, 1.25%, 1.48% of |r| > 5, ~31x, -22),
+#: which are 11-13% below what TheCannon gives over all samples with its own scatter.
+BLUE_OF_970NM = slice(0, 318)
+SCATTER_FACTOR = 1.05
 
 
-def figures(y, err, prediction, scatter, labels) -> dict:
+def figures(y, err, prediction, scatter, labels, inputs=slice(None)) -> dict:
+    y, err, prediction, scatter = y[:, inputs], err[:, inputs], prediction[:, inputs], scatter[inputs]
     out = {"test": reconstruction_metrics(y, err, prediction, scatter)}
     for name, mask in tail_masks(labels).items():
         out[name] = reconstruction_metrics(y[mask], err[mask], prediction[mask], scatter)
@@ -92,6 +99,10 @@ def main() -> None:
         "ours_thecannon_mode": figures(y_te, e_te, grid_prediction, ours_grid.scatter,
                                        test_labels),
         "thecannon": figures(y_te, e_te, ref_prediction, ref_scatter, test_labels),
+        "thecannon_336_970nm": figures(y_te, e_te, ref_prediction, ref_scatter, test_labels,
+                                       BLUE_OF_970NM),
+        f"thecannon_scatter_x{SCATTER_FACTOR}": figures(y_te, e_te, ref_prediction,
+                                                         SCATTER_FACTOR * ref_scatter, test_labels),
     }
     print(json.dumps(result))
 

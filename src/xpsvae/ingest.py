@@ -88,7 +88,7 @@ _G_COLUMNS = ("source_id", "phot_g_mean_flux", "phot_g_mean_mag")
 
 
 def read_g_flux(paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """G fluxes from gaia_source tables, as sorted arrays (10^8 stars take ~2 GB).
+    """G fluxes from gaia_source tables, as sorted arrays (17 bytes a star).
 
     ``phot_g_mean_flux`` where given, else ``phot_g_mean_mag`` converted with
     the DR3 zero point: ``10**(-0.4 (G - 25.6874))``. A star in several rows
