@@ -102,7 +102,7 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     assert main(["--quiet", "demo", "--out", out, "--max-stars", "2500", "--epochs", "2",
                  "--threads", "2"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
-    for name in ("svae", "svae_paper_recipe", "cannon"):
+    for name in ("svae", "svae_paper_recipe", "cannon", "cannon_thecannon_search"):
         for block in ("test", "cool", "low_logg"):
             assert {"mean_nll", "std_r", "frac_abs_r_gt_5", "frac_abs_r_gt_10",
                     "median_scatter_over_error"} <= set(metrics[name][block])
@@ -113,6 +113,12 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     assert fit["n_train_stars_used"] + fit["n_train_stars_without_labels"] == 2250
     assert fit["n_train_stars_without_labels"] > 0
     assert metrics["cannon"]["test"]["n_stars"] + fit["n_test_stars_without_labels"] == 250
+    # TheCannon's search lands above the exact maximum-likelihood scatter, on the same stars
+    grid = metrics["cannon_thecannon_search"]
+    assert grid["fit"]["scatter_method"] == "thecannon" and fit["scatter_method"] == "ml"
+    assert grid["test"]["n_stars"] == metrics["cannon"]["test"]["n_stars"]
+    assert grid["test"]["median_scatter_over_error"] > \
+        metrics["cannon"]["test"]["median_scatter_over_error"]
     assert set(metrics["comparison"]["edges_mean_abs_r"]) == {"blue", "red"}
     assert {"as_good_with_smaller_scatter", "robust_in_the_tails",
             "covers_more_latent_volume"} <= set(metrics["claims"])
@@ -121,6 +127,7 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     report = open(os.path.join(out, "report.md")).read()
     assert "Against the authors' public implementation" in report
     assert "The paper's three claims" in report and "left out for a missing label" in report
+    assert "TheCannon's scatter search" in report
     for png in ("learning_curves.png", "reconstructions.png", "normalised_errors.png",
                 "scatter_vs_error.png", "learning_curves_paper_recipe.png",
                 "figure2_flux_450nm.png", "figure2_flux_750nm.png", "figure3_latent.png"):

@@ -76,23 +76,9 @@ def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon]
 
     if cannon is None:
         return result
-    labels = cannon.labels_of(test)
-    labelled = np.isfinite(labels).all(axis=1)
-    y = out["x"][labelled]
-    err = out["err"][labelled]
-    # The Cannon's spectra, moved into the sVAE's standardised units.
-    prediction = model.standardizer.transform(cannon.predict(labels[labelled]))
-    scatter = cannon.population_scatter() / model.standardizer.std
+    labelled, (y, err, prediction, scatter), result["cannon"] = cannon_blocks(model, cannon,
+                                                                             test, out)
     test_labels = test.labels.iloc[np.flatnonzero(labelled)].reset_index(drop=True)
-    blocks = {"test": reconstruction_metrics(y, err, prediction, scatter)}
-    for name, mask in tail_masks(test_labels).items():
-        blocks[name] = reconstruction_metrics(y[mask], err[mask], prediction[mask], scatter)
-    blocks["fit"] = {"labels": list(cannon.label_names),
-                     "n_train_stars_used": cannon.fit_info.n_stars_used if cannon.fit_info else None,
-                     "n_train_stars_without_labels":
-                         cannon.fit_info.n_stars_without_labels if cannon.fit_info else None,
-                     "n_test_stars_without_labels": int((~labelled).sum())}
-    result["cannon"] = blocks
 
     r_cannon = normalised_errors(y, err, prediction, scatter)
     edges = edge_comparison(r_svae[labelled], r_cannon, test.kind)
@@ -107,6 +93,41 @@ def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon]
                      os.path.join(fig_dir, f"figure2_{name}.png"))
     result["claims"] = _claims(result)
     return result
+
+
+def cannon_blocks(model: SVAE, cannon: Cannon, test: SpectraSet, out: Optional[dict] = None
+                  ) -> tuple:
+    """Score a Cannon on the labelled ``test`` stars, in the sVAE's standardised units.
+
+    Args:
+        model: the sVAE whose standardisation sets the units.
+        cannon: a fitted Cannon.
+        test: held-out stars with the Cannon's labels.
+        out: ``model.standardised_outputs(test)``, if already computed.
+
+    Returns:
+        (labelled, (x, err, prediction, scatter), blocks): which test stars have every
+        label; their standardised spectra, errors, the Cannon's prediction and its
+        population scatter; and the ``test``, ``cool``, ``low_logg`` and ``fit`` blocks.
+    """
+    out = out if out is not None else model.standardised_outputs(test)
+    labels = cannon.labels_of(test)
+    labelled = np.isfinite(labels).all(axis=1)
+    y = out["x"][labelled]
+    err = out["err"][labelled]
+    # The Cannon's spectra, moved into the sVAE's standardised units.
+    prediction = model.standardizer.transform(cannon.predict(labels[labelled]))
+    scatter = cannon.population_scatter() / model.standardizer.std
+    test_labels = test.labels.iloc[np.flatnonzero(labelled)].reset_index(drop=True)
+    blocks = {"test": reconstruction_metrics(y, err, prediction, scatter)}
+    for name, mask in tail_masks(test_labels).items():
+        blocks[name] = reconstruction_metrics(y[mask], err[mask], prediction[mask], scatter)
+    blocks["fit"] = {"labels": list(cannon.label_names), "scatter_method": cannon.scatter_method,
+                     "n_train_stars_used": cannon.fit_info.n_stars_used if cannon.fit_info else None,
+                     "n_train_stars_without_labels":
+                         cannon.fit_info.n_stars_without_labels if cannon.fit_info else None,
+                     "n_test_stars_without_labels": int((~labelled).sum())}
+    return labelled, (y, err, prediction, scatter), blocks
 
 
 def _claims(result: dict) -> dict:
