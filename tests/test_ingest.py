@@ -176,6 +176,10 @@ def test_gaia_source_tables_give_the_last_flux_else_the_first_magnitude(tmp_path
     bad.write_text("source_id,ra\n1,2\n")
     with pytest.raises(SpectraError, match="no_g.csv: needs phot_g_mean_flux or phot_g_mean_mag"):
         read_g_flux([str(bad)])
+    text = tmp_path / "text_g.csv"
+    text.write_text("source_id,phot_g_mean_mag\n1,12.0\n2,bright\n")
+    with pytest.raises(SpectraError, match="text_g.csv: cannot read the gaia_source table"):
+        read_g_flux([str(text)])
 
 
 def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):

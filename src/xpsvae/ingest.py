@@ -135,9 +135,13 @@ def _gaia_source_columns(path: str) -> dict:
         wanted = [c for c in _G_COLUMNS if c in header]
         _check_g_columns(path, wanted)
         import pyarrow.csv as pcsv
+        # Types given, not inferred from the first block: a G column empty there would be
+        # inferred as null and refuse the values that follow.
+        types = {c: pa.int64() if c == "source_id" else pa.float64() for c in wanted}
         try:  # the bulk GaiaSource files have ~150 columns: Arrow reads just these
             table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(skip_rows=comments),
-                                  convert_options=pcsv.ConvertOptions(include_columns=wanted))
+                                  convert_options=pcsv.ConvertOptions(include_columns=wanted,
+                                                                      column_types=types))
         except pa.ArrowInvalid as exc:
             raise SpectraError(f"{path}: cannot read the gaia_source table ({exc})") from exc
         return {c: table.column(c) for c in wanted}
