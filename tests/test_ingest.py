@@ -167,6 +167,13 @@ def test_gaia_source_tables_give_the_last_flux_else_the_first_magnitude(tmp_path
     pq.write_table(pa.table({"source_id": [11, 12, 14], "phot_g_mean_flux": [np.nan, 50.0, np.nan],
                              "phot_g_mean_mag": [9.0, 9.0, 16.0]}), parquet)
     ids, flux, origin = read_g_flux([str(ecsv), parquet])
+    # astropy's own ECSV, space-delimited (the ECSV default), reads the same
+    from astropy.table import Table
+    astropy_ecsv = str(tmp_path / "gaia_source_astropy.ecsv")
+    Table({"source_id": [11, 12, 14], "phot_g_mean_flux": [np.nan, 50.0, np.nan],
+           "phot_g_mean_mag": [9.0, 9.0, 16.0]}).write(astropy_ecsv, format="ascii.ecsv")
+    for got, want in zip(read_g_flux([str(ecsv), astropy_ecsv]), (ids, flux, origin)):
+        np.testing.assert_array_equal(got, want)
     assert ids.tolist() == [10, 11, 12, 14]
     np.testing.assert_allclose(flux, [200.0, 10 ** (-0.4 * (12.0 - G_ZERO_POINT)), 50.0,
                                       10 ** (-0.4 * (16.0 - G_ZERO_POINT))])

@@ -131,7 +131,7 @@ def _gaia_source_columns(path: str) -> dict:
     """source_id and the G columns of a gaia_source table; only those are read."""
     name = path.lower()
     if name.endswith((".csv", ".ecsv", ".csv.gz", ".ecsv.gz")):
-        header, comments = _csv_header(path)
+        header, comments, delimiter = _csv_header(path)
         wanted = [c for c in _G_COLUMNS if c in header]
         _check_g_columns(path, wanted)
         import pyarrow.csv as pcsv
@@ -140,6 +140,7 @@ def _gaia_source_columns(path: str) -> dict:
         types = {c: pa.int64() if c == "source_id" else pa.float64() for c in wanted}
         try:  # the bulk GaiaSource files have ~150 columns: Arrow reads just these
             table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(skip_rows=comments),
+                                  parse_options=pcsv.ParseOptions(delimiter=delimiter),
                                   convert_options=pcsv.ConvertOptions(include_columns=wanted,
                                                                       column_types=types))
         except pa.ArrowInvalid as exc:
@@ -155,15 +156,24 @@ def _gaia_source_columns(path: str) -> dict:
     return columns
 
 
-def _csv_header(path: str) -> Tuple[List[str], int]:
-    """A CSV or ECSV file's column names and the number of comment lines before them."""
+def _csv_header(path: str) -> Tuple[List[str], int, str]:
+    """A CSV or ECSV file's column names, the number of lines before them, and its delimiter.
+
+    ECSV states its delimiter in the YAML header (``# delimiter: ','``); without
+    that line it is a space, the ECSV default (astropy writes such files).
+    """
     import csv
     from .fastcsv import _open_binary
+    delimiter = ","
     with _open_binary(path) as f:
         for comments, line in enumerate(f):
             text = line.decode("utf-8", errors="replace").strip()
-            if text and not text.startswith("#"):
-                return next(csv.reader([text])), comments
+            if comments == 0 and text.startswith("# %ECSV"):
+                delimiter = " "
+            elif text.startswith("# delimiter:"):
+                delimiter = text.split(":", 1)[1].strip().strip("'\"") or " "
+            elif text and not text.startswith("#"):
+                return next(csv.reader([text], delimiter=delimiter)), comments, delimiter
     raise SpectraError(f"{path}: no header line; an empty file or not a table")
 
 
