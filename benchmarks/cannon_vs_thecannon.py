@@ -36,7 +36,8 @@ SCATTER_FACTOR = 1.05
 
 
 def figures(y, err, prediction, scatter, labels, inputs=slice(None)) -> dict:
-    y, err, prediction, scatter = y[:, inputs], err[:, inputs], prediction[:, inputs], scatter[inputs]
+    y, err, prediction = y[:, inputs], err[:, inputs], prediction[:, inputs]
+    scatter = scatter[inputs]
     out = {"test": reconstruction_metrics(y, err, prediction, scatter)}
     for name, mask in tail_masks(labels).items():
         out[name] = reconstruction_metrics(y[mask], err[mask], prediction[mask], scatter)

@@ -34,7 +34,8 @@ def figure2_inputs(spectra: SpectraSet) -> list:
 
 def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon] = None,
            latent_stars: Optional[SpectraSet] = None, device: str = "cpu",
-           figure_suffix: str = "", progress_title: str = "") -> dict:
+           figure_suffix: str = "", progress_title: str = "",
+           outputs: Optional[dict] = None) -> dict:
     """Metrics and figures of ``model`` (and ``cannon``) on the held-out ``test`` stars.
 
     Args:
@@ -47,13 +48,14 @@ def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon]
         device: where to run the sVAE.
         figure_suffix: appended to figure names (for a second model).
         progress_title: words for figure titles.
+        outputs: ``model.standardised_outputs(test, device)``, if already computed.
 
     Returns:
         dict with ``svae`` blocks, and where a Cannon is given ``cannon``
         blocks, ``comparison``, ``latent_volume_gain`` and ``claims``.
     """
     fig_dir = os.path.join(out_dir, "figures")
-    out = model.standardised_outputs(test, device)
+    out = outputs if outputs is not None else model.standardised_outputs(test, device)
     result = {"svae": evaluate_svae(model, test, outputs=out)}
     r_svae = normalised_errors(out["x"], out["err"], out["x_hat"], out["scatter"])
     plot_normalised_errors(r_svae, os.path.join(fig_dir, f"normalised_errors{figure_suffix}.png"),
@@ -76,9 +78,8 @@ def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon]
 
     if cannon is None:
         return result
-    labelled, (y, err, prediction, scatter), result["cannon"] = cannon_blocks(model, cannon,
-                                                                             test, out)
-    test_labels = test.labels.iloc[np.flatnonzero(labelled)].reset_index(drop=True)
+    labelled, test_labels, (y, err, prediction, scatter), result["cannon"] = cannon_blocks(
+        model, cannon, test, out)
 
     r_cannon = normalised_errors(y, err, prediction, scatter)
     edges = edge_comparison(r_svae[labelled], r_cannon, test.kind)
@@ -106,9 +107,10 @@ def cannon_blocks(model: SVAE, cannon: Cannon, test: SpectraSet, out: Optional[d
         out: ``model.standardised_outputs(test)``, if already computed.
 
     Returns:
-        (labelled, (x, err, prediction, scatter), blocks): which test stars have every
-        label; their standardised spectra, errors, the Cannon's prediction and its
-        population scatter; and the ``test``, ``cool``, ``low_logg`` and ``fit`` blocks.
+        (labelled, test_labels, (x, err, prediction, scatter), blocks): which test stars
+        have every label, and their label table; their standardised spectra, errors, the
+        Cannon's prediction and its population scatter; and the ``test``, ``cool``,
+        ``low_logg`` and ``fit`` blocks.
     """
     out = out if out is not None else model.standardised_outputs(test)
     labels = cannon.labels_of(test)
@@ -127,7 +129,7 @@ def cannon_blocks(model: SVAE, cannon: Cannon, test: SpectraSet, out: Optional[d
                      "n_train_stars_without_labels":
                          cannon.fit_info.n_stars_without_labels if cannon.fit_info else None,
                      "n_test_stars_without_labels": int((~labelled).sum())}
-    return labelled, (y, err, prediction, scatter), blocks
+    return labelled, test_labels, (y, err, prediction, scatter), blocks
 
 
 def _claims(result: dict) -> dict:

@@ -93,7 +93,9 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
             cannon = Cannon().fit(train, standardizer=model.standardizer)
             cannon_seconds = time.perf_counter() - start
             cannon.save(os.path.join(out_dir, "cannon"))
-            result = assess(model, test, out_dir, cannon=cannon, latent_stars=library)
+            outputs = model.standardised_outputs(test)  # shared by both Cannons' scoring
+            result = assess(model, test, out_dir, cannon=cannon, latent_stars=library,
+                            outputs=outputs)
             result["cannon"]["fit"]["wall_time_s"] = cannon_seconds
             metrics.update(result)
             # The same Cannon with TheCannon 0.7.3's grid search for the scatter: the figures
@@ -102,7 +104,8 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
             grid_cannon = Cannon(scatter_method="thecannon").fit(
                 train, standardizer=model.standardizer)
             grid_seconds = time.perf_counter() - start
-            metrics["cannon_thecannon_search"] = cannon_blocks(model, grid_cannon, test)[2]
+            metrics["cannon_thecannon_search"] = cannon_blocks(model, grid_cannon, test,
+                                                               outputs)[3]
             metrics["cannon_thecannon_search"]["fit"]["wall_time_s"] = grid_seconds
         else:
             result = assess(model, test, out_dir, figure_suffix=suffix,
