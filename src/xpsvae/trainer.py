@@ -23,6 +23,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .graphstep import GraphedStep
 from .model import LOSS_FORMS, ScatterVAE, svae_loss
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -67,6 +68,11 @@ class TrainConfig:
         compile: run each batch's forward pass and loss through
             ``torch.compile`` as one graph (needs a C++ compiler on CPU; see
             the README for the measured gain).
+        cuda_graph: capture each training step (batch copy aside) once as a
+            CUDA graph and replay it: one launch per step instead of about a
+            hundred, which is what limits a GPU at the paper's small network
+            and batch. Needs a single process and batches of one size. Off
+            CUDA the same step runs uncaptured, with the eager loop's numbers.
         lr_scaling: how the rate follows the batch size: ``lr`` is the rate
             at ``lr_reference_batch`` stars per step, and a batch k times
             larger runs at ``lr * sqrt(k)`` (``sqrt``) or ``lr * k``
@@ -101,6 +107,7 @@ class TrainConfig:
     calibrate_epochs: int = 10
     calibrate_lr_fraction: float = 0.1
     compile: bool = False
+    cuda_graph: bool = False
     sync_batchnorm: bool = True
     lr_scaling: str = "none"
     lr_reference_batch: int = 256
@@ -219,6 +226,9 @@ class Trainer:
         # Each rank draws its own shuffles and latent noise.
         self.generator = torch.Generator(device=self.device).manual_seed(
             config.seed + 1 + 1000 * self.rank)
+        if config.cuda_graph and self.world > 1:
+            raise ValueError("cuda_graph trains in one process: under torchrun, DDP's gradient "
+                             "all-reduce is not captured; leave cuda_graph off")
         self.forward = self._wrap()
         self.batch_loss = torch.compile(self._batch_loss) if config.compile else self._batch_loss
         self.optimizer = self._make_optimizer()
@@ -236,7 +246,9 @@ class Trainer:
                     use_amp: bool) -> Dict[str, torch.Tensor]:
         """Forward pass and loss terms of one batch (compiled as one graph with ``compile``,
         so the loss's element-wise work fuses with the heads' last layers)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        # no autocast weight cache: a CUDA graph must not capture a cache that empties
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp,
+                            cache_enabled=not self.config.cuda_graph):
             out = self.forward(x, noise)
         return svae_loss(x, err, out["x_hat"].float(), out["scatter"].float(),
                          out["latent_mean"].float(), out["latent_logvar"].float(),
@@ -250,11 +262,21 @@ class Trainer:
         else:
             make = partial(torch.optim.SGD, lr=c.scaled_lr, momentum=c.momentum,
                            weight_decay=c.weight_decay)
+        extra = {}
+        if c.cuda_graph:
+            # A graph replays the rate from memory: a tensor the loop fills in each step.
+            # PyTorch's CUDA kernels read it as float32; on CPU float64 keeps the eager numbers.
+            dtype = torch.float32 if self.device.type == "cuda" else torch.float64
+            extra["lr"] = torch.tensor(c.scaled_lr, dtype=dtype, device=self.device)
+            if c.optimizer == "adamw" and self.device.type == "cuda":
+                extra["capturable"] = True
         try:
             # One fused kernel per step instead of a dozen per-tensor loops: the model is
             # small, so the optimizer's overhead is ~10% of a CPU step (benchmarks/optimizer_step.py).
-            return make(self.model.parameters(), fused=True)
+            return make(self.model.parameters(), fused=True, **extra)
         except (RuntimeError, ValueError, TypeError):  # a device or build without fused kernels
+            if c.cuda_graph:
+                raise
             return make(self.model.parameters())
 
     def learning_rate(self, step: int, total_steps: int, epoch: int) -> float:
@@ -352,6 +374,10 @@ class Trainer:
 
         bar = tqdm(total=batches_per_epoch * all_epochs, initial=self.epoch * batches_per_epoch,
                    unit="batch", disable=not self.progress, desc="training", dynamic_ncols=True)
+        # cuda_graph: one captured step per phase, built afresh here since loading a
+        # checkpoint replaces the optimizer state a graph would have captured
+        self.graphed: Dict[bool, GraphedStep] = {}
+        graphed = self.graphed
         for epoch in range(self.epoch, all_epochs):
             calibrating = epoch >= c.epochs
             self._set_phase(calibrating)
@@ -359,18 +385,20 @@ class Trainer:
             for b, (x, err) in enumerate(batches(epoch, batches_per_epoch)):
                 step = epoch * batches_per_epoch + b
                 lr = self.learning_rate(step, total_steps, epoch)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
                 noise = None if calibrating else torch.randn(
                     x.shape[0], latent_dim, device=self.device, generator=self.generator)
-                terms = self.batch_loss(x, err, noise, use_amp)
-                self.optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                if c.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                self.optimizer.step()
-                sums += torch.stack([terms[t].detach() for t in TERMS])
+                if c.cuda_graph:
+                    if calibrating not in graphed:
+                        graphed[calibrating] = self._graphed_step(x.shape[0], not calibrating,
+                                                                  use_amp)
+                    graphed[calibrating](x, err, noise, lr)
+                else:
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    self._train_step(x, err, noise, sums, use_amp)
                 bar.update(1)
+            if c.cuda_graph:
+                sums = graphed[calibrating].take_sums()
 
             if self.world > 1:
                 dist.all_reduce(sums)
@@ -401,6 +429,26 @@ class Trainer:
         bar.close()
         self._set_phase(False)
         return self.history
+
+    def _train_step(self, x: torch.Tensor, err: torch.Tensor, noise: Optional[torch.Tensor],
+                    sums: torch.Tensor, use_amp: bool) -> None:
+        """One optimiser step on a batch; adds its loss terms to ``sums`` (no host sync)."""
+        terms = self.batch_loss(x, err, noise, use_amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        sums += torch.stack([terms[t].detach() for t in TERMS])
+
+    def _graphed_step(self, batch_size: int, with_noise: bool, use_amp: bool) -> GraphedStep:
+        """The step of :meth:`_train_step` on fixed buffers, for capture as a CUDA graph."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not all(g["lr"] is lr for g in self.optimizer.param_groups):
+            raise RuntimeError("cuda_graph needs one learning-rate tensor shared by all groups")
+        return GraphedStep(partial(self._train_step, use_amp=use_amp), lr, batch_size,
+                           self.model.config.input_dim, self.model.config.latent_dim,
+                           len(TERMS), with_noise, self.device)
 
     def _set_phase(self, calibrating: bool) -> None:
         """Train everything, or (calibration) only the scatter head with the rest frozen."""
@@ -468,7 +516,9 @@ class Trainer:
             dist.barrier()  # rank 0 writes; the others wait until the file is whole
             return
         meta = {"epoch": self.epoch, "history": self.history, "train_config": self.config.to_dict(),
-                "optim_param_groups": optim["param_groups"], "optim_scalars": optim_scalars}
+                "optim_param_groups": [{k: float(v) if torch.is_tensor(v) else v
+                                        for k, v in g.items()} for g in optim["param_groups"]],
+                "optim_scalars": optim_scalars}
         os.makedirs(self.out_dir, exist_ok=True)
         tmp = self.checkpoint_path + ".tmp"
         save_file(tensors, tmp, metadata={"xpsvae_checkpoint": json.dumps(meta)})
@@ -495,7 +545,17 @@ class Trainer:
         for k, v in meta["optim_scalars"].items():
             pid, key = k.split(".", 1)
             state.setdefault(int(pid), {})[key] = v
+        own = [{k: g[k] for k in ("lr", "capturable", "fused", "foreach") if k in g}
+               for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
+        for group, mine in zip(self.optimizer.param_groups, own):
+            # how this run steps, whatever the saving run did; a tensor rate stays the same tensor
+            saved_lr = float(group["lr"])
+            group.update(mine)
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(saved_lr)
+            else:
+                group["lr"] = saved_lr
         key = f"rng.generator.{self.rank}"
         self.generator.set_state(tensors[key] if key in tensors else tensors["rng.generator.0"])
         self.epoch = int(meta["epoch"])
