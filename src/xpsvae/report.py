@@ -23,7 +23,9 @@ CAPTIONS = {
     "figure2_*": "Figure 2 of the paper: normalised errors of one input against the APOGEE "
                  "labels for the sVAE (top) and the Cannon (middle), with the mode per label bin "
                  "(purple); bottom: the sVAE's per-star scatter against the Cannon's population "
-                 "scatter (grey). Cool and low-gravity stars are coloured.",
+                 "scatter (grey). Cool and low-gravity stars are coloured. Only stars with "
+                 "every label the Cannon is fitted on are drawn: the hottest stars lack an "
+                 "APOGEE [Fe/H], so the Teff axis stops short of them.",
     "figure3_latent.png": "Figure 3 of the paper: latent means of stars with APOGEE [Fe/H] "
                           "(orange) and without (blue), every pair of dimensions.",
     "normalised_errors.png": "Normalised errors of all test stars and inputs against N(0, 1).",
