@@ -84,7 +84,8 @@ class GraphedStep:
             self.eager_steps += 1
         else:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # thread_local: the streaming loader's thread may pin memory during the capture
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self._run()
             self.graph.replay()  # capturing records the step without running it
 
