@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU training figure of the README in one run of about five minutes, one JSON line each:
-# the captured step's tests on CUDA, then the paper network at batch 1024 eager (against the
+# the CUDA tests, then the paper network at batch 1024 eager (against the
 # numpy-fed loop), with bf16 autocast, with the captured step (against eager, same run),
 # captured + bf16, captured + torch.compile, and captured at batch 4096.
 #
@@ -10,7 +10,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-python3 -m pytest -q -p no:cacheprovider tests/test_graphstep.py -k cuda || echo "CUDA TESTS FAILED"
+python3 -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_training.py -k cuda || echo "CUDA TESTS FAILED"
 bench() { python3 benchmarks/train_throughput.py --device cuda --seconds 10 "$@" 2>&1 | tail -1; }
 bench "$@"
 bench --no-baseline --amp "$@"
