@@ -1,4 +1,4 @@
-"""Command line: ``xpsvae demo | train | encode | generate``. Each command wraps the Python API."""
+"""The ``xpsvae`` command: each subcommand wraps the Python API."""
 
 from __future__ import annotations
 
@@ -350,7 +350,10 @@ def cmd_flux(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xpsvae", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="xpsvae", description="The scatter VAE of Laroche & Speagle (2023) for Gaia DR3 "
+        "BP/RP spectra: read archive files, train, encode, generate, compare with The Cannon. "
+        "'xpsvae COMMAND --help' for each command.")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
