@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--epochs", type=int, help="override the default recipe's epochs")
     d.add_argument("--max-stars", type=int, help="use only the first N stars (quick look)")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--skip-paper-recipe", action="store_true",
                    help="do not also train the paper's SGD recipe for comparison")
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", help="table of spectra, or a store folder (encoded shard by shard)")
     e.add_argument("--out", required=True,
                    help="output Parquet file (a table) or folder of shards (a store)")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     e.add_argument("--scheduler", help="for a store: 'local' (a Dask LocalCluster) or a Dask "
                                        "scheduler address; default: this process")
     e.add_argument("--workers", type=int, default=2, help="processes of the local cluster")
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or a .npy array (n, latent_dim)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output Parquet file")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("ingest", help="read Gaia XP files (any archive format) into one store")
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("data", help="held-out stars (labels teff, logg, fe_h for the tails)")
     v.add_argument("--cannon", help="a Cannon directory to compare with")
     v.add_argument("--out", required=True, help="report directory")
-    v.add_argument("--device", default="cpu")
+    v.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     v.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("cannon", help="The Cannon: the supervised baseline")
