@@ -397,7 +397,7 @@ class Trainer:
                         group["lr"] = lr
                     self._train_step(x, err, noise, sums, use_amp)
                 bar.update(1)
-            if c.cuda_graph:
+            if calibrating in graphed:  # the graphed step summed the loss terms itself
                 sums = graphed[calibrating].take_sums()
 
             if self.world > 1:
