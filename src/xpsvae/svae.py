@@ -255,12 +255,16 @@ class SVAE:
              device: str = "cpu", chunk: int = 65536) -> Tuple[np.ndarray, ...]:
         """Apply ``fn`` to float32 chunks of ``array`` on ``device``; concatenate the outputs."""
         dev = resolve_device(device)
-        self.network.to(dev).eval()
+        # The network stays where it last ran: a catalogue is encoded in many small calls
+        # (one per shard), and moving the weights there and back each time costs more than
+        # a small shard's forward pass.
+        if next(self.network.parameters()).device != dev:
+            self.network.to(dev)
+        self.network.eval()
         parts = []
         for i in range(0, array.shape[0], chunk):
             t = torch.from_numpy(np.ascontiguousarray(array[i:i + chunk], dtype=np.float32)).to(dev)
             parts.append([o.float().cpu().numpy() for o in fn(t)])
-        self.network.cpu()
         return tuple(np.concatenate(p) for p in zip(*parts))
 
     def encode(self, spectra, device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
