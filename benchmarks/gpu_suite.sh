@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU training figure of the README in one run of about five minutes, one JSON line each:
+# Every GPU training figure of the README in one run (estimated at about six minutes; not yet
+# run on a GPU), one JSON line each:
 # the CUDA tests, then the paper network at batch 1024 eager (against the
 # numpy-fed loop), with bf16 autocast, with the captured step (against eager, same run),
 # captured + bf16, captured + torch.compile, and captured at batch 4096.
