@@ -10,7 +10,9 @@ the ratio. The last line is a JSON object.
     python benchmarks/train_throughput.py --device cuda --cuda-graph   # one launch per step
 
 With ``--cuda-graph`` the run also trains without the graph, in the same run,
-and reports ``eager_samples_per_s`` and ``cuda_graph_ratio``.
+and reports ``eager_samples_per_s`` and ``cuda_graph_ratio``; on CUDA also
+``replay_only_samples_per_s``, the captured step replayed back to back with no
+loop around it (the GPU's own limit: far above ``samples_per_s``, the host is).
     python benchmarks/train_throughput.py --streaming STORE   # streamed vs resident, same stars
 
 With ``--streaming STORE`` the stars are a store's (``xpsvae ingest``); the
@@ -59,6 +61,7 @@ def ours(stars, args, store=None, cache_dir=None, cuda_graph=None) -> float:
             state["t0"], state["e0"] = time.perf_counter(), warm_epochs
         elif time.perf_counter() - state["t0"] > args.seconds:
             state["t1"], state["e1"] = time.perf_counter(), trainer.epoch
+            state["trainer"] = trainer
             raise _Stop()
     try:
         if store:
@@ -69,7 +72,26 @@ def ours(stars, args, store=None, cache_dir=None, cuda_graph=None) -> float:
     except _Stop:
         pass
     per_epoch = (len(stars) // args.batch_size) * args.batch_size
-    return (state["e1"] - state["e0"]) * per_epoch / (state["t1"] - state["t0"])
+    rate = (state["e1"] - state["e0"]) * per_epoch / (state["t1"] - state["t0"])
+    graphed = getattr(state["trainer"], "graphed", {}).get(False)
+    if graphed is not None and graphed.graph is not None:
+        state_replay[0] = replay_rate(graphed.graph, args.batch_size)
+    return rate
+
+
+state_replay = [None]  # samples/s of the captured step replayed alone, when one was captured
+
+
+def replay_rate(graph, batch_size: int, replays: int = 500) -> float:
+    """Samples/s of the captured step replayed back to back, with no loop around it: the
+    GPU's own time per step. Far above the loop's rate means the host is the limit."""
+    graph.replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    torch.cuda.synchronize()
+    return replays * batch_size / (time.perf_counter() - start)
 
 
 def numpy_fed(stars, args) -> float:
@@ -154,6 +176,8 @@ def main() -> None:
               "n_train": len(stars), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     if args.cuda_graph:  # the same loop without the graph, in the same run
+        if state_replay[0] is not None:
+            result["replay_only_samples_per_s"] = round(state_replay[0])
         eager = ours(stars, args, cuda_graph=False)
         result.update(eager_samples_per_s=round(eager), cuda_graph_ratio=round(rate / eager, 3))
     if not args.no_baseline:
