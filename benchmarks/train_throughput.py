@@ -8,12 +8,12 @@ the ratio. The last line is a JSON object.
     python benchmarks/train_throughput.py --seconds 30 --threads 2
     python benchmarks/train_throughput.py --device cuda --amp
     python benchmarks/train_throughput.py --device cuda --cuda-graph   # one launch per step
+    python benchmarks/train_throughput.py --streaming STORE   # streamed vs resident, same stars
 
 With ``--cuda-graph`` the run also trains without the graph, in the same run,
 and reports ``eager_samples_per_s`` and ``cuda_graph_ratio``; on CUDA also
 ``replay_only_samples_per_s``, the captured step replayed back to back with no
 loop around it (the GPU's own limit: far above ``samples_per_s``, the host is).
-    python benchmarks/train_throughput.py --streaming STORE   # streamed vs resident, same stars
 
 With ``--streaming STORE`` the stars are a store's (``xpsvae ingest``); the
 run trains on them streamed shard by shard (from Parquet, then from the
@@ -39,9 +39,10 @@ class _Stop(Exception):
     pass
 
 
-def ours(stars, args, store=None, cache_dir=None, cuda_graph=None) -> float:
+def ours(stars, args, store=None, cache_dir=None, cuda_graph=None, report=None) -> float:
     """Samples/s of xpsvae's loop: resident tensors, or streamed from ``store``
-    (from its Parquet shards, or from a float32 cache in ``cache_dir``)."""
+    (from its Parquet shards, or from a float32 cache in ``cache_dir``). Where a step was
+    captured on CUDA, ``report`` (a dict) gets ``replay_only_samples_per_s``."""
     config = TrainConfig(optimizer="sgd", lr=0.01, batch_size=args.batch_size, epochs=10**6,
                          lr_scaling="none",
                          calibrate_epochs=0,
@@ -73,13 +74,10 @@ def ours(stars, args, store=None, cache_dir=None, cuda_graph=None) -> float:
         pass
     per_epoch = (len(stars) // args.batch_size) * args.batch_size
     rate = (state["e1"] - state["e0"]) * per_epoch / (state["t1"] - state["t0"])
-    graphed = getattr(state["trainer"], "graphed", {}).get(False)
-    if graphed is not None and graphed.graph is not None:
-        state_replay[0] = replay_rate(graphed.graph, args.batch_size)
+    graphed = state["trainer"].graphed.get(False)
+    if report is not None and graphed is not None and graphed.graph is not None:
+        report["replay_only_samples_per_s"] = round(replay_rate(graphed.graph, args.batch_size))
     return rate
-
-
-state_replay = [None]  # samples/s of the captured step replayed alone, when one was captured
 
 
 def replay_rate(graph, batch_size: int, replays: int = 500) -> float:
@@ -167,7 +165,8 @@ def main() -> None:
         library = load_apogee_library()
         train_idx, _ = benchmark_split(len(library))
         stars = library.subset(train_idx)
-    rate = ours(stars, args)
+    replay = {}
+    rate = ours(stars, args, report=replay)
     result = {"samples_per_s": round(rate), "device": args.device,
               "threads": torch.get_num_threads(), "arch": args.arch,
               "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
@@ -176,8 +175,7 @@ def main() -> None:
               "n_train": len(stars), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     if args.cuda_graph:  # the same loop without the graph, in the same run
-        if state_replay[0] is not None:
-            result["replay_only_samples_per_s"] = round(state_replay[0])
+        result.update(replay)
         eager = ours(stars, args, cuda_graph=False)
         result.update(eager_samples_per_s=round(eager), cuda_graph_ratio=round(rate / eager, 3))
     if not args.no_baseline:

@@ -377,7 +377,6 @@ class Trainer:
         # cuda_graph: one captured step per phase, built afresh here since loading a
         # checkpoint replaces the optimizer state a graph would have captured
         self.graphed: Dict[bool, GraphedStep] = {}
-        graphed = self.graphed
         for epoch in range(self.epoch, all_epochs):
             calibrating = epoch >= c.epochs
             self._set_phase(calibrating)
@@ -388,17 +387,17 @@ class Trainer:
                 noise = None if calibrating else torch.randn(
                     x.shape[0], latent_dim, device=self.device, generator=self.generator)
                 if c.cuda_graph:
-                    if calibrating not in graphed:
-                        graphed[calibrating] = self._graphed_step(x.shape[0], not calibrating,
-                                                                  use_amp)
-                    graphed[calibrating](x, err, noise, lr)
+                    if calibrating not in self.graphed:
+                        self.graphed[calibrating] = self._graphed_step(
+                            x.shape[0], not calibrating, use_amp)
+                    self.graphed[calibrating](x, err, noise, lr)
                 else:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     self._train_step(x, err, noise, sums, use_amp)
                 bar.update(1)
-            if calibrating in graphed:  # the graphed step summed the loss terms itself
-                sums = graphed[calibrating].take_sums()
+            if calibrating in self.graphed:  # the graphed step summed the loss terms itself
+                sums = self.graphed[calibrating].take_sums()
 
             if self.world > 1:
                 dist.all_reduce(sums)
