@@ -163,9 +163,9 @@ def _csv_header(path: str) -> Tuple[List[str], int, str]:
     that line it is a space, the ECSV default (astropy writes such files).
     """
     import csv
-    from .fastcsv import _open_binary
+    from .inflate import open_binary
     delimiter = ","
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         for comments, line in enumerate(f):
             text = line.decode("utf-8", errors="replace").strip()
             if comments == 0 and text.startswith("# %ECSV"):
