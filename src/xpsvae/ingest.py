@@ -263,11 +263,12 @@ def default_workers() -> int:
     """Parsing processes for ``xpsvae ingest``: 4 from 4 cores up, else 1 (in this process).
 
     In-process parsing already keeps ~2 cores busy (the parsing thread, the
-    decompression thread and the shard writer): on 2 cores, 2 workers gave no
-    more rows/s for almost twice the memory (benchmarks/ingest_throughput.py).
-    A worker parses a bulk row in ~230 µs of CPU, while decompressing it, in
-    one thread of this process, takes ~100 µs: beyond ~3 workers that thread
-    is the limit for one file, so more would only cost memory (~200 MB each).
+    shard writer and the process inflating the file): on 2 cores, 2 workers
+    gave fewer rows/s for twice the memory (benchmarks/ingest_throughput.py).
+    A worker parses a bulk row in ~150 µs of CPU, while inflating it, in a
+    child process (:mod:`xpsvae.inflate`), takes ~105 µs: beyond 2-3 workers
+    that process is the limit for one file, so more would only cost memory
+    (~200 MB each).
     """
     return 4 if usable_cores() >= 4 else 1
 
@@ -285,8 +286,8 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
             coefficients or sampled spectra on one wavelength grid.
         gaia_source: gaia_source tables for the G-band flux join.
         rows_per_shard: rows per Parquet shard; memory holds about one shard
-            plus three read chunks (16 MB of text each), and two chunks per
-            worker.
+            plus four read chunks (16 MB of text each: three inflated ahead,
+            one being parsed), and two chunks per worker.
         progress: show progress bars over files and rows.
         wavelength: the grid (nm) of sampled spectra whose files do not say
             (see :func:`sampled_grid`).

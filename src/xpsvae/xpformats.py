@@ -240,9 +240,8 @@ def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: i
 class ParsePool:
     """Worker processes that parse CSV chunks (:func:`parse_chunk_rows`), started on first use.
 
-    Parsing is most of an ingest's work and, on one core, several times
-    slower than decompressing, so a few processes keep up with one file's
-    decompression. Files of a single chunk never start the pool.
+    Parsing is most of an ingest's work and, on one core, ~1.5x slower than
+    inflating, so a few processes keep up with one file's inflating. Files of a single chunk never start the pool.
 
     Args:
         workers: processes (:func:`xpsvae.ingest.ingest` makes a pool only for 2 or more).
