@@ -413,21 +413,21 @@ def _bulk_rows(sample: str, n: int) -> tuple:
 
 
 def _ingest_three_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
-    """Ingest a file read in small chunks: by the fast path in this process, by two parsing
-    processes, with a child process inflating, and by the exact reader alone. Checks that
-    the four stores and their set-aside rows are the same; returns (manifest, set-aside
-    rows)."""
+    """Ingest a file read in small chunks: by the fast path in this process (a thread
+    inflating, then a child process), by two parsing processes (a child inflating), and by
+    the exact reader alone. Checks that the four stores and their set-aside rows are the
+    same; returns (manifest, set-aside rows)."""
     from xpsvae import fastcsv, xpformats as ingest_module
     real_chunks = fastcsv.line_chunks
     monkeypatch.setattr(fastcsv, "line_chunks", lambda p: real_chunks(p, chunk_bytes=chunk_bytes))
     from xpsvae import inflate
     stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "child", "exact")}
-    manifest = ingest([str(path)], stores["fast"], progress=False)
-    pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
-    assert pooled["total"] == manifest["total"]
-    with monkeypatch.context() as patch:  # inflated by a child process, however small
+    manifest = ingest([str(path)], stores["fast"], progress=False)  # a thread inflating
+    with monkeypatch.context() as patch:  # a child process inflating, however small the file
         patch.setattr(inflate, "PROCESS_FROM_BYTES", 0)
         assert ingest([str(path)], stores["child"], progress=False)["total"] == manifest["total"]
+        pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
+        assert pooled["total"] == manifest["total"]
     real = ingest_module._csv_batches
     monkeypatch.setattr(ingest_module, "_csv_batches", lambda p, **kw: real(p, fast=False, **kw))
     ingest([str(path)], stores["exact"], progress=False)
