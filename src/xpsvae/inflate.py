@@ -151,15 +151,21 @@ def _from_process(path: str, chunk_bytes: int) -> Iterator[bytes]:
     slot_bytes = _slot_bytes(chunk_bytes)
     memory = os.memfd_create("xpsvae-inflate")
     mine, theirs = socket.socketpair()
+    shared = None
     try:
         os.ftruncate(memory, _SLOTS * slot_bytes)
         shared = mmap.mmap(memory, _SLOTS * slot_bytes)
         child = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), path, str(chunk_bytes),
              str(theirs.fileno()), str(memory)], pass_fds=(theirs.fileno(), memory))
+    except BaseException:
+        mine.close()
+        if shared is not None:
+            shared.close()
+        raise
     finally:
         theirs.close()
-        os.close(memory)
+        os.close(memory)  # the map, and the child's copy, keep the memory
     partial: List[bytes] = []  # the pieces of a line longer than a slot
     try:
         while True:
@@ -261,7 +267,8 @@ def _child(path: str, chunk_bytes: int, sock: socket.socket, shared: mmap.mmap) 
         cut = shared.rfind(b"\n", start, start + size) + 1 - start if size else 0
         if cut > 0:
             say(b"C", slot, length=cut)
-        kind = type(exc).__name__ if isinstance(exc, (EOFError, ValueError)) else "OSError"
+        kind = "EOFError" if isinstance(exc, EOFError) else \
+            "ValueError" if isinstance(exc, ValueError) else "OSError"
         message = str(exc) if isinstance(exc, (OSError, EOFError, ValueError)) \
             else f"corrupt gzip data: {exc}"
         say(b"R", payload=json.dumps({"type": kind, "message": message}).encode())
