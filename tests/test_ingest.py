@@ -336,7 +336,8 @@ def test_chunk_array_parser_agrees_with_the_exact_parser_or_steps_aside(fields, 
 def test_chunk_array_parser_edge_cases(text):
     """Texts where JSON and Python's float() part ways (or nearly): the JSON path steps
     aside or agrees; the Arrow path too."""
-    _check_chunk_array_parser(f'0,"{text}",1\n1,"[2.5,-0.125]",2\n'.encode(), [text, "[2.5,-0.125]"])
+    chunk = f'0,"{text}",1\n1,"[2.5,-0.125]",2\n'.encode()
+    _check_chunk_array_parser(chunk, [text, "[2.5,-0.125]"])
 
 
 def _check_chunk_array_parser(chunk: bytes, texts: list) -> None:

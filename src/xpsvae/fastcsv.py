@@ -1,7 +1,8 @@
 """The fast path for the CSV family (DataLink CSV, ECSV, bulk ``*.csv.gz``): whole chunks at once.
 
 A file is decompressed ahead of the parsing (``isal`` when installed, else
-zlib; see :mod:`xpsvae.inflate`) into chunks of complete lines. Each chunk is then split at its quotes:
+zlib; see :mod:`xpsvae.inflate`) into chunks of complete lines. Each chunk
+is then split at its quotes:
 
 * the quoted fields are the arrays (``"[a,b,...]"`` or ``"(a, b, ...)"``), nine
   tenths of the bytes. A column's arrays are parsed in one go: ECSV's
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import threading
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,7 @@ try:  # reads ECSV's arrays nearly twice as fast as Arrow's cast
     import simdjson
 except ImportError:  # pragma: no cover - the Arrow path alone
     simdjson = None
+
 
 class Irregular(Exception):
     """A chunk the fast path does not handle; read it row by row instead."""
@@ -196,10 +198,10 @@ def _json_arrays(texts: List[bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     against ~53 ns a number): one pass over the text, where the cast needs
     the commas taken out first. It holds the GIL while it parses, which is
     why a large gzip'd file is inflated by a child process
-    (:mod:`xpsvae.inflate`), not a thread. JSON's
-    numbers are a subset of what Python's float() reads, and simdjson rounds
-    them as it does, so every array JSON accepts gets the exact parser's
-    values, except three cases guarded here: a nested array (JSON flattens
+    (:mod:`xpsvae.inflate`), not a thread. JSON's numbers are a subset of
+    what Python's float() reads, and simdjson rounds them as it does, so
+    every array JSON accepts gets the exact parser's values, except three
+    cases guarded here: a nested array (JSON flattens
     it), the integer ``-0`` (JSON gives +0.0) and a line break in a field
     (the exact reader's row numbers).
 
