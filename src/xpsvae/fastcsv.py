@@ -200,10 +200,11 @@ def _json_arrays(texts: List[bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     why a large gzip'd file is inflated by a child process
     (:mod:`xpsvae.inflate`), not a thread. JSON's numbers are a subset of
     what Python's float() reads, and simdjson rounds them as it does, so
-    every array JSON accepts gets the exact parser's values, except three
-    cases guarded here: a nested array (JSON flattens
-    it), the integer ``-0`` (JSON gives +0.0) and a line break in a field
-    (the exact reader's row numbers).
+    every array JSON accepts gets the exact parser's values, except two
+    cases guarded here: a nested array (JSON flattens it) and the integer
+    ``-0`` (JSON gives +0.0). A line break inside a field is the caller's to
+    refuse: the chunk's rows would not be its lines
+    (:func:`xpsvae.xpformats.parse_chunk_rows` checks).
 
     Returns:
         (values end to end as float64, each array's count), or None where
@@ -215,8 +216,6 @@ def _json_arrays(texts: List[bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
                                    for t in texts):
         return None
     document = b"[" + b",".join(texts) + b"]"
-    if b"\n" in document or b"\r" in document:
-        return None
     parser = getattr(_json_parsers, "parser", None)
     if parser is None:  # one per thread, kept: its buffers cost more to make than a parse
         parser = _json_parsers.parser = simdjson.Parser()
