@@ -101,3 +101,13 @@ def test_line_chunks_takes_a_process_only_for_large_gzip_files(tmp_path, monkeyp
     plain = tmp_path / "lines.txt"
     plain.write_bytes(b"1\n2\n")
     assert inflate.line_chunks(str(plain)).__name__ == "_from_thread"
+
+
+@needs_process
+def test_a_child_that_cannot_start_leaves_the_reading_to_a_thread(tmp_path, monkeypatch):
+    path = tmp_path / "lines.txt.gz"
+    text = _lines_file(path, True)
+    monkeypatch.setattr(inflate.sys, "executable", "/bin/false")  # exits at once, says nothing
+    with pytest.warns(UserWarning, match="inflating in a thread instead"):
+        chunks, error = _read(inflate._from_process, path, 1 << 20)
+    assert error is None and b"".join(chunks) == text

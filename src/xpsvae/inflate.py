@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import threading
+import warnings
 from typing import Iterator, List
 
 #: Bytes of text per chunk: ~400 bulk-format rows.
@@ -167,9 +168,20 @@ def _from_process(path: str, chunk_bytes: int) -> Iterator[bytes]:
         theirs.close()
         os.close(memory)  # the map, and the child's copy, keep the memory
     partial: List[bytes] = []  # the pieces of a line longer than a slot
+    heard = False  # from the child: a child that never speaks could not start
     try:
         while True:
-            kind, slot, length = _MESSAGE.unpack(_read_exactly(mine, _MESSAGE.size, path, child))
+            try:
+                message = _read_exactly(mine, _MESSAGE.size, path, child)
+            except RuntimeError as exc:
+                if heard:
+                    raise
+                # e.g. an embedding application whose sys.executable is no Python
+                warnings.warn(f"{exc}; inflating in a thread instead")
+                yield from _from_thread(path, chunk_bytes)
+                return
+            heard = True
+            kind, slot, length = _MESSAGE.unpack(message)
             if kind in (b"C", b"P"):
                 start = slot * slot_bytes
                 partial.append(shared[start:start + length])
