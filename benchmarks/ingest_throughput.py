@@ -171,7 +171,7 @@ def main() -> None:
         if args.keep_store:
             shutil.copytree(os.path.join(work, "store"), args.keep_store, dirs_exist_ok=True)
         after = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once shut down
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers and inflater, ended
         main_mb = after.ru_maxrss / 1024
         # the largest child's peak: a parsing worker, or the process inflating a large file
         child_mb = children.ru_maxrss / 1024

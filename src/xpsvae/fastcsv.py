@@ -30,8 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from .inflate import CHUNK_BYTES, line_chunks  # noqa: F401 (the readers take them from here)
-
 try:  # reads ECSV's arrays nearly twice as fast as Arrow's cast
     import simdjson
 except ImportError:  # pragma: no cover - the Arrow path alone

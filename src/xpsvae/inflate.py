@@ -35,6 +35,8 @@ PROCESS_FROM_BYTES = 32 << 20
 #: Small reads, so that a corrupt gzip member loses at most 1 MB of lines.
 _BLOCK_BYTES = 1 << 20
 _MESSAGE = struct.Struct("<cIQ")  # kind, slot, length (of the chunk, or of what follows)
+#: The errors a reader of a file raises, and its caller sets the file's rest aside for.
+_READ_ERRORS = (OSError, EOFError, ValueError)
 
 
 def open_binary(path: str):
@@ -71,15 +73,15 @@ def complete_line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
                     if cut:
                         yield data[:cut]
                     pending, size = [data[cut:]], len(data) - cut
-    except (OSError, EOFError, ValueError, *_inflate_errors()) as exc:
+    except (*_READ_ERRORS, *_inflate_errors()) as exc:
         data = b"".join(pending)
         cut = data.rfind(b"\n") + 1
         if cut:
             yield data[:cut]
-        if isinstance(exc, (OSError, EOFError, ValueError)):
+        error = _as_read_error(exc)
+        if error is exc:
             raise
-        # zlib's and ISA-L's own errors (a corrupt member) derive from none of these
-        raise OSError(f"corrupt gzip data: {exc}") from exc
+        raise error from exc
     if size:
         yield b"".join(pending)
 
@@ -91,6 +93,14 @@ def _inflate_errors() -> tuple:
         return zlib.error, isal_zlib.error
     except ImportError:
         return (zlib.error,)
+
+
+def _as_read_error(exc: Exception) -> Exception:
+    """``exc`` itself if it is one of :data:`_READ_ERRORS`, else an OSError saying so.
+
+    zlib's and ISA-L's own errors (a corrupt member) derive from none of them.
+    """
+    return exc if isinstance(exc, _READ_ERRORS) else OSError(f"corrupt gzip data: {exc}")
 
 
 def line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -200,8 +210,7 @@ def _from_process(path: str, chunk_bytes: int) -> Iterator[bytes]:
             # an error: like the thread, give up the start of a line the error cut
             error = json.loads(_read_exactly(mine, length, path, child))
             if kind == b"R":  # a read error, raised as the thread would raise it
-                raise {"EOFError": EOFError, "ValueError": ValueError}.get(
-                    error["type"], OSError)(error["message"])
+                raise {e.__name__: e for e in _READ_ERRORS}[error["type"]](error["message"])
             raise RuntimeError(f"inflating {path} failed: {error['message']}")
     finally:
         mine.close()
@@ -245,6 +254,11 @@ def _child(path: str, chunk_bytes: int, sock: socket.socket, shared: mmap.mmap) 
     def say(kind: bytes, slot: int = 0, payload: bytes = b"", length: int = 0) -> None:
         sock.sendall(_MESSAGE.pack(kind, slot, length or len(payload)) + payload)
 
+    def complete_lines(slot: int, size: int) -> int:
+        """Bytes of the slot's first ``size`` up to its last line end (0: none)."""
+        start = slot * slot_bytes
+        return shared.rfind(b"\n", start, start + size) + 1 - start if size else 0
+
     tail = b""  # the start of a line, carried into the next slot
     slot = take_slot()
     size = 0
@@ -267,23 +281,20 @@ def _child(path: str, chunk_bytes: int, sock: socket.socket, shared: mmap.mmap) 
                         say(b"C", slot, length=size)
                     say(b"E")
                     return
-                cut = shared.rfind(b"\n", start, start + size) + 1 - start if size else 0
+                cut = complete_lines(slot, size)
                 if cut <= 0:  # no line end in a full slot
                     say(b"P", slot, length=size)
                 else:
                     tail = shared[start + cut:start + size]
                     say(b"C", slot, length=cut)
                 slot, size = take_slot(), 0
-    except (OSError, EOFError, ValueError, *_inflate_errors()) as exc:
-        start = slot * slot_bytes
-        cut = shared.rfind(b"\n", start, start + size) + 1 - start if size else 0
+    except (*_READ_ERRORS, *_inflate_errors()) as exc:
+        cut = complete_lines(slot, size)
         if cut > 0:
             say(b"C", slot, length=cut)
-        kind = "EOFError" if isinstance(exc, EOFError) else \
-            "ValueError" if isinstance(exc, ValueError) else "OSError"
-        message = str(exc) if isinstance(exc, (OSError, EOFError, ValueError)) \
-            else f"corrupt gzip data: {exc}"
-        say(b"R", payload=json.dumps({"type": kind, "message": message}).encode())
+        error = _as_read_error(exc)
+        kind = next(e for e in _READ_ERRORS if isinstance(error, e)).__name__
+        say(b"R", payload=json.dumps({"type": kind, "message": str(error)}).encode())
     except Exception as exc:  # a bug, not the file: the reader raises it as such
         say(b"X", payload=json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode())
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import fastcsv
+from . import fastcsv, inflate
 from .data import SpectraError
 
 BANDS = ("bp", "rp")
@@ -151,7 +151,7 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
     ``pool``, chunks are parsed in its worker processes, a few ahead, and come
     back in file order.
     """
-    chunks = fastcsv.line_chunks(path)
+    chunks = inflate.line_chunks(path)
     in_flight: Deque[tuple] = deque()
     next_row = 0
     header = None
@@ -241,7 +241,8 @@ class ParsePool:
     """Worker processes that parse CSV chunks (:func:`parse_chunk_rows`), started on first use.
 
     Parsing is most of an ingest's work and, on one core, ~1.5x slower than
-    inflating, so a few processes keep up with one file's inflating. Files of a single chunk never start the pool.
+    inflating, so a few processes keep up with one file's inflating. Files of
+    a single chunk never start the pool.
 
     Args:
         workers: processes (:func:`xpsvae.ingest.ingest` makes a pool only for 2 or more).
