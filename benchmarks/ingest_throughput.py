@@ -17,12 +17,17 @@ writing shards) and of its children together (inflating, and the workers'
 parsing): on a machine with more cores, they say how far more workers can
 take one file.
 
+With ``--files K --jobs N``, K files of ``--rows`` rows each are ingested
+with N files at once (``xpsvae ingest --jobs``) and, in the same run, one
+at a time: ``jobs_speedup`` is their ratio, and astropy reads all K files.
+
 The file's rows are ``--distinct`` (default 5,000, a shard) perturbed copies
 of the real rows, so that the store writer meets numbers as unique as a real
 file's; ``--distinct 0`` repeats the real rows as they are.
 
     python benchmarks/ingest_throughput.py --rows 100000 --workers 2
     python benchmarks/ingest_throughput.py --rows 100000 --sampled
+    python benchmarks/ingest_throughput.py --rows 25000 --files 8 --jobs 8
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ SAMPLE = os.path.join(DATA, "XP_CONTINUOUS_RAW.ecsv")
 SAMPLED_SAMPLE = os.path.join(DATA, "XP_SAMPLED_RAW_dr3int6.ecsv")
 
 
-def build(path: str, rows: int, sample: str = SAMPLE, distinct: int = 5_000) -> None:
+def build(path: str, rows: int, sample: str = SAMPLE, distinct: int = 5_000,
+          first_row: int = 0) -> None:
     """Write ``rows`` bulk-format rows made from the sample's real rows.
+
+    Rows are numbered from ``first_row`` (source_ids follow from the number,
+    so files built with their own ranges share none).
 
     With ``distinct`` > 0, that many variants of the real rows are written in
     turn, each with every array element perturbed (coefficients and fluxes by
@@ -60,7 +69,7 @@ def build(path: str, rows: int, sample: str = SAMPLE, distinct: int = 5_000) -> 
         _perturbed(columns, real, distinct)
     with gzip.open(path, "wt", compresslevel=1) as f:
         f.write("\n".join(header + body[:1]) + "\n")
-        for i in range(rows):
+        for i in range(first_row, first_row + rows):
             source_id = real[i % len(real)].split(",", 1)[0]
             f.write(f"{int(source_id) + 1000 * i},{variants[i % len(variants)]}\n")
 
@@ -152,6 +161,10 @@ def main() -> None:
                    help="distinct rows in the file: perturbed copies of the real ones, so that "
                         "the store writer sees numbers as unique as a real file's (default: "
                         "5000, a shard); 0: the real rows repeated, varying only source_id")
+    p.add_argument("--files", type=int, default=1, help="files of --rows rows each")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="files ingested at once (xpsvae ingest --jobs); above 1, the files "
+                        "are also ingested one at a time in the same run")
     p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
                    "train_throughput.py --streaming)")
     args = p.parse_args()
@@ -159,44 +172,57 @@ def main() -> None:
     workers = args.workers or default_workers()
     work = tempfile.mkdtemp()
     try:
-        path = os.path.join(work, ("XpSampledMeanSpectrum" if args.sampled else
-                                   "XpContinuousMeanSpectrum") + "_000000-000001.csv.gz")
-        build(path, args.rows, SAMPLED_SAMPLE if args.sampled else SAMPLE, args.distinct)
+        kind = "XpSampledMeanSpectrum" if args.sampled else "XpContinuousMeanSpectrum"
+        paths = [os.path.join(work, f"{kind}_{k:06d}-{k + 1:06d}.csv.gz")
+                 for k in range(args.files)]
+        for k, path in enumerate(paths):
+            build(path, args.rows, SAMPLED_SAMPLE if args.sampled else SAMPLE, args.distinct,
+                  first_row=k * args.rows)
+        rows = args.rows * args.files
         before = resource.getrusage(resource.RUSAGE_SELF)
         with PssSampler() as pss:
             start = time.perf_counter()
-            manifest = ingest([path], os.path.join(work, "store"), progress=False,
-                              workers=workers)
+            manifest = ingest(paths, os.path.join(work, "store"), progress=False,
+                              workers=workers, jobs=args.jobs)
             ours = time.perf_counter() - start
         if args.keep_store:
             shutil.copytree(os.path.join(work, "store"), args.keep_store, dirs_exist_ok=True)
         after = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers and inflater, ended
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers, jobs, inflaters
         main_mb = after.ru_maxrss / 1024
-        # the largest child's peak: a parsing worker, or the process inflating a large file
+        # the largest child's peak: a parsing worker, a job, or the process inflating a file
         child_mb = children.ru_maxrss / 1024
-        processes = (workers if workers > 1 else 0) + (child_mb > 0)
+        processes = (2 * args.jobs if args.jobs > 1 else workers if workers > 1 else 0) + \
+            (child_mb > 0 and args.jobs == 1)
         main_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        assert manifest["total"]["rows_kept"] == args.rows, manifest["total"]
-        result = {"rows": args.rows, "rows_per_s": round(args.rows / ours, 1),
+        assert manifest["total"]["rows_kept"] == rows, manifest["total"]
+        result = {"rows": rows, "rows_per_s": round(rows / ours, 1),
                   "peak_rss_mb": round(main_mb + processes * child_mb),
                   "main_peak_rss_mb": round(main_mb), "child_peak_rss_mb": round(child_mb),
                   "peak_pss_mb": round(pss.peak_mb),
                   # CPU per row: this process (all its threads), and its children together
                   # (their start included); the slowest thread here bounds one file's rate
-                  "main_cpu_us_per_row": round(main_cpu / args.rows * 1e6),
+                  "main_cpu_us_per_row": round(main_cpu / rows * 1e6),
                   "children_cpu_us_per_row": round((children.ru_utime + children.ru_stime)
-                                                  / args.rows * 1e6),
-                  "workers": workers, "cpus": os.cpu_count(), "sampled": args.sampled,
+                                                  / rows * 1e6),
+                  "workers": workers if args.jobs == 1 else 1, "files": args.files,
+                  "jobs": args.jobs, "cpus": os.cpu_count(), "sampled": args.sampled,
                   "distinct_rows": args.distinct,
-                  "file_mb": round(os.path.getsize(path) / 2**20)}
+                  "file_mb": round(sum(map(os.path.getsize, paths)) / 2**20)}
+        if args.jobs > 1:
+            start = time.perf_counter()
+            ingest(paths, os.path.join(work, "store_one_at_a_time"), progress=False,
+                   workers=workers)
+            one = time.perf_counter() - start
+            result.update(one_at_a_time_rows_per_s=round(rows / one, 1),
+                          jobs_speedup=round(one / ours, 3))
         if not args.skip_astropy:
             from astropy.table import Table
             start = time.perf_counter()
-            table = Table.read(path, format="ascii.ecsv")
+            read = sum(len(Table.read(path, format="ascii.ecsv")) for path in paths)
             theirs = time.perf_counter() - start
-            assert len(table) == args.rows
-            result.update(astropy_rows_per_s=round(args.rows / theirs, 1),
+            assert read == rows
+            result.update(astropy_rows_per_s=round(rows / theirs, 1),
                           ratio=round(theirs / ours, 3))
         print(json.dumps(result))
     finally:

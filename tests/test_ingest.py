@@ -471,6 +471,55 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
     assert set_aside[2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
 
 
+def _store_contents(store) -> tuple:
+    manifest = json.load(open(os.path.join(store, "manifest.json")))
+    shards = {n: pq.read_table(os.path.join(store, n)) for n in manifest["shards"]}
+    return manifest, shards, pq.read_table(os.path.join(store, "set_aside.parquet")).to_pylist()
+
+
+def test_files_read_at_once_by_jobs_give_the_same_store(tmp_path):
+    """``--jobs 2`` reads files at once, one process each, and gives the store one at a time
+    gives: duplicates across files (formats with and without raw text), a duplicate within a
+    file of a row that an earlier file already had, a file of the other kind refused when a
+    file before it has set the store's kind, an empty file, shards renumbered."""
+    header, columns, rows = _bulk_rows("XP_CONTINUOUS_RAW.ecsv", 60)
+    rows[30] = rows[0]  # row 0's source_id is also the first of XP_CONTINUOUS_RAW.csv
+    bulk = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
+    bulk.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    inputs = [shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"), str(bulk),
+              shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.fits"),
+              shared_file("gaia_dr3_xp", "XP_SAMPLED_RAW_dr3int6.csv"), str(empty),
+              shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")]
+    one, jobs = str(tmp_path / "one"), str(tmp_path / "jobs")
+    ingest(inputs, one, rows_per_shard=25, progress=False)
+    os.makedirs(os.path.join(jobs, ".jobs", "7"))  # as an interrupted ingest leaves it
+    assert main(["--quiet", "ingest", *inputs, "--out", jobs, "--rows-per-shard", "25",
+                 "--jobs", "2"]) == 0
+    assert not os.path.exists(os.path.join(jobs, ".jobs"))
+    manifest, shards, set_aside = _store_contents(one)
+    assert _store_contents(jobs)[0] == manifest
+    assert _store_contents(jobs)[2] == set_aside
+    assert list(_store_contents(jobs)[1]) == list(shards)
+    for name, table in _store_contents(jobs)[1].items():
+        _assert_same_tables(table, shards[name])
+    assert sorted(os.listdir(jobs)) == sorted(os.listdir(one))
+    # what the comparison covered
+    first = "duplicate source_id: first at XP_CONTINUOUS_RAW.csv row 0"
+    reasons = {(os.path.basename(r["input_file"]), r["input_row"]): r for r in set_aside}
+    assert reasons[(bulk.name, 0)]["reason"] == first
+    assert reasons[(bulk.name, 0)]["raw_text"] == rows[0]
+    assert reasons[(bulk.name, 30)]["reason"] == first  # not the bulk file's own row 0
+    assert reasons[("XP_CONTINUOUS_RAW.fits", 0)]["reason"] == first
+    files = {os.path.basename(name): entry for name, entry in manifest["files"].items()}
+    assert "file refused" in files[os.path.basename(inputs[3])]["reasons"] and not files[os.path.basename(inputs[3])]["shards"]
+    assert "file refused" in files[empty.name]["reasons"]
+    assert len(files[bulk.name]["shards"]) == 3  # 58 rows kept, 25 a shard
+    assert manifest["total"]["rows_read"] == manifest["total"]["rows_kept"] + \
+        manifest["total"]["rows_set_aside"]
+
+
 def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
     """Sampled spectra (the XpSampledMeanSpectrum layout) in many chunks: the fast path, in
     this process or in two parsing processes, gives the exact reader's store and set-aside

@@ -303,7 +303,8 @@ def cmd_ingest(args) -> int:
         wavelength = np.arange(start, stop + step / 2, step)
     manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
-                      wavelength=wavelength, workers=args.workers or default_workers())
+                      wavelength=wavelength, workers=args.workers or default_workers(),
+                      jobs=args.jobs)
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
@@ -417,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--workers", type=int, default=0,
                    help="processes parsing CSV-family files (default: 4 from 4 cores up; else "
                         "1: parse in this process); the store is the same whatever the number")
+    i.add_argument("--jobs", type=int, default=1,
+                   help="files read at once, one process each (each parses its own file, so "
+                        "--workers is then not used): for many files on many cores; the "
+                        "store is the same as with 1")
     i.set_defaults(func=cmd_ingest)
 
     fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "

@@ -26,7 +26,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -275,7 +275,7 @@ def default_workers() -> int:
 
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
            rows_per_shard: int = 5_000, progress: bool = True,
-           wavelength: Optional[np.ndarray] = None, workers: int = 1) -> dict:
+           wavelength: Optional[np.ndarray] = None, workers: int = 1, jobs: int = 1) -> dict:
     """Read XP files into the store; files already complete in its manifest are skipped.
 
     Args:
@@ -294,8 +294,13 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         workers: processes that parse CSV-family files (DataLink CSV, ECSV,
             bulk ``*.csv.gz``); 1 parses in this process. They start with the
             first file of more than one chunk (~400 bulk rows). The store is
-            the same whatever the number. Scripts that pass more than 1 need
-            the ``if __name__ == "__main__":`` guard of Python's multiprocessing.
+            the same whatever the number.
+        jobs: files read at once, each by its own process (which parses it
+            itself: ``workers`` is then not used); for many files on many
+            cores (:mod:`xpsvae.filejobs`). The store is the same as with 1.
+
+    Scripts that pass ``workers`` or ``jobs`` above 1 need the
+    ``if __name__ == "__main__":`` guard of Python's multiprocessing.
 
     Returns:
         The manifest (also written to ``store/manifest.json``).
@@ -307,74 +312,111 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         {"files": {}, "shards": [], "gaia_source": []}
     if manifest["shards"]:
         manifest.setdefault("kind", "coefficients")  # stores written before sampled ones
-    g_ids, g_flux, g_origin = read_g_flux(list(gaia_source))
+    g_flux = read_g_flux(list(gaia_source))
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
                                                                              gaia_source)))
     seen = _ids_in_store(store, manifest)
     set_aside_rows = _read_set_aside(store)
-    sources = [(os.path.abspath(p), os.path.abspath(p)) if isinstance(p, (str, os.PathLike))
-               else (_table_name(p, i), p) for i, p in enumerate(paths)]
-    # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
-    with system_allocator(), ParsePool(workers) if workers > 1 else nullcontext() as pool, \
-            ThreadPoolExecutor(max_workers=1) as writer:
-        for name, source in tqdm(sources, desc="ingest", unit="file", disable=not progress):
-            size = os.stat(source).st_size if isinstance(source, str) else None
-            done = manifest["files"].get(name)
-            if size is not None and done and done.get("complete") and done.get("size") == size:
-                continue  # re-running after an interruption: this file is already in the store
-            account = FileAccount(name)
-            pending: List[pa.Table] = []
-            writes: List[Future] = []  # shard file names, once written
-            rows_bar = tqdm(desc=os.path.basename(name), unit="row", leave=False,
-                            disable=not progress)
+    todo: dict = {}  # name: (source, size), in the order given
+    for i, p in enumerate(paths):
+        name, source = (os.path.abspath(p), os.path.abspath(p)) \
+            if isinstance(p, (str, os.PathLike)) else (_table_name(p, i), p)
+        size = os.stat(source).st_size if isinstance(source, str) else None
+        done = manifest["files"].get(name)
+        if size is not None and done and done.get("complete") and done.get("size") == size:
+            continue  # re-running after an interruption: this file is already in the store
+        todo.setdefault(name, (source, size))
 
-            def write_full_shards(final: bool) -> None:
-                table = pa.concat_tables(pending) if pending else None
-                pending.clear()
-                while table is not None and (table.num_rows >= rows_per_shard or
-                                             (final and table.num_rows)):
-                    shard = table.slice(0, rows_per_shard)
-                    if writes:
-                        writes[-1].result()  # one shard in flight: memory stays bounded
-                    writes.append(writer.submit(_write_shard, store,
-                                                len(manifest["shards"]) + len(writes), shard))
-                    account.rows_kept += shard.num_rows
-                    table = table.slice(rows_per_shard)
-                if table is not None and table.num_rows:
-                    pending.append(table)
-            try:
-                batches = file_batches(source, pool=pool)
-                first_batch = next(batches, None)
-                grid = _check_kind(name, first_batch, manifest, wavelength)
-                for batch in itertools.chain([first_batch] if first_batch else [], batches):
-                    account.rows_read += batch.rows
-                    rows_bar.update(batch.rows)
-                    table = _normalise_batch(batch, account, grid)
-                    keep = _drop_duplicates(table, batch, seen, name, account)
-                    if not keep.all():  # a filter copies every column, correlations too
-                        table = table.filter(pa.array(keep))
-                    seen.add(table.column("source_id").to_numpy(), name,
-                             table.column("input_row").to_numpy())
-                    pending.append(_join_g_flux(table, name, g_ids, g_flux, g_origin, grid))
-                    if sum(t.num_rows for t in pending) >= rows_per_shard:
-                        write_full_shards(final=False)
-            except SpectraError as exc:
-                account.add_set_aside(-1, f"file refused: {exc}")
-            finally:
-                rows_bar.close()
-            write_full_shards(final=True)
-            shards = [w.result() for w in writes]
-            account.set_aside.sort(key=lambda r: r["input_row"])
-            set_aside_rows += account.set_aside
-            manifest["shards"] += shards
-            manifest["files"][name] = {**account.to_dict(), "shards": shards, "size": size,
-                                       "complete": True}
-            _write_set_aside(store, set_aside_rows)
-            manifest["total"] = _totals(manifest["files"])
-            write_json(manifest_path, manifest)
+    def record(name: str, account: FileAccount, shards: List[str]) -> None:
+        account.set_aside.sort(key=lambda r: r["input_row"])
+        set_aside_rows.extend(account.set_aside)
+        manifest["shards"] += shards
+        manifest["files"][name] = {**account.to_dict(), "shards": shards,
+                                   "size": todo[name][1], "complete": True}
+        _write_set_aside(store, set_aside_rows)
+        manifest["total"] = _totals(manifest["files"])
+        write_json(manifest_path, manifest)
+
+    if jobs > 1:
+        from .filejobs import ingest_in_jobs
+        ingest_in_jobs(todo, store, manifest, seen, g_flux, rows_per_shard, wavelength, jobs,
+                       record, progress)
+    else:
+        # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
+        with system_allocator(), ParsePool(workers) if workers > 1 else nullcontext() as pool, \
+                ThreadPoolExecutor(max_workers=1) as writer:
+            for name, (source, _) in tqdm(todo.items(), desc="ingest", unit="file",
+                                          disable=not progress):
+                with tqdm(desc=os.path.basename(name), unit="row", leave=False,
+                          disable=not progress) as rows_bar:
+                    account, shards = ingest_file(
+                        name, source, store, len(manifest["shards"]), rows_per_shard, g_flux,
+                        wavelength, manifest, seen, pool, writer, rows_bar.update)
+                record(name, account, shards)
     manifest["total"] = _totals(manifest["files"])
     write_json(manifest_path, manifest)
     return manifest
+
+
+def ingest_file(name: str, source, shard_dir: str, first_shard: int, rows_per_shard: int,
+                g_flux: Tuple[np.ndarray, np.ndarray, np.ndarray],
+                wavelength: Optional[np.ndarray], kinds: dict, seen: "_SeenIds",
+                pool: Optional[ParsePool], writer: ThreadPoolExecutor,
+                on_rows: Callable[[int], object]) -> Tuple[FileAccount, List[str]]:
+    """One input file's rows into shards ``part-{first_shard:05d}.parquet``... of ``shard_dir``.
+
+    Args:
+        name: the file's name in the manifest (and the shards' ``input_file``).
+        source: its path, or an in-memory table.
+        g_flux: from :func:`read_g_flux`.
+        kinds: the store's ``kind`` and ``wavelength_nm`` (the manifest), set
+            by the file if the store has none yet.
+        seen: the source_ids kept so far; the file's are added.
+        pool: parsing processes, or None to parse here.
+        writer: the thread that writes the shards.
+        on_rows: told the rows of every batch read.
+
+    Returns:
+        The file's account and its shards' file names, in order.
+    """
+    account = FileAccount(name)
+    pending: List[pa.Table] = []
+    writes: List[Future] = []  # shard file names, once written
+
+    def write_full_shards(final: bool) -> None:
+        table = pa.concat_tables(pending) if pending else None
+        pending.clear()
+        while table is not None and (table.num_rows >= rows_per_shard or
+                                     (final and table.num_rows)):
+            shard = table.slice(0, rows_per_shard)
+            if writes:
+                writes[-1].result()  # one shard in flight: memory stays bounded
+            writes.append(writer.submit(_write_shard, shard_dir, first_shard + len(writes),
+                                        shard))
+            account.rows_kept += shard.num_rows
+            table = table.slice(rows_per_shard)
+        if table is not None and table.num_rows:
+            pending.append(table)
+    try:
+        batches = file_batches(source, pool=pool)
+        first_batch = next(batches, None)
+        grid = _check_kind(name, first_batch, kinds, wavelength)
+        for batch in itertools.chain([first_batch] if first_batch else [], batches):
+            account.rows_read += batch.rows
+            on_rows(batch.rows)
+            table = _normalise_batch(batch, account, grid)
+            keep = _drop_duplicates(table, batch, seen, name, account)
+            if not keep.all():  # a filter copies every column, correlations too
+                table = table.filter(pa.array(keep))
+            seen.add(table.column("source_id").to_numpy(), name,
+                     table.column("input_row").to_numpy())
+            pending.append(_join_g_flux(table, name, *g_flux, grid))
+            if sum(t.num_rows for t in pending) >= rows_per_shard:
+                write_full_shards(final=False)
+    except SpectraError as exc:
+        account.add_set_aside(-1, f"file refused: {exc}")
+    write_full_shards(final=True)
+    return account, [w.result() for w in writes]
 
 
 def _table_name(table, position: int) -> str:
@@ -397,19 +439,32 @@ def _check_kind(name: str, first: Optional[_Batch], manifest: dict,
         record = next((r for _, _, r in first.records if isinstance(r, dict)), None)
     sampled = record is not None and is_sampled_record(record)
     kind = "sampled" if sampled else "coefficients"
+    _agree_with_store(name, kind, None, manifest)
+    if not sampled:
+        return None
+    grid = sampled_grid(name, record, wavelength)
+    _agree_with_store(name, kind, grid, manifest)
+    return grid
+
+
+def _agree_with_store(name: str, kind: str, grid: Optional[Sequence[float]],
+                      manifest: dict) -> None:
+    """The store takes the file's kind (and grid) if it has none; else they must be its own.
+
+    Raises:
+        SpectraError: a file of the other kind, or on another grid, than the store holds.
+    """
     if manifest.get("kind", kind) != kind:
         raise SpectraError(f"{name} holds {kind}, this store holds {manifest['kind']}; "
                            "ingest it into another store")
     manifest["kind"] = kind
-    if not sampled:
-        return None
-    grid = sampled_grid(name, record, wavelength)
+    if grid is None:
+        return
     if "wavelength_nm" in manifest and not np.allclose(manifest["wavelength_nm"], grid):
         raise SpectraError(f"{name}: wavelength grid of {len(grid)} samples "
                            f"({grid[0]:g}-{grid[-1]:g} nm) is not the store's "
                            f"({len(manifest['wavelength_nm'])} samples)")
     manifest["wavelength_nm"] = [float(w) for w in grid]
-    return grid
 
 
 def _drop_duplicates(table: pa.Table, batch: _Batch, seen: "_SeenIds", name: str,
