@@ -520,6 +520,23 @@ def test_files_read_at_once_by_jobs_give_the_same_store(tmp_path):
         manifest["total"]["rows_set_aside"]
 
 
+def test_jobs_join_the_g_flux_as_one_at_a_time(tmp_path):
+    """The jobs read the gaia_source table's G flux from the memory-mapped copy."""
+    spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
+    halves = [str(tmp_path / f"half{k}.parquet") for k in (0, 1)]
+    pq.write_table(spectra.slice(0, 15), halves[0])
+    pq.write_table(spectra.slice(15), halves[1])
+    source = shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet")
+    one, jobs = str(tmp_path / "one"), str(tmp_path / "jobs")
+    ingest(halves, one, gaia_source=[source], rows_per_shard=7, progress=False)
+    ingest(halves, jobs, gaia_source=[source], rows_per_shard=7, progress=False, jobs=2)
+    manifest, shards, _ = _store_contents(one)
+    assert _store_contents(jobs)[0] == manifest and len(shards) == 6
+    for name, table in _store_contents(jobs)[1].items():
+        _assert_same_tables(table, shards[name])
+        assert set(table.column("g_flux_origin").to_pylist()) == {"phot_g_mean_mag"}
+
+
 def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
     """Sampled spectra (the XpSampledMeanSpectrum layout) in many chunks: the fast path, in
     this process or in two parsing processes, gives the exact reader's store and set-aside
