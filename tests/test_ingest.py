@@ -306,6 +306,14 @@ def test_synthetic_g_flux_agrees_with_measured_g(tmp_path):
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b'"', b"a", b",", b"\n", b"[1,2]"]), max_size=30))
+def test_splitting_a_chunk_at_its_quotes_is_bytes_split(parts):
+    from xpsvae.fastcsv import _split_at_quotes
+    chunk = b"".join(parts)
+    assert _split_at_quotes(chunk) == chunk.split(b'"')
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 def test_array_parser_parses_or_raises_its_own_error(text):
     try:
