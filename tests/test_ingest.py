@@ -545,6 +545,18 @@ def test_jobs_join_the_g_flux_as_one_at_a_time(tmp_path):
         assert set(table.column("g_flux_origin").to_pylist()) == {"phot_g_mean_mag"}
 
 
+def test_default_jobs_one_per_two_cores_for_several_files(monkeypatch):
+    from xpsvae import ingest as ingest_module
+    monkeypatch.setattr(ingest_module, "usable_cores", lambda: 16)
+    real_sysconf = os.sysconf
+    assert [ingest_module.default_jobs(n) for n in (1, 3, 100)] == [1, 3, 8]
+    monkeypatch.setattr(os, "sysconf", lambda name: 2**30 if name == "SC_PHYS_PAGES"
+                        else 8 if name == "SC_PAGE_SIZE" else real_sysconf(name))  # 8 GB
+    assert ingest_module.default_jobs(100) == 4
+    monkeypatch.setattr(ingest_module, "usable_cores", lambda: 2)
+    assert ingest_module.default_jobs(100) == 1
+
+
 def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
     """Sampled spectra (the XpSampledMeanSpectrum layout) in many chunks: the fast path, in
     this process or in two parsing processes, gives the exact reader's store and set-aside

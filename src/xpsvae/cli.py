@@ -290,7 +290,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ingest(args) -> int:
     import glob
-    from .ingest import default_workers, ingest
+    from .ingest import default_jobs, default_workers, ingest
     paths = []
     for pattern in args.inputs:
         matches = sorted(glob.glob(pattern))
@@ -304,7 +304,7 @@ def cmd_ingest(args) -> int:
     manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
                       wavelength=wavelength, workers=args.workers or default_workers(),
-                      jobs=args.jobs)
+                      jobs=args.jobs or default_jobs(len(paths)))
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
@@ -418,10 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--workers", type=int, default=0,
                    help="processes parsing CSV-family files (default: 4 from 4 cores up; else "
                         "1: parse in this process); the store is the same whatever the number")
-    i.add_argument("--jobs", type=int, default=1,
+    i.add_argument("--jobs", type=int, default=0,
                    help="files read at once, one process each (each parses its own file, so "
-                        "--workers is then not used): for many files on many cores; the "
-                        "store is the same as with 1")
+                        "--workers is then not used); the store is the same whatever the "
+                        "number (default: with several files and 4 cores or more, one per "
+                        "two cores, one per file and one per 2 GB of memory at most; else 1)")
     i.set_defaults(func=cmd_ingest)
 
     fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "

@@ -273,6 +273,22 @@ def default_workers() -> int:
     return 4 if usable_cores() >= 4 else 1
 
 
+def default_jobs(n_files: int) -> int:
+    """Files read at once by ``xpsvae ingest``: with several files and 4 cores or more, one
+    job per two cores (a job keeps ~2 busy: its parsing, its shard writer and the process
+    inflating its file), at most one per file and one per 2 GB of memory (a job takes
+    ~0.5 GB); else 1, one file at a time (with :func:`default_workers` parsing it).
+    """
+    cores = usable_cores()
+    if n_files < 2 or cores < 4:
+        return 1
+    try:
+        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): cores decide
+        memory_gb = float("inf")
+    return max(1, min(n_files, cores // 2, int(memory_gb // 2)))
+
+
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
            rows_per_shard: int = 5_000, progress: bool = True,
            wavelength: Optional[np.ndarray] = None, workers: int = 1, jobs: int = 1) -> dict:
