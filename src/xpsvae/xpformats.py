@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from . import fastcsv, inflate
 from .data import SpectraError
+from .parsepool import ParsePool, job_result
 
 BANDS = ("bp", "rp")
 #: Basis function set ids of Gaia DR3 (BP, RP); others are refused.
@@ -202,7 +203,7 @@ def _line_count(chunk: bytes) -> int:
 
 def _finished(chunk: bytes, first_row: int, job) -> _Batch:
     """A chunk's batch from its parse job (a pool's future, or the arguments to parse here)."""
-    records, table = job.result() if isinstance(job, Future) else parse_chunk_rows(*job)
+    records, table = job_result(job) if isinstance(job, Future) else parse_chunk_rows(*job)
     lines: List[bytes] = []
 
     def raw_line(row: int) -> str:
@@ -219,8 +220,8 @@ def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: i
     The table holds the rows that passed every check of the fast path
     (``fast``: "coefficients" or "sampled", see :func:`_fast_kind`; None for
     the exact reader alone); the records, each row read one by one (the whole
-    chunk where the fast path steps aside). Runs in a :class:`ParsePool`
-    worker, so it takes and returns only plain data.
+    chunk where the fast path steps aside). Runs in a
+    :class:`~xpsvae.parsepool.ParsePool` worker, so it takes and returns only plain data.
     """
     try:
         if not fast:
@@ -235,44 +236,6 @@ def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: i
         if lines and lines[-1] == "":
             lines.pop()
         return list(_csv_lines(lines, header, first_row)), None
-
-
-class ParsePool:
-    """Worker processes that parse CSV chunks (:func:`parse_chunk_rows`), started on first use.
-
-    Parsing is most of an ingest's work and, on one core, ~1.5x slower than
-    inflating, so a few processes keep up with one file's inflating. Files of
-    a single chunk never start the pool.
-
-    Args:
-        workers: processes (:func:`xpsvae.ingest.ingest` makes a pool only for 2 or more).
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.ahead = workers + 1  # chunks in flight: memory holds about two chunks per worker
-        self._executor = None
-
-    def submit(self, *job):
-        if self._executor is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-            # spawn, not fork: the parent runs the decompression thread while it forks
-            self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_parse_worker_setup, initargs=(self.workers,))
-        return self._executor.submit(parse_chunk_rows, *job)
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
-
-    def __enter__(self) -> "ParsePool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def usable_cores() -> int:
@@ -298,12 +261,6 @@ def system_allocator() -> Iterator[None]:
         yield
     finally:
         pa.set_memory_pool(previous)
-
-
-def _parse_worker_setup(workers: int) -> None:
-    # Arrow's own threads, shared out, so that the workers do not oversubscribe the cores.
-    pa.set_cpu_count(max(1, usable_cores() // workers))
-    pa.set_memory_pool(pa.system_memory_pool())  # see system_allocator
 
 
 _FAST_COLUMNS = ("source_id",) + tuple(f"{b}_{k}" for b in BANDS

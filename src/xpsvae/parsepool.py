@@ -1,0 +1,192 @@
+"""Worker processes that parse CSV chunks, fed and read back through shared memory files.
+
+A pool's worker parses a chunk (:func:`xpsvae.xpformats.parse_chunk_rows`)
+while this process hands out the next ones and writes the shards. What goes
+between them is large: 16 MB of text a chunk, and ~6 MB of parsed table
+back. Through the executor's pipe, each is pickled, written and read back in
+64 kB pieces: ~30 µs of this process's CPU a bulk row for the tables alone.
+So, where the system has a shared memory folder (``/dev/shm``), a chunk
+goes in a file there (one of a few, rewritten in turn) and the table comes
+back in a new one, in Arrow's IPC format, which this process maps and reads
+without copying (~8 µs a row); a table's file is unlinked as soon as it is
+opened, and the memory goes with the table. Elsewhere, or when a file
+cannot be written (the folder is full), they go through the pipe.
+"""
+
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+import shutil
+import tempfile
+from concurrent.futures import Future, wait
+from typing import List, NamedTuple, Optional, Tuple, Union
+
+import pyarrow as pa
+import pyarrow.ipc
+
+#: The folder of shared memory files, where there is one (Linux).
+SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+    else None
+_PREFIX = "xpsvae-parse-"
+
+
+class InFile(NamedTuple):
+    """Bytes, or a table in Arrow's IPC format, left for the other process in a file."""
+
+    path: str
+    length: int = -1  # bytes: how many, from the start of the file
+
+
+def take_bytes(ref: Union[bytes, InFile]) -> bytes:
+    """The bytes a pool left in one of its chunk files (which stays: the pool reuses it)."""
+    if not isinstance(ref, InFile):
+        return ref
+    with open(ref.path, "rb") as f:
+        return f.read(ref.length)
+
+
+def put_table(table: Optional[pa.Table], folder: Optional[str]
+              ) -> Union[None, pa.Table, InFile]:
+    """``table`` in Arrow's IPC format in a new file of ``folder`` (or itself)."""
+    if table is None or folder is None:
+        return table
+    fd, path = tempfile.mkstemp(dir=folder)
+    os.close(fd)
+    try:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    except OSError:
+        os.unlink(path)
+        return table
+    return InFile(path)
+
+
+def take_table(ref: Union[None, pa.Table, InFile]) -> Optional[pa.Table]:
+    """The table of :func:`put_table`, read in place from its file (which is removed: the
+    memory stays while the table lives)."""
+    if not isinstance(ref, InFile):
+        return ref
+    fd = os.open(ref.path, os.O_RDONLY)
+    try:
+        os.unlink(ref.path)
+        # One call maps every page, rather than a page fault for each as the table is read.
+        memory = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ,
+                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    finally:
+        os.close(fd)
+    return pa.ipc.open_stream(pa.py_buffer(memory)).read_all()
+
+
+def _parse_job(chunk: Union[bytes, InFile], header: List[str], first_row: int,
+               n_lines: int, fast: Optional[str], folder: Optional[str]
+               ) -> Tuple[List[tuple], Union[None, pa.Table, InFile]]:
+    """In a worker: :func:`xpsvae.xpformats.parse_chunk_rows`, the table left in a file."""
+    from .xpformats import parse_chunk_rows
+    records, table = parse_chunk_rows(take_bytes(chunk), header, first_row, n_lines, fast)
+    return records, put_table(table, folder)
+
+
+def job_result(job: Future) -> Tuple[List[tuple], Optional[pa.Table]]:
+    """A :meth:`ParsePool.submit` job's (records, table)."""
+    records, table = job.result()
+    return records, take_table(table)
+
+
+def _worker_setup(workers: int) -> None:
+    from .xpformats import usable_cores
+    # Arrow's own threads, shared out, so that the workers do not oversubscribe the cores.
+    pa.set_cpu_count(max(1, usable_cores() // workers))
+    pa.set_memory_pool(pa.system_memory_pool())  # see xpformats.system_allocator
+
+
+def _remove_abandoned(folder: str) -> None:
+    """Folders of pools whose process ended without closing them (killed, say)."""
+    for path in glob.glob(os.path.join(folder, _PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(_PREFIX):].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, OSError):
+            pass  # not ours to judge: another user's, or not a pid
+
+
+class ParsePool:
+    """Worker processes that parse CSV chunks, started on first use.
+
+    Parsing is most of an ingest's work and, on one core, ~1.5x slower than
+    inflating, so a few processes keep up with one file's inflating. Files of
+    a single chunk never start the pool.
+
+    Args:
+        workers: processes (:func:`xpsvae.ingest.ingest` makes a pool only for 2 or more).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.ahead = workers + 1  # chunks in flight: memory holds about two chunks per worker
+        self._executor = None
+        self._submitted = 0
+        self._folder: Optional[str] = None
+        # Chunk files, reused in turn: a file rewritten in place keeps its pages, where a
+        # new one has the system find 16 MB of fresh memory for every chunk.
+        self._chunk_files: List[Tuple[str, Optional[Future]]] = []
+
+    def submit(self, chunk: bytes, header: List[str], first_row: int, n_lines: int,
+               fast: Optional[str]) -> Future:
+        """Parse a chunk in a worker; read the job with :func:`job_result`."""
+        if self._executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            if SHARED_DIR is not None:
+                _remove_abandoned(SHARED_DIR)
+                self._folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-",
+                                                dir=SHARED_DIR)
+                self._chunk_files = [(os.path.join(self._folder, f"chunk-{k}"), None)
+                                     for k in range(self.ahead + 1)]
+            # spawn, not fork: the parent runs the decompression thread while it forks
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_setup, initargs=(self.workers,))
+        k = len(self._chunk_files) and self._submitted % len(self._chunk_files)
+        job = self._executor.submit(_parse_job, self._put_chunk(k, chunk), header, first_row,
+                                    n_lines, fast, self._folder)
+        if self._chunk_files:
+            self._chunk_files[k] = (self._chunk_files[k][0], job)
+        self._submitted += 1
+        return job
+
+    def _put_chunk(self, k: int, chunk: bytes) -> Union[bytes, InFile]:
+        """The chunk in chunk file ``k`` (or itself, where there is none or it is full)."""
+        if not self._chunk_files:
+            return chunk
+        path, last = self._chunk_files[k]
+        if last is not None:
+            wait([last])  # read by its worker (a caller at most ``ahead`` behind never waits)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                view, done = memoryview(chunk), 0
+                while done < len(chunk):
+                    done += os.pwrite(fd, view[done:], done)
+            finally:
+                os.close(fd)
+        except OSError:
+            return chunk
+        return InFile(path, len(chunk))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+        if self._folder is not None:  # the files of jobs cancelled or never read
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> "ParsePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
