@@ -111,3 +111,33 @@ def test_a_child_that_cannot_start_leaves_the_reading_to_a_thread(tmp_path, monk
     with pytest.warns(UserWarning, match="inflating in a thread instead"):
         chunks, error = _read(inflate._from_process, path, 1 << 20)
     assert error is None and b"".join(chunks) == text
+
+
+@needs_process
+@pytest.mark.skipif(inflate.SHARED_DIR is None, reason="needs a shared memory folder (/dev/shm)")
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_held_chunks_are_read_in_place_and_their_file_goes_with_the_last(tmp_path,
+                                                                        final_newline):
+    """With ``hold``, chunks stay in their slots of a named shared memory file until released:
+    their text is the thread's (lines longer than a slot come as bytes), another process can
+    read them there, a released one refuses to be read, and the file goes with the last."""
+    path = tmp_path / "lines.txt.gz"
+    text = _lines_file(path, final_newline)
+    held = list(inflate._from_process(str(path), 1_000, hold=20))  # the reader done, all held
+    shared = [c for c in held if isinstance(c, inflate.SharedChunk)]
+    assert shared and any(isinstance(c, bytes) for c in held)
+    assert b"".join(c if isinstance(c, bytes) else c.tobytes() for c in held) == text
+    for chunk in shared:
+        with open(chunk.path, "rb") as f:  # as a parsing process reads it
+            assert os.pread(f.fileno(), chunk.length, chunk.offset) == chunk.tobytes()
+        data = chunk.tobytes()
+        assert chunk.line_count() == data.count(b"\n") + (not data.endswith(b"\n"))
+    files = {c.path for c in shared}
+    assert len(files) == 1 and os.path.exists(shared[0].path)
+    shared[0].release()
+    with pytest.raises(RuntimeError, match="released"):
+        shared[0].tobytes()
+    for chunk in shared[1:]:
+        assert os.path.exists(chunk.path)
+        chunk.release()
+    assert not os.path.exists(files.pop())

@@ -443,7 +443,8 @@ def _ingest_five_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
     returns (manifest, set-aside rows)."""
     from xpsvae import inflate, parsepool, xpformats as ingest_module
     real_chunks = inflate.line_chunks
-    monkeypatch.setattr(inflate, "line_chunks", lambda p: real_chunks(p, chunk_bytes=chunk_bytes))
+    monkeypatch.setattr(inflate, "line_chunks",
+                        lambda p, **kw: real_chunks(p, chunk_bytes=chunk_bytes, **kw))
     stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "piped", "child",
                                                       "exact")}
     manifest = ingest([str(path)], stores["fast"], progress=False)  # a thread inflating
@@ -452,10 +453,10 @@ def _ingest_five_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
         assert ingest([str(path)], stores["child"], progress=False)["total"] == manifest["total"]
         pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
         assert pooled["total"] == manifest["total"]
-        if parsepool.SHARED_DIR is not None:  # the pool's files are gone with it
-            assert not glob.glob(os.path.join(parsepool.SHARED_DIR,
-                                              f"xpsvae-parse-{os.getpid()}-*"))
+        if parsepool.SHARED_DIR is not None:  # the pool's and the inflater's files are gone
+            assert not glob.glob(os.path.join(parsepool.SHARED_DIR, f"xpsvae-*-{os.getpid()}-*"))
         patch.setattr(parsepool, "SHARED_DIR", None)
+        patch.setattr(inflate, "SHARED_DIR", None)
         piped = ingest([str(path)], stores["piped"], progress=False, workers=2)
         assert piped["total"] == manifest["total"]
     real = ingest_module._csv_batches
@@ -492,12 +493,16 @@ def test_parse_pool_files_fall_back_to_the_pipe_and_abandoned_folders_go(tmp_pat
     assert isinstance(ref, parsepool.InFile) and parsepool.take_table(ref).equals(table)
     assert not os.path.exists(ref.path)  # unlinked once mapped
     assert parsepool.put_table(table, None) is table
+    from xpsvae import inflate
+    monkeypatch.setattr(inflate, "SHARED_DIR", str(tmp_path))
     dead = tmp_path / "xpsvae-parse-999999999-abc"
+    dead_file = tmp_path / "xpsvae-parse-999999998-def"
     mine = tmp_path / f"xpsvae-parse-{os.getpid()}-abc"
     dead.mkdir()
     mine.mkdir()
-    parsepool._remove_abandoned(str(tmp_path))
-    assert not dead.exists() and mine.exists()
+    dead_file.write_bytes(b"x")
+    inflate.remove_abandoned("xpsvae-parse-")
+    assert not dead.exists() and not dead_file.exists() and mine.exists()
 
 
 def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):

@@ -23,9 +23,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Union
 
 #: Bytes of text per chunk: ~400 bulk-format rows.
 CHUNK_BYTES = 16 << 20
@@ -37,6 +38,33 @@ _BLOCK_BYTES = 1 << 20
 _MESSAGE = struct.Struct("<cIQ")  # kind, slot, length (of the chunk, or of what follows)
 #: The errors a reader of a file raises, and its caller sets the file's rest aside for.
 _READ_ERRORS = (OSError, EOFError, ValueError)
+#: The folder of shared memory files, where there is one (Linux): other processes can open
+#: a file there by its name, where an anonymous memory file is this process's alone.
+SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+    else None
+
+
+def remove_abandoned(prefix: str) -> None:
+    """Files and folders ``SHARED_DIR/{prefix}{pid}-*`` of processes that ended without
+    removing them (killed, say): shared memory is only given back when they go."""
+    import glob
+    import shutil
+    if SHARED_DIR is None:
+        return
+    for path in glob.glob(os.path.join(SHARED_DIR, f"{prefix}*-*")):
+        pid = os.path.basename(path)[len(prefix):].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        except (ValueError, OSError):
+            pass  # not ours to judge: another user's, or not a pid
 
 
 def open_binary(path: str):
@@ -103,11 +131,19 @@ def _as_read_error(exc: Exception) -> Exception:
     return exc if isinstance(exc, _READ_ERRORS) else OSError(f"corrupt gzip data: {exc}")
 
 
-def line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """:func:`complete_line_chunks`, read ahead by a child process or a thread."""
+def line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES, hold: int = 0
+                ) -> Iterator[Union[bytes, "SharedChunk"]]:
+    """:func:`complete_line_chunks`, read ahead by a child process or a thread.
+
+    Args:
+        hold: chunks the caller keeps at once, to be read in place by other
+            processes; where the child process inflates into a file of
+            :data:`SHARED_DIR`, chunks then come as :class:`SharedChunk`, each
+            the caller's until it calls ``release()``. 0: bytes, always.
+    """
     if path.endswith(".gz") and os.path.getsize(path) >= PROCESS_FROM_BYTES and \
             hasattr(os, "memfd_create") and hasattr(socket, "MSG_WAITALL"):
-        return _from_process(path, chunk_bytes)
+        return _from_process(path, chunk_bytes, hold if SHARED_DIR is not None else 0)
     return _from_thread(path, chunk_bytes)
 
 
@@ -148,31 +184,114 @@ def _from_thread(path: str, chunk_bytes: int) -> Iterator[bytes]:
 _SLOTS = 3
 
 
+class _SharedMemory:
+    """The child's slots, mapped here; closed (and the file removed) when the reader and
+    every :class:`SharedChunk` of it are done."""
+
+    def __init__(self, path: Optional[str], memory: mmap.mmap, channel: socket.socket):
+        self.path, self.map, self.channel = path, memory, channel
+        self.users = 1  # the reader
+        self.reading = True
+
+    def give_back(self, slot: int) -> None:
+        """Tell the child the slot is free again."""
+        if self.reading:
+            try:
+                self.channel.sendall(_MESSAGE.pack(b"F", slot, 0))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the child has sent its last message and gone
+
+    def drop(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.map.close()
+            if self.path is not None:
+                os.remove(self.path)
+
+
+class SharedChunk:
+    """A chunk left in its slot of the inflating process's shared memory file.
+
+    Another process reads it in place (``path``, ``offset``, ``length``); the
+    slot is the reader's until :meth:`release`, after which the child may
+    fill it again.
+    """
+
+    def __init__(self, memory: _SharedMemory, slot: int, offset: int, length: int):
+        self._memory, self._slot = memory, slot
+        self.path, self.offset, self.length = memory.path, offset, length
+        self._bytes: Optional[bytes] = None
+        self._held = True
+        memory.users += 1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def tobytes(self) -> bytes:
+        """The chunk's text, copied out (once)."""
+        if not self._held:
+            raise RuntimeError("a released chunk's slot may hold another chunk by now")
+        if self._bytes is None:
+            self._bytes = self._memory.map[self.offset:self.offset + self.length]
+        return self._bytes
+
+    def line_count(self) -> int:
+        """Lines in the chunk (the last may lack its line end), counted in place."""
+        find, end, stop = self._memory.map.find, self.offset + self.length, self.offset
+        lines, at = 0, find(b"\n", self.offset, end)
+        while at >= 0:
+            lines, stop = lines + 1, at + 1
+            at = find(b"\n", at + 1, end)
+        return lines + (stop < end)
+
+    def release(self) -> None:
+        """Give the slot back to the inflating process."""
+        if self._held:
+            self._held, self._bytes = False, None
+            self._memory.give_back(self._slot)
+            self._memory.drop()
+
+    def __del__(self) -> None:
+        self.release()
+
+
 def _slot_bytes(chunk_bytes: int) -> int:
     return chunk_bytes + 2 * _BLOCK_BYTES  # a chunk, the line it cut, and one more block
 
 
-def _from_process(path: str, chunk_bytes: int) -> Iterator[bytes]:
+def _from_process(path: str, chunk_bytes: int, hold: int = 0
+                  ) -> Iterator[Union[bytes, SharedChunk]]:
     """Chunks inflated by a child process straight into shared memory.
 
-    The child fills a slot of an anonymous memory file, then says so over a
-    socket; the reader copies the chunk out and hands the slot back. Each
-    chunk is copied once, and the reader waits for it without the GIL.
+    The child fills a slot of a memory file, then says so over a socket; the
+    reader copies the chunk out and hands the slot back (or, with ``hold``,
+    hands out the slot itself as a :class:`SharedChunk`, in a file of
+    :data:`SHARED_DIR` others can open). Each chunk is copied once at most,
+    and the reader waits for it without the GIL.
     """
     slot_bytes = _slot_bytes(chunk_bytes)
-    memory = os.memfd_create("xpsvae-inflate")
+    slots = _SLOTS + hold
+    name = None
+    if hold:
+        remove_abandoned("xpsvae-inflate-")
+        memory, name = tempfile.mkstemp(prefix=f"xpsvae-inflate-{os.getpid()}-", dir=SHARED_DIR)
+    else:
+        memory = os.memfd_create("xpsvae-inflate")
     mine, theirs = socket.socketpair()
     shared = None
     try:
-        os.ftruncate(memory, _SLOTS * slot_bytes)
-        shared = mmap.mmap(memory, _SLOTS * slot_bytes)
+        os.ftruncate(memory, slots * slot_bytes)
+        shared = _SharedMemory(name, mmap.mmap(memory, slots * slot_bytes), mine)
         child = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), path, str(chunk_bytes),
-             str(theirs.fileno()), str(memory)], pass_fds=(theirs.fileno(), memory))
+             str(theirs.fileno()), str(memory), str(slots)],
+            pass_fds=(theirs.fileno(), memory))
     except BaseException:
         mine.close()
         if shared is not None:
-            shared.close()
+            shared.drop()
+        elif name is not None:
+            os.remove(name)
         raise
     finally:
         theirs.close()
@@ -194,11 +313,11 @@ def _from_process(path: str, chunk_bytes: int) -> Iterator[bytes]:
             kind, slot, length = _MESSAGE.unpack(message)
             if kind in (b"C", b"P"):
                 start = slot * slot_bytes
-                partial.append(shared[start:start + length])
-                try:
-                    mine.sendall(_MESSAGE.pack(b"F", slot, 0))  # the slot is free again
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the child has sent its last message and gone
+                if kind == b"C" and hold and not partial:
+                    yield SharedChunk(shared, slot, start, length)
+                    continue
+                partial.append(shared.map[start:start + length])
+                shared.give_back(slot)
                 if kind == b"C":
                     yield partial[0] if len(partial) == 1 else b"".join(partial)
                     partial = []
@@ -213,11 +332,12 @@ def _from_process(path: str, chunk_bytes: int) -> Iterator[bytes]:
                 raise {e.__name__: e for e in _READ_ERRORS}[error["type"]](error["message"])
             raise RuntimeError(f"inflating {path} failed: {error['message']}")
     finally:
+        shared.reading = False
         mine.close()
         if child.poll() is None:
             child.kill()
         child.wait()
-        shared.close()
+        shared.drop()
 
 
 def _read_exactly(sock: socket.socket, length: int, path: str,
@@ -234,7 +354,8 @@ def _read_exactly(sock: socket.socket, length: int, path: str,
     return bytes(buffer)
 
 
-def _child(path: str, chunk_bytes: int, sock: socket.socket, shared: mmap.mmap) -> None:
+def _child(path: str, chunk_bytes: int, sock: socket.socket, shared: mmap.mmap,
+           slots: int = _SLOTS) -> None:
     """The child process: fill slots with chunks of complete lines; say each over ``sock``.
 
     Messages: ``C`` (a chunk, in a slot), ``P`` (a full slot without a line
@@ -243,7 +364,7 @@ def _child(path: str, chunk_bytes: int, sock: socket.socket, shared: mmap.mmap) 
     answers each slot with ``F`` (free).
     """
     slot_bytes = _slot_bytes(chunk_bytes)
-    free = list(range(_SLOTS))
+    free = list(range(slots))
 
     def take_slot() -> int:
         while not free:
@@ -304,6 +425,6 @@ if __name__ == "__main__":
     try:
         with socket.socket(fileno=int(sys.argv[3])) as channel, \
                 mmap.mmap(int(sys.argv[4]), 0) as memory:
-            _child(sys.argv[1], int(sys.argv[2]), channel, memory)
+            _child(sys.argv[1], int(sys.argv[2]), channel, memory, int(sys.argv[5]))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the reader stopped early and closed its end

@@ -5,17 +5,18 @@ while this process hands out the next ones and writes the shards. What goes
 between them is large: 16 MB of text a chunk, and ~6 MB of parsed table
 back. Through the executor's pipe, each is pickled, written and read back in
 64 kB pieces: ~30 µs of this process's CPU a bulk row for the tables alone.
-So, where the system has a shared memory folder (``/dev/shm``), a chunk
-goes in a file there (one of a few, rewritten in turn) and the table comes
-back in a new one, in Arrow's IPC format, which this process maps and reads
-without copying (~8 µs a row); a table's file is unlinked as soon as it is
-opened, and the memory goes with the table. Elsewhere, or when a file
-cannot be written (the folder is full), they go through the pipe.
+So, where the system has a shared memory folder (``/dev/shm``), a worker
+reads its chunk in place: in the slot the inflating process left it in
+(:class:`xpsvae.inflate.SharedChunk`, a large gzip'd file), else in one of
+a few files the pool rewrites in turn; and the table comes back in a new
+file, in Arrow's IPC format, which this process maps and reads without
+copying (~8 µs a row), unlinked as soon as it is opened (the memory goes
+with the table). Elsewhere, or when a file cannot be written (the folder is
+full), they go through the pipe.
 """
 
 from __future__ import annotations
 
-import glob
 import mmap
 import os
 import shutil
@@ -26,9 +27,8 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 import pyarrow as pa
 import pyarrow.ipc
 
-#: The folder of shared memory files, where there is one (Linux).
-SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
-    else None
+from .inflate import SHARED_DIR, SharedChunk, remove_abandoned
+
 _PREFIX = "xpsvae-parse-"
 
 
@@ -36,15 +36,17 @@ class InFile(NamedTuple):
     """Bytes, or a table in Arrow's IPC format, left for the other process in a file."""
 
     path: str
-    length: int = -1  # bytes: how many, from the start of the file
+    length: int = -1  # bytes: how many, from ``offset``
+    offset: int = 0
 
 
 def take_bytes(ref: Union[bytes, InFile]) -> bytes:
-    """The bytes a pool left in one of its chunk files (which stays: the pool reuses it)."""
+    """The bytes a pool left in one of its chunk files, or the inflating process in its
+    slot (the file stays: its owner reuses it)."""
     if not isinstance(ref, InFile):
         return ref
     with open(ref.path, "rb") as f:
-        return f.read(ref.length)
+        return os.pread(f.fileno(), ref.length, ref.offset)
 
 
 def put_table(table: Optional[pa.Table], folder: Optional[str]
@@ -101,18 +103,6 @@ def _worker_setup(workers: int) -> None:
     pa.set_memory_pool(pa.system_memory_pool())  # see xpformats.system_allocator
 
 
-def _remove_abandoned(folder: str) -> None:
-    """Folders of pools whose process ended without closing them (killed, say)."""
-    for path in glob.glob(os.path.join(folder, _PREFIX + "*-*")):
-        pid = os.path.basename(path)[len(_PREFIX):].split("-", 1)[0]
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, OSError):
-            pass  # not ours to judge: another user's, or not a pid
-
-
 class ParsePool:
     """Worker processes that parse CSV chunks, started on first use.
 
@@ -134,14 +124,18 @@ class ParsePool:
         # new one has the system find 16 MB of fresh memory for every chunk.
         self._chunk_files: List[Tuple[str, Optional[Future]]] = []
 
-    def submit(self, chunk: bytes, header: List[str], first_row: int, n_lines: int,
-               fast: Optional[str]) -> Future:
-        """Parse a chunk in a worker; read the job with :func:`job_result`."""
+    def submit(self, chunk: Union[bytes, SharedChunk], header: List[str], first_row: int,
+               n_lines: int, fast: Optional[str]) -> Future:
+        """Parse a chunk in a worker; read the job with :func:`job_result`.
+
+        A :class:`~xpsvae.inflate.SharedChunk` is read in place by the worker,
+        so the caller must hold it until the job is done.
+        """
         if self._executor is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
             if SHARED_DIR is not None:
-                _remove_abandoned(SHARED_DIR)
+                remove_abandoned(_PREFIX)
                 self._folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-",
                                                 dir=SHARED_DIR)
                 self._chunk_files = [(os.path.join(self._folder, f"chunk-{k}"), None)
@@ -158,8 +152,10 @@ class ParsePool:
         self._submitted += 1
         return job
 
-    def _put_chunk(self, k: int, chunk: bytes) -> Union[bytes, InFile]:
+    def _put_chunk(self, k: int, chunk: Union[bytes, SharedChunk]) -> Union[bytes, InFile]:
         """The chunk in chunk file ``k`` (or itself, where there is none or it is full)."""
+        if isinstance(chunk, SharedChunk):
+            return InFile(chunk.path, chunk.length, chunk.offset)
         if not self._chunk_files:
             return chunk
         path, last = self._chunk_files[k]

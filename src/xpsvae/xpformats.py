@@ -152,34 +152,44 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
     ``pool``, chunks are parsed in its worker processes, a few ahead, and come
     back in file order.
     """
-    chunks = inflate.line_chunks(path)
+    # With a pool, a chunk the inflating process left in shared memory is read there by
+    # the worker, and held until its batch has been taken (the rows' raw text is in it).
+    chunks = inflate.line_chunks(path, hold=pool.ahead + 1 if pool else 0)
     in_flight: Deque[tuple] = deque()
     next_row = 0
     header = None
     failure: Optional[Exception] = None
     first_chunk = True
     try:
-        for chunk in chunks:
-            if header is None:
-                header, chunk = fastcsv.split_header(chunk)
+        try:
+            for chunk in chunks:
                 if header is None:
+                    header, chunk = fastcsv.split_header(_as_bytes(chunk))
+                    if header is None:
+                        continue
+                    fast = fast and _fast_kind(header)
+                if not chunk:
                     continue
-                fast = fast and _fast_kind(header)
-            if not chunk:
-                continue
-            n_lines = _line_count(chunk)
-            job = (chunk, header, next_row, n_lines, fast)
-            # A file's first chunk is parsed here: a file of one chunk never starts the pool.
-            in_flight.append((chunk, next_row, job if first_chunk or pool is None
-                              else pool.submit(*job)))
-            first_chunk = False
-            next_row += n_lines
-            while len(in_flight) > (pool.ahead if pool else 0):
-                yield _finished(*in_flight.popleft())
-    except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
-        failure = exc
-    while in_flight:
-        yield _finished(*in_flight.popleft())
+                n_lines = _line_count(chunk)
+                # A file's first chunk is parsed here: a file of one chunk never starts the
+                # pool.
+                if first_chunk or pool is None:
+                    chunk = _as_bytes(chunk)
+                    job = (chunk, header, next_row, n_lines, fast)
+                else:
+                    job = pool.submit(chunk, header, next_row, n_lines, fast)
+                in_flight.append((chunk, next_row, job))
+                first_chunk = False
+                next_row += n_lines
+                while len(in_flight) > (pool.ahead if pool else 0):
+                    yield from _taken(*in_flight.popleft())
+        except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
+            failure = exc
+        while in_flight:
+            yield from _taken(*in_flight.popleft())
+    finally:
+        for chunk, _, _ in in_flight:  # an early stop: give their slots back
+            _as_bytes(chunk, release=True)
     if failure is not None:
         yield _Batch(records=[(next_row, None, XPParseError(
             f"file unreadable after row {next_row - 1}: {failure}"))])
@@ -188,8 +198,30 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
         raise SpectraError(f"{path}: no header line; an empty file or not a table")
 
 
-def _line_count(chunk: bytes) -> int:
+def _as_bytes(chunk, release: bool = False) -> bytes:
+    """A chunk's text; a :class:`~xpsvae.inflate.SharedChunk` copied out (and, if
+    ``release``, given back)."""
+    if not isinstance(chunk, inflate.SharedChunk):
+        return chunk
+    data = chunk.tobytes()
+    if release:
+        chunk.release()
+    return data
+
+
+def _taken(chunk, first_row: int, job) -> Iterator[_Batch]:
+    """:func:`_finished`, the chunk's slot given back once the batch has been taken."""
+    try:
+        yield _finished(chunk, first_row, job)
+    finally:
+        if isinstance(chunk, inflate.SharedChunk):
+            chunk.release()
+
+
+def _line_count(chunk) -> int:
     """Data lines in a chunk: its rows, on the fast path and the exact one alike."""
+    if isinstance(chunk, inflate.SharedChunk):
+        return chunk.line_count()
     end = chunk.find(b"\n")
     if 0 <= end < 4096:  # short lines: bytes.count, a plain loop over the bytes
         return chunk.count(b"\n") + (not chunk.endswith(b"\n"))
@@ -201,14 +233,14 @@ def _line_count(chunk: bytes) -> int:
     return lines + (not chunk.endswith(b"\n"))
 
 
-def _finished(chunk: bytes, first_row: int, job) -> _Batch:
+def _finished(chunk, first_row: int, job) -> _Batch:
     """A chunk's batch from its parse job (a pool's future, or the arguments to parse here)."""
     records, table = job_result(job) if isinstance(job, Future) else parse_chunk_rows(*job)
     lines: List[bytes] = []
 
     def raw_line(row: int) -> str:
         if not lines:
-            lines.extend(chunk.split(b"\n"))
+            lines.extend(_as_bytes(chunk).split(b"\n"))
         return lines[row - first_row].decode("utf-8", errors="replace")
     return _Batch(records=records, table=table, raw_line=raw_line)
 
