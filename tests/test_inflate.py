@@ -141,3 +141,18 @@ def test_held_chunks_are_read_in_place_and_their_file_goes_with_the_last(tmp_pat
         assert os.path.exists(chunk.path)
         chunk.release()
     assert not os.path.exists(files.pop())
+
+
+@needs_process
+@pytest.mark.skipif(inflate.SHARED_DIR is None, reason="needs a shared memory folder (/dev/shm)")
+def test_a_full_shared_memory_folder_gives_bytes(tmp_path, monkeypatch):
+    path = tmp_path / "lines.txt.gz"
+    text = _lines_file(path, True)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    chunks = list(inflate._from_process(str(path), 1_000, hold=20))
+    assert all(isinstance(c, bytes) for c in chunks) and b"".join(chunks) == text
+    assert not [f for f in os.listdir(inflate.SHARED_DIR)
+                if f.startswith(f"xpsvae-inflate-{os.getpid()}-")]

@@ -270,13 +270,19 @@ def _from_process(path: str, chunk_bytes: int, hold: int = 0
     and the reader waits for it without the GIL.
     """
     slot_bytes = _slot_bytes(chunk_bytes)
-    slots = _SLOTS + hold
     name = None
     if hold:
         remove_abandoned("xpsvae-inflate-")
         memory, name = tempfile.mkstemp(prefix=f"xpsvae-inflate-{os.getpid()}-", dir=SHARED_DIR)
-    else:
+        try:  # the pages taken now: a full folder refuses here, not as a crash of the child
+            os.posix_fallocate(memory, 0, (_SLOTS + hold) * slot_bytes)
+        except OSError:  # e.g. Docker's 64 MB /dev/shm: chunks copied out as bytes
+            os.close(memory)
+            os.remove(name)
+            name, hold = None, 0
+    if not hold:
         memory = os.memfd_create("xpsvae-inflate")
+    slots = _SLOTS + hold
     mine, theirs = socket.socketpair()
     shared = None
     try:
