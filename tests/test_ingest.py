@@ -444,7 +444,7 @@ def _ingest_five_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
     from xpsvae import inflate, parsepool, xpformats as ingest_module
     real_chunks = inflate.line_chunks
     monkeypatch.setattr(inflate, "line_chunks",
-                        lambda p, **kw: real_chunks(p, chunk_bytes=chunk_bytes, **kw))
+                        lambda p, size=None, **kw: real_chunks(p, chunk_bytes, **kw))
     stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "piped", "child",
                                                       "exact")}
     manifest = ingest([str(path)], stores["fast"], progress=False)  # a thread inflating

@@ -303,7 +303,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         gaia_source: gaia_source tables for the G-band flux join.
         rows_per_shard: rows per Parquet shard; memory holds about one shard
             plus four read chunks (16 MB of text each: three inflated ahead,
-            one being parsed), and two chunks per worker.
+            one being parsed), or, with workers, two chunks of 8 MB per worker.
         progress: show progress bars over files and rows.
         wavelength: the grid (nm) of sampled spectra whose files do not say
             (see :func:`sampled_grid`).

@@ -154,7 +154,8 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
     """
     # With a pool, a chunk the inflating process left in shared memory is read there by
     # the worker, and held until its batch has been taken (the rows' raw text is in it).
-    chunks = inflate.line_chunks(path, hold=pool.ahead + 1 if pool else 0)
+    chunks = inflate.line_chunks(path, pool.chunk_bytes if pool else inflate.CHUNK_BYTES,
+                                 hold=pool.ahead + 1 if pool else 0)
     in_flight: Deque[tuple] = deque()
     next_row = 0
     header = None
