@@ -6,6 +6,10 @@
 # the same call), then 16 files read 8 at a time (--jobs 8) against one at a time.
 #
 #   bash benchmarks/ingest_cores_suite.sh [--rows-per-file N]
+#
+# It needs the package's readers at their best: isal (else zlib inflates 1.5x slower),
+# pysimdjson (else Arrow's cast parses ~2x slower) and astropy (for the ratio); a machine
+# without them can take them as wheels (pip download ... for its Python, then pip install).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
