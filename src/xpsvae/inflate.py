@@ -252,7 +252,10 @@ class SharedChunk:
             self._memory.drop()
 
     def __del__(self) -> None:
-        self.release()
+        try:  # a chunk dropped unreleased (an error upstream) still gives its slot back
+            self.release()
+        except Exception:  # at interpreter exit the socket or os may be gone already
+            pass
 
 
 def _slot_bytes(chunk_bytes: int) -> int:

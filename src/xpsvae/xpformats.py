@@ -165,7 +165,7 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
         try:
             for chunk in chunks:
                 if header is None:
-                    header, chunk = fastcsv.split_header(_as_bytes(chunk))
+                    header, chunk = fastcsv.split_header(_as_bytes(chunk, release=True))
                     if header is None:
                         continue
                     fast = fast and _fast_kind(header)
@@ -175,7 +175,7 @@ def _csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = Non
                 # A file's first chunk is parsed here: a file of one chunk never starts the
                 # pool.
                 if first_chunk or pool is None:
-                    chunk = _as_bytes(chunk)
+                    chunk = _as_bytes(chunk, release=True)
                     job = (chunk, header, next_row, n_lines, fast)
                 else:
                     job = pool.submit(chunk, header, next_row, n_lines, fast)
