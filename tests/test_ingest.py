@@ -435,19 +435,21 @@ def _bulk_rows(sample: str, n: int) -> tuple:
     return header, body[0], rows
 
 
-def _ingest_five_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
+def _ingest_six_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
     """Ingest a file read in small chunks: by the fast path in this process (a thread
-    inflating, then a child process), by two parsing processes (a child inflating; chunks
-    and tables through shared memory files, then through the pipe), and by the exact
-    reader alone. Checks that the five stores and their set-aside rows are the same;
-    returns (manifest, set-aside rows)."""
+    inflating, then a child process), by two parsing processes (a thread inflating, chunks
+    through the pool's files; a child inflating, chunks read in its slots; then everything
+    through the pipe), and by the exact reader alone. Checks that the six stores and their
+    set-aside rows are the same; returns (manifest, set-aside rows)."""
     from xpsvae import inflate, parsepool, xpformats as ingest_module
     real_chunks = inflate.line_chunks
     monkeypatch.setattr(inflate, "line_chunks",
                         lambda p, size=None, **kw: real_chunks(p, chunk_bytes, **kw))
-    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "piped", "child",
-                                                      "exact")}
+    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled_thread", "pooled",
+                                                      "piped", "child", "exact")}
     manifest = ingest([str(path)], stores["fast"], progress=False)  # a thread inflating
+    pooled = ingest([str(path)], stores["pooled_thread"], progress=False, workers=2)
+    assert pooled["total"] == manifest["total"]
     with monkeypatch.context() as patch:  # a child process inflating, however small the file
         patch.setattr(inflate, "PROCESS_FROM_BYTES", 0)
         assert ingest([str(path)], stores["child"], progress=False)["total"] == manifest["total"]
@@ -515,7 +517,7 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
     rows[50] = rows[5]  # a duplicate source_id, chunks away from the first
     path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
-    manifest, set_aside = _ingest_five_ways(path, tmp_path, monkeypatch, 200_000)
+    manifest, set_aside = _ingest_six_ways(path, tmp_path, monkeypatch, 200_000)
     assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 57
     assert [r["input_row"] for r in set_aside] == [17, 41, 50]
     assert set_aside[2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
@@ -612,7 +614,7 @@ def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, m
     rows[66] = rows[12]  # a duplicate source_id
     path = tmp_path / "XpSampledMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
-    manifest, set_aside = _ingest_five_ways(path, tmp_path, monkeypatch, 60_000)
+    manifest, set_aside = _ingest_six_ways(path, tmp_path, monkeypatch, 60_000)
     assert manifest["kind"] == "sampled"
     assert manifest["total"]["rows_read"] == 80 and manifest["total"]["rows_kept"] == 75
     assert [r["input_row"] for r in set_aside] == [9, 23, 38, 51, 66]
