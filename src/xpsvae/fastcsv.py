@@ -227,7 +227,10 @@ def _json_arrays(texts: List[bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     if simdjson is None or not all(t[:1] == b"[" and t.find(b"]") == len(t) - 1
                                    for t in texts):
         return None
-    document = b"[" + b",".join(texts) + b"]"
+    # The brackets go on the first and last arrays: around the joined text, each would copy
+    # all of it again.
+    document = b",".join([b"[" + texts[0], *texts[1:-1], texts[-1] + b"]"]) \
+        if len(texts) > 1 else b"[" + texts[0] + b"]"
     parser = getattr(_json_parsers, "parser", None)
     if parser is None:  # one per thread, kept: its buffers cost more to make than a parse
         parser = _json_parsers.parser = simdjson.Parser()
