@@ -314,6 +314,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         jobs: files read at once, each by its own process (which parses it
             itself: ``workers`` is then not used); for many files on many
             cores (:mod:`xpsvae.filejobs`). The store is the same as with 1.
+            With one file to read, ``workers`` parse it instead.
 
     Scripts that pass ``workers`` or ``jobs`` above 1 need the
     ``if __name__ == "__main__":`` guard of Python's multiprocessing.
@@ -353,7 +354,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         manifest["total"] = _totals(manifest["files"])
         write_json(manifest_path, manifest)
 
-    if jobs > 1:
+    if min(jobs, len(todo)) > 1:  # a single file is better read by parsing processes
         from .filejobs import ingest_in_jobs
         ingest_in_jobs(todo, store, manifest, seen, g_flux, rows_per_shard, wavelength, jobs,
                        record, progress)
