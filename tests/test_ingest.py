@@ -154,9 +154,10 @@ def test_a_corrupt_gzip_member_keeps_the_rows_before_it(tmp_path, monkeypatch):
     assert "corrupt gzip data" in aside["reason"], aside
 
 
-def test_shards_keep_statistics_for_scalars_only(tmp_path):
+def test_shards_keep_statistics_for_scalars_only_and_no_float_dictionaries(tmp_path):
     """source_id ranges stay in the shards' metadata for readers' filters; the arrays'
-    elements, whose min/max tell nothing, get none (they cost a fifth of the write)."""
+    elements, whose min/max tell nothing, get none (they cost a fifth of the write), nor
+    dictionary pages (floats rarely repeat)."""
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store, progress=False)
     table, manifest = _store_table(store)
@@ -165,6 +166,10 @@ def test_shards_keep_statistics_for_scalars_only(tmp_path):
              for i in range(group.num_columns)}
     assert stats["source_id"].min == min(table.column("source_id").to_pylist())
     assert all(stats[f"{a}.list.element"] is None for a in ARRAYS)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}
+    assert not any("RLE_DICTIONARY" in encodings[f"{a}.list.element"] for a in ARRAYS)
+    assert "RLE_DICTIONARY" in encodings["input_file"]
 
 
 def test_rerun_skips_complete_files_and_store_trains(tmp_path):
