@@ -577,6 +577,33 @@ def test_files_read_at_once_by_jobs_give_the_same_store(tmp_path):
         manifest["total"]["rows_set_aside"]
 
 
+def test_jobs_stopped_by_an_error_keep_the_files_before_it_and_resume(tmp_path):
+    """A file that stops the ingest (here a DataFrame Arrow cannot convert) stops it at its
+    turn, as one at a time: the files before it are in the store, those read ahead after it
+    are not (nor their shards), and a second run adds the rest; the store is then the one a
+    single run gives."""
+    import pandas as pd
+    bad = pd.DataFrame({"source_id": [1, "x"], "bp_coefficients": [None, None]})
+    first = [shared_file("gaia_dr3_xp", n) for n in ("XP_CONTINUOUS_RAW.csv",
+                                                      "XP_CONTINUOUS_RAW_with_missing_BP.fits")]
+    rest = [shared_file("gaia_dr3_xp", n) for n in ("XP_SAMPLED_RAW_dr3int6.csv",
+                                                     "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv")]
+    jobs, one = str(tmp_path / "jobs"), str(tmp_path / "one")
+    with pytest.raises(pa.ArrowInvalid):
+        ingest(first + [bad] + rest, jobs, rows_per_shard=2, progress=False, jobs=2)
+    manifest = json.load(open(os.path.join(jobs, "manifest.json")))
+    assert sorted(manifest["files"]) == sorted(map(os.path.abspath, first))
+    assert sorted(f for f in os.listdir(jobs) if f.endswith(".parquet")) == \
+        sorted(manifest["shards"] + ["set_aside.parquet"])
+    assert not os.path.exists(os.path.join(jobs, ".jobs"))
+    ingest(first + rest, jobs, rows_per_shard=2, progress=False, jobs=2)
+    ingest(first + rest, one, rows_per_shard=2, progress=False)
+    manifest, shards, set_aside = _store_contents(one)
+    assert _store_contents(jobs)[0] == manifest and _store_contents(jobs)[2] == set_aside
+    for name, table in _store_contents(jobs)[1].items():
+        _assert_same_tables(table, shards[name])
+
+
 def test_jobs_join_the_g_flux_as_one_at_a_time(tmp_path):
     """The jobs read the gaia_source table's G flux from the memory-mapped copy."""
     spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
