@@ -264,11 +264,11 @@ def default_workers() -> int:
 
     In-process parsing already keeps ~2 cores busy (the parsing thread, the
     shard writer and the process inflating the file): on 2 cores, 2 workers
-    gave fewer rows/s for twice the memory (benchmarks/ingest_throughput.py).
-    A worker parses a bulk row in ~150 µs of CPU, while inflating it, in a
-    child process (:mod:`xpsvae.inflate`), takes ~105 µs: beyond 2-3 workers
-    that process is the limit for one file, so more would only cost memory
-    (~200 MB each).
+    gave fewer rows/s (4,600 against 4,760 on 100,000 rows,
+    benchmarks/ingest_throughput.py) for more memory. The workers parse a bulk
+    row in ~185 µs of CPU between them, while inflating it, in a child process
+    (:mod:`xpsvae.inflate`), takes ~105 µs: from 2-3 workers on, that process
+    is the limit for one file, so more would only cost memory (~100 MB each).
     """
     return 4 if usable_cores() >= 4 else 1
 
