@@ -150,10 +150,9 @@ def _add_to_store(name: str, source, account: "_ingest.FileAccount", shards: Lis
         names = _rewrite_without(shards, ~again, store, first_shard, rows_per_shard)
         raw = _raw_lines(source, set(rows[again].tolist()))
         renamed = {}  # a duplicate within the file names the earlier file's row instead
-        base = os.path.basename(name)
         for i in np.flatnonzero(again):
-            reason = f"duplicate source_id: first at {first[i]}"
-            renamed[f"duplicate source_id: first at {base} row {rows[i]}"] = reason
+            reason = _ingest.duplicate_reason(first[i])
+            renamed[_ingest.duplicate_reason(_ingest._row_of(name, rows[i]))] = reason
             account.add_set_aside(int(rows[i]), reason, raw.get(int(rows[i])))
         for entry in account.set_aside:
             entry["reason"] = renamed.get(entry["reason"], entry["reason"])
@@ -180,13 +179,11 @@ def _raw_lines(source, rows: set) -> Dict[int, Optional[str]]:
     from .xpformats import file_batches
     found: Dict[int, Optional[str]] = {}
     for batch in file_batches(source):
-        for number, raw, _ in batch.records:
-            if number in rows:
-                found[number] = raw
+        numbers = [n for n, _, _ in batch.records]
         if batch.table is not None:
-            for number in batch.table.column("input_row").to_pylist():
-                if number in rows:
-                    found[number] = batch.raw_line(number)
+            numbers += batch.table.column("input_row").to_pylist()
+        for number in rows.intersection(numbers):
+            found[number] = _ingest.raw_text(batch, number)
         if len(found) == len(rows):
             break
     return found

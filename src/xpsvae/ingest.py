@@ -217,9 +217,23 @@ class _SeenIds:
         for run_ids, run_file, run_row in self._runs:
             at = np.minimum(np.searchsorted(run_ids, ids), len(run_ids) - 1)
             for i in np.flatnonzero(run_ids[at] == ids):
-                where[i] = f"{os.path.basename(self.files[run_file[at[i]]])} row " \
-                    f"{run_row[at[i]]}"
+                where[i] = _row_of(self.files[run_file[at[i]]], run_row[at[i]])
         return where
+
+
+def _row_of(file: str, row: int) -> str:
+    """A row as a duplicate's reason names it: "file row N"."""
+    return f"{os.path.basename(file)} row {row}"
+
+
+def duplicate_reason(where: str) -> str:
+    """The reason a duplicate source_id is set aside, naming the first (:func:`_row_of`)."""
+    return f"duplicate source_id: first at {where}"
+
+
+def raw_text(batch: _Batch, row: int) -> Optional[str]:
+    """A row's raw text in its batch: its line, where the format has one."""
+    return next((r for n, r, _ in batch.records if n == row), None) or batch.raw_line(row)
 
 
 def _normalise_batch(batch: _Batch, account: "FileAccount",
@@ -495,11 +509,9 @@ def _drop_duplicates(table: pa.Table, batch: _Batch, seen: "_SeenIds", name: str
     repeated[first_in_batch] = False
     keep = np.ones(len(ids), bool)
     for i in np.flatnonzero(np.array([f is not None for f in first], bool) | repeated):
-        where = first[i] or f"{os.path.basename(name)} row " \
-            f"{rows[np.flatnonzero(ids == ids[i])[0]]}"
-        raw = next((r for n, r, _ in batch.records if n == rows[i]), None) \
-            or batch.raw_line(int(rows[i]))
-        account.add_set_aside(int(rows[i]), f"duplicate source_id: first at {where}", raw)
+        where = first[i] or _row_of(name, rows[np.flatnonzero(ids == ids[i])[0]])
+        account.add_set_aside(int(rows[i]), duplicate_reason(where),
+                              raw_text(batch, int(rows[i])))
         keep[i] = False
     return keep
 
