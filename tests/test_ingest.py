@@ -624,10 +624,9 @@ def test_jobs_join_the_g_flux_as_one_at_a_time(tmp_path):
 def test_default_jobs_one_per_two_cores_for_several_files(monkeypatch):
     from xpsvae import ingest as ingest_module
     monkeypatch.setattr(ingest_module, "usable_cores", lambda: 16)
-    real_sysconf = os.sysconf
+    monkeypatch.setattr(ingest_module, "usable_memory", lambda: 64 * 2**30)
     assert [ingest_module.default_jobs(n) for n in (1, 3, 100)] == [1, 3, 8]
-    monkeypatch.setattr(os, "sysconf", lambda name: 2**30 if name == "SC_PHYS_PAGES"
-                        else 8 if name == "SC_PAGE_SIZE" else real_sysconf(name))  # 8 GB
+    monkeypatch.setattr(ingest_module, "usable_memory", lambda: 8 * 2**30)
     assert ingest_module.default_jobs(100) == 4
     monkeypatch.setattr(ingest_module, "usable_cores", lambda: 2)
     assert ingest_module.default_jobs(100) == 1

@@ -171,3 +171,22 @@ def test_cuda_training_follows_the_cpu_run(small_library, amp):
     val_cpu, val_cuda = cpu.history[-1]["val_loss"], cuda.history[-1]["val_loss"]
     assert np.isfinite(val_cuda) and cuda.history[-1]["val_loss"] < cuda.history[0]["val_loss"]
     assert val_cuda == pytest.approx(val_cpu, rel=0.05 if amp else 0.02), (val_cpu, val_cuda)
+
+
+def test_default_threads_are_lowered_to_a_container_quota(small_library, quick_config,
+                                                         monkeypatch):
+    """threads=0 takes torch's default, but not more threads than the CPU quota allows."""
+    from xpsvae import trainer as trainer_module
+    before = torch.get_num_threads()
+    monkeypatch.setattr(trainer_module, "usable_cores", lambda: 1)
+    torch.set_num_threads(2)
+    try:
+        config = TrainConfig(**{**quick_config.to_dict(), "threads": 0, "epochs": 1})
+        SVAE(train_config=config).fit(small_library.subset(np.arange(300)), progress=False)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        config = TrainConfig(**{**config.to_dict(), "threads": 2})  # asked for: kept
+        SVAE(train_config=config).fit(small_library.subset(np.arange(300)), progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

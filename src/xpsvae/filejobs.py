@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ingest as _ingest
+from .machine import arrow_for_child
 from .xpformats import system_allocator
 
 JOBS_DIR = ".jobs"
@@ -40,8 +41,7 @@ _job_state: dict = {}  # in a job process: the G-flux arrays, the queue for row 
 
 
 def _job_setup(g_dir: str, rows_queue) -> None:
-    pa.set_memory_pool(pa.system_memory_pool())  # see xpformats.system_allocator
-    pa.set_cpu_count(1)
+    arrow_for_child(1)  # a job's parsing is its own; the other jobs have the other cores
     _job_state["g_flux"] = tuple(np.load(os.path.join(g_dir, f"{n}.npy"), mmap_mode="r")
                                  for n in _G_NAMES)
     _job_state["rows"] = rows_queue

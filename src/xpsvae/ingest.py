@@ -35,12 +35,13 @@ import pyarrow.parquet as pq
 
 from .data import SpectraError, column_to_1d, read_table_columns
 from .files import write_json
+from .machine import usable_cores, usable_memory
 from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
 from .xpformats import (BANDS, BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, XPParseError, _Batch,  # noqa: F401
                         ParsePool, file_batches, is_sampled_record, normalise_record,
                         grid_length_error, normalise_sampled_record, parse_array_text,
-                        sampled_grid, system_allocator, usable_cores)
+                        sampled_grid, system_allocator)
 
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.parquet"
@@ -296,11 +297,11 @@ def default_jobs(n_files: int) -> int:
     cores = usable_cores()
     if n_files < 2 or cores < 4:
         return 1
-    try:
-        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): cores decide
-        memory_gb = float("inf")
-    return max(1, min(n_files, cores // 2, int(memory_gb // 2)))
+    jobs = min(n_files, cores // 2)
+    memory = usable_memory()  # the container's limit where it has one; unknown: cores decide
+    if memory is not None:
+        jobs = min(jobs, memory // 2**31)
+    return max(1, jobs)
 
 
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),

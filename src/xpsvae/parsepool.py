@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from .inflate import SHARED_DIR, SharedChunk, remove_abandoned
+from .machine import arrow_for_child, usable_cores
 
 _PREFIX = "xpsvae-parse-"
 
@@ -97,10 +98,7 @@ def job_result(job: Future) -> Tuple[List[tuple], Optional[pa.Table]]:
 
 
 def _worker_setup(workers: int) -> None:
-    from .xpformats import usable_cores
-    # Arrow's own threads, shared out, so that the workers do not oversubscribe the cores.
-    pa.set_cpu_count(max(1, usable_cores() // workers))
-    pa.set_memory_pool(pa.system_memory_pool())  # see xpformats.system_allocator
+    arrow_for_child(usable_cores() // workers)
 
 
 class ParsePool:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .graphstep import GraphedStep
+from .machine import usable_cores
 from .model import LOSS_FORMS, ScatterVAE, svae_loss
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -57,7 +58,8 @@ class TrainConfig:
         device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto``.
         amp: bfloat16 autocast on GPU (ignored on CPU).
         grad_clip: clip the gradient norm to this (0: off).
-        threads: CPU threads for torch (0: leave torch's default).
+        threads: CPU threads for torch (0: torch's default, lowered to the
+            container's CPU quota where it has one).
         calibrate_epochs: extra epochs, after ``epochs``, that train only the
             scatter head on reconstructions decoded from the latent mean (the
             encoder and decoder frozen), at ``calibrate_lr_fraction * lr``.
@@ -361,6 +363,9 @@ class Trainer:
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
+        elif usable_cores() < torch.get_num_threads():
+            # torch counts the host's cores; a container's quota of fewer, oversubscribed, crawls
+            torch.set_num_threads(usable_cores())
         if resume:
             self.load_checkpoint()
         has_val = x_val is not None and len(x_val) > 0

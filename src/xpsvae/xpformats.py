@@ -271,13 +271,6 @@ def parse_chunk_rows(chunk: bytes, header: List[str], first_row: int, n_lines: i
         return list(_csv_lines(lines, header, first_row)), None
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the platform tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 @contextmanager
 def system_allocator() -> Iterator[None]:
     """Arrow allocates with the C library's malloc while the block runs.
