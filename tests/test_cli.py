@@ -11,6 +11,8 @@ import pytest
 
 from xpsvae.cli import main
 
+from .conftest import shared_file
+
 
 @pytest.fixture(scope="module")
 def stars_file(tmp_path_factory, small_library):
@@ -186,3 +188,34 @@ def test_encode_a_folder_that_is_not_a_store_and_predict_without_labels(tmp_path
     pq.write_table(pa.table({"teff": [5000.0], "logg": [4.0]}), labels)
     assert main(["cannon", "predict", cannon_dir, labels, "--out", str(tmp_path / "p")]) == 2
     assert "label columns ['fe_h'] not found" in capsys.readouterr().err
+
+
+def test_path_errors_are_one_line_messages(tmp_path, capsys, monkeypatch):
+    """An --out that is a file, or a full disk, is told in one line (exit 2), not a
+    traceback; any other OS error keeps its traceback; Ctrl-C exits 130 with a line."""
+    import errno
+    sample = shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["--quiet", "ingest", sample, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "xpsvae ingest: error:" in err and "taken" in err and "Traceback" not in err
+    from xpsvae import ingest as ingest_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "store"))
+    monkeypatch.setattr(ingest_module, "_write_shard", full)
+    assert main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store")]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(ingest_module, "_write_shard", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store2")])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ingest_module, "_write_shard", interrupted)
+    assert main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store3")]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -491,16 +492,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     except _user_errors() as exc:
         print(f"xpsvae {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"xpsvae {args.command}: error: {exc} (free some space and run it again: "
+              f"{_AGAIN})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xpsvae {args.command}: interrupted ({_AGAIN})", file=sys.stderr)
+        return 130  # the shell's code for a run stopped by Ctrl-C
+
+
+_AGAIN = "ingest and encode pick up where they stopped, train with --resume"
 
 
 def _user_errors() -> tuple:
     """Errors told as a one-line message, not a traceback.
 
     SpectraError and ModelFileError are ValueErrors; TrainingDiverged can only
-    come from a command that imported the trainer.
+    come from a command that imported the trainer. The operating system's
+    errors about a path the user gave (an ``--out`` that is a file, a folder
+    not writable) name the path themselves; a full disk is told in :func:`main`.
     """
     trainer = sys.modules.get(f"{__package__}.trainer")
-    return (ValueError, FileNotFoundError) + ((trainer.TrainingDiverged,) if trainer else ())
+    return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError) \
+        + ((trainer.TrainingDiverged,) if trainer else ())
 
 
 if __name__ == "__main__":
