@@ -74,3 +74,14 @@ def test_remote_scheduler_address(tmp_path, store_and_model):
                      scheduler=cluster.scheduler_address, progress=False)
     a, b = _tables(str(tmp_path / "here")), _tables(str(tmp_path / "there"))
     assert all(a[n].equals(b[n]) for n in a)
+
+
+def test_default_local_cluster_size_follows_cores_shards_and_memory(monkeypatch):
+    from xpsvae import catalog
+    monkeypatch.setattr(catalog, "usable_cores", lambda: 16)
+    monkeypatch.setattr(catalog, "usable_memory", lambda: 64 * 2**30)
+    assert [catalog.default_workers(n) for n in (0, 3, 200)] == [1, 3, 16]
+    monkeypatch.setattr(catalog, "usable_memory", lambda: 6 * 2**30)  # a 6 GB container
+    assert catalog.default_workers(200) == 6
+    monkeypatch.setattr(catalog, "usable_memory", lambda: None)
+    assert catalog.default_workers(200) == 16

@@ -25,6 +25,7 @@ import torch
 from .data import SpectraError, SpectraSet, read_spectra
 from .stream import read_shard
 from .files import write_json
+from .machine import usable_cores, usable_memory
 from .svae import CONFIG_FILE, SVAE
 
 MANIFEST = "manifest.json"
@@ -122,7 +123,7 @@ def input_shards(data: str) -> List[str]:
 
 
 def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[str] = None,
-                 workers: int = 2, progress: bool = True) -> dict:
+                 workers: int = 0, progress: bool = True) -> dict:
     """Encode every shard of a store into ``out_dir``; shards already encoded are skipped.
 
     Args:
@@ -131,7 +132,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
         out_dir: output folder of Parquet shards and ``manifest.json``.
         scheduler: None (this process), ``"local"`` (a Dask LocalCluster of
             ``workers`` single-threaded processes) or a Dask scheduler address.
-        workers: processes of the local cluster.
+        workers: processes of the local cluster (0: :func:`default_workers`).
         progress: show a progress bar.
 
     Returns:
@@ -165,6 +166,17 @@ def _read_manifest(out_dir: str) -> dict:
         return json.load(f)
 
 
+def default_workers(n_shards: int) -> int:
+    """Processes of a local cluster: one per core (each runs the network with one thread),
+    at most one per shard to encode and one per GB of memory (a worker peaks at ~0.6 GB,
+    ``benchmarks/encode_throughput.py``); cores and memory as a container's limits allow."""
+    workers = min(usable_cores(), max(1, n_shards))
+    memory = usable_memory()
+    if memory is not None:
+        workers = min(workers, memory // 2**30)
+    return max(1, workers)
+
+
 def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], workers: int,
          progress: bool) -> List[dict]:
     from tqdm.auto import tqdm
@@ -176,7 +188,8 @@ def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], worker
     from dask.distributed import Client, LocalCluster, as_completed
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=workers or default_workers(len(todo)),
+                               threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
     else:

@@ -390,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     e.add_argument("--scheduler", help="for a store: 'local' (a Dask LocalCluster) or a Dask "
                                        "scheduler address; default: this process")
-    e.add_argument("--workers", type=int, default=2, help="processes of the local cluster")
+    e.add_argument("--workers", type=int, default=0,
+                   help="processes of the local cluster (default: one per core, at most one "
+                        "per shard and one per GB of memory)")
     e.set_defaults(func=cmd_encode)
 
     g = sub.add_parser("generate", help="spectra and intrinsic scatter from latent vectors")
