@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -85,3 +86,31 @@ def test_default_local_cluster_size_follows_cores_shards_and_memory(monkeypatch)
     assert catalog.default_workers(200) == 6
     monkeypatch.setattr(catalog, "usable_memory", lambda: None)
     assert catalog.default_workers(200) == 16
+
+
+def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_path,
+                                                                           store_and_model):
+    """pandas and pyarrow read the output folder itself (its manifest is one they pass by);
+    an output folder of the earlier layout (manifest.json) restarts from it."""
+    import json
+    import pandas as pd
+    import pyarrow.dataset as ds
+    store, model_dir = store_and_model
+    out = str(tmp_path / "out")
+    manifest = encode_store(model_dir, store, out, progress=False)
+    assert sorted(n for n in os.listdir(out) if not n.startswith("part-")) == ["_manifest.json"]
+    frame = pd.read_parquet(out)
+    assert len(frame) == manifest["rows"]
+    shards = pa.concat_tables(_tables(out).values())
+    assert ds.dataset(out).to_table().num_rows == shards.num_rows
+    assert sorted(frame["source_id"]) == sorted(shards.column("source_id").to_pylist())
+    # the earlier layout: the manifest under its old name, a shard still to do
+    os.rename(os.path.join(out, "_manifest.json"), os.path.join(out, "manifest.json"))
+    os.remove(os.path.join(out, "part-00001.parquet"))
+    kept = os.path.getmtime(os.path.join(out, "part-00000.parquet"))
+    again = encode_store(model_dir, store, out, progress=False)
+    assert again["complete"] and again["rows"] == manifest["rows"]
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    assert os.path.getmtime(os.path.join(out, "part-00000.parquet")) == kept
+    with open(os.path.join(out, "_manifest.json")) as f:
+        assert [s["output"] for s in json.load(f)["shards"]] == sorted(_tables(out))

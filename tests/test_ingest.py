@@ -782,3 +782,25 @@ def test_reading_gaia_files_does_not_import_pytorch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch imported by the command'; "
             "from xpsvae import SVAE; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_open_store_reads_the_shards_alone(tmp_path):
+    """The store's shards as one dataset, in manifest order, without its manifest and its
+    set-aside rows (a duplicate here), which are in the same folder."""
+    from xpsvae.ingest import open_store
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
+            shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store, rows_per_shard=1,
+           progress=False)
+    manifest = json.load(open(os.path.join(store, "manifest.json")))
+    assert manifest["total"]["rows_set_aside"] == 2  # the ECSV's two sources, duplicates
+    assert os.path.exists(os.path.join(store, "set_aside.parquet"))
+    dataset = open_store(store)
+    assert [os.path.basename(f) for f in dataset.files] == manifest["shards"]
+    table = dataset.to_table(columns=["source_id", "bp_coefficients"])
+    assert table.num_rows == manifest["total"]["rows_kept"] == 2
+    expected = pa.concat_tables([pq.read_table(os.path.join(store, s)) for s in manifest["shards"]])
+    assert table.column("source_id").equals(expected.column("source_id"))
+    assert len(table.to_pandas()["bp_coefficients"][0]) == 55
+    with pytest.raises(SpectraError, match="not an xpsvae store"):
+        open_store(str(tmp_path))

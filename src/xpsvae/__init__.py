@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "RowAccounting": "data", "SpectraError": "data", "SpectraSet": "data", "read_spectra": "data",
+    "open_store": "ingest",
     "benchmark_split": "library", "library_path": "library", "load_apogee_library": "library",
     "ScatterVAE": "model", "SVAEConfig": "model", "svae_loss": "model",
     "Standardizer": "preprocess",

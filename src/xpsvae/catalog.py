@@ -6,7 +6,9 @@ per star, ``source_id``, ``input_row``, ``latent_mean``, ``latent_std``,
 metadata the model's format and package version and its standardisation
 statistics. An output shard is written atomically, so a restarted job skips
 the shards already done. The same function runs in-process, on a Dask
-``LocalCluster`` or on a remote scheduler.
+``LocalCluster`` or on a remote scheduler. The folder reads as one table
+(``pandas.read_parquet(OUT)``, ``dask.dataframe.read_parquet(OUT)``): its
+manifest, ``_manifest.json``, is a name Parquet readers pass by.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ import torch
 from .data import SpectraError, SpectraSet, read_spectra
 from .stream import read_shard
 from .files import write_json
+from .ingest import MANIFEST as STORE_MANIFEST, store_shards
 from .machine import usable_cores, usable_memory
 from .svae import CONFIG_FILE, SVAE
 
-MANIFEST = "manifest.json"
+#: The output folder's manifest. The leading underscore makes Parquet readers (pandas,
+#: pyarrow.dataset, Dask, Spark) pass it by, so the folder reads as one table.
+MANIFEST = "_manifest.json"
+#: Its name before: read on a restart, then replaced.
+_OLD_MANIFEST = "manifest.json"
 
 
 def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
@@ -70,7 +77,7 @@ def _load_model(model_dir: str) -> SVAE:
 
 def _is_store_shard(path: str) -> bool:
     return os.path.basename(path).startswith("part-") and \
-        os.path.exists(os.path.join(os.path.dirname(path), "manifest.json"))
+        os.path.exists(os.path.join(os.path.dirname(path), STORE_MANIFEST))
 
 
 def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
@@ -113,13 +120,7 @@ def encoded_table_schema(model: SVAE) -> pa.Schema:
 
 def input_shards(data: str) -> List[str]:
     """The shards of a store (in manifest order), or the file itself."""
-    manifest = os.path.join(data, MANIFEST)
-    if os.path.isdir(data):
-        if not os.path.exists(manifest):
-            raise SpectraError(f"{data}: no {MANIFEST}; not an xpsvae store")
-        with open(manifest) as f:
-            return [os.path.join(data, s) for s in json.load(f)["shards"]]
-    return [data]
+    return store_shards(data) if os.path.isdir(data) else [data]
 
 
 def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[str] = None,
@@ -129,7 +130,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     Args:
         model_dir: a trained sVAE.
         data: a store folder (or one table file).
-        out_dir: output folder of Parquet shards and ``manifest.json``.
+        out_dir: output folder of Parquet shards and ``_manifest.json``.
         scheduler: None (this process), ``"local"`` (a Dask LocalCluster of
             ``workers`` single-threaded processes) or a Dask scheduler address.
         workers: processes of the local cluster (0: :func:`default_workers`).
@@ -155,11 +156,15 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
                             if os.path.basename(o) in done),
                 "complete": all(os.path.exists(o) for _, o in jobs)}
     write_json(os.path.join(out_dir, MANIFEST), manifest)
+    if os.path.exists(os.path.join(out_dir, _OLD_MANIFEST)):  # it kept readers from the folder
+        os.remove(os.path.join(out_dir, _OLD_MANIFEST))
     return manifest
 
 
 def _read_manifest(out_dir: str) -> dict:
     path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        path = os.path.join(out_dir, _OLD_MANIFEST)
     if not os.path.exists(path):
         return {}
     with open(path) as f:

@@ -634,10 +634,7 @@ def _write_set_aside(store: str, rows: List[dict]) -> None:
 def store_info(store: str) -> dict:
     """What a store holds: ``kind`` (``coefficients`` or ``sampled``) and, for sampled
     spectra, ``wavelength_nm``."""
-    manifest_path = os.path.join(store, MANIFEST)
-    if not os.path.exists(manifest_path):
-        raise SpectraError(f"{store}: no {MANIFEST}; not an xpsvae store")
-    manifest = json.load(open(manifest_path))
+    manifest = _store_manifest(store)
     return {"kind": manifest.get("kind", "coefficients"),
             "wavelength_nm": manifest.get("wavelength_nm")}
 
@@ -650,15 +647,51 @@ def read_store_columns(store: str, without_correlations: bool = False) -> dict:
         without_correlations: leave out the correlation columns (~90% of a
             coefficient store's bytes; training and encoding do not use them).
     """
+    shards = store_shards(store)
+    names = pq.read_schema(shards[0]).names
+    if without_correlations:
+        names = [n for n in names if not n.endswith("_coefficient_correlations")]
+    table = pa.concat_tables([pq.read_table(s, columns=names) for s in shards])
+    return {c: table.column(c) for c in table.column_names}
+
+
+def _store_manifest(store: str) -> dict:
     manifest_path = os.path.join(store, MANIFEST)
     if not os.path.exists(manifest_path):
         raise SpectraError(f"{store}: no {MANIFEST}; not an xpsvae store")
-    shards = json.load(open(manifest_path))["shards"]
+    with open(manifest_path) as f:
+        return json.load(f)
+
+
+def store_shards(store: str) -> List[str]:
+    """Paths of a store's shards, in manifest order.
+
+    Raises:
+        SpectraError: the folder is not a store, or it holds no rows.
+    """
+    shards = _store_manifest(store)["shards"]
     if not shards:
         raise SpectraError(f"{store}: the store holds no rows")
-    names = pq.read_schema(os.path.join(store, shards[0])).names
-    if without_correlations:
-        names = [n for n in names if not n.endswith("_coefficient_correlations")]
-    table = pa.concat_tables([pq.read_table(os.path.join(store, s), columns=names)
-                              for s in shards])
-    return {c: table.column(c) for c in table.column_names}
+    return [os.path.join(store, s) for s in shards]
+
+
+def open_store(store: str):
+    """A store's shards as one ``pyarrow.dataset.Dataset``, in manifest order.
+
+    The store's folder also holds ``manifest.json`` and ``set_aside.parquet``
+    (the rejected rows, another schema), so reading the folder itself with
+    pandas or Dask fails or mixes them in; this reads the shards alone, lazily::
+
+        stars = open_store("my_store").to_table(columns=["source_id", "bp_coefficients"])
+        frame = stars.to_pandas()
+        dask_frame = dask.dataframe.read_parquet(open_store("my_store").files)
+
+    Args:
+        store: a folder written by :func:`ingest`.
+
+    Returns:
+        The dataset (``.files`` lists the shards; ``.to_table(columns=..., filter=...)``
+        reads them).
+    """
+    import pyarrow.dataset as ds
+    return ds.dataset(store_shards(store), format="parquet")

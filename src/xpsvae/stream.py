@@ -19,7 +19,6 @@ reads only its own shards (``shards[rank::world]``).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -32,23 +31,13 @@ import torch
 import torch.distributed as dist
 
 from .data import SpectraError, SpectraSet, spectra_from_columns
+from .ingest import store_shards  # noqa: F401  (stream.store_shards, as before)
 from .preprocess import Standardizer
 
 #: The store columns training needs (the correlations, ~90% of a shard, are not read).
 TRAINING_COLUMNS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "bp_missing",
                     "rp_coefficients", "rp_coefficient_errors", "rp_missing", "phot_g_mean_flux"]
 SAMPLED_TRAINING_COLUMNS = ["flux", "flux_error"]
-
-
-def store_shards(store: str) -> List[str]:
-    """Paths of a store's shards, in manifest order."""
-    manifest_path = os.path.join(store, "manifest.json")
-    if not os.path.exists(manifest_path):
-        raise SpectraError(f"{store}: no manifest.json; not an xpsvae store")
-    shards = json.load(open(manifest_path))["shards"]
-    if not shards:
-        raise SpectraError(f"{store}: the store holds no rows")
-    return [os.path.join(store, s) for s in shards]
 
 
 def read_shard(path: str) -> SpectraSet:
