@@ -96,3 +96,43 @@ def test_wrong_shapes_are_refused():
         covariance_matrices(np.ones((2, 55)), np.zeros((2, 1484)))
     with pytest.raises(ValueError, match="bp coefficients must have shape"):
         XPSampler().flux(np.zeros((1, 54)), np.zeros((1, 55)))
+
+
+def test_store_flux_is_streamed_batch_by_batch_with_the_same_numbers(tmp_path, monkeypatch):
+    """Shards of one star, read one star at a time, give GaiaXPy's calibration as one batch
+    does; stars lacking BP are left out and counted."""
+    from xpsvae import sampling
+    from xpsvae.sampling import write_store_flux
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
+            shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,
+           rows_per_shard=1, progress=False)
+    monkeypatch.setattr(sampling, "_STORE_BATCH_ROWS", 1)
+    out = str(tmp_path / "flux.parquet")
+    meta = write_store_flux(store, out, progress=False)
+    table = pq.read_table(out)
+    assert meta["stars"] == table.num_rows and meta["stars_without_both_bands"] >= 1
+    assert table.num_rows + meta["stars_without_both_bands"] == json.load(
+        open(f"{store}/manifest.json"))["total"]["rows_kept"]
+    assert json.loads(table.schema.metadata[b"xpsvae"])["stars"] == table.num_rows
+    rows = list(csv.DictReader(open(shared_file("gaia_dr3_xp",
+                                                "calibrator_solution_default.csv"))))
+    by_id = dict(zip(table.column("source_id").to_pylist(), table.column("flux").to_pylist()))
+    for r in rows:
+        np.testing.assert_allclose(by_id[int(r["source_id"])], parse_array_text(r["flux"]),
+                                   rtol=1e-6)
+    assert not (tmp_path / "flux.parquet.tmp").exists()
+
+
+def test_store_flux_without_correlations_names_the_star(tmp_path, capsys):
+    """A real flattened table gives no correlations: the errors cannot be propagated, and the
+    command says so in one line, naming the shard and row."""
+    from astropy.table import Table
+    table = Table.read(shared_file("xp_coefficients_2000", "xp_continuous_combined_chunk0.fits"))
+    table.meta["name"] = "flattened"
+    store = str(tmp_path / "store")
+    ingest([table[:20]], store, progress=False)
+    assert main(["--quiet", "flux", store, "--out", str(tmp_path / "f.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "part-00000.parquet" in err and "coefficient_correlations is missing" in err \
+        and "input row 0" in err

@@ -313,41 +313,15 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_flux(args) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from .ingest import read_store_columns, store_info
-    from .sampling import XPSampler
-    if store_info(args.store)["kind"] != "coefficients":
-        raise SpectraError(f"{args.store}: a store of sampled spectra; xpsvae flux converts "
-                           "coefficients")
+    from .sampling import write_store_flux
     grid = None
     if args.grid:
         start, stop, step = (float(v) for v in args.grid.split(","))
         grid = np.arange(start, stop + step / 2, step)
-    sampler = XPSampler(grid)
-    table = pa.table(read_store_columns(args.store))
-    both = ~(np.array(table.column("bp_missing").to_pylist())
-             | np.array(table.column("rp_missing").to_pylist()))
-
-    def band(name):
-        return tuple(np.array([v for v, ok in zip(table.column(f"{name}_{c}").to_pylist(), both)
-                               if ok]) for c in ("coefficients", "coefficient_errors",
-                                                 "coefficient_correlations"))
-    flux, error = sampler.flux_and_error(band("bp"), band("rp"))
-    ids = np.array(table.column("source_id").to_pylist())[both]
-    g_flux = np.array(table.column("phot_g_mean_flux").to_pylist(), dtype=float)[both]
-    units = "W m^-2 nm^-1"
-    if args.normalise:
-        # brightness removed as for coefficients (SPEC §2); no G flux -> NaN, set aside on reading
-        flux, error = flux / g_flux[:, None], error / g_flux[:, None]
-        units = "W m^-2 nm^-1 per e-/s of G"
-    out = pa.table({"source_id": ids, "flux": list(flux), "flux_error": list(error),
-                    "phot_g_mean_flux": g_flux})
-    meta = {"wavelength_nm": sampler.wavelength_nm.tolist(), "units": units,
-            "stars_without_both_bands": int((~both).sum())}
-    pq.write_table(out.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
-    print(f"{args.out}: {len(ids)} spectra on {len(sampler.wavelength_nm)} samples; "
-          f"{int((~both).sum())} stars lacking a band left out")
+    meta = write_store_flux(args.store, args.out, grid, normalise=args.normalise,
+                            progress=not args.quiet)
+    print(f"{args.out}: {meta['stars']} spectra on {len(meta['wavelength_nm'])} samples; "
+          f"{meta['stars_without_both_bands']} stars lacking a band left out")
     return 0
 
 

@@ -127,6 +127,99 @@ class XPSampler:
         return flux, np.sqrt(variance)
 
 
+#: Stars converted at once by :func:`write_store_flux` (~0.25 GB of float64 correlations).
+_STORE_BATCH_ROWS = 4096
+FLUX_UNITS = "W m^-2 nm^-1"
+
+
+def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] = None,
+                     normalise: bool = False, progress: bool = True) -> dict:
+    """A coefficient store's spectra as calibrated sampled flux, in one Parquet file.
+
+    The store is read a few thousand stars at a time and the file written as
+    it goes, so memory stays bounded whatever the store's size. Stars lacking
+    a band are left out and counted; a star whose errors cannot be propagated
+    (its input file gave no correlations) is an error naming its shard and row.
+
+    Args:
+        store: a coefficient store (``xpsvae ingest``).
+        out: the Parquet file to write: ``source_id``, ``flux``, ``flux_error``,
+            ``phot_g_mean_flux``; the grid and units in its ``xpsvae`` metadata.
+        wavelength_nm: the grid; None for GaiaXPy's default.
+        normalise: divide flux and errors by ``phot_g_mean_flux`` (SPEC §2),
+            ready to train on.
+        progress: show a progress bar over the stars.
+
+    Returns:
+        The file's metadata: ``wavelength_nm``, ``units``, ``stars`` (written),
+        ``stars_without_both_bands`` (left out).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from .data import SpectraError
+    from .ingest import store_info, store_shards
+    if store_info(store)["kind"] != "coefficients":
+        raise SpectraError(f"{store}: a store of sampled spectra; the flux conversion takes "
+                           "coefficients")
+    sampler = XPSampler(wavelength_nm)
+    shards = store_shards(store)
+    missing = [pq.read_table(s, columns=["bp_missing", "rp_missing"]) for s in shards]
+    lacking = sum(pc.sum(pc.or_(t.column("bp_missing"), t.column("rp_missing"))).as_py() or 0
+                  for t in missing)
+    total = sum(t.num_rows for t in missing)
+    meta = {"wavelength_nm": sampler.wavelength_nm.tolist(),
+            "units": FLUX_UNITS + (" per e-/s of G" if normalise else ""),
+            "stars": total - lacking, "stars_without_both_bands": lacking}
+    n = len(sampler.wavelength_nm)
+    schema = pa.schema([("source_id", pa.int64()), ("flux", pa.list_(pa.float64())),
+                        ("flux_error", pa.list_(pa.float64())),
+                        ("phot_g_mean_flux", pa.float64())],
+                       metadata={"xpsvae": json.dumps(meta)})
+    columns = ["source_id", "phot_g_mean_flux", "bp_missing", "rp_missing", "input_row"] + [
+        f"{b}_{c}" for b in BANDS for c in ("coefficients", "coefficient_errors",
+                                            "coefficient_correlations")]
+    with pq.ParquetWriter(out + ".tmp", schema) as writer, \
+            tqdm(total=total, desc="flux", unit="star", disable=not progress) as bar:
+        for shard in shards:
+            for batch in pq.ParquetFile(shard).iter_batches(_STORE_BATCH_ROWS, columns=columns):
+                bar.update(batch.num_rows)
+                both = pc.invert(pc.or_(batch.column("bp_missing"), batch.column("rp_missing")))
+                batch = batch.filter(both)
+                if not batch.num_rows:
+                    continue
+                bands = [tuple(_matrix(batch, f"{b}_{c}", shard)
+                               for c in ("coefficients", "coefficient_errors",
+                                         "coefficient_correlations")) for b in BANDS]
+                flux, error = sampler.flux_and_error(*bands)
+                g_flux = batch.column("phot_g_mean_flux").to_numpy(zero_copy_only=False)
+                g_flux = g_flux.astype(np.float64)
+                if normalise:  # no G flux -> NaN, set aside when the table is read
+                    flux, error = flux / g_flux[:, None], error / g_flux[:, None]
+                offsets = pa.array(np.arange(0, (len(flux) + 1) * n, n, dtype=np.int32))
+                writer.write_table(pa.table({
+                    "source_id": batch.column("source_id"),
+                    "flux": pa.ListArray.from_arrays(offsets, pa.array(flux.ravel())),
+                    "flux_error": pa.ListArray.from_arrays(offsets, pa.array(error.ravel())),
+                    "phot_g_mean_flux": pa.array(g_flux)}, schema=schema))
+    os.replace(out + ".tmp", out)
+    return meta
+
+
+def _matrix(batch, name: str, shard: str) -> np.ndarray:
+    """A list column of equal-length arrays as an (n, k) float64 matrix."""
+    column = batch.column(name)
+    if column.null_count:
+        row = batch.column("input_row")[column.is_null().to_numpy(
+            zero_copy_only=False).argmax()].as_py()
+        raise ValueError(f"{shard}: {name} is missing for the star of input row {row} (its "
+                         "input file gave none), so its flux errors cannot be propagated")
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return values.reshape(len(column), -1) if len(column) else values.reshape(0, 0)
+
+
 def _user_grid(grid: np.ndarray):
     """GaiaXPy's design matrices and merge weights on a user grid."""
     from gaiaxpy.calibrator import calibrator
