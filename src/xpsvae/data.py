@@ -144,7 +144,8 @@ class SpectraSet:
     def from_arrays(cls, values, errors, source_id=None, kind: str = "sampled",
                     wavelength_nm=None, labels: Optional[pd.DataFrame] = None,
                     source: str = "<arrays>", normalisation: str = "none",
-                    row_problems: Sequence[tuple] = ()) -> "SpectraSet":
+                    row_problems: Sequence[tuple] = (), allow_empty: bool = False
+                    ) -> "SpectraSet":
         """Validate arrays into a set; bad rows are set aside and counted.
 
         Args:
@@ -158,6 +159,8 @@ class SpectraSet:
             normalisation: how brightness was removed, recorded with the model.
             row_problems: (mask, reason) pairs checked before the numeric checks,
                 e.g. a missing band or a missing G flux.
+            allow_empty: return an empty set, with its accounting, where every
+                row is set aside (a store's shard read alone) instead of raising.
 
         Returns:
             The validated set.
@@ -186,13 +189,9 @@ class SpectraSet:
         if labels is not None and len(labels) != n:
             raise SpectraError(f"{source}: labels have {len(labels)} rows, spectra {n}")
         keep = _set_aside_bad_rows(values, errors, accounting, row_problems)
-        if not keep.any():
+        if not keep.any() and not allow_empty:
             raise SpectraError(f"{accounting.summary()}: no usable row left")
-        dup = pd.Series(source_id[keep]).duplicated(keep=False)
-        if dup.any():
-            accounting.notes.append(
-                f"{int(dup.sum())} kept rows share {pd.Series(source_id[keep])[dup].nunique()} "
-                "source_ids (kept, not merged; outputs carry the row number too)")
+        _note_duplicates(source_id[keep], accounting)
         if wavelength_nm is None and kind == "sampled" and values.shape[1] == len(GAIAXPY_DEFAULT_GRID_NM):
             wavelength_nm = GAIAXPY_DEFAULT_GRID_NM
         kept_labels = None if labels is None else labels[keep].reset_index(drop=True)
@@ -200,6 +199,102 @@ class SpectraSet:
                    source_id[keep], kind,
                    None if wavelength_nm is None else np.asarray(wavelength_nm, dtype=np.float64),
                    kept_labels, normalisation, accounting, np.flatnonzero(keep))
+
+
+_DUPLICATES_NOTE = "source_ids (kept, not merged; outputs carry the row number too)"
+
+
+def _note_duplicates(source_id: np.ndarray, accounting: RowAccounting) -> None:
+    dup = pd.Series(source_id).duplicated(keep=False)
+    if dup.any():
+        accounting.notes.append(f"{int(dup.sum())} kept rows share "
+                                f"{pd.Series(source_id)[dup].nunique()} {_DUPLICATES_NOTE}")
+
+
+def _read_store(store: str) -> SpectraSet:
+    """A store's spectra, validated shard by shard into arrays filled as they are read.
+
+    The same set, accounting and row numbers as validating the whole store at
+    once (its shards end to end, in manifest order), for a fraction of the
+    memory: a shard's working copies at a time (float64 values and errors,
+    divided by G, masks), then its float32 rows, ~0.9 kB a star for 110
+    coefficients, instead of all of them at once (~10 kB a star).
+    """
+    import pyarrow.parquet as pq
+
+    from .ingest import store_info, store_shards
+    info = store_info(store)
+    shards = store_shards(store)
+    widths = _array_widths(shards)
+    parts: List[SpectraSet] = []
+    accounting = RowAccounting(store)
+    values = errors = None
+    kept = 0
+    for shard in shards:
+        names = [n for n in pq.read_schema(shard).names
+                 if not n.endswith("_coefficient_correlations")]  # not used, ~90% of a shard
+        table = pq.read_table(shard, columns=names)
+        part = spectra_from_columns({c: table.column(c) for c in table.column_names},
+                                    source=store, divide_sampled_by_g=info["kind"] == "sampled",
+                                    wavelength_nm=info.get("wavelength_nm"), allow_empty=True,
+                                    widths=widths)
+        del table
+        if values is None:  # room for every row the store holds; rows set aside stay unused
+            rows = sum(pq.read_metadata(s).num_rows for s in shards)
+            values = np.empty((rows, part.n_inputs), dtype=np.float32)
+            errors = np.empty_like(values)
+        if part.n_inputs != values.shape[1]:
+            raise SpectraError(f"{shard}: {part.n_inputs} inputs, the store's first shard "
+                               f"{values.shape[1]}")
+        values[kept:kept + len(part)], errors[kept:kept + len(part)] = part.values, part.errors
+        kept += len(part)
+        offset = accounting.rows_read
+        accounting.rows_read += part.accounting.rows_read
+        accounting.set_aside.extend((r + offset, why, c) for r, why, c in part.accounting.set_aside)
+        accounting.notes.extend(n for n in part.accounting.notes
+                                if _DUPLICATES_NOTE not in n and n not in accounting.notes)
+        part.input_row = part.input_row + offset
+        part.values = part.errors = None  # their rows are in the store's arrays now
+        parts.append(part)
+    if not kept:
+        raise SpectraError(f"{accounting.summary()}: no usable row left")
+    source_id = np.concatenate([p.source_id for p in parts])
+    _note_duplicates(source_id, accounting)
+    labels = None if parts[0].labels is None else _concat_labels([p.labels for p in parts])
+    first = parts[0]
+    return SpectraSet(values[:kept], errors[:kept], source_id, first.kind, first.wavelength_nm,
+                      labels, first.normalisation, accounting,
+                      np.concatenate([p.input_row for p in parts]))
+
+
+def _concat_labels(frames: List[pd.DataFrame]) -> pd.DataFrame:
+    """Shards' labels end to end, each column in the type the whole store would give it: a
+    shard whose rows were all set aside counts too (its nulls made an int column float)."""
+    dtypes = {}
+    for column in frames[0].columns:
+        kinds = [f[column].dtype for f in frames]
+        if all(isinstance(k, np.dtype) and k.kind in "biuf" for k in kinds):
+            dtypes[column] = np.result_type(*kinds)
+        elif any(k != kinds[0] for k in kinds):
+            dtypes[column] = object
+    return pd.concat([f.astype(dtypes) for f in frames if len(f)], ignore_index=True)
+
+
+def _array_widths(shards: Sequence[str]) -> Dict[str, int]:
+    """The length of the spectra's arrays in a store, from the first shard that has one."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    widths: Dict[str, int] = {}
+    for name in ("flux", "bp_coefficients", "rp_coefficients"):
+        if name not in pq.read_schema(shards[0]).names:
+            continue
+        for shard in shards:
+            lengths = pc.list_value_length(pq.read_table(shard, columns=[name]).column(name))
+            longest = pc.max(lengths).as_py()
+            if longest is not None:
+                widths[name] = longest
+                break
+    return widths
 
 
 def _set_aside_bad_rows(values: np.ndarray, errors: np.ndarray, accounting: RowAccounting,
@@ -244,12 +339,7 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file")
     if os.path.isdir(path):
-        from .ingest import read_store_columns, store_info
-        info = store_info(path)
-        return spectra_from_columns(read_store_columns(path, without_correlations=True),
-                                    source=path,
-                                    divide_sampled_by_g=info["kind"] == "sampled",
-                                    wavelength_nm=info.get("wavelength_nm"))
+        return _read_store(path)
     columns = read_table_columns(path)
     return spectra_from_columns(columns, source=path)
 
@@ -375,7 +465,9 @@ _FLAT_COEFF = re.compile(r"^(e_)?(bp|rp)_coeff_(\d+)$")
 
 def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
                          divide_sampled_by_g: bool = False,
-                         wavelength_nm: Optional[Sequence[float]] = None) -> SpectraSet:
+                         wavelength_nm: Optional[Sequence[float]] = None,
+                         allow_empty: bool = False,
+                         widths: Optional[Dict[str, int]] = None) -> SpectraSet:
     """Build a validated :class:`SpectraSet` from a mapping of column name to column.
 
     Args:
@@ -385,6 +477,10 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
             ``phot_g_mean_flux`` (SPEC §2 step 1; stores of sampled spectra
             keep the flux as published). Coefficients always are.
         wavelength_nm: the sampled spectra's grid, when no column gives it.
+        allow_empty: see :meth:`SpectraSet.from_arrays`.
+        widths: the arrays' length per array column (``flux``,
+            ``bp_coefficients``, ...), for a part of a table where a column may
+            hold no array at all (a shard whose stars all lack BP).
 
     Returns:
         The validated set (see :func:`read_spectra`).
@@ -404,7 +500,8 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
     row_problems: List[tuple] = []
     if all(c in columns for c in SAMPLED_COLUMNS):
         kind = "sampled"
-        values = _column_to_2d(columns["flux"], source, "flux")
+        widths = widths or {}
+        values = _column_to_2d(columns["flux"], source, "flux", widths.get("flux"))
         errors = _column_to_2d(columns["flux_error"], source, "flux_error", values.shape[1])
         used.update(SAMPLED_COLUMNS)
         wavelength = None if wavelength_nm is None else np.asarray(wavelength_nm, dtype=float)
@@ -416,7 +513,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
             normalisation = "phot_g_mean_flux"
     else:
         kind = "coefficients"
-        values, errors, flat_used = _coefficient_arrays(columns, source)
+        values, errors, flat_used = _coefficient_arrays(columns, source, widths or {})
         used.update(flat_used)
         wavelength = None
         for band in ("bp", "rp"):
@@ -441,7 +538,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
         wl = np.asarray(column_to_1d(columns["wavelength"]), dtype=np.float64)
         wavelength = wl if wl.shape == (values.shape[1],) else None
     return SpectraSet.from_arrays(values, errors, source_id, kind, wavelength, labels, source,
-                                  normalisation, row_problems)
+                                  normalisation, row_problems, allow_empty)
 
 
 def _divide_by_g(columns: Dict[str, object], source: str, values: np.ndarray,
@@ -458,12 +555,14 @@ def _divide_by_g(columns: Dict[str, object], source: str, values: np.ndarray,
     return values / g_flux[:, None], errors / g_flux[:, None]
 
 
-def _coefficient_arrays(columns: Dict[str, object], source: str):
+def _coefficient_arrays(columns: Dict[str, object], source: str, widths: Dict[str, int]):
     if all(c in columns for c in COEFFICIENT_COLUMNS):
-        bp = _column_to_2d(columns["bp_coefficients"], source, "bp_coefficients")
+        bp = _column_to_2d(columns["bp_coefficients"], source, "bp_coefficients",
+                           widths.get("bp_coefficients"))
         bp_e = _column_to_2d(columns["bp_coefficient_errors"], source, "bp_coefficient_errors",
                              bp.shape[1])
-        rp = _column_to_2d(columns["rp_coefficients"], source, "rp_coefficients")
+        rp = _column_to_2d(columns["rp_coefficients"], source, "rp_coefficients",
+                           widths.get("rp_coefficients"))
         rp_e = _column_to_2d(columns["rp_coefficient_errors"], source, "rp_coefficient_errors",
                              rp.shape[1])
         return np.hstack([bp, rp]), np.hstack([bp_e, rp_e]), set(COEFFICIENT_COLUMNS)
