@@ -219,3 +219,22 @@ def test_no_host_round_trip_inside_an_epoch(small_library, quick_config, monkeyp
         model.fit(stars, progress=False)
         counts.append(reads["n"])
     assert 0 < counts[0] == counts[1], counts  # (0: nothing was counted)
+
+
+def test_standardizer_fitted_in_chunks_is_numpys_to_the_bit(small_library, monkeypatch):
+    """Fitted CHUNK_ROWS rows at a time on chosen rows, the statistics are numpy's mean and
+    std of those rows in float64, exactly; transform of chosen rows equals the rows of the
+    whole transform."""
+    from xpsvae import preprocess
+    from xpsvae.preprocess import Standardizer
+    monkeypatch.setattr(preprocess, "CHUNK_ROWS", 97)  # many chunks, a ragged last one
+    rows = np.random.default_rng(5).permutation(len(small_library))[:1234]
+    fitted = Standardizer.fit(small_library.values, rows)
+    chosen = np.asarray(small_library.values[rows], dtype=np.float64)
+    assert np.array_equal(fitted.mean, chosen.mean(axis=0))
+    assert np.array_equal(fitted.std, np.where(chosen.std(axis=0) > 0, chosen.std(axis=0), 1.0))
+    x, err = fitted.transform(small_library.values, small_library.errors, rows=rows[::-1])
+    x_all, err_all = fitted.transform(small_library.values, small_library.errors)
+    assert np.array_equal(x, x_all[rows[::-1]]) and np.array_equal(err, err_all[rows[::-1]])
+    with pytest.raises(ValueError, match="1 rows chosen"):
+        Standardizer.fit(small_library.values, rows[:1])

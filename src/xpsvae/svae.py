@@ -114,19 +114,23 @@ class SVAE:
                             "checksum": float(np.float64(spectra.values).sum())}
 
         self._start_run(out_dir, resume, data_description, spectra.n_inputs,
-                        lambda: Standardizer.fit(spectra.values[train_idx]),
+                        lambda: Standardizer.fit(spectra.values, train_idx),
                         {"kind": spectra.kind, "normalisation": spectra.normalisation,
                          "wavelength_nm": spectra.wavelength_nm,
                          "input_names": spectra.input_names()})
 
-        x, err = self.standardizer.transform(spectra.values, spectra.errors)
-        x, err = torch.from_numpy(x), torch.from_numpy(err)
-        trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         # Under torchrun each rank trains on every world-th training star; the
         # standardisation above saw them all, so it is the same on every rank.
         local = train_idx[rank::world]
+        # This rank's training stars, then the validation stars, standardised straight into
+        # one array in that order: the two sets are views of it, not copies.
+        x, err = self.standardizer.transform(spectra.values, spectra.errors,
+                                             rows=np.concatenate([local, val_idx]))
+        x, err = torch.from_numpy(x), torch.from_numpy(err)
+        n_local = len(local)
+        trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         return self._train(trainer, out_dir, lambda: trainer.fit(
-            x[local], err[local], x[val_idx], err[val_idx], resume=resume,
+            x[:n_local], err[:n_local], x[n_local:], err[n_local:], resume=resume,
             on_epoch_end=on_epoch_end))
 
     def fit_store(self, store: str, *, out_dir: Optional[str] = None, resume: bool = False,
