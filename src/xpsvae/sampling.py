@@ -127,8 +127,8 @@ class XPSampler:
         return flux, np.sqrt(variance)
 
 
-#: Stars converted at once by :func:`write_store_flux` (~0.25 GB of float64 correlations).
-_STORE_BATCH_ROWS = 4096
+#: Stars converted at once by :func:`write_store_flux` (~0.1 GB of float64 correlations).
+_STORE_BATCH_ROWS = 2048
 FLUX_UNITS = "W m^-2 nm^-1"
 
 
