@@ -218,7 +218,10 @@ def _read_store(store: str) -> SpectraSet:
     once (its shards end to end, in manifest order), for a fraction of the
     memory: a shard's working copies at a time (float64 values and errors,
     divided by G, masks), then its float32 rows, ~0.9 kB a star for 110
-    coefficients, instead of all of them at once (~10 kB a star).
+    coefficients, instead of all of them at once (~6 kB a star measured,
+    ``benchmarks/store_memory.py``). The arrays have room for every row of
+    the store; those of rows set aside stay unused. A problem in a shard
+    (a ragged array) is named by the shard and its row there.
     """
     import pyarrow.parquet as pq
 
@@ -235,7 +238,7 @@ def _read_store(store: str) -> SpectraSet:
                  if not n.endswith("_coefficient_correlations")]  # not used, ~90% of a shard
         table = pq.read_table(shard, columns=names)
         part = spectra_from_columns({c: table.column(c) for c in table.column_names},
-                                    source=store, divide_sampled_by_g=info["kind"] == "sampled",
+                                    source=shard, divide_sampled_by_g=info["kind"] == "sampled",
                                     wavelength_nm=info.get("wavelength_nm"), allow_empty=True,
                                     widths=widths)
         del table
