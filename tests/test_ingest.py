@@ -835,3 +835,18 @@ def test_store_read_shard_by_shard_equals_the_whole_store_at_once(tmp_path, kind
     assert (whole.kind, whole.normalisation) == (by_shard.kind, by_shard.normalisation)
     pd.testing.assert_frame_equal(whole.labels, by_shard.labels)
     assert whole.accounting.to_dict() == by_shard.accounting.to_dict()
+
+
+def test_set_aside_rows_of_earlier_files_stay_when_later_files_add_none(tmp_path):
+    """The set-aside file is written again only when a file adds to it: the rows of the
+    earlier files are all still there after a clean file, and in the manifest's count."""
+    store = str(tmp_path / "store")
+    names = ["XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW.ecsv",
+             "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv"]
+    ingest([shared_file("gaia_dr3_xp", n) for n in names], store, progress=False)
+    manifest = json.load(open(os.path.join(store, "manifest.json")))
+    per_file = [manifest["files"][os.path.abspath(shared_file("gaia_dr3_xp", n))]
+                ["rows_set_aside"] for n in names]
+    assert per_file[1] == 2 and per_file[2] == 0  # the ECSV's two sources were already in
+    set_aside = pq.read_table(os.path.join(store, "set_aside.parquet"))
+    assert set_aside.num_rows == manifest["total"]["rows_set_aside"] == sum(per_file)

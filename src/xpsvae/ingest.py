@@ -365,7 +365,10 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         manifest["shards"] += shards
         manifest["files"][name] = {**account.to_dict(), "shards": shards,
                                    "size": todo[name][1], "complete": True}
-        _write_set_aside(store, set_aside_rows)
+        if account.set_aside or not os.path.exists(os.path.join(store, SET_ASIDE)):
+            # written again only when it changed: rows set aside carry their raw text
+            # (~40 kB a bulk row), and a catalogue is thousands of files
+            _write_set_aside(store, set_aside_rows)
         manifest["total"] = _totals(manifest["files"])
         write_json(manifest_path, manifest)
 
