@@ -850,3 +850,43 @@ def test_set_aside_rows_of_earlier_files_stay_when_later_files_add_none(tmp_path
     assert per_file[1] == 2 and per_file[2] == 0  # the ECSV's two sources were already in
     set_aside = pq.read_table(os.path.join(store, "set_aside.parquet"))
     assert set_aside.num_rows == manifest["total"]["rows_set_aside"] == sum(per_file)
+
+
+def test_folders_are_read_as_their_table_files(tmp_path, capsys):
+    """A folder of inputs (as the archive's bulk folders come, with an _MD5SUM.txt) and a
+    folder of gaia_source tables: their table files are read, the rest listed as not read;
+    a folder without a table file is a one-line error."""
+    import shutil
+    folder, g_folder = tmp_path / "xp", tmp_path / "gaia_source"
+    folder.mkdir()
+    g_folder.mkdir()
+    for name in ("XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv"):
+        shutil.copy(shared_file("gaia_dr3_xp", name), folder / name)
+    (folder / "_MD5SUM.txt").write_text("0123 XP_CONTINUOUS_RAW.csv\n")
+    store = str(tmp_path / "store")
+    one = str(tmp_path / "one")
+    ingest([str(folder / "XP_CONTINUOUS_RAW.csv"),
+            str(folder / "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv")], one, progress=False)
+    source_ids = pa.concat_tables(
+        [pq.read_table(os.path.join(one, s)) for s in
+         json.load(open(os.path.join(one, "manifest.json")))["shards"]]).column("source_id")
+    pq.write_table(pa.table({"source_id": source_ids,
+                             "phot_g_mean_mag": np.full(len(source_ids), 15.0)}),
+                   g_folder / "GaiaSource_000000-003111.parquet")
+    (g_folder / "_MD5SUM.txt").write_text("")
+    assert main(["--quiet", "ingest", str(folder), "--out", store,
+                 "--gaia-source", str(g_folder)]) == 0
+    assert "2 files of the folders given are not tables" in capsys.readouterr().out
+    manifest = json.load(open(os.path.join(store, "manifest.json")))
+    assert sorted(os.path.basename(f) for f in manifest["files"]) == [
+        "XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv"]
+    assert sorted(e["path"] for e in manifest["not_read"]) == sorted(
+        [str(folder / "_MD5SUM.txt"), str(g_folder / "_MD5SUM.txt")])
+    origins = pa.concat_tables([pq.read_table(os.path.join(store, s))
+                                for s in manifest["shards"]]).column("g_flux_origin")
+    assert set(origins.to_pylist()) == {"phot_g_mean_mag"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("")
+    assert main(["--quiet", "ingest", str(empty), "--out", str(tmp_path / "s2")]) == 2
+    assert "no table file in it" in capsys.readouterr().err

@@ -289,26 +289,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_ingest(args) -> int:
+def _matches(patterns: List[str]) -> List[str]:
+    """Files, folders or glob patterns (quoted, so that the shell leaves them) to paths."""
     import glob
-    from .ingest import default_jobs, default_workers, ingest
     paths = []
-    for pattern in args.inputs:
+    for pattern in patterns:
         matches = sorted(glob.glob(pattern))
         if not matches:
             raise FileNotFoundError(f"{pattern}: no such file")
         paths += matches
+    return paths
+
+
+def cmd_ingest(args) -> int:
+    from .ingest import default_jobs, default_workers, files_in_folders, ingest
+    paths = _matches(args.inputs)
+    gaia_source = _matches(args.gaia_source or [])
     wavelength = None
     if args.wavelength:
         start, stop, step = (float(v) for v in args.wavelength.split(","))
         wavelength = np.arange(start, stop + step / 2, step)
-    manifest = ingest(paths, args.out, gaia_source=args.gaia_source or (),
+    n_files = len(files_in_folders(paths)[0])
+    manifest = ingest(paths, args.out, gaia_source=gaia_source,
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
                       wavelength=wavelength, workers=args.workers or default_workers(),
-                      jobs=args.jobs or default_jobs(len(paths)))
+                      jobs=args.jobs or default_jobs(n_files))
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
+    if manifest.get("not_read"):
+        print(f"{len(manifest['not_read'])} files of the folders given are not tables and were "
+              "not read (the manifest's not_read lists them)")
     return 0
 
 
@@ -381,11 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("ingest", help="read Gaia XP files (any archive format) into one store")
-    i.add_argument("inputs", nargs="+", help="files or glob patterns")
+    i.add_argument("inputs", nargs="+", help="files, folders of them, or glob patterns")
     i.add_argument("--out", required=True, help="store folder")
     i.add_argument("--gaia-source", action="append",
-                   help="gaia_source table(s) with phot_g_mean_flux or phot_g_mean_mag "
-                        "(repeat for several)")
+                   help="gaia_source table with phot_g_mean_flux or phot_g_mean_mag, a "
+                        "folder of them (the bulk GaiaSource files) or a quoted glob "
+                        "pattern; repeat for several")
     i.add_argument("--rows-per-shard", type=int, default=5_000,
                    help="rows per shard, also the most rows held in memory")
     i.add_argument("--wavelength", metavar="START,STOP,STEP",

@@ -38,10 +38,10 @@ from .files import write_json
 from .machine import usable_cores, usable_memory
 from .sampling import G_ZERO_POINT
 # XPParseError and parse_array_text are re-exported: ``from xpsvae.ingest import ...`` works
-from .xpformats import (BANDS, BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, XPParseError, _Batch,  # noqa: F401
-                        ParsePool, file_batches, is_sampled_record, normalise_record,
-                        grid_length_error, normalise_sampled_record, parse_array_text,
-                        sampled_grid, system_allocator)
+from .xpformats import (BANDS, BATCH_SCHEMA, FILE_KINDS, SAMPLED_BATCH_SCHEMA,  # noqa: F401
+                        XPParseError, _Batch, ParsePool, file_batches, grid_length_error,
+                        is_sampled_record, normalise_record, normalise_sampled_record,
+                        parse_array_text, sampled_grid, system_allocator)
 
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.parquet"
@@ -304,18 +304,53 @@ def default_jobs(n_files: int) -> int:
     return max(1, jobs)
 
 
+def files_in_folders(paths: Iterable) -> Tuple[list, List[dict]]:
+    """The inputs, each folder among them replaced by the table files in it.
+
+    A folder (the bulk ``XpContinuousMeanSpectrum/`` as downloaded, say)
+    gives its files that a reader takes by their name (CSV/ECSV(.gz), FITS,
+    VOTable, Avro, Parquet), sorted; its other files (``_MD5SUM.txt``) are
+    not read, and said so. Other inputs pass unchanged.
+
+    Returns:
+        (inputs, not_read): ``not_read`` holds a ``{"path", "reason"}`` per file left.
+
+    Raises:
+        SpectraError: a folder with no table file in it.
+    """
+    inputs: list = []
+    not_read: List[dict] = []
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)) or not os.path.isdir(p):
+            inputs.append(p)
+            continue
+        names = sorted(n for n in os.listdir(p) if os.path.isfile(os.path.join(p, n)))
+        tables = [n for n in names if n.lower().endswith(tuple(FILE_KINDS))]
+        if not tables:
+            raise SpectraError(f"{p}: a folder with no table file in it (CSV/ECSV(.gz), FITS, "
+                               f"VOTable, Avro or Parquet); {len(names)} other files")
+        inputs += [os.path.join(p, n) for n in tables]
+        not_read += [{"path": os.path.abspath(os.path.join(p, n)),
+                      "reason": "not a table file, by its name"}
+                     for n in names if n not in tables]
+    return inputs, not_read
+
+
 def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
            rows_per_shard: int = 5_000, progress: bool = True,
            wavelength: Optional[np.ndarray] = None, workers: int = 1, jobs: int = 1) -> dict:
     """Read XP files into the store; files already complete in its manifest are skipped.
 
     Args:
-        paths: input files, any mix of formats; also, from Python, astropy
-            Tables, pyarrow Tables or pandas DataFrames (named in the manifest
-            by ``table.meta["name"]``, ``df.attrs["name"]`` or their position).
+        paths: input files, any mix of formats, or folders of them
+            (:func:`files_in_folders`; the folders' other files are listed in
+            the manifest's ``not_read``); also, from Python, astropy Tables,
+            pyarrow Tables or pandas DataFrames (named in the manifest by
+            ``table.meta["name"]``, ``df.attrs["name"]`` or their position).
         store: the store folder (created if needed). A store holds either
             coefficients or sampled spectra on one wavelength grid.
-        gaia_source: gaia_source tables for the G-band flux join.
+        gaia_source: gaia_source tables for the G-band flux join, or folders
+            of them (the bulk ``GaiaSource/`` files).
         rows_per_shard: rows per Parquet shard; memory holds about one shard
             plus four read chunks (16 MB of text each: three inflated ahead,
             one being parsed), or, with workers, two chunks of 8 MB per worker.
@@ -338,10 +373,16 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         The manifest (also written to ``store/manifest.json``).
     """
     from tqdm.auto import tqdm
+    paths, not_read = files_in_folders(paths)
+    gaia_source, g_not_read = files_in_folders(gaia_source)
     os.makedirs(store, exist_ok=True)
     manifest_path = os.path.join(store, MANIFEST)
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else \
         {"files": {}, "shards": [], "gaia_source": []}
+    if not_read or g_not_read:  # files of the folders given that are not tables
+        listed = {entry["path"] for entry in manifest.get("not_read", [])}
+        manifest["not_read"] = manifest.get("not_read", []) + [
+            e for e in not_read + g_not_read if e["path"] not in listed]
     if manifest["shards"]:
         manifest.setdefault("kind", "coefficients")  # stores written before sampled ones
     g_flux = read_g_flux(list(gaia_source))

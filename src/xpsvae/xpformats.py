@@ -453,18 +453,18 @@ def _avro_records(path: str) -> Iterator[tuple]:
                 yield i, None, out
 
 
+#: The readers' formats by the file name's ending (the archive's, compressed as it serves them).
+FILE_KINDS = {".avro": "avro", ".fits": "fits", ".fit": "fits", ".fits.gz": "fits",
+              ".xml": "votable", ".vot": "votable", ".votable": "votable",
+              ".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv",
+              ".ecsv": "csv", ".ecsv.gz": "csv"}
+
+
 def _file_kind(path: str) -> str:
     name = path.lower()
-    if name.endswith(".avro"):
-        return "avro"
-    if name.endswith((".fits", ".fit", ".fits.gz")):
-        return "fits"
-    if name.endswith((".xml", ".vot", ".votable")):
-        return "votable"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith((".csv", ".csv.gz", ".ecsv", ".ecsv.gz")):
-        return "csv"
+    for suffix, kind in FILE_KINDS.items():
+        if name.endswith(suffix):
+            return kind
     raise SpectraError(f"{path}: unknown format; expected CSV/ECSV(.gz), FITS, VOTable, Avro "
                        "or Parquet")
 
