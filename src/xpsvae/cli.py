@@ -113,9 +113,9 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
 
 # --------------------------------------------------------------------------- commands
 
-def _read_and_report(path: str):
+def _read_and_report(path: str, progress: bool = False):
     """Read a table of spectra and say on stderr what was read, kept and set aside."""
-    spectra = read_spectra(path)
+    spectra = read_spectra(path, progress=progress)
     print(spectra.accounting.summary(), file=sys.stderr)
     return spectra
 
@@ -128,7 +128,7 @@ def cmd_train(args) -> int:
         from .stream import read_shard, store_shards
         n_inputs = read_shard(store_shards(args.data)[0]).n_inputs
     else:
-        spectra = _read_and_report(args.data)
+        spectra = _read_and_report(args.data, progress=not args.quiet)
         n_inputs = spectra.n_inputs
     if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
         model = SVAE(train_config=_resume_config(args, args.out))
@@ -161,7 +161,7 @@ def cmd_encode(args) -> int:
               f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
     model = SVAE.load(args.model)
-    spectra = _read_and_report(args.data)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
     table = encoded_table(model, spectra, device=args.device)
     meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
             "accounting": spectra.accounting.to_dict(100)}
@@ -222,7 +222,7 @@ def cmd_demo(args) -> int:
 
 def cmd_cannon_fit(args) -> int:
     from .cannon import Cannon
-    spectra = _read_and_report(args.data)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
     cannon = Cannon(args.labels.split(","), scatter_method=args.scatter_method).fit(spectra)
     cannon.save(args.out)
     info = cannon.fit_info
@@ -262,7 +262,7 @@ def cmd_cannon_infer(args) -> int:
     import pyarrow.parquet as pq
     from .cannon import Cannon
     cannon = Cannon.load(args.cannon)
-    spectra = _read_and_report(args.data)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
     labels, chi2 = cannon.infer_labels(spectra)
     out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
     out.update({c: labels[:, i] for i, c in enumerate(cannon.label_names)})
@@ -278,7 +278,7 @@ def cmd_evaluate(args) -> int:
     from .report import write_report
     from .svae import SVAE
     model = SVAE.load(args.model)
-    spectra = _read_and_report(args.data)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
     cannon = Cannon.load(args.cannon) if args.cannon else None
     os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
     metrics = {"model_dir": args.model,

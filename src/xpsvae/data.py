@@ -211,7 +211,7 @@ def _note_duplicates(source_id: np.ndarray, accounting: RowAccounting) -> None:
                                 f"{pd.Series(source_id)[dup].nunique()} {_DUPLICATES_NOTE}")
 
 
-def _read_store(store: str) -> SpectraSet:
+def _read_store(store: str, progress: bool = False) -> SpectraSet:
     """A store's spectra, validated shard by shard into arrays filled as they are read.
 
     The same set, accounting and row numbers as validating the whole store at
@@ -233,7 +233,8 @@ def _read_store(store: str) -> SpectraSet:
     accounting = RowAccounting(store)
     values = errors = None
     kept = 0
-    for shard in shards:
+    from tqdm.auto import tqdm
+    for shard in tqdm(shards, desc="read", unit="shard", disable=not progress):
         names = [n for n in pq.read_schema(shard).names
                  if not n.endswith("_coefficient_correlations")]  # not used, ~90% of a shard
         table = pq.read_table(shard, columns=names)
@@ -322,13 +323,14 @@ def _set_aside_bad_rows(values: np.ndarray, errors: np.ndarray, accounting: RowA
 
 # --------------------------------------------------------------------------- readers
 
-def read_spectra(path: str | os.PathLike) -> SpectraSet:
+def read_spectra(path: str | os.PathLike, progress: bool = False) -> SpectraSet:
     """Read a Parquet, FITS or HDF5 table of sampled spectra or XP coefficients.
 
     Args:
         path: the file. Parquet (``.parquet``, ``.pq``), FITS (``.fits``,
             ``.fit``, ``.fits.gz``) or HDF5 (``.h5``, ``.hdf5``); or a store
             folder written by ``xpsvae ingest``.
+        progress: a progress bar over a store's shards.
 
     Returns:
         The validated :class:`SpectraSet`; its ``accounting`` says what was
@@ -342,7 +344,7 @@ def read_spectra(path: str | os.PathLike) -> SpectraSet:
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file")
     if os.path.isdir(path):
-        return _read_store(path)
+        return _read_store(path, progress)
     columns = read_table_columns(path)
     return spectra_from_columns(columns, source=path)
 
