@@ -890,3 +890,24 @@ def test_folders_are_read_as_their_table_files(tmp_path, capsys):
     (empty / "notes.txt").write_text("")
     assert main(["--quiet", "ingest", str(empty), "--out", str(tmp_path / "s2")]) == 2
     assert "no table file in it" in capsys.readouterr().err
+
+
+def test_a_store_of_a_later_format_is_refused_with_a_message(tmp_path):
+    """The manifest says the store's format version; a later one is refused by every reader
+    and by ingest, saying to upgrade; a store written before the version was recorded is 1."""
+    from xpsvae.ingest import open_store
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)
+    path = os.path.join(store, "manifest.json")
+    manifest = json.load(open(path))
+    assert manifest["format_version"] == 1
+    del manifest["format_version"]  # as stores were written before
+    json.dump(manifest, open(path, "w"))
+    assert len(read_spectra(store)) == 2
+    manifest["format_version"] = 2
+    json.dump(manifest, open(path, "w"))
+    for read in (read_spectra, open_store,
+                 lambda s: ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], s,
+                                  progress=False)):
+        with pytest.raises(SpectraError, match="format version 2.*upgrade xpsvae"):
+            read(store)

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import __version__
 from .data import SpectraError, column_to_1d, read_table_columns
 from .files import write_json
 from .machine import usable_cores, usable_memory
@@ -44,6 +45,9 @@ from .xpformats import (BANDS, BATCH_SCHEMA, FILE_KINDS, SAMPLED_BATCH_SCHEMA,  
                         parse_array_text, sampled_grid, system_allocator)
 
 MANIFEST = "manifest.json"
+#: The store's layout (the shards' schema, the manifest's keys), in its manifest. A later
+#: layout gets a higher number, so that this version refuses it with a message.
+STORE_FORMAT_VERSION = 1
 SET_ASIDE = "set_aside.parquet"
 SAMPLED_STORE_SCHEMA = pa.schema([*list(SAMPLED_BATCH_SCHEMA)[:3],
                                   pa.field("phot_g_mean_flux", pa.float64()),
@@ -377,8 +381,9 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     gaia_source, g_not_read = files_in_folders(gaia_source)
     os.makedirs(store, exist_ok=True)
     manifest_path = os.path.join(store, MANIFEST)
-    manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else \
+    manifest = _store_manifest(store) if os.path.exists(manifest_path) else \
         {"files": {}, "shards": [], "gaia_source": []}
+    manifest["format_version"] = STORE_FORMAT_VERSION  # stores from before it said are 1
     if not_read or g_not_read:  # files of the folders given that are not tables
         listed = {entry["path"] for entry in manifest.get("not_read", [])}
         manifest["not_read"] = manifest.get("not_read", []) + [
@@ -704,7 +709,13 @@ def _store_manifest(store: str) -> dict:
     if not os.path.exists(manifest_path):
         raise SpectraError(f"{store}: no {MANIFEST}; not an xpsvae store")
     with open(manifest_path) as f:
-        return json.load(f)
+        manifest = json.load(f)
+    version = manifest.get("format_version", 1)
+    if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
+        raise SpectraError(f"{store}: a store of format version {version}; this xpsvae "
+                           f"({__version__}) reads version {STORE_FORMAT_VERSION}: upgrade "
+                           "xpsvae to read it")
+    return manifest
 
 
 def store_shards(store: str) -> List[str]:
