@@ -219,3 +219,16 @@ def test_path_errors_are_one_line_messages(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ingest_module, "_write_shard", interrupted)
     assert main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store3")]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_store_too_large_for_memory_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    """With memory for fewer stars than the store holds, train says to stream, at once."""
+    from xpsvae import machine
+    from xpsvae.ingest import ingest
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)
+    monkeypatch.setattr(machine, "usable_memory", lambda: 2_000)  # bytes: room for none
+    assert main(["--quiet", "train", store, "--out", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "2 stars of 110 inputs" in err and "--streaming" in err
+    assert not os.path.exists(tmp_path / "m")

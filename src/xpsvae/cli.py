@@ -120,6 +120,30 @@ def _read_and_report(path: str, progress: bool = False):
     return spectra
 
 
+def _refuse_a_store_too_large_for_memory(store: str) -> None:
+    """Refuse, before reading it, a store whose stars would not fit in memory for training,
+    with the way round, rather than be killed for memory after a long read.
+
+    Training in memory holds each star's values and errors as float32 twice (as read, and
+    standardised): 16 bytes an input, plus ~200 bytes of labels and ids.
+    """
+    from .ingest import open_store
+    from .machine import usable_memory
+    from .stream import read_shard
+    memory = usable_memory()
+    dataset = open_store(store)
+    stars = dataset.count_rows()
+    if memory is None or stars * 1_000 < 0.8 * memory:  # plainly fits: no shard read
+        return
+    n_inputs = read_shard(dataset.files[0]).n_inputs
+    need = stars * (16 * n_inputs + 200)
+    if need > 0.8 * memory:
+        raise SpectraError(
+            f"{store}: {stars:,} stars of {n_inputs} inputs need ~{need / 2**30:.1f} GB of "
+            f"memory to train on in memory, more than the {memory / 2**30:.1f} GB this "
+            "process may use; train streamed from the store instead: add --streaming")
+
+
 def cmd_train(args) -> int:
     from .svae import CONFIG_FILE, SVAE
     if args.streaming:
@@ -128,6 +152,8 @@ def cmd_train(args) -> int:
         from .stream import read_shard, store_shards
         n_inputs = read_shard(store_shards(args.data)[0]).n_inputs
     else:
+        if os.path.isdir(args.data):
+            _refuse_a_store_too_large_for_memory(args.data)
         spectra = _read_and_report(args.data, progress=not args.quiet)
         n_inputs = spectra.n_inputs
     if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
