@@ -101,6 +101,10 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
     assert sorted(n for n in os.listdir(out) if not n.startswith("part-")) == ["_manifest.json"]
     frame = pd.read_parquet(out)
     assert len(frame) == manifest["rows"]
+    from xpsvae.describe import describe
+    described = describe(out)
+    assert (described["what"], described["rows"], described["shards"], described["complete"]) \
+        == ("encoded catalogue", manifest["rows"], 4, True)
     shards = pa.concat_tables(_tables(out).values())
     assert ds.dataset(out).to_table().num_rows == shards.num_rows
     assert sorted(frame["source_id"]) == sorted(shards.column("source_id").to_pylist())

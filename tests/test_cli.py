@@ -232,3 +232,30 @@ def test_a_store_too_large_for_memory_is_refused_before_reading(tmp_path, capsys
     err = capsys.readouterr().err
     assert "2 stars of 110 inputs" in err and "--streaming" in err
     assert not os.path.exists(tmp_path / "m")
+
+
+def test_info_describes_store_encoded_catalogue_model_and_table(tmp_path, model_dir,
+                                                                  stars_file, capsys):
+    """xpsvae info reads manifests, configurations and footers: what each path holds."""
+    from xpsvae.describe import describe
+    from xpsvae.ingest import ingest
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
+            shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store, progress=False)
+    d = describe(store)
+    assert (d["what"], d["kind"], d["files"], d["rows_kept"], d["rows_set_aside"]) == (
+        "store", "coefficients", 2, 2, 2)
+    assert d["shards"] == 1 and d["bytes_on_disk"] > 0
+    model = describe(model_dir)
+    assert model["what"] == "model" and model["trained"]
+    assert model["architecture"]["latent_dim"] == 6 and model["epochs_run"] >= 2
+    assert model["data"]["n_stars"] > 0
+    table = describe(stars_file)
+    assert table["what"] == "table" and table["rows"] == pq.read_metadata(stars_file).num_rows
+    assert main(["info", store]) == 0
+    out = capsys.readouterr().out
+    assert "2 stars kept of 4 read from 2 files; 2 set aside" in out and "duplicate" in out
+    assert main(["info", model_dir, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["what"] == "model"
+    assert main(["info", str(tmp_path)]) == 2
+    assert "no xpsvae store" in capsys.readouterr().err

@@ -349,6 +349,13 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .describe import describe, format_description
+    description = describe(args.path)
+    print(json.dumps(description, indent=1) if args.json else format_description(description))
+    return 0
+
+
 def cmd_flux(args) -> int:
     from .sampling import write_store_flux
     grid = None
@@ -448,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--normalise", action="store_true",
                     help="divide flux and errors by phot_g_mean_flux (ready for training)")
     fx.set_defaults(func=cmd_flux)
+
+    n = sub.add_parser("info", help="what a store, encoded catalogue, model or Parquet table "
+                                    "holds (reads no spectra)")
+    n.add_argument("path")
+    n.add_argument("--json", action="store_true", help="the description as JSON")
+    n.set_defaults(func=cmd_info)
 
     v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")
     v.add_argument("model", help="sVAE model directory")

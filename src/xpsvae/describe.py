@@ -1,0 +1,155 @@
+"""What a path holds, in a few lines: a store, an encoded catalogue, a model, or a table.
+
+``xpsvae info PATH`` prints it (``--json`` for the dictionary). Only
+manifests, configurations and Parquet footers are read, never the spectra,
+so it answers at once for the whole catalogue too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Dict, List
+
+from .data import SpectraError
+
+
+def describe(path: str) -> dict:
+    """What ``path`` holds.
+
+    Args:
+        path: a store (``xpsvae ingest``), an encoded catalogue (``xpsvae
+            encode`` of a store), a model folder, or a Parquet table.
+
+    Returns:
+        A dictionary whose ``"what"`` says which, with that kind's facts.
+
+    Raises:
+        SpectraError: none of these (or no such path).
+    """
+    if not os.path.exists(path):
+        raise SpectraError(f"{path}: no such file or folder")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "manifest.json")):
+            return _store(path)
+        if os.path.exists(os.path.join(path, "_manifest.json")):
+            return _encoded(path)
+        if os.path.exists(os.path.join(path, "config.json")):
+            return _model(path)
+        raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue or "
+                           "model (no manifest.json, _manifest.json or config.json)")
+    if path.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+        meta = pq.read_metadata(path)
+        return {"what": "table", "path": os.path.abspath(path), "rows": meta.num_rows,
+                "columns": meta.schema.to_arrow_schema().names,
+                "bytes_on_disk": os.path.getsize(path)}
+    raise SpectraError(f"{path}: info reads stores, encoded catalogues, models and Parquet "
+                       "tables; for other tables use xpsvae ingest or read_spectra")
+
+
+def _store(path: str) -> dict:
+    from .ingest import _store_manifest, store_shards
+    manifest = _store_manifest(path)
+    total = manifest.get("total", {})
+    shards = store_shards(path) if manifest["shards"] else []
+    out = {"what": "store", "path": os.path.abspath(path),
+           "kind": manifest.get("kind", "coefficients"),
+           "format_version": manifest.get("format_version", 1),
+           "files": total.get("files", len(manifest["files"])),
+           "rows_read": total.get("rows_read", 0), "rows_kept": total.get("rows_kept", 0),
+           "rows_set_aside": total.get("rows_set_aside", 0), "reasons": total.get("reasons", {}),
+           "shards": len(shards), "bytes_on_disk": sum(os.path.getsize(s) for s in shards),
+           "gaia_source_files": len(manifest.get("gaia_source", [])),
+           "not_read": len(manifest.get("not_read", []))}
+    if manifest.get("wavelength_nm"):
+        grid = manifest["wavelength_nm"]
+        out["wavelength_nm"] = {"first": grid[0], "last": grid[-1], "samples": len(grid)}
+    return out
+
+
+def _encoded(path: str) -> dict:
+    with open(os.path.join(path, "_manifest.json")) as f:
+        manifest = json.load(f)
+    return {"what": "encoded catalogue", "path": os.path.abspath(path),
+            "rows": manifest.get("rows", 0), "shards": len(manifest.get("shards", [])),
+            "complete": manifest.get("complete", False), "input": manifest.get("input"),
+            "model_dir": manifest.get("model_dir"),
+            "xpsvae_version": manifest.get("xpsvae_version")}
+
+
+def _model(path: str) -> dict:
+    from .svae import CONFIG_FILE, MODEL_FILE
+    from .trainer import HISTORY_NAME
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        config = json.load(f)
+    info, training = config.get("info", {}), config.get("training", {})
+    out = {"what": "model", "path": os.path.abspath(path),
+           "format_version": config.get("format_version"),
+           "xpsvae_version": config.get("xpsvae_version"),
+           "trained": os.path.exists(os.path.join(path, MODEL_FILE)),
+           "architecture": config.get("model", {}), "kind": info.get("kind"),
+           "normalisation": info.get("normalisation"),
+           "recipe": {k: training.get(k) for k in ("optimizer", "lr", "batch_size", "epochs",
+                                                    "loss_form", "seed") if k in training},
+           "data": info.get("data", {})}
+    history = _history(os.path.join(path, HISTORY_NAME))
+    if history:
+        last = history[-1]
+        out["epochs_run"] = len(history)
+        out["last_epoch"] = {k: float(v) for k, v in last.items()
+                             if k in ("train_loss", "val_loss", "seconds") and v != ""}
+    return out
+
+
+def _history(path: str) -> List[Dict[str, str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def format_description(d: dict) -> str:
+    """The description as a few lines for a person."""
+    lines = [f"{d['path']}: {d['what']}"]
+    if d["what"] == "store":
+        lines.append(f"  {d['kind']} (format {d['format_version']}), {d['rows_kept']:,} stars "
+                     f"kept of {d['rows_read']:,} read from {d['files']} files; "
+                     f"{d['rows_set_aside']:,} set aside")
+        lines += [f"    {n:,} {why}" for why, n in d["reasons"].items()]
+        lines.append(f"  {d['shards']} shards, {d['bytes_on_disk'] / 2**20:,.1f} MB; G flux "
+                     + (f"joined from {d['gaia_source_files']} gaia_source tables, "
+                        if d["gaia_source_files"] else "")
+                     + "synthetic where none was given (g_flux_origin says which, per star)")
+        if "wavelength_nm" in d:
+            w = d["wavelength_nm"]
+            lines.append(f"  grid {w['first']:g}-{w['last']:g} nm, {w['samples']} samples")
+        if d["not_read"]:
+            lines.append(f"  {d['not_read']} files of the folders given not read (not tables)")
+    elif d["what"] == "encoded catalogue":
+        lines.append(f"  {d['rows']:,} stars in {d['shards']} shards"
+                     + ("" if d["complete"] else " (incomplete: run encode again)"))
+        lines.append(f"  from {d['input']} by the model {d['model_dir']} "
+                     f"(xpsvae {d['xpsvae_version']})")
+    elif d["what"] == "model":
+        a = d["architecture"]
+        lines.append(f"  {a.get('input_dim')} inputs ({d['kind']}, {d['normalisation']}) -> "
+                     f"{'-'.join(map(str, a.get('hidden', [])))} -> {a.get('latent_dim')} latent; "
+                     f"{a.get('activation')}, {a.get('scatter_map')} scatter"
+                     + ("" if d["trained"] else "; not trained yet"))
+        lines.append("  recipe: " + ", ".join(f"{k} {v}" for k, v in d["recipe"].items()))
+        data = d["data"]
+        if isinstance(data.get("n_stars"), int):
+            lines.append(f"  trained on {data['n_stars']:,} stars ({data.get('n_train', '?')} "
+                         f"training, {data.get('n_val', '?')} validation) of {data.get('source')}"
+                         + (", streamed" if data.get("streamed") else ""))
+        if "epochs_run" in d:
+            last = d["last_epoch"]
+            lines.append(f"  {d['epochs_run']} epochs run; last: "
+                         + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+        lines.append(f"  format {d['format_version']}, xpsvae {d['xpsvae_version']}")
+    else:
+        lines.append(f"  {d['rows']:,} rows; columns {', '.join(d['columns'][:12])}"
+                     + (", ..." if len(d["columns"]) > 12 else ""))
+    return "\n".join(lines)
