@@ -127,15 +127,17 @@ def _refuse_a_store_too_large_for_memory(store: str) -> None:
     Training in memory holds each star's values and errors as float32 twice (as read, and
     standardised): 16 bytes an input, plus ~200 bytes of labels and ids.
     """
+    from .data import array_widths
     from .ingest import open_store
     from .machine import usable_memory
-    from .stream import read_shard
     memory = usable_memory()
+    if memory is None:
+        return
     dataset = open_store(store)
     stars = dataset.count_rows()
-    if memory is None or stars * 1_000 < 0.8 * memory:  # plainly fits: no shard read
-        return
-    n_inputs = read_shard(dataset.files[0]).n_inputs
+    widths = array_widths(dataset.files)  # the first shard with an array says
+    n_inputs = widths.get("flux") or (widths.get("bp_coefficients", 0)
+                                      + widths.get("rp_coefficients", 0))
     need = stars * (16 * n_inputs + 200)
     if need > 0.8 * memory:
         raise SpectraError(

@@ -228,7 +228,7 @@ def _read_store(store: str, progress: bool = False) -> SpectraSet:
     from .ingest import store_info, store_shards
     info = store_info(store)
     shards = store_shards(store)
-    widths = _array_widths(shards)
+    widths = array_widths(shards)
     parts: List[SpectraSet] = []
     accounting = RowAccounting(store)
     values = errors = None
@@ -284,7 +284,7 @@ def _concat_labels(frames: List[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([f.astype(dtypes) for f in frames if len(f)], ignore_index=True)
 
 
-def _array_widths(shards: Sequence[str]) -> Dict[str, int]:
+def array_widths(shards: Sequence[str]) -> Dict[str, int]:
     """The length of the spectra's arrays in a store, from the first shard that has one."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
