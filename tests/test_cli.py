@@ -168,6 +168,14 @@ def test_cannon_fit_predict_infer_and_evaluate(tmp_path, stars_file, model_dir):
     assert metrics["cannon"]["test"]["n_stars"] < 1199  # stars without [Fe/H] left out
     assert os.path.getsize(os.path.join(report_dir, "figures", "figure2_flux_450nm.png")) > 10_000
     assert "The paper's three claims" in open(os.path.join(report_dir, "report.md")).read()
+    from xpsvae.describe import describe, format_description
+    cannon = describe(cannon_dir)
+    assert cannon["what"] == "Cannon" and cannon["labels"] == ["teff", "logg", "fe_h"]
+    report = describe(report_dir)
+    assert report["what"] == "report" and report["test"]["svae"]["n_stars"] == 1199
+    assert report["test"]["cannon"]["mean_nll"] == metrics["cannon"]["test"]["mean_nll"]
+    assert set(report["claims"]) == {k for k, v in metrics["claims"].items() if "supported" in v}
+    assert "svae: 1,199 test stars" in format_description(report)
 
 
 def test_cannon_without_label_columns_is_a_clear_error(tmp_path, stars_file, capsys):

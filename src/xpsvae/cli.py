@@ -458,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="divide flux and errors by phot_g_mean_flux (ready for training)")
     fx.set_defaults(func=cmd_flux)
 
-    n = sub.add_parser("info", help="what a store, encoded catalogue, model or Parquet table "
-                                    "holds (reads no spectra)")
+    n = sub.add_parser("info", help="what a store, encoded catalogue, model, Cannon, report or "
+                                    "Parquet table holds (reads no spectra)")
     n.add_argument("path")
     n.add_argument("--json", action="store_true", help="the description as JSON")
     n.set_defaults(func=cmd_info)

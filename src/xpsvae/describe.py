@@ -1,4 +1,5 @@
-"""What a path holds, in a few lines: a store, an encoded catalogue, a model, or a table.
+"""What a path holds, in a few lines: a store, an encoded catalogue, a model, a Cannon, a
+report, or a table.
 
 ``xpsvae info PATH`` prints it (``--json`` for the dictionary). Only
 manifests, configurations and Parquet footers are read, never the spectra,
@@ -20,7 +21,8 @@ def describe(path: str) -> dict:
 
     Args:
         path: a store (``xpsvae ingest``), an encoded catalogue (``xpsvae
-            encode`` of a store), a model folder, or a Parquet table.
+            encode`` of a store), a model folder, a Cannon folder, a report
+            folder (``xpsvae demo``, ``xpsvae evaluate``), or a Parquet table.
 
     Returns:
         A dictionary whose ``"what"`` says which, with that kind's facts.
@@ -37,8 +39,13 @@ def describe(path: str) -> dict:
             return _encoded(path)
         if os.path.exists(os.path.join(path, "config.json")):
             return _model(path)
-        raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue or "
-                           "model (no manifest.json, _manifest.json or config.json)")
+        if os.path.exists(os.path.join(path, "cannon.json")):
+            return _cannon(path)
+        if os.path.exists(os.path.join(path, "metrics.json")):
+            return _report(path)
+        raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue, "
+                           "model, Cannon or report (no manifest.json, _manifest.json, "
+                           "config.json, cannon.json or metrics.json)")
     if path.lower().endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
         meta = pq.read_metadata(path)
@@ -103,6 +110,33 @@ def _model(path: str) -> dict:
     return out
 
 
+def _cannon(path: str) -> dict:
+    with open(os.path.join(path, "cannon.json")) as f:
+        meta = json.load(f)
+    return {"what": "Cannon", "path": os.path.abspath(path),
+            "format_version": meta.get("format_version"), "labels": meta.get("label_names"),
+            "kind": meta.get("kind"), "scatter_method": meta.get("scatter_method"),
+            "fit": meta.get("fit", {})}
+
+
+#: The models a report (``xpsvae demo``, ``xpsvae evaluate``) may compare.
+_REPORTED = ("svae", "svae_paper_recipe", "cannon", "cannon_thecannon_search")
+
+
+def _report(path: str) -> dict:
+    with open(os.path.join(path, "metrics.json")) as f:
+        metrics = json.load(f)
+    test = {name: {k: metrics[name]["test"].get(k) for k in
+                   ("n_stars", "mean_nll", "std_r", "frac_abs_r_gt_5")}
+            for name in _REPORTED if isinstance(metrics.get(name), dict)
+            and "test" in metrics[name]}
+    claims = {name: claim.get("supported") for name, claim in metrics.get("claims", {}).items()
+              if isinstance(claim, dict) and "supported" in claim}
+    return {"what": "report", "path": os.path.abspath(path), "test": test, "claims": claims,
+            "report": os.path.exists(os.path.join(path, "report.md")),
+            "xpsvae_version": metrics.get("xpsvae_version")}
+
+
 def _history(path: str) -> List[Dict[str, str]]:
     if not os.path.exists(path):
         return []
@@ -149,6 +183,23 @@ def format_description(d: dict) -> str:
             lines.append(f"  {d['epochs_run']} epochs run; last: "
                          + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
         lines.append(f"  format {d['format_version']}, xpsvae {d['xpsvae_version']}")
+    elif d["what"] == "Cannon":
+        fit = d["fit"]
+        lines.append(f"  labels {', '.join(d['labels'] or [])} ({d['kind']}, scatter by "
+                     f"{d['scatter_method']}); fitted on {fit.get('n_stars_used', '?'):,} "
+                     f"stars, {fit.get('n_stars_without_labels', 0):,} left out for lack of "
+                     "a label" if isinstance(fit.get("n_stars_used"), int)
+                     else f"  labels {', '.join(d['labels'] or [])}")
+    elif d["what"] == "report":
+        for name, t in d["test"].items():
+            lines.append(f"  {name}: {t['n_stars']:,} test stars, mean NLL {t['mean_nll']:.1f}, "
+                         f"std r {t['std_r']:.3f}, |r| > 5 {100 * t['frac_abs_r_gt_5']:.3f}%")
+        if d["claims"]:
+            lines.append("  claims: " + ", ".join(
+                f"{name} {'supported' if ok else 'not supported'}"
+                for name, ok in d["claims"].items()))
+        if d["report"]:
+            lines.append(f"  read {os.path.join(d['path'], 'report.md')}")
     else:
         lines.append(f"  {d['rows']:,} rows; columns {', '.join(d['columns'][:12])}"
                      + (", ..." if len(d["columns"]) > 12 else ""))
