@@ -105,6 +105,10 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
     described = describe(out)
     assert (described["what"], described["rows"], described["shards"], described["complete"]) \
         == ("encoded catalogue", manifest["rows"], 4, True)
+    from xpsvae.cli import main  # generate reads the folder's latents as one table
+    generated = str(tmp_path / "generated.parquet")
+    assert main(["--quiet", "generate", model_dir, "--latent", out, "--out", generated]) == 0
+    assert pq.read_metadata(generated).num_rows == manifest["rows"]
     shards = pa.concat_tables(_tables(out).values())
     assert ds.dataset(out).to_table().num_rows == shards.num_rows
     assert sorted(frame["source_id"]) == sorted(shards.column("source_id").to_pylist())

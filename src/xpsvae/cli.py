@@ -419,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model", help="model directory")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--n", type=int, help="draw N latent vectors from the prior")
-    src.add_argument("--latent", help="Parquet with 'latent_mean' (from encode) or 'latent', "
-                                      "or a .npy array (n, latent_dim)")
+    src.add_argument("--latent", help="Parquet with 'latent_mean' (from encode: a file, or "
+                                      "the folder of an encoded store) or 'latent', or a .npy "
+                                      "array (n, latent_dim)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output Parquet file")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
