@@ -192,8 +192,9 @@ def format_description(d: dict) -> str:
                      else f"  labels {', '.join(d['labels'] or [])}")
     elif d["what"] == "report":
         for name, t in d["test"].items():
-            lines.append(f"  {name}: {t['n_stars']:,} test stars, mean NLL {t['mean_nll']:.1f}, "
-                         f"std r {t['std_r']:.3f}, |r| > 5 {100 * t['frac_abs_r_gt_5']:.3f}%")
+            lines.append(f"  {name}: {_number(t['n_stars'], ',')} test stars, mean NLL "
+                         f"{_number(t['mean_nll'], '.1f')}, std r {_number(t['std_r'], '.3f')}, "
+                         f"|r| > 5 {_number(t['frac_abs_r_gt_5'], '.3%')}")
         if d["claims"]:
             lines.append("  claims: " + ", ".join(
                 f"{name} {'supported' if ok else 'not supported'}"
@@ -204,3 +205,7 @@ def format_description(d: dict) -> str:
         lines.append(f"  {d['rows']:,} rows; columns {', '.join(d['columns'][:12])}"
                      + (", ..." if len(d["columns"]) > 12 else ""))
     return "\n".join(lines)
+
+
+def _number(value, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
