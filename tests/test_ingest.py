@@ -911,3 +911,17 @@ def test_a_store_of_a_later_format_is_refused_with_a_message(tmp_path):
                                   progress=False)):
         with pytest.raises(SpectraError, match="format version 2.*upgrade xpsvae"):
             read(store)
+
+
+def test_an_empty_shard_in_a_store_adds_nothing(tmp_path):
+    """A shard of no rows (a hand-made store) is passed over by read_spectra."""
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)
+    path = os.path.join(store, "manifest.json")
+    manifest = json.load(open(path))
+    first = os.path.join(store, manifest["shards"][0])
+    pq.write_table(pq.read_table(first).slice(0, 0), os.path.join(store, "part-99999.parquet"))
+    manifest["shards"].insert(0, "part-99999.parquet")
+    json.dump(manifest, open(path, "w"))
+    stars = read_spectra(store)
+    assert len(stars) == 2 and stars.accounting.rows_read == 2

@@ -238,6 +238,8 @@ def _read_store(store: str, progress: bool = False) -> SpectraSet:
         names = [n for n in pq.read_schema(shard).names
                  if not n.endswith("_coefficient_correlations")]  # not used, ~90% of a shard
         table = pq.read_table(shard, columns=names)
+        if not table.num_rows:  # nothing to add (ingest writes none such; a hand-made store may)
+            continue
         part = spectra_from_columns({c: table.column(c) for c in table.column_names},
                                     source=shard, divide_sampled_by_g=info["kind"] == "sampled",
                                     wavelength_nm=info.get("wavelength_nm"), allow_empty=True,
