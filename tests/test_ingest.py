@@ -925,3 +925,18 @@ def test_an_empty_shard_in_a_store_adds_nothing(tmp_path):
     json.dump(manifest, open(path, "w"))
     stars = read_spectra(store)
     assert len(stars) == 2 and stars.accounting.rows_read == 2
+
+
+def test_jobs_0_takes_the_default_for_the_files_the_folders_hold(tmp_path, monkeypatch):
+    """ingest(jobs=0), as the command passes it, sizes the default by the files after the
+    folders are opened, not by the folders."""
+    import shutil
+    from xpsvae import ingest as ingest_module
+    folder = tmp_path / "xp"
+    folder.mkdir()
+    for name in ("XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv"):
+        shutil.copy(shared_file("gaia_dr3_xp", name), folder / name)
+    asked = []
+    monkeypatch.setattr(ingest_module, "default_jobs", lambda n: asked.append(n) or 1)
+    ingest([str(folder)], str(tmp_path / "store"), progress=False, jobs=0)
+    assert asked == [2]

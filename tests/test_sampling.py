@@ -1,6 +1,7 @@
 """Coefficients to sampled flux against GaiaXPy's own calibration."""
 import csv
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -136,3 +137,4 @@ def test_store_flux_without_correlations_names_the_star(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "part-00000.parquet" in err and "coefficient_correlations is missing" in err \
         and "input row 0" in err
+    assert not os.path.exists(tmp_path / "f.parquet.tmp")  # no half-written file left

@@ -330,18 +330,17 @@ def _matches(patterns: List[str]) -> List[str]:
 
 
 def cmd_ingest(args) -> int:
-    from .ingest import default_jobs, default_workers, files_in_folders, ingest
+    from .ingest import default_workers, ingest
     paths = _matches(args.inputs)
     gaia_source = _matches(args.gaia_source or [])
     wavelength = None
     if args.wavelength:
         start, stop, step = (float(v) for v in args.wavelength.split(","))
         wavelength = np.arange(start, stop + step / 2, step)
-    n_files = len(files_in_folders(paths)[0])
     manifest = ingest(paths, args.out, gaia_source=gaia_source,
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
                       wavelength=wavelength, workers=args.workers or default_workers(),
-                      jobs=args.jobs or default_jobs(n_files))
+                      jobs=args.jobs)  # 0: ingest's default for the files the folders hold
     total = manifest["total"]
     print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
           f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")

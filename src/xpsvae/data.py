@@ -224,20 +224,21 @@ def _read_store(store: str, progress: bool = False) -> SpectraSet:
     (a ragged array) is named by the shard and its row there.
     """
     import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
 
     from .ingest import store_info, store_shards
     info = store_info(store)
     shards = store_shards(store)
     widths = array_widths(shards)
-    parts: List[SpectraSet] = []
     accounting = RowAccounting(store)
+    first: Optional[SpectraSet] = None  # kind, normalisation and grid of the store's spectra
+    source_ids, input_rows, labels = [], [], []
     values = errors = None
     kept = 0
-    from tqdm.auto import tqdm
     for shard in tqdm(shards, desc="read", unit="shard", disable=not progress):
-        names = [n for n in pq.read_schema(shard).names
-                 if not n.endswith("_coefficient_correlations")]  # not used, ~90% of a shard
-        table = pq.read_table(shard, columns=names)
+        parquet = pq.ParquetFile(shard)
+        table = parquet.read(columns=[n for n in parquet.schema_arrow.names  # not the
+                                      if not n.endswith("_coefficient_correlations")])  # ~90%
         if not table.num_rows:  # nothing to add (ingest writes none such; a hand-made store may)
             continue
         part = spectra_from_columns({c: table.column(c) for c in table.column_names},
@@ -249,6 +250,7 @@ def _read_store(store: str, progress: bool = False) -> SpectraSet:
             rows = sum(pq.read_metadata(s).num_rows for s in shards)
             values = np.empty((rows, part.n_inputs), dtype=np.float32)
             errors = np.empty_like(values)
+            first = part
         if part.n_inputs != values.shape[1]:
             raise SpectraError(f"{shard}: {part.n_inputs} inputs, the store's first shard "
                                f"{values.shape[1]}")
@@ -259,18 +261,16 @@ def _read_store(store: str, progress: bool = False) -> SpectraSet:
         accounting.set_aside.extend((r + offset, why, c) for r, why, c in part.accounting.set_aside)
         accounting.notes.extend(n for n in part.accounting.notes
                                 if _DUPLICATES_NOTE not in n and n not in accounting.notes)
-        part.input_row = part.input_row + offset
-        part.values = part.errors = None  # their rows are in the store's arrays now
-        parts.append(part)
+        source_ids.append(part.source_id)
+        input_rows.append(part.input_row + offset)
+        labels.append(part.labels)
     if not kept:
         raise SpectraError(f"{accounting.summary()}: no usable row left")
-    source_id = np.concatenate([p.source_id for p in parts])
+    source_id = np.concatenate(source_ids)
     _note_duplicates(source_id, accounting)
-    labels = None if parts[0].labels is None else _concat_labels([p.labels for p in parts])
-    first = parts[0]
     return SpectraSet(values[:kept], errors[:kept], source_id, first.kind, first.wavelength_nm,
-                      labels, first.normalisation, accounting,
-                      np.concatenate([p.input_row for p in parts]))
+                      None if labels[0] is None else _concat_labels(labels),
+                      first.normalisation, accounting, np.concatenate(input_rows))
 
 
 def _concat_labels(frames: List[pd.DataFrame]) -> pd.DataFrame:

@@ -368,7 +368,9 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         jobs: files read at once, each by its own process (which parses it
             itself: ``workers`` is then not used); for many files on many
             cores (:mod:`xpsvae.filejobs`). The store is the same as with 1.
-            With one file to read, ``workers`` parse it instead.
+            With one file to read, ``workers`` parse it instead. 0:
+            :func:`default_jobs` for the files given, folders counted by the
+            files in them.
 
     Scripts that pass ``workers`` or ``jobs`` above 1 need the
     ``if __name__ == "__main__":`` guard of Python's multiprocessing.
@@ -379,6 +381,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     from tqdm.auto import tqdm
     paths, not_read = files_in_folders(paths)
     gaia_source, g_not_read = files_in_folders(gaia_source)
+    jobs = jobs or default_jobs(len(paths))
     os.makedirs(store, exist_ok=True)
     manifest_path = os.path.join(store, MANIFEST)
     manifest = _store_manifest(store) if os.path.exists(manifest_path) else \

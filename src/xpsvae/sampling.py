@@ -157,7 +157,6 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
 
     from .data import SpectraError
     from .ingest import store_info, store_shards
@@ -173,15 +172,32 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
     meta = {"wavelength_nm": sampler.wavelength_nm.tolist(),
             "units": FLUX_UNITS + (" per e-/s of G" if normalise else ""),
             "stars": total - lacking, "stars_without_both_bands": lacking}
-    n = len(sampler.wavelength_nm)
     schema = pa.schema([("source_id", pa.int64()), ("flux", pa.list_(pa.float64())),
                         ("flux_error", pa.list_(pa.float64())),
                         ("phot_g_mean_flux", pa.float64())],
                        metadata={"xpsvae": json.dumps(meta)})
+    try:
+        _write_flux_batches(sampler, shards, out + ".tmp", schema, normalise, total, progress)
+    except BaseException:  # a star without correlations, Ctrl-C: no half-written file left
+        if os.path.exists(out + ".tmp"):
+            os.remove(out + ".tmp")
+        raise
+    os.replace(out + ".tmp", out)
+    return meta
+
+
+def _write_flux_batches(sampler: "XPSampler", shards: list, path: str, schema, normalise: bool,
+                        total: int, progress: bool) -> None:
+    """The stars with both bands of every shard, as flux, into one Parquet file at ``path``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+    n = len(sampler.wavelength_nm)
     columns = ["source_id", "phot_g_mean_flux", "bp_missing", "rp_missing", "input_row"] + [
         f"{b}_{c}" for b in BANDS for c in ("coefficients", "coefficient_errors",
                                             "coefficient_correlations")]
-    with pq.ParquetWriter(out + ".tmp", schema) as writer, \
+    with pq.ParquetWriter(path, schema) as writer, \
             tqdm(total=total, desc="flux", unit="star", disable=not progress) as bar:
         for shard in shards:
             for batch in pq.ParquetFile(shard).iter_batches(_STORE_BATCH_ROWS, columns=columns):
@@ -204,8 +220,6 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
                     "flux": pa.ListArray.from_arrays(offsets, pa.array(flux.ravel())),
                     "flux_error": pa.ListArray.from_arrays(offsets, pa.array(error.ravel())),
                     "phot_g_mean_flux": pa.array(g_flux)}, schema=schema))
-    os.replace(out + ".tmp", out)
-    return meta
 
 
 def _matrix(batch, name: str, shard: str) -> np.ndarray:

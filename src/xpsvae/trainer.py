@@ -363,9 +363,9 @@ class Trainer:
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
-        elif usable_cores() < torch.get_num_threads():
+        elif (cores := usable_cores()) < torch.get_num_threads():
             # torch counts the host's cores; a container's quota of fewer, oversubscribed, crawls
-            torch.set_num_threads(usable_cores())
+            torch.set_num_threads(cores)
         if resume:
             self.load_checkpoint()
         has_val = x_val is not None and len(x_val) > 0
