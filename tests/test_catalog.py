@@ -112,8 +112,10 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
     shards = pa.concat_tables(_tables(out).values())
     assert ds.dataset(out).to_table().num_rows == shards.num_rows
     assert sorted(frame["source_id"]) == sorted(shards.column("source_id").to_pylist())
-    # the earlier layout: the manifest under its old name, a shard still to do
+    # the earlier layout: the manifest under its old name (info still tells it from a
+    # store's), a shard still to do
     os.rename(os.path.join(out, "_manifest.json"), os.path.join(out, "manifest.json"))
+    assert describe(out)["what"] == "encoded catalogue"
     os.remove(os.path.join(out, "part-00001.parquet"))
     kept = os.path.getmtime(os.path.join(out, "part-00000.parquet"))
     again = encode_store(model_dir, store, out, progress=False)
@@ -122,3 +124,20 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
     assert os.path.getmtime(os.path.join(out, "part-00000.parquet")) == kept
     with open(os.path.join(out, "_manifest.json")) as f:
         assert [s["output"] for s in json.load(f)["shards"]] == sorted(_tables(out))
+
+
+def test_a_store_is_never_taken_for_the_output_folder(tmp_path, store_and_model):
+    """Encoding into the input store, or into another store, is refused before anything
+    is written: its shards and its manifest stay as they were."""
+    from xpsvae.data import SpectraError
+    store, model_dir = store_and_model
+    before = {n: os.path.getmtime(os.path.join(store, n)) for n in os.listdir(store)}
+    with pytest.raises(SpectraError, match="the output folder is the input"):
+        encode_store(model_dir, store, store, progress=False)
+    other = str(tmp_path / "other_store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], other, progress=False)
+    with pytest.raises(SpectraError, match="a store from xpsvae ingest"):
+        encode_store(model_dir, store, other, progress=False)
+    assert {n: os.path.getmtime(os.path.join(store, n)) for n in os.listdir(store)} == before
+    assert sorted(os.listdir(other)) == ["manifest.json", "part-00000.parquet",
+                                         "set_aside.parquet"]

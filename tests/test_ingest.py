@@ -940,3 +940,16 @@ def test_jobs_0_takes_the_default_for_the_files_the_folders_hold(tmp_path, monke
     monkeypatch.setattr(ingest_module, "default_jobs", lambda n: asked.append(n) or 1)
     ingest([str(folder)], str(tmp_path / "store"), progress=False, jobs=0)
     assert asked == [2]
+
+
+def test_ingest_refuses_a_folder_of_shards_without_a_manifest(tmp_path):
+    """A folder holding part-*.parquet files but no manifest.json (an encoded catalogue,
+    say) is not a store to add to: its files are left as they were."""
+    out = tmp_path / "latents"
+    out.mkdir()
+    (out / "_manifest.json").write_text("{}")
+    (out / "part-00000.parquet").write_bytes(b"latents")
+    with pytest.raises(SpectraError, match="part-\\*.parquet files but no manifest.json"):
+        ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], str(out), progress=False)
+    assert (out / "part-00000.parquet").read_bytes() == b"latents"
+    assert sorted(os.listdir(out)) == ["_manifest.json", "part-00000.parquet"]

@@ -26,16 +26,14 @@ import torch
 
 from .data import SpectraError, SpectraSet, read_spectra
 from .stream import read_shard
-from .files import write_json
+from .files import (ENCODED_MANIFEST, OLD_ENCODED_MANIFEST, is_encoded_manifest,
+                    read_encoded_manifest, write_json)
 from .ingest import MANIFEST as STORE_MANIFEST, store_shards
 from .machine import usable_cores, usable_memory
 from .svae import CONFIG_FILE, SVAE
 
-#: The output folder's manifest. The leading underscore makes Parquet readers (pandas,
-#: pyarrow.dataset, Dask, Spark) pass it by, so the folder reads as one table.
-MANIFEST = "_manifest.json"
-#: Its name before: read on a restart, then replaced.
-_OLD_MANIFEST = "manifest.json"
+#: The output folder's manifest, under the name Parquet readers pass by (and the old name).
+MANIFEST, _OLD_MANIFEST = ENCODED_MANIFEST, OLD_ENCODED_MANIFEST
 
 
 def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
@@ -140,13 +138,14 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
         The output manifest.
     """
     SVAE.load(model_dir)  # fail early, with the model's own message, before any work
+    _refuse_a_store_as_output(data, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     shards = input_shards(data)
     jobs = [(s, os.path.join(out_dir, f"part-{i:05d}.parquet")) for i, s in enumerate(shards)]
     todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped
     results = _run(model_dir, todo, scheduler, workers, progress)
     done = {r["output"]: r for r in results}
-    previous = _read_manifest(out_dir)
+    previous = read_encoded_manifest(out_dir)
     for entry in previous.get("shards", []):
         done.setdefault(entry["output"], entry)
     manifest = {**model_metadata(model_dir), "input": os.path.abspath(data),
@@ -161,14 +160,18 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     return manifest
 
 
-def _read_manifest(out_dir: str) -> dict:
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.exists(path):
-        path = os.path.join(out_dir, _OLD_MANIFEST)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+def _refuse_a_store_as_output(data: str, out_dir: str) -> None:
+    """An output folder that is the input or another store would have its shards taken for
+    encoded ones (``part-NNNNN.parquet`` both) and its manifest replaced."""
+    if os.path.abspath(out_dir) == os.path.abspath(data):
+        raise SpectraError(f"{out_dir}: the output folder is the input; encode into another")
+    store_manifest = os.path.join(out_dir, STORE_MANIFEST)
+    if os.path.exists(store_manifest):
+        with open(store_manifest) as f:
+            if not is_encoded_manifest(json.load(f)):
+                raise SpectraError(f"{out_dir}: a store from xpsvae ingest ({STORE_MANIFEST}); "
+                                   "encode into another folder")
+
 
 
 def default_workers(n_shards: int) -> int:

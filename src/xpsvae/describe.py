@@ -14,6 +14,7 @@ import os
 from typing import Dict, List
 
 from .data import SpectraError
+from .files import read_encoded_manifest
 
 
 def describe(path: str) -> dict:
@@ -33,10 +34,11 @@ def describe(path: str) -> dict:
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file or folder")
     if os.path.isdir(path):
+        encoded = read_encoded_manifest(path)
+        if encoded:
+            return _encoded(path, encoded)
         if os.path.exists(os.path.join(path, "manifest.json")):
             return _store(path)
-        if os.path.exists(os.path.join(path, "_manifest.json")):
-            return _encoded(path)
         if os.path.exists(os.path.join(path, "config.json")):
             return _model(path)
         if os.path.exists(os.path.join(path, "cannon.json")):
@@ -57,8 +59,8 @@ def describe(path: str) -> dict:
 
 
 def _store(path: str) -> dict:
-    from .ingest import _store_manifest, store_shards
-    manifest = _store_manifest(path)
+    from .ingest import store_manifest, store_shards
+    manifest = store_manifest(path)
     total = manifest.get("total", {})
     shards = store_shards(path) if manifest["shards"] else []
     out = {"what": "store", "path": os.path.abspath(path),
@@ -76,9 +78,7 @@ def _store(path: str) -> dict:
     return out
 
 
-def _encoded(path: str) -> dict:
-    with open(os.path.join(path, "_manifest.json")) as f:
-        manifest = json.load(f)
+def _encoded(path: str, manifest: dict) -> dict:
     return {"what": "encoded catalogue", "path": os.path.abspath(path),
             "rows": manifest.get("rows", 0), "shards": len(manifest.get("shards", [])),
             "complete": manifest.get("complete", False), "input": manifest.get("input"),

@@ -19,6 +19,7 @@ aside. Duplicate source ids are set aside with the row of the first one.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
@@ -384,7 +385,11 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     jobs = jobs or default_jobs(len(paths))
     os.makedirs(store, exist_ok=True)
     manifest_path = os.path.join(store, MANIFEST)
-    manifest = _store_manifest(store) if os.path.exists(manifest_path) else \
+    if not os.path.exists(manifest_path) and glob.glob(os.path.join(store, "part-*.parquet")):
+        # an encoded catalogue, say: its shards have the names this would write
+        raise SpectraError(f"{store}: holds part-*.parquet files but no {MANIFEST}, so it is "
+                           "not a store to add to; ingest into a new folder")
+    manifest = store_manifest(store) if os.path.exists(manifest_path) else \
         {"files": {}, "shards": [], "gaia_source": []}
     manifest["format_version"] = STORE_FORMAT_VERSION  # stores from before it said are 1
     if not_read or g_not_read:  # files of the folders given that are not tables
@@ -686,7 +691,7 @@ def _write_set_aside(store: str, rows: List[dict]) -> None:
 def store_info(store: str) -> dict:
     """What a store holds: ``kind`` (``coefficients`` or ``sampled``) and, for sampled
     spectra, ``wavelength_nm``."""
-    manifest = _store_manifest(store)
+    manifest = store_manifest(store)
     return {"kind": manifest.get("kind", "coefficients"),
             "wavelength_nm": manifest.get("wavelength_nm")}
 
@@ -707,7 +712,13 @@ def read_store_columns(store: str, without_correlations: bool = False) -> dict:
     return {c: table.column(c) for c in table.column_names}
 
 
-def _store_manifest(store: str) -> dict:
+def store_manifest(store: str) -> dict:
+    """A store's ``manifest.json``: its files, shards, row accounting and format version.
+
+    Raises:
+        SpectraError: the folder is not a store, or one of a later format than
+            this xpsvae reads.
+    """
     manifest_path = os.path.join(store, MANIFEST)
     if not os.path.exists(manifest_path):
         raise SpectraError(f"{store}: no {MANIFEST}; not an xpsvae store")
@@ -727,7 +738,7 @@ def store_shards(store: str) -> List[str]:
     Raises:
         SpectraError: the folder is not a store, or it holds no rows.
     """
-    shards = _store_manifest(store)["shards"]
+    shards = store_manifest(store)["shards"]
     if not shards:
         raise SpectraError(f"{store}: the store holds no rows")
     return [os.path.join(store, s) for s in shards]
