@@ -172,8 +172,10 @@ def cmd_train(args) -> int:
     write_json(os.path.join(args.out, "data_accounting.json"),
                model.info["data"]["accounting"] if args.streaming
                else spectra.accounting.to_dict())
-    last = model.history[-1]
-    print(f"trained {last['epoch']} epochs in {last['seconds']:.1f} s; "
+    last, tc = model.history[-1], model.train_config
+    phases = f" ({tc.epochs}, then {tc.calibrate_epochs} calibrating the scatter head)" \
+        if tc.calibrate_epochs and last["epoch"] > tc.epochs else ""
+    print(f"trained {last['epoch']} epochs{phases} in {last['seconds']:.1f} s; "
           f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")
     return 0
 
@@ -330,6 +332,7 @@ def _matches(patterns: List[str]) -> List[str]:
 
 
 def cmd_ingest(args) -> int:
+    from .describe import counted
     from .ingest import default_workers, ingest
     paths = _matches(args.inputs)
     gaia_source = _matches(args.gaia_source or [])
@@ -342,11 +345,14 @@ def cmd_ingest(args) -> int:
                       wavelength=wavelength, workers=args.workers or default_workers(),
                       jobs=args.jobs)  # 0: ingest's default for the files the folders hold
     total = manifest["total"]
-    print(f"{args.out}: {total['files']} files, read {total['rows_read']} rows, kept "
-          f"{total['rows_kept']}, set aside {total['rows_set_aside']} {total['reasons'] or ''}")
+    print(f"{args.out}: {counted(total['files'], 'file')}, read "
+          f"{counted(total['rows_read'], 'row')}, kept {total['rows_kept']:,}, set aside "
+          f"{total['rows_set_aside']:,} {total['reasons'] or ''}".rstrip())
     if manifest.get("not_read"):
-        print(f"{len(manifest['not_read'])} files of the folders given are not tables and were "
-              "not read (the manifest's not_read lists them)")
+        n = len(manifest["not_read"])
+        print(f"{counted(n, 'file')} of the folders given "
+              + ("is not a table and was" if n == 1 else "are not tables and were")
+              + " not read (the manifest's not_read lists them)")
     return 0
 
 

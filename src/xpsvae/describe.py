@@ -58,6 +58,11 @@ def describe(path: str) -> dict:
                        "tables; for other tables use xpsvae ingest or read_spectra")
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 file``, ``2,004 files``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _store(path: str) -> dict:
     from .ingest import store_manifest, store_shards
     manifest = store_manifest(path)
@@ -99,7 +104,7 @@ def _model(path: str) -> dict:
            "architecture": config.get("model", {}), "kind": info.get("kind"),
            "normalisation": info.get("normalisation"),
            "recipe": {k: training.get(k) for k in ("optimizer", "lr", "batch_size", "epochs",
-                                                    "loss_form", "seed") if k in training},
+                                                    "calibrate_epochs", "loss_form", "seed") if k in training},
            "data": info.get("data", {})}
     history = _history(os.path.join(path, HISTORY_NAME))
     if history:
@@ -148,21 +153,22 @@ def format_description(d: dict) -> str:
     """The description as a few lines for a person."""
     lines = [f"{d['path']}: {d['what']}"]
     if d["what"] == "store":
-        lines.append(f"  {d['kind']} (format {d['format_version']}), {d['rows_kept']:,} stars "
-                     f"kept of {d['rows_read']:,} read from {d['files']} files; "
+        lines.append(f"  {d['kind']} (format {d['format_version']}), {counted(d['rows_kept'], 'star')} "
+                     f"kept of {d['rows_read']:,} read from {counted(d['files'], 'file')}; "
                      f"{d['rows_set_aside']:,} set aside")
         lines += [f"    {n:,} {why}" for why, n in d["reasons"].items()]
-        lines.append(f"  {d['shards']} shards, {d['bytes_on_disk'] / 2**20:,.1f} MB; G flux "
-                     + (f"joined from {d['gaia_source_files']} gaia_source tables, "
+        lines.append(f"  {counted(d['shards'], 'shard')}, {d['bytes_on_disk'] / 2**20:,.1f} MB; G flux "
+                     + (f"joined from {counted(d['gaia_source_files'], 'gaia_source table')}, "
                         if d["gaia_source_files"] else "")
                      + "synthetic where none was given (g_flux_origin says which, per star)")
         if "wavelength_nm" in d:
             w = d["wavelength_nm"]
             lines.append(f"  grid {w['first']:g}-{w['last']:g} nm, {w['samples']} samples")
         if d["not_read"]:
-            lines.append(f"  {d['not_read']} files of the folders given not read (not tables)")
+            lines.append(f"  {counted(d['not_read'], 'file')} of the folders given not read "
+                         + ("(not a table)" if d["not_read"] == 1 else "(not tables)"))
     elif d["what"] == "encoded catalogue":
-        lines.append(f"  {d['rows']:,} stars in {d['shards']} shards"
+        lines.append(f"  {counted(d['rows'], 'star')} in {counted(d['shards'], 'shard')}"
                      + ("" if d["complete"] else " (incomplete: run encode again)"))
         lines.append(f"  from {d['input']} by the model {d['model_dir']} "
                      f"(xpsvae {d['xpsvae_version']})")
