@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from typing import List, Optional, Sequence
 
@@ -37,26 +36,18 @@ MANIFEST, _OLD_MANIFEST = ENCODED_MANIFEST, OLD_ENCODED_MANIFEST
 
 
 def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
-    """Latents, reconstruction chi2 per degree of freedom and anomaly score per star.
-
-    ``anomaly_score`` is the star's negative log-likelihood under the model,
-    per input: mean over inputs of ``r^2/2 + ln(2 pi w)/2`` with ``w = err^2 +
-    scatter^2`` in standardised units and the reconstruction decoded from the
-    latent mean. Rare or broken spectra score high.
-    """
-    out = model.standardised_outputs(spectra, device=device)
-    w = out["err"].astype(np.float64) ** 2 + out["scatter"].astype(np.float64) ** 2
-    r2 = (out["x"] - out["x_hat"]) ** 2 / w
-    anomaly = 0.5 * (r2 + np.log(2 * math.pi * w)).mean(axis=1)
+    """:meth:`SVAE.score` of every star as a table, with ``source_id`` and ``input_row``."""
+    scores = model.score(spectra, device=device)
+    d = model.config.latent_dim
     return pa.table({
         "source_id": spectra.source_id,
         "input_row": spectra.input_row,
         "latent_mean": pa.FixedSizeListArray.from_arrays(
-            out["latent_mean"].astype(np.float32).ravel(), out["latent_mean"].shape[1]),
+            scores["latent_mean"].astype(np.float32).ravel(), d),
         "latent_std": pa.FixedSizeListArray.from_arrays(
-            out["latent_std"].astype(np.float32).ravel(), out["latent_std"].shape[1]),
-        "reconstruction_chi2_per_dof": r2.mean(axis=1),
-        "anomaly_score": anomaly,
+            scores["latent_std"].astype(np.float32).ravel(), d),
+        "reconstruction_chi2_per_dof": scores["reconstruction_chi2_per_dof"],
+        "anomaly_score": scores["anomaly_score"],
     })
 
 

@@ -343,6 +343,31 @@ class SVAE:
         return {"x": x, "err": err, "x_hat": x_hat, "scatter": scatter, "latent_mean": mean,
                 "latent_std": std}
 
+    def score(self, spectra: SpectraSet, device: str = "cpu") -> Dict[str, np.ndarray]:
+        """Per star: latents, how well the model reconstructs it, and how unlike it is.
+
+        ``anomaly_score`` is the star's negative log-likelihood under the model,
+        per input: the mean over inputs of ``r^2/2 + ln(2 pi w)/2``, with ``w =
+        err^2 + scatter^2`` in standardised units and the reconstruction decoded
+        from the latent mean. Rare or broken spectra score high; the stars most
+        unlike the others are ``np.argsort(-score(stars)["anomaly_score"])``.
+
+        Args:
+            spectra: a :class:`SpectraSet` (``read_spectra``), errors included.
+            device: where to run.
+
+        Returns:
+            dict of arrays, one row per star: ``latent_mean``, ``latent_std``
+            (n, latent_dim), ``reconstruction_chi2_per_dof`` (the mean of r^2)
+            and ``anomaly_score`` (n,).
+        """
+        out = self.standardised_outputs(spectra, device=device)
+        w = out["err"].astype(np.float64) ** 2 + out["scatter"].astype(np.float64) ** 2
+        r2 = (out["x"] - out["x_hat"]) ** 2 / w
+        return {"latent_mean": out["latent_mean"], "latent_std": out["latent_std"],
+                "reconstruction_chi2_per_dof": r2.mean(axis=1),
+                "anomaly_score": 0.5 * (r2 + np.log(2 * np.pi * w)).mean(axis=1)}
+
     # ------------------------------------------------------------------ files
     def _config_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "xpsvae_version": __version__,
