@@ -232,6 +232,72 @@ def test_gaia_source_tables_give_the_last_flux_else_the_first_magnitude(tmp_path
         read_g_flux([str(text)])
 
 
+def test_gaia_source_rows_without_xp_spectra_are_left_out_and_counted(tmp_path):
+    """Where a gaia_source table has has_xp_continuous (the archive's does), its stars
+    without XP spectra are not kept (no XP file can name them); a missing value is not
+    taken for false; every row is counted."""
+    from xpsvae.ingest import read_g_flux
+    ecsv = tmp_path / "GaiaSource_000000-000001.csv.gz"
+    ecsv.write_bytes(gzip.compress(
+        b"# %ECSV 1.0\n# ---\n# delimiter: ','\n"
+        b"source_id,phot_g_mean_flux,has_xp_continuous,has_xp_sampled\n"
+        b"10,100.0,True,True\n"
+        b"11,110.0,False,False\n"    # no XP spectra: left out
+        b"12,null,True,False\n"      # no G
+        b"13,130.0,null,False\n"))   # unknown: kept
+    parquet = str(tmp_path / "more.parquet")
+    pq.write_table(pa.table({"source_id": [14, 15, 16], "phot_g_mean_flux": [140.0, 150., 160.],
+                             "has_xp_continuous": pa.array([False, None, True])}), parquet)
+    no_column = str(tmp_path / "plain.parquet")
+    pq.write_table(pa.table({"source_id": [17], "phot_g_mean_flux": [170.0]}), no_column)
+    counts = {}
+    ids, flux, _ = read_g_flux([str(ecsv), parquet, no_column], counts)
+    assert ids.tolist() == [10, 13, 15, 16, 17]
+    assert flux.tolist() == [100.0, 130.0, 150.0, 160.0, 170.0]
+    assert counts == {"rows_read": 8, "rows_without_xp": 2, "rows_without_g": 1, "stars": 5}
+
+
+def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
+    """The gaia_source tables are read once for a store: a run again with the same tables
+    (more XP files, or after an interruption) maps the kept arrays, and gives the store one
+    run gives; a changed table is read again; with no file left to do, none is read."""
+    import shutil as sh
+    from xpsvae import ingest as ingest_module
+    spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
+    thirds = [str(tmp_path / f"third{k}.parquet") for k in range(3)]
+    for k, path in enumerate(thirds):
+        pq.write_table(spectra.slice(10 * k, 10 if k < 2 else None), path)
+    source = str(tmp_path / "gaia_source.parquet")
+    sh.copy(shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet"), source)
+    whole, piecewise = str(tmp_path / "whole"), str(tmp_path / "piecewise")
+    ingest(thirds, whole, gaia_source=[source], rows_per_shard=7, progress=False)
+    reads = []
+    real = ingest_module.read_g_flux
+    monkeypatch.setattr(ingest_module, "read_g_flux",
+                        lambda paths, counts=None: reads.append(list(paths)) or real(paths, counts))
+    ingest(thirds[:1], piecewise, gaia_source=[source], rows_per_shard=7, progress=False)
+    assert len(reads) == 1 and os.path.isdir(os.path.join(piecewise, ".g_flux"))
+    ingest(thirds, piecewise, gaia_source=[source], rows_per_shard=7, progress=False, jobs=2)
+    assert len(reads) == 1  # mapped, by the jobs too
+    manifest, shards, _ = _store_contents(whole)
+    again, again_shards, _ = _store_contents(piecewise)
+    assert again["total"] == manifest["total"] and again["gaia_source_rows"] == \
+        manifest["gaia_source_rows"] == {"rows_read": 32, "rows_without_xp": 0,
+                                         "rows_without_g": 0, "stars": 30}
+    for column in ("source_id", "phot_g_mean_flux", "g_flux_origin"):
+        assert pa.concat_tables(again_shards.values()).column(column).equals(
+            pa.concat_tables(shards.values()).column(column))
+    ingest(thirds, piecewise, gaia_source=[source], progress=False)  # nothing left to do
+    assert len(reads) == 1
+    changed = str(tmp_path / "changed")  # a table changed since the last run: read again
+    ingest(thirds[:1], changed, gaia_source=[source], progress=False)
+    pq.write_table(pq.read_table(source).slice(0, 30), source)
+    ingest(thirds[:2], changed, gaia_source=[source], progress=False)
+    assert len(reads) == 3
+    assert json.load(open(os.path.join(changed, "manifest.json")))["gaia_source_rows"][
+        "rows_read"] == 30
+
+
 def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,

@@ -63,6 +63,14 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
+def _g_rows(rows: dict) -> str:
+    if not rows:
+        return ""
+    return (f" ({rows['stars']:,} stars with G of {counted(rows['rows_read'], 'row')}; "
+            f"{rows['rows_without_xp']:,} without XP spectra, {rows['rows_without_g']:,} "
+            "without G)")
+
+
 def _store(path: str) -> dict:
     from .ingest import store_manifest, store_shards
     manifest = store_manifest(path)
@@ -76,6 +84,7 @@ def _store(path: str) -> dict:
            "rows_set_aside": total.get("rows_set_aside", 0), "reasons": total.get("reasons", {}),
            "shards": len(shards), "bytes_on_disk": sum(os.path.getsize(s) for s in shards),
            "gaia_source_files": len(manifest.get("gaia_source", [])),
+           "gaia_source_rows": manifest.get("gaia_source_rows", {}),
            "not_read": len(manifest.get("not_read", []))}
     if manifest.get("wavelength_nm"):
         grid = manifest["wavelength_nm"]
@@ -158,7 +167,8 @@ def format_description(d: dict) -> str:
                      f"{d['rows_set_aside']:,} set aside")
         lines += [f"    {n:,} {why}" for why, n in d["reasons"].items()]
         lines.append(f"  {counted(d['shards'], 'shard')}, {d['bytes_on_disk'] / 2**20:,.1f} MB; G flux "
-                     + (f"joined from {counted(d['gaia_source_files'], 'gaia_source table')}, "
+                     + (f"joined from {counted(d['gaia_source_files'], 'gaia_source table')}"
+                        + _g_rows(d["gaia_source_rows"]) + ", "
                         if d["gaia_source_files"] else "")
                      + "synthetic where none was given (g_flux_origin says which, per star)")
         if "wavelength_nm" in d:

@@ -36,7 +36,7 @@ from .machine import arrow_for_child
 from .xpformats import system_allocator
 
 JOBS_DIR = ".jobs"
-_G_NAMES = ("ids", "flux", "origin")
+_G_NAMES = _ingest._G_NAMES
 _job_state: dict = {}  # in a job process: the G-flux arrays, the queue for row counts
 
 
@@ -63,21 +63,24 @@ def ingest_in_jobs(todo: Dict[str, tuple], store: str, manifest: dict,
                    seen: "_ingest._SeenIds", g_flux: tuple, rows_per_shard: int,
                    wavelength: Optional[np.ndarray], jobs: int,
                    record: Callable[[str, "_ingest.FileAccount", List[str]], None],
-                   progress: bool) -> None:
+                   progress: bool, g_dir: Optional[str] = None) -> None:
     """Ingest ``todo`` (name: (source, size)) with ``jobs`` processes; ``record`` each file.
 
     Files are recorded in the order of ``todo``, each once all before it are;
-    at most ``2 * jobs`` files are read ahead of the one to record next.
+    at most ``2 * jobs`` files are read ahead of the one to record next. The jobs
+    map the G-flux arrays from ``g_dir`` (the store's kept table) or from a copy.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from tqdm.auto import tqdm
     jobs_dir = os.path.join(store, JOBS_DIR)
     shutil.rmtree(jobs_dir, ignore_errors=True)  # an interrupted ingest's
-    g_dir = os.path.join(jobs_dir, "g_flux")
-    os.makedirs(g_dir)
-    for n, array in zip(_G_NAMES, g_flux):
-        np.save(os.path.join(g_dir, f"{n}.npy"), array)
+    os.makedirs(jobs_dir)
+    if g_dir is None:
+        g_dir = os.path.join(jobs_dir, "g_flux")
+        os.makedirs(g_dir)
+        for n, array in zip(_G_NAMES, g_flux):
+            np.save(os.path.join(g_dir, f"{n}.npy"), array)
     context = multiprocessing.get_context("spawn")  # fork would copy this process's threads
     rows_queue = context.Queue()
     names = list(todo)

@@ -23,6 +23,7 @@ import glob
 import itertools
 import json
 import os
+import shutil
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -90,21 +91,34 @@ class FileAccount:
 
 #: Where a row's G flux came from, by the codes :func:`read_g_flux` returns.
 G_ORIGINS = ("phot_g_mean_flux", "phot_g_mean_mag")
-_G_COLUMNS = ("source_id", "phot_g_mean_flux", "phot_g_mean_mag")
+_G_COLUMNS = ("source_id", "phot_g_mean_flux", "phot_g_mean_mag", "has_xp_continuous")
+#: The G-flux table of a store's last ``--gaia-source`` tables, kept for the next run.
+G_FLUX_DIR = ".g_flux"
+_G_NAMES = ("ids", "flux", "origin")
 
 
-def read_g_flux(paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """G fluxes from gaia_source tables, as sorted arrays (17 bytes a star).
 
     ``phot_g_mean_flux`` where given, else ``phot_g_mean_mag`` converted with
     the DR3 zero point: ``10**(-0.4 (G - 25.6874))``. A star in several rows
-    or tables takes its last flux, else its first magnitude.
+    or tables takes its last flux, else its first magnitude. Where a table has
+    ``has_xp_continuous`` (the archive's gaia_source does), only its stars
+    with XP spectra are kept: a tenth of the 1.8 billion, the ones an XP
+    file can name.
+
+    Args:
+        paths: gaia_source tables (Parquet, FITS, CSV, ECSV, gzip'd or not).
+        counts: if given, filled in with ``rows_read``, ``rows_without_xp``
+            (``has_xp_continuous`` false), ``rows_without_g`` (neither a
+            positive flux nor a magnitude) and ``stars`` (distinct, with G).
 
     Returns:
         (source_id sorted, G flux in e-/s, origin code: an index into :data:`G_ORIGINS`).
     """
     ids, values, codes, order = [], [], [], []
-    start = 0
+    start = without_xp = without_g = 0
     for path in paths:
         columns = _gaia_source_columns(path)
         sid = column_to_1d(columns["source_id"]).astype(np.int64)
@@ -113,28 +127,92 @@ def read_g_flux(paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarra
             if "phot_g_mean_flux" in columns else np.full(n, np.nan)
         mag = column_to_1d(columns["phot_g_mean_mag"]).astype(float) \
             if "phot_g_mean_mag" in columns else np.full(n, np.nan)
+        with_xp = _has_xp(columns.get("has_xp_continuous"), n)
         has_flux = np.isfinite(flux) & (flux > 0)
         has_mag = ~has_flux & np.isfinite(mag)
-        keep = has_flux | has_mag
+        keep = (has_flux | has_mag) & with_xp
+        without_xp += int(n - with_xp.sum())
+        without_g += int((with_xp & ~(has_flux | has_mag)).sum())
         ids.append(sid[keep])
         values.append(np.where(has_flux, flux, 10 ** (-0.4 * (mag - G_ZERO_POINT)))[keep])
         codes.append(np.where(has_flux, 0, 1)[keep].astype(np.int8))
         order.append(np.arange(start, start + n)[keep])
         start += n
     if not ids:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int8)
-    ids, values, codes, order = (np.concatenate(a) for a in (ids, values, codes, order))
-    # Per star the first row after sorting by: flux before magnitude, the last flux, the
-    # first magnitude.
-    ranked = np.lexsort((np.where(codes == 0, -order, order), codes, ids))
-    ids, values, codes = ids[ranked], values[ranked], codes[ranked]
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return ids[first], values[first], codes[first]
+        ids, values, codes = _no_g_flux()
+    else:
+        ids, values, codes, order = (np.concatenate(a) for a in (ids, values, codes, order))
+        # Per star the first row after sorting by: flux before magnitude, the last flux, the
+        # first magnitude.
+        ranked = np.lexsort((np.where(codes == 0, -order, order), codes, ids))
+        ids, values, codes = ids[ranked], values[ranked], codes[ranked]
+        first = np.ones(len(ids), dtype=bool)
+        first[1:] = ids[1:] != ids[:-1]
+        ids, values, codes = ids[first], values[first], codes[first]
+    if counts is not None:
+        counts.update(rows_read=start, rows_without_xp=without_xp, rows_without_g=without_g,
+                      stars=len(ids))
+    return ids, values, codes
+
+
+def _has_xp(column, n: int) -> np.ndarray:
+    """``has_xp_continuous`` as booleans; where the column or a value is missing: true."""
+    if column is None:
+        return np.ones(n, dtype=bool)
+    if np.ma.isMaskedArray(column):
+        return np.ma.filled(column, True).astype(bool)
+    values = column_to_1d(column)
+    if values.dtype == object:  # Arrow's nulls come as None
+        return np.array([v is None or bool(v) for v in values], dtype=bool)
+    return values.astype(bool)
+
+
+def g_flux_table(store: str, paths: Sequence[str]) -> Tuple[tuple, dict, Optional[str]]:
+    """:func:`read_g_flux` of ``paths``, read once for a store and kept in ``STORE/.g_flux/``.
+
+    Reading the bulk GaiaSource files is hours of work. A run again with the
+    same tables (by path, size and modification time), after an interruption
+    or with more XP files, maps the arrays kept by the last run instead.
+
+    Returns:
+        (the arrays, memory-mapped; their counts; the folder holding them, or
+        None where no table is given).
+    """
+    if not paths:
+        return _no_g_flux(), {}, None
+    key = [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+    folder = os.path.join(store, G_FLUX_DIR)
+    try:
+        with open(os.path.join(folder, "tables.json")) as f:
+            kept = json.load(f)
+        if kept["tables"] == key:
+            return _map_g_flux(folder), kept["counts"], folder
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none kept, or for other tables: read them
+    counts: dict = {}
+    arrays = read_g_flux(paths, counts)
+    writing = folder + ".tmp"
+    shutil.rmtree(writing, ignore_errors=True)
+    os.makedirs(writing)
+    for name, array in zip(_G_NAMES, arrays):
+        np.save(os.path.join(writing, f"{name}.npy"), array)
+    write_json(os.path.join(writing, "tables.json"), {"tables": key, "counts": counts})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(writing, folder)
+    return _map_g_flux(folder), counts, folder
+
+
+def _no_g_flux() -> tuple:
+    return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int8)
+
+
+def _map_g_flux(folder: str) -> tuple:
+    return tuple(np.load(os.path.join(folder, f"{n}.npy"), mmap_mode="r") for n in _G_NAMES)
 
 
 def _gaia_source_columns(path: str) -> dict:
-    """source_id and the G columns of a gaia_source table; only those are read."""
+    """source_id, the G columns and has_xp_continuous of a gaia_source table; only those
+    are read."""
     name = path.lower()
     if name.endswith((".csv", ".ecsv", ".csv.gz", ".ecsv.gz")):
         header, comments, delimiter = _csv_header(path)
@@ -143,7 +221,8 @@ def _gaia_source_columns(path: str) -> dict:
         import pyarrow.csv as pcsv
         # Types given, not inferred from the first block: a G column empty there would be
         # inferred as null and refuse the values that follow.
-        types = {c: pa.int64() if c == "source_id" else pa.float64() for c in wanted}
+        types = {c: {"source_id": pa.int64(), "has_xp_continuous": pa.bool_()}.get(
+            c, pa.float64()) for c in wanted}
         try:  # the bulk GaiaSource files have ~150 columns: Arrow reads just these
             table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(skip_rows=comments),
                                   parse_options=pcsv.ParseOptions(delimiter=delimiter),
@@ -398,9 +477,6 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
             e for e in not_read + g_not_read if e["path"] not in listed]
     if manifest["shards"]:
         manifest.setdefault("kind", "coefficients")  # stores written before sampled ones
-    g_flux = read_g_flux(list(gaia_source))
-    manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
-                                                                             gaia_source)))
     seen = _ids_in_store(store, manifest)
     set_aside_rows = _read_set_aside(store)
     todo: dict = {}  # name: (source, size), in the order given
@@ -412,6 +488,13 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         if size is not None and done and done.get("complete") and done.get("size") == size:
             continue  # re-running after an interruption: this file is already in the store
         todo.setdefault(name, (source, size))
+    # After the files to do are known: with none left, the gaia_source tables are not read.
+    g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source)) if todo else \
+        (_no_g_flux(), {}, None)
+    manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
+                                                                             gaia_source)))
+    if g_counts:
+        manifest["gaia_source_rows"] = g_counts
 
     def record(name: str, account: FileAccount, shards: List[str]) -> None:
         account.set_aside.sort(key=lambda r: r["input_row"])
@@ -429,7 +512,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     if min(jobs, len(todo)) > 1:  # a single file is better read by parsing processes
         from .filejobs import ingest_in_jobs
         ingest_in_jobs(todo, store, manifest, seen, g_flux, rows_per_shard, wavelength, jobs,
-                       record, progress)
+                       record, progress, g_dir)
     else:
         # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
         with system_allocator(), ParsePool(workers) if workers > 1 else nullcontext() as pool, \
