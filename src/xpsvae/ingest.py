@@ -117,7 +117,10 @@ def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None
     Returns:
         (source_id sorted, G flux in e-/s, origin code: an index into :data:`G_ORIGINS`).
     """
-    ids, values, codes, order = [], [], [], []
+    # Rows in the order of preference: the fluxes last row first, then the magnitudes
+    # first row first. A stable sort by source_id then puts each star's row to keep first,
+    # with no key arrays beside the ids (the whole GaiaSource keeps 220 million stars).
+    by_flux, by_mag = [], []
     start = without_xp = without_g = 0
     for path in paths:
         columns = _gaia_source_columns(path)
@@ -128,27 +131,33 @@ def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None
         mag = column_to_1d(columns["phot_g_mean_mag"]).astype(float) \
             if "phot_g_mean_mag" in columns else np.full(n, np.nan)
         with_xp = _has_xp(columns.get("has_xp_continuous"), n)
-        has_flux = np.isfinite(flux) & (flux > 0)
-        has_mag = ~has_flux & np.isfinite(mag)
-        keep = (has_flux | has_mag) & with_xp
+        del columns
+        has_flux = np.isfinite(flux) & (flux > 0) & with_xp
+        has_mag = ~has_flux & np.isfinite(mag) & with_xp
         without_xp += int(n - with_xp.sum())
         without_g += int((with_xp & ~(has_flux | has_mag)).sum())
-        ids.append(sid[keep])
-        values.append(np.where(has_flux, flux, 10 ** (-0.4 * (mag - G_ZERO_POINT)))[keep])
-        codes.append(np.where(has_flux, 0, 1)[keep].astype(np.int8))
-        order.append(np.arange(start, start + n)[keep])
+        by_flux.append((sid[has_flux][::-1], flux[has_flux][::-1]))
+        by_mag.append((sid[has_mag], 10 ** (-0.4 * (mag[has_mag] - G_ZERO_POINT))))
         start += n
-    if not ids:
-        ids, values, codes = _no_g_flux()
-    else:
-        ids, values, codes, order = (np.concatenate(a) for a in (ids, values, codes, order))
-        # Per star the first row after sorting by: flux before magnitude, the last flux, the
-        # first magnitude.
-        ranked = np.lexsort((np.where(codes == 0, -order, order), codes, ids))
-        ids, values, codes = ids[ranked], values[ranked], codes[ranked]
-        first = np.ones(len(ids), dtype=bool)
-        first[1:] = ids[1:] != ids[:-1]
-        ids, values, codes = ids[first], values[first], codes[first]
+    by_flux.reverse()
+    codes = np.repeat(np.array([0, 1], np.int8), [sum(len(i) for i, _ in by_flux),
+                                                   sum(len(i) for i, _ in by_mag)])
+    id_parts = [i for i, _ in by_flux + by_mag]
+    value_parts = [v for _, v in by_flux + by_mag]
+    del by_flux, by_mag  # each part goes as soon as it is joined: memory peaks once, lower
+    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+    del id_parts
+    values = np.concatenate(value_parts) if value_parts else np.zeros(0)
+    del value_parts
+    ranked = np.argsort(ids, kind="stable")
+    ids = ids[ranked]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    ranked = ranked[first]
+    ids = ids[first]  # one array at a time, each old one gone before the next is made
+    del first
+    values = values[ranked]
+    codes = codes[ranked]
     if counts is not None:
         counts.update(rows_read=start, rows_without_xp=without_xp, rows_without_g=without_g,
                       stars=len(ids))

@@ -1,0 +1,106 @@
+"""Memory and time of the G-flux table of ``--gaia-source``: read once, then mapped.
+
+Writes ``--files`` gaia_source Parquet tables of ``--rows-per-file`` rows each
+(``source_id``, ``phot_g_mean_flux``, ``phot_g_mean_mag``,
+``has_xp_continuous``; the ids of neighbouring files overlap, so that some
+stars are listed twice; 5% without a flux, 10% without XP spectra, as drawn
+with a fixed seed). Then, each in a fresh process, with the package and its
+libraries imported before the baseline:
+
+* ``read``: ``g_flux_table(store, tables)`` in a new store: the tables read
+  (``read_g_flux``) and the arrays kept in ``STORE/.g_flux/``;
+* ``mapped``: the same call again, as a second ``xpsvae ingest`` into that
+  store makes it: the kept arrays are mapped, no table is read.
+
+Peak memory is ``/proc/self/status`` VmHWM less the memory held before the
+call. The last line is a JSON object with ``rows``, ``stars``,
+``read_seconds``, ``read_peak_mb``, ``read_bytes_per_star`` (the arrays
+themselves are 17 bytes a star), ``mapped_seconds``, ``mapped_peak_mb`` and
+``speed_ratio`` (read over mapped). Real bulk ``GaiaSource_*.csv.gz`` files
+are gzip'd CSV of ~150 columns, far slower to read than these tables, so the
+real ratio is larger.
+
+    python benchmarks/g_flux_table.py --files 20 --rows-per-file 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _kb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(float(line.split()[1]) for line in f if line.startswith(field))
+
+
+def _measure(tables_dir: str, store: str) -> dict:
+    import numpy as np
+    import pyarrow.parquet  # noqa: F401
+
+    from xpsvae.ingest import g_flux_table
+    tables = sorted(glob.glob(os.path.join(tables_dir, "*.parquet")))
+    os.makedirs(store, exist_ok=True)
+    before = _kb("VmRSS:")
+    start = time.perf_counter()
+    arrays, counts, _ = g_flux_table(store, tables)
+    checksum = float(np.asarray(arrays[1]).sum())  # every page touched, as the joins would
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "peak_mb": round((_kb("VmHWM:") - before) / 1024, 1),
+            "rows": counts["rows_read"], "stars": counts["stars"], "checksum": checksum}
+
+
+def _fresh(tables_dir: str, store: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--measure", tables_dir, store],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _write_tables(folder: str, files: int, rows: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    for k in range(files):
+        flux = rng.random(rows) * 1e4
+        flux[rng.random(rows) < 0.05] = np.nan
+        ids = rng.permutation(rows).astype(np.int64) * 7 + k * rows * 5  # neighbours overlap
+        pq.write_table(pa.table({"source_id": ids, "phot_g_mean_flux": flux,
+                                 "phot_g_mean_mag": rng.random(rows) + 15,
+                                 "has_xp_continuous": rng.random(rows) < 0.9}),
+                       os.path.join(folder, f"GaiaSource_{k:06d}.parquet"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--files", type=int, default=20)
+    p.add_argument("--rows-per-file", type=int, default=500_000)
+    p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure:
+        print(json.dumps(_measure(*args.measure)))
+        return
+    with tempfile.TemporaryDirectory() as work:
+        tables = os.path.join(work, "gaia_source")
+        os.makedirs(tables)
+        _write_tables(tables, args.files, args.rows_per_file)
+        store = os.path.join(work, "store")
+        read, mapped = _fresh(tables, store), _fresh(tables, store)
+        if read["checksum"] != mapped["checksum"]:
+            raise SystemExit("the mapped table differs from the one read")
+        print(json.dumps({"rows": read["rows"], "stars": read["stars"],
+                          "read_seconds": read["seconds"], "read_peak_mb": read["peak_mb"],
+                          "read_bytes_per_star": round(read["peak_mb"] * 2**20 / read["stars"]),
+                          "mapped_seconds": mapped["seconds"],
+                          "mapped_peak_mb": mapped["peak_mb"],
+                          "speed_ratio": round(read["seconds"] / mapped["seconds"], 1)}))
+
+
+if __name__ == "__main__":
+    main()
