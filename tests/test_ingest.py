@@ -274,7 +274,8 @@ def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
     reads = []
     real = ingest_module.read_g_flux
     monkeypatch.setattr(ingest_module, "read_g_flux",
-                        lambda paths, counts=None: reads.append(list(paths)) or real(paths, counts))
+                        lambda paths, counts=None, progress=False: reads.append(list(paths))
+                        or real(paths, counts))
     ingest(thirds[:1], piecewise, gaia_source=[source], rows_per_shard=7, progress=False)
     assert len(reads) == 1 and os.path.isdir(os.path.join(piecewise, ".g_flux"))
     ingest(thirds, piecewise, gaia_source=[source], rows_per_shard=7, progress=False, jobs=2)

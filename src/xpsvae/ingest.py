@@ -97,7 +97,7 @@ G_FLUX_DIR = ".g_flux"
 _G_NAMES = ("ids", "flux", "origin")
 
 
-def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None
+def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None, progress: bool = False
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """G fluxes from gaia_source tables, as sorted arrays (17 bytes a star).
 
@@ -113,16 +113,19 @@ def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None
         counts: if given, filled in with ``rows_read``, ``rows_without_xp``
             (``has_xp_continuous`` false), ``rows_without_g`` (neither a
             positive flux nor a magnitude) and ``stars`` (distinct, with G).
+        progress: a progress bar over the tables (the whole GaiaSource is
+            3,386 files).
 
     Returns:
         (source_id sorted, G flux in e-/s, origin code: an index into :data:`G_ORIGINS`).
     """
+    from tqdm.auto import tqdm
     # Rows in the order of preference: the fluxes last row first, then the magnitudes
     # first row first. A stable sort by source_id then puts each star's row to keep first,
     # with no key arrays beside the ids (the whole GaiaSource keeps 220 million stars).
     by_flux, by_mag = [], []
     start = without_xp = without_g = 0
-    for path in paths:
+    for path in tqdm(paths, desc="gaia_source", unit="table", disable=not progress):
         columns = _gaia_source_columns(path)
         sid = column_to_1d(columns["source_id"]).astype(np.int64)
         n = len(sid)
@@ -176,7 +179,8 @@ def _has_xp(column, n: int) -> np.ndarray:
     return values.astype(bool)
 
 
-def g_flux_table(store: str, paths: Sequence[str]) -> Tuple[tuple, dict, Optional[str]]:
+def g_flux_table(store: str, paths: Sequence[str], progress: bool = False
+                 ) -> Tuple[tuple, dict, Optional[str]]:
     """:func:`read_g_flux` of ``paths``, read once for a store and kept in ``STORE/.g_flux/``.
 
     Reading the bulk GaiaSource files is hours of work. A run again with the
@@ -199,7 +203,7 @@ def g_flux_table(store: str, paths: Sequence[str]) -> Tuple[tuple, dict, Optiona
     except (OSError, ValueError, KeyError, TypeError):
         pass  # none kept, or for other tables: read them
     counts: dict = {}
-    arrays = read_g_flux(paths, counts)
+    arrays = read_g_flux(paths, counts, progress)
     writing = folder + ".tmp"
     shutil.rmtree(writing, ignore_errors=True)
     os.makedirs(writing)
@@ -498,7 +502,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
             continue  # re-running after an interruption: this file is already in the store
         todo.setdefault(name, (source, size))
     # After the files to do are known: with none left, the gaia_source tables are not read.
-    g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source)) if todo else \
+    g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source), progress) if todo else \
         (_no_g_flux(), {}, None)
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
                                                                              gaia_source)))
