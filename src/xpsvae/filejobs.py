@@ -15,9 +15,9 @@ them to the store as a one-at-a-time ingest would have:
   file's row instead;
 - the shards take their numbers in the store.
 
-The G-flux table goes to the jobs as memory-mapped ``.npy`` files, so that
-the jobs share one copy. An interrupted ingest leaves only ``.jobs``, which
-the next one clears.
+The G-flux table goes to the jobs as memory-mapped ``.npy`` files (the
+store's kept ``.g_flux``, else a copy in ``.jobs``), so that the jobs share
+one copy. An interrupted ingest leaves ``.jobs``, which the next one clears.
 """
 
 from __future__ import annotations
