@@ -164,7 +164,6 @@ def _refuse_a_store_as_output(data: str, out_dir: str) -> None:
                                    "encode into another folder")
 
 
-
 def default_workers(n_shards: int) -> int:
     """Processes of a local cluster: one per core (each runs the network with one thread),
     at most one per shard to encode and one per GB of memory (a worker peaks at ~0.6 GB,

@@ -112,8 +112,9 @@ def _model(path: str) -> dict:
            "trained": os.path.exists(os.path.join(path, MODEL_FILE)),
            "architecture": config.get("model", {}), "kind": info.get("kind"),
            "normalisation": info.get("normalisation"),
-           "recipe": {k: training.get(k) for k in ("optimizer", "lr", "batch_size", "epochs",
-                                                    "calibrate_epochs", "loss_form", "seed") if k in training},
+           "recipe": {k: training.get(k) for k in (
+               "optimizer", "lr", "batch_size", "epochs", "calibrate_epochs", "loss_form",
+               "seed") if k in training},
            "data": info.get("data", {})}
     history = _history(os.path.join(path, HISTORY_NAME))
     if history:
@@ -162,13 +163,14 @@ def format_description(d: dict) -> str:
     """The description as a few lines for a person."""
     lines = [f"{d['path']}: {d['what']}"]
     if d["what"] == "store":
-        lines.append(f"  {d['kind']} (format {d['format_version']}), {counted(d['rows_kept'], 'star')} "
-                     f"kept of {d['rows_read']:,} read from {counted(d['files'], 'file')}; "
-                     f"{d['rows_set_aside']:,} set aside")
+        lines.append(f"  {d['kind']} (format {d['format_version']}), "
+                     f"{counted(d['rows_kept'], 'star')} kept of {d['rows_read']:,} read from "
+                     f"{counted(d['files'], 'file')}; {d['rows_set_aside']:,} set aside")
         lines += [f"    {n:,} {why}" for why, n in d["reasons"].items()]
-        lines.append(f"  {counted(d['shards'], 'shard')}, {d['bytes_on_disk'] / 2**20:,.1f} MB; G flux "
+        lines.append(f"  {counted(d['shards'], 'shard')}, {d['bytes_on_disk'] / 2**20:,.1f} MB")
+        lines.append("  G flux: "
                      + (f"joined from {counted(d['gaia_source_files'], 'gaia_source table')}"
-                        + _g_rows(d["gaia_source_rows"]) + ", "
+                        + _g_rows(d["gaia_source_rows"]) + "; "
                         if d["gaia_source_files"] else "")
                      + "synthetic where none was given (g_flux_origin says which, per star)")
         if "wavelength_nm" in d:
