@@ -438,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--gaia-source", action="append",
                    help="gaia_source table with phot_g_mean_flux or phot_g_mean_mag, a "
                         "folder of them (the bulk GaiaSource files) or a quoted glob "
-                        "pattern; repeat for several")
+                        "pattern; repeat for several. Read once per store (kept in "
+                        "STORE/.g_flux/ for the next run); stars whose has_xp_continuous "
+                        "is false are left out")
     i.add_argument("--rows-per-shard", type=int, default=5_000,
                    help="rows per shard, also the most rows held in memory")
     i.add_argument("--wavelength", metavar="START,STOP,STEP",
