@@ -1020,3 +1020,51 @@ def test_ingest_refuses_a_folder_of_shards_without_a_manifest(tmp_path):
         ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], str(out), progress=False)
     assert (out / "part-00000.parquet").read_bytes() == b"latents"
     assert sorted(os.listdir(out)) == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_a_file_under_another_path_is_not_read_again(tmp_path, capsys):
+    """A file already in the store under another path (its folder moved), or given twice
+    under two names, is skipped and listed in the manifest's same_content, not read again
+    with every row set aside as a duplicate; a file of the same size but other content is
+    read; a store written before fingerprints were has them made from its paths."""
+    import shutil as sh
+    original = tmp_path / "downloads" / "XP_CONTINUOUS_RAW.csv"
+    original.parent.mkdir()
+    sh.copy(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"), original)
+    store = str(tmp_path / "store")
+    first = ingest([str(original)], store, progress=False)
+    assert first["files"][str(original)]["fingerprint"].startswith(f"{original.stat().st_size}:")
+    moved = tmp_path / "scratch"
+    os.rename(original.parent, moved)
+    again = ingest([str(moved)], store, progress=False)
+    assert again["same_content"] == {str(moved / original.name): str(original)}
+    assert again["total"] == first["total"] and again["shards"] == first["shards"]
+    assert pq.read_table(os.path.join(store, "set_aside.parquet")).num_rows == 0
+    # the same size, another content: one digit of the first coefficient changed
+    text = (moved / original.name).read_bytes()
+    at = text.index(b'"(') + 2
+    other = tmp_path / "other.csv"
+    other.write_bytes(text[:at] + (b"1" if text[at:at + 1] != b"1" else b"2") + text[at + 1:])
+    assert other.stat().st_size == (moved / original.name).stat().st_size
+    third = ingest([str(other)], store, progress=False)
+    assert str(other) in third["files"] and str(other) not in third.get("same_content", {})
+    assert third["total"]["rows_read"] == 2 * first["total"]["rows_read"]
+    # two names for one file in one run of a fresh store, recorded before fingerprints
+    twice = str(tmp_path / "twice")
+    copy = tmp_path / "copy.csv"
+    sh.copy(moved / original.name, copy)
+    ingest([str(moved / original.name)], twice, progress=False)
+    manifest = json.load(open(os.path.join(twice, "manifest.json")))
+    for entry in manifest["files"].values():
+        del entry["fingerprint"]
+    json.dump(manifest, open(os.path.join(twice, "manifest.json"), "w"))
+    fresh = str(tmp_path / "fresh")
+    both = ingest([str(moved / original.name), str(copy)], fresh, progress=False)
+    assert both["same_content"] == {str(copy): str(moved / original.name)}
+    assert both["total"] == first["total"]
+    old = ingest([str(copy)], twice, progress=False)
+    assert old["same_content"] == {str(copy): str(moved / original.name)}
+    assert "fingerprint" in old["files"][str(moved / original.name)]
+    assert main(["--quiet", "ingest", str(tmp_path / "copy.csv"), "--out", twice]) == 0
+    assert "1 file given is already in the store under another path" in \
+        capsys.readouterr().out

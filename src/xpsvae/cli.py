@@ -348,6 +348,14 @@ def cmd_ingest(args) -> int:
     print(f"{args.out}: {counted(total['files'], 'file')}, read "
           f"{counted(total['rows_read'], 'row')}, kept {total['rows_kept']:,}, set aside "
           f"{total['rows_set_aside']:,} {total['reasons'] or ''}".rstrip())
+    given = [os.path.abspath(p) for p in paths]
+    skipped = [k for k in manifest.get("same_content", {})
+               if any(k == g or k.startswith(g.rstrip(os.sep) + os.sep) for g in given)]
+    if skipped:
+        print(f"{counted(len(skipped), 'file')} given "
+              + ("is" if len(skipped) == 1 else "are")
+              + " already in the store under another path and not read again (the "
+              "manifest's same_content says which)")
     if manifest.get("not_read"):
         n = len(manifest["not_read"])
         print(f"{counted(n, 'file')} of the folders given "

@@ -20,6 +20,7 @@ aside. Duplicate source ids are set aside with the row of the first one.
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
 import json
 import os
@@ -493,6 +494,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     seen = _ids_in_store(store, manifest)
     set_aside_rows = _read_set_aside(store)
     todo: dict = {}  # name: (source, size), in the order given
+    same_content = _SameContent(manifest)
     for i, p in enumerate(paths):
         name, source = (os.path.abspath(p), os.path.abspath(p)) \
             if isinstance(p, (str, os.PathLike)) else (_table_name(p, i), p)
@@ -500,6 +502,9 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         done = manifest["files"].get(name)
         if size is not None and done and done.get("complete") and done.get("size") == size:
             continue  # re-running after an interruption: this file is already in the store
+        if size is not None and not done and name not in todo and \
+                same_content.find(name, size):
+            continue  # a file in the store, or given before, under another path
         todo.setdefault(name, (source, size))
     # After the files to do are known: with none left, the gaia_source tables are not read.
     g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source), progress) if todo else \
@@ -513,8 +518,11 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         account.set_aside.sort(key=lambda r: r["input_row"])
         set_aside_rows.extend(account.set_aside)
         manifest["shards"] += shards
-        manifest["files"][name] = {**account.to_dict(), "shards": shards,
-                                   "size": todo[name][1], "complete": True}
+        source, size = todo[name]
+        manifest["files"][name] = {**account.to_dict(), "shards": shards, "size": size,
+                                   "complete": True}
+        if size is not None:
+            manifest["files"][name]["fingerprint"] = same_content.fingerprint_of(source)
         if account.set_aside or not os.path.exists(os.path.join(store, SET_ASIDE)):
             # written again only when it changed: rows set aside carry their raw text
             # (~40 kB a bulk row), and a catalogue is thousands of files
@@ -602,6 +610,69 @@ def ingest_file(name: str, source, shard_dir: str, first_shard: int, rows_per_sh
         account.add_set_aside(-1, f"file refused: {exc}")
     write_full_shards(final=True)
     return account, [w.result() for w in writes]
+
+
+def file_fingerprint(path: str) -> str:
+    """A file's size and a hash of its first and last MiB: the same file under another
+    path (a folder moved or copied) has the same one; two different Gaia files do not."""
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        if size > 2 * _FINGERPRINT_BYTES:
+            f.seek(size - _FINGERPRINT_BYTES)
+        digest.update(f.read())
+    return f"{size}:{digest.hexdigest()}"
+
+
+_FINGERPRINT_BYTES = 2**20
+
+
+class _SameContent:
+    """Finds, for a path the store does not know, a file of the same content: complete in
+    the store, or given earlier in this run.
+
+    Only files of a size another such file has are fingerprinted, so a run
+    over new files reads nothing more; a store's files that were recorded
+    before fingerprints were are fingerprinted from their path, where it is.
+    What is found is listed in the manifest's ``same_content`` (path: the
+    other file), so that every file given is accounted for.
+    """
+
+    def __init__(self, manifest: dict):
+        self.manifest = manifest
+        self.fingerprints: dict = {}  # files given in this run
+        self.by_size: dict = {}
+        for name, entry in manifest["files"].items():
+            if entry.get("complete") and entry.get("size") is not None:
+                self.by_size.setdefault(entry["size"], []).append(name)
+                if "fingerprint" in entry:
+                    self.fingerprints[name] = entry["fingerprint"]
+
+    def _fingerprint(self, name: str) -> Optional[str]:
+        if name not in self.fingerprints and os.path.isfile(name):
+            self.fingerprints[name] = file_fingerprint(name)
+            if name in self.manifest["files"]:  # recorded before fingerprints were
+                self.manifest["files"][name]["fingerprint"] = self.fingerprints[name]
+        return self.fingerprints.get(name)
+
+    def fingerprint_of(self, name: str) -> str:
+        """A file's fingerprint, computed once."""
+        fingerprint = self._fingerprint(name)
+        return fingerprint if fingerprint is not None else file_fingerprint(name)
+
+    def find(self, path: str, size: int) -> Optional[str]:
+        """The other file of ``path``'s content, or None (``path`` is then a candidate)."""
+        candidates = self.by_size.setdefault(size, [])
+        found = None
+        if candidates:
+            fingerprint = self._fingerprint(path)
+            found = next((c for c in candidates if self._fingerprint(c) == fingerprint), None)
+        if found is None:
+            candidates.append(path)
+            return None
+        self.manifest.setdefault("same_content", {})[path] = found
+        return found
 
 
 def _table_name(table, position: int) -> str:
