@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from xpsvae import SVAE, TrainConfig, read_spectra
 from xpsvae.cli import main
+from xpsvae.data import SpectraError
 from xpsvae.preprocess import Standardizer
 from xpsvae.stream import StoreStream, is_validation, read_shard
 
@@ -56,30 +57,9 @@ def test_each_rank_reads_only_its_own_shards(store):
 
 
 def test_streamed_training_is_repeatable_and_resumes_to_the_same_weights(store, tmp_path):
-    common = [store, "--streaming", "--buffer-shards", "2", "--batch-size", "32",
-              "--calibrate-epochs", "1", "--threads", "2", "--seed", "4", "--epochs", "3"]
-    assert main(["--quiet", "train", *common, "--out", str(tmp_path / "a")]) == 0
-    assert main(["--quiet", "train", *common, "--out", str(tmp_path / "b")]) == 0
-    first = load_file(str(tmp_path / "a" / "model.safetensors"))
-    second = load_file(str(tmp_path / "b" / "model.safetensors"))
-    for k in first:  # the same seed gives the same weights on CPU
-        torch.testing.assert_close(first[k], second[k], rtol=0, atol=0)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_two(trainer):
-        if trainer.epoch == 2:
-            raise Crash
+    first = _repeatable_and_resumable(store, tmp_path, ["--streaming", "--buffer-shards", "2"],
+                                      buffer_shards=2)
     config = TrainConfig(epochs=3, calibrate_epochs=1, batch_size=32, threads=2, seed=4)
-    with pytest.raises(Crash):
-        SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "c"), progress=False,
-                                            buffer_shards=2, on_epoch_end=crash_after_two)
-    SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "c"), resume=True,
-                                        progress=False, buffer_shards=2)
-    resumed = load_file(str(tmp_path / "c" / "model.safetensors"))
-    for k in first:
-        torch.testing.assert_close(first[k], resumed[k], rtol=0, atol=0)
     history = pd.read_csv(tmp_path / "c" / "history.csv")
     assert history.epoch.tolist() == [1, 2, 3, 4] and np.isfinite(history.val_loss).all()
     # epochs read from the float32 cache: the same rows in the same order, the same weights
@@ -115,3 +95,75 @@ def test_a_shard_without_usable_rows_is_left_out_and_counted(store, tmp_path):
                  "--calibrate-epochs", "0", "--batch-size", "32", "--threads", "2"]) == 0
     import json
     assert json.load(open(os.path.join(out, "data_accounting.json")))["rows_set_aside"] == 25
+
+
+def test_resident_training_holds_each_ranks_own_stars(store, tmp_path, monkeypatch):
+    """--resident: a rank's training stars, read once, standardised, in shard order, from
+    Parquet or the cache alike; under 3 ranks the parts are disjoint and together every
+    training star; training on them is repeatable, resumes to the same weights, and a part
+    too large for memory is refused before it is read."""
+    stream = StoreStream.scan(store, val_fraction=0.2, seed=5)
+    x, err = stream.training_tensors()
+    everything = read_spectra(store)
+    train = ~is_validation(everything.source_id, 0.2)
+    expected_x, expected_err = stream.standardizer.transform(everything.values[train],
+                                                             everything.errors[train])
+    assert x.dtype == torch.float32 and x.shape == (stream.train_rows, 110)
+    np.testing.assert_array_equal(x.numpy(), expected_x)  # read_spectra's order: the shards'
+    np.testing.assert_array_equal(err.numpy(), expected_err)
+    cached = StoreStream.scan(store, val_fraction=0.2, seed=5,
+                              cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(cached.training_tensors()[0].numpy(), expected_x)
+    parts = [StoreStream.scan(store, val_fraction=0.2, rank=r, world=3) for r in range(3)]
+    for part in parts:  # (under DDP the scan combines the ranks' statistics itself)
+        part.standardizer = stream.standardizer
+    rows = [{r.tobytes() for r in p.training_tensors()[0].numpy()} for p in parts]
+    assert sum(len(r) for r in rows) == len(expected_x) and set().union(*rows) == \
+        {r.tobytes() for r in stream.standardizer.transform(everything.values[train])}
+
+    first = _repeatable_and_resumable(store, tmp_path, ["--resident"], resident=True)
+    streamed = load_file(_trained(store, tmp_path / "s", "--streaming", *COMMON))
+    assert any(not torch.equal(first[k], streamed[k]) for k in first)  # batches differ
+
+    from xpsvae import machine
+    config = TrainConfig(epochs=3, calibrate_epochs=1, batch_size=32, threads=2, seed=4)
+    monkeypatch.setattr(machine, "usable_memory", lambda: 100_000)
+    with pytest.raises(SpectraError, match="rank 0 of 1 holds .* training stars of 110 inputs"):
+        SVAE(train_config=config).fit_store(store, progress=False, resident=True)
+    assert main(["--quiet", "train", store, "--resident", "--streaming", "--out",
+                 str(tmp_path / "x")]) == 2
+
+
+COMMON = ["--batch-size", "32", "--calibrate-epochs", "1", "--threads", "2", "--seed", "4",
+          "--epochs", "3"]
+
+
+def _repeatable_and_resumable(store, tmp_path, options, **fit_store_options) -> dict:
+    """Two seeded CLI runs give the same weights, and so does a run stopped after two epochs
+    then resumed; the weights."""
+    first = load_file(_trained(store, tmp_path / "a", *options, *COMMON))
+    second = load_file(_trained(store, tmp_path / "b", *options, *COMMON))
+    for k in first:  # the same seed gives the same weights on CPU
+        torch.testing.assert_close(first[k], second[k], rtol=0, atol=0)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(trainer):
+        if trainer.epoch == 2:
+            raise Crash
+    config = TrainConfig(epochs=3, calibrate_epochs=1, batch_size=32, threads=2, seed=4)
+    with pytest.raises(Crash):
+        SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "c"), progress=False,
+                                            on_epoch_end=crash_after_two, **fit_store_options)
+    SVAE(train_config=config).fit_store(store, out_dir=str(tmp_path / "c"), resume=True,
+                                        progress=False, **fit_store_options)
+    resumed = load_file(str(tmp_path / "c" / "model.safetensors"))
+    for k in first:
+        torch.testing.assert_close(first[k], resumed[k], rtol=0, atol=0)
+    return first
+
+
+def _trained(store, out, *options):
+    assert main(["--quiet", "train", store, *options, "--out", str(out)]) == 0
+    return str(out / "model.safetensors")

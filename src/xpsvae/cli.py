@@ -143,14 +143,20 @@ def _refuse_a_store_too_large_for_memory(store: str) -> None:
         raise SpectraError(
             f"{store}: {stars:,} stars of {n_inputs} inputs need ~{need / 2**30:.1f} GB of "
             f"memory to train on in memory, more than the {memory / 2**30:.1f} GB this "
-            "process may use; train streamed from the store instead: add --streaming")
+            "process may use; train streamed from the store instead (add --streaming), or "
+            "over several processes that each hold a part (torchrun ... --resident)")
 
 
 def cmd_train(args) -> int:
     from .svae import CONFIG_FILE, SVAE
-    if args.streaming:
+    if args.streaming and args.resident:
+        raise SpectraError("--streaming and --resident are two ways to train on a store: "
+                           "give one")
+    from_store = args.streaming or args.resident
+    if from_store:
         if not os.path.isdir(args.data):
-            raise SpectraError(f"{args.data}: --streaming reads a store folder (xpsvae ingest)")
+            option = "--streaming" if args.streaming else "--resident"
+            raise SpectraError(f"{args.data}: {option} reads a store folder (xpsvae ingest)")
         from .stream import read_shard, store_shards
         n_inputs = read_shard(store_shards(args.data)[0]).n_inputs
     else:
@@ -162,15 +168,16 @@ def cmd_train(args) -> int:
         model = SVAE(train_config=_resume_config(args, args.out))
     else:
         model = SVAE(_model_config(args, n_inputs), _train_config(args))
-    if args.streaming:
+    if from_store:
         model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                        buffer_shards=args.buffer_shards, cache_dir=args.cache_dir)
+                        buffer_shards=args.buffer_shards, cache_dir=args.cache_dir,
+                        resident=args.resident)
     else:
         model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 writes the files and reports
     write_json(os.path.join(args.out, "data_accounting.json"),
-               model.info["data"]["accounting"] if args.streaming
+               model.info["data"]["accounting"] if from_store
                else spectra.accounting.to_dict())
     last, tc = model.history[-1], model.train_config
     phases = f" ({tc.epochs}, then {tc.calibrate_epochs} calibrating the scatter head)" \
@@ -408,10 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--streaming", action="store_true",
                    help="stream a store shard by shard (for stores larger than memory)")
+    t.add_argument("--resident", action="store_true",
+                   help="read a store's training stars once and keep them on the training "
+                        "device, each rank only its own shards under torchrun (a store too "
+                        "large for one GPU, spread over several)")
     t.add_argument("--buffer-shards", type=int, default=4,
                    help="with --streaming: shards shuffled together in memory")
-    t.add_argument("--cache-dir", help="with --streaming: keep the checked training rows "
-                                       "there as float32 .npy files and read epochs from them")
+    t.add_argument("--cache-dir", help="with --streaming (or --resident): keep the checked "
+                                       "training rows there as float32 .npy files and read "
+                                       "epochs from them")
     _add_training_options(t)
     t.set_defaults(func=cmd_train)
 

@@ -195,7 +195,9 @@ def format_description(d: dict) -> str:
         if isinstance(data.get("n_stars"), int):
             lines.append(f"  trained on {data['n_stars']:,} stars ({data.get('n_train', '?')} "
                          f"training, {data.get('n_val', '?')} validation) of {data.get('source')}"
-                         + (", streamed" if data.get("streamed") else ""))
+                         + (", streamed" if data.get("streamed") else "")
+                         + (", each rank's part resident" if data.get("resident_parts")
+                            else ""))
         if "epochs_run" in d:
             last = d["last_epoch"]
             lines.append(f"  {d['epochs_run']} epochs run; last: "

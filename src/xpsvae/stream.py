@@ -191,6 +191,36 @@ class StoreStream:
         stream.cache = cached
         return stream
 
+    def training_tensors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This rank's training stars, standardised, as two float32 tensors (n, inputs).
+
+        Read shard by shard (from the cache where there is one) into the final
+        arrays, so the peak is the arrays plus one shard: ~8 bytes an input a
+        star. For training with the stars resident in (device) memory.
+        """
+        values = np.empty((self.train_rows, self.n_inputs), np.float32)
+        errors = np.empty_like(values)
+        at = 0
+        for path in self.shards:
+            if path in self.cache:
+                shard_values = np.load(self.cache[path][0], mmap_mode="r")
+                shard_errors = np.load(self.cache[path][1], mmap_mode="r")
+            else:
+                shard = read_shard(path)
+                train = ~self._val(shard)
+                shard_values, shard_errors = shard.values[train], shard.errors[train]
+            n = len(shard_values)
+            if at + n > self.train_rows:
+                raise SpectraError(f"{path}: more training stars than the scan counted: did "
+                                   "the store's shards change?")
+            values[at:at + n], errors[at:at + n] = self.standardizer.transform(
+                shard_values, shard_errors)
+            at += n
+        if at != self.train_rows:
+            raise SpectraError(f"the store gave {at} training stars, {self.train_rows} "
+                               "counted by the scan: did its shards change?")
+        return torch.from_numpy(values), torch.from_numpy(errors)
+
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, self.train_rows // batch_size)
 

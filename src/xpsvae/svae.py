@@ -135,7 +135,7 @@ class SVAE:
 
     def fit_store(self, store: str, *, out_dir: Optional[str] = None, resume: bool = False,
                   progress: bool = True, buffer_shards: int = 4,
-                  cache_dir: Optional[str] = None,
+                  cache_dir: Optional[str] = None, resident: bool = False,
                   on_epoch_end: Optional[Callable[[Trainer], None]] = None) -> "SVAE":
         """Fit on a store written by ``xpsvae ingest``, streamed shard by shard.
 
@@ -146,6 +146,12 @@ class SVAE:
         (``train_config.val_fraction`` of them, at most 65,536 kept). Under
         ``torchrun`` each rank reads only its own shards.
 
+        With ``resident`` the training stars are read once, after the scan,
+        and kept on the training device, batches drawn there by index as for
+        a table in memory: each rank holds only its own shards' stars, so a
+        store too large for one GPU fits in several (~8 bytes an input a star
+        per rank). A part that would not fit is refused before it is read.
+
         Args:
             store: the store folder.
             out_dir, resume, progress, on_epoch_end: as for :meth:`fit`.
@@ -154,6 +160,7 @@ class SVAE:
                 ``.npy`` files during the first pass, and read the epochs from
                 them (much less work per epoch than decoding Parquet; costs
                 ~8 bytes per input per star of disk).
+            resident: keep this rank's training stars on the device (above).
 
         Returns:
             self, trained.
@@ -164,7 +171,8 @@ class SVAE:
         stream = StoreStream.scan(store, tc.val_fraction, tc.seed, buffer_shards, rank=rank,
                                   world=world, progress=progress and rank == 0,
                                   cache_dir=cache_dir)
-        data_description = {"source": os.path.abspath(store), "streamed": True,
+        data_description = {"source": os.path.abspath(store), "streamed": not resident,
+                            "resident_parts": resident,
                             "n_stars": int(stream.total_train_rows), "n_train": int(
                                 stream.total_train_rows), "n_val": int(len(stream.x_val)),
                             "checksum": stream.checksum, "accounting": stream.accounting}
@@ -175,8 +183,14 @@ class SVAE:
                          "input_names": stream.input_names})
         stream.standardizer = self.standardizer  # a resumed run's saved statistics
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
-        return self._train(trainer, out_dir, lambda: trainer.fit_stream(
-            stream, resume=resume, on_epoch_end=on_epoch_end))
+        if not resident:
+            return self._train(trainer, out_dir, lambda: trainer.fit_stream(
+                stream, resume=resume, on_epoch_end=on_epoch_end))
+        _refuse_a_part_too_large(store, stream.train_rows, stream.n_inputs, trainer.device,
+                                 rank, world)
+        return self._train(trainer, out_dir, lambda: trainer.fit(
+            *stream.training_tensors(), torch.from_numpy(stream.x_val),
+            torch.from_numpy(stream.err_val), resume=resume, on_epoch_end=on_epoch_end))
 
     def _train(self, trainer: Trainer, out_dir: Optional[str], run: Callable[[], list]
                ) -> "SVAE":
@@ -435,6 +449,25 @@ class SVAE:
             import pandas as pd
             model.history = pd.read_csv(history_path).to_dict("records")
         return model
+
+
+def _refuse_a_part_too_large(store: str, rows: int, n_inputs: int, device: torch.device,
+                             rank: int, world: int) -> None:
+    """A rank's training stars held resident take 8 bytes an input a star, in this
+    process's memory while they are read, then on the device: refuse a part that would
+    not fit in either, with the ways round, before reading it."""
+    from .machine import usable_memory
+    need = rows * n_inputs * 8
+    limits = [("memory this process may use", usable_memory())]
+    if device.type == "cuda":
+        limits.append((f"free memory of {device}", torch.cuda.mem_get_info(device)[0]))
+    for what, have in limits:
+        if have is not None and need > 0.8 * have:
+            raise SpectraError(
+                f"{store}: rank {rank} of {world} holds {rows:,} training stars of {n_inputs} "
+                f"inputs, ~{need / 2**30:.1f} GB resident, more than 80% of the "
+                f"{have / 2**30:.1f} GB {what}; use more processes (torchrun) or stream "
+                "the store instead (--streaming)")
 
 
 def _read_config(directory: str) -> dict:
