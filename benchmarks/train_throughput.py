@@ -17,8 +17,9 @@ loop around it (the GPU's own limit: far above ``samples_per_s``, the host is).
 
 With ``--streaming STORE`` the stars are a store's (``xpsvae ingest``); the
 run trains on them streamed shard by shard (from Parquet, then from the
-float32 cache of ``--cache-dir``) and, in the same run, resident in memory,
-and reports the ratios (how close streaming gets to resident).
+float32 cache of ``--cache-dir``), resident in memory, and read from the store
+once and resident (``--resident``), all in the same run, and reports the
+ratios to resident (how close streaming gets; ``--resident`` should be 1).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ class _Stop(Exception):
     pass
 
 
-def ours(stars, args, store=None, cache_dir=None, cuda_graph=None, report=None) -> float:
+def ours(stars, args, store=None, cache_dir=None, cuda_graph=None, report=None,
+         store_resident=False) -> float:
     """Samples/s of xpsvae's loop: resident tensors, or streamed from ``store``
-    (from its Parquet shards, or from a float32 cache in ``cache_dir``). Where a step was
+    (from its Parquet shards, or from a float32 cache in ``cache_dir``), or read from
+    ``store`` once and resident (``store_resident``, ``--resident``). Where a step was
     captured on CUDA, ``report`` (a dict) gets ``replay_only_samples_per_s``."""
     config = TrainConfig(optimizer="sgd", lr=0.01, batch_size=args.batch_size, epochs=10**6,
                          lr_scaling="none",
@@ -67,7 +70,8 @@ def ours(stars, args, store=None, cache_dir=None, cuda_graph=None, report=None) 
     try:
         if store:
             model.fit_store(store, progress=False, on_epoch_end=stop,
-                            buffer_shards=args.buffer_shards, cache_dir=cache_dir)
+                            buffer_shards=args.buffer_shards, cache_dir=cache_dir,
+                            resident=store_resident)
         else:
             model.fit(stars, progress=False, on_epoch_end=stop)
     except _Stop:
@@ -150,11 +154,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             cached = ours(stars, args, store=args.streaming, cache_dir=cache)
         resident = ours(stars, args)
+        store_resident = ours(stars, args, store=args.streaming, store_resident=True)
         print(json.dumps({"streamed_samples_per_s": round(streamed),
                           "streamed_cached_samples_per_s": round(cached),
                           "resident_samples_per_s": round(resident),
+                          "store_resident_samples_per_s": round(store_resident),
                           "ratio": round(streamed / resident, 3),
-                          "cached_ratio": round(cached / resident, 3), "device": args.device,
+                          "cached_ratio": round(cached / resident, 3),
+                          "store_resident_ratio": round(store_resident / resident, 3),
+                          "device": args.device,
                           "threads": torch.get_num_threads(), "rows": len(stars),
                           "buffer_shards": args.buffer_shards, "batch_size": args.batch_size}))
         return
