@@ -3,7 +3,10 @@
 # run on a GPU), one JSON line each:
 # the CUDA tests, then the paper network at batch 1024 eager (against the
 # numpy-fed loop), with bf16 autocast, with the captured step (against eager, same run),
-# captured + bf16, captured + torch.compile, and captured at batch 4096.
+# captured + bf16, captured + torch.compile, and captured at batch 4096; last, with
+# --spectra, a store of those stars is written and trained on streamed (from Parquet, from
+# the cache), resident as a table, and with --resident, in one run (the last to be cut if
+# time runs short).
 #
 #   bash benchmarks/gpu_suite.sh [--spectra FILE] [--seconds S]
 #
@@ -19,3 +22,10 @@ bench --no-baseline --cuda-graph "$@"
 bench --no-baseline --cuda-graph --amp "$@"
 bench --no-baseline --cuda-graph --compile "$@"
 bench --no-baseline --cuda-graph --batch-size 4096 "$@"
+spectra=""; previous=""
+for a in "$@"; do [ "$previous" = "--spectra" ] && spectra="$a"; previous="$a"; done
+if [ -n "$spectra" ]; then
+    store="$(mktemp -d)/store"
+    python3 -c "import sys; from xpsvae.ingest import ingest; ingest([sys.argv[1]], sys.argv[2], rows_per_shard=2000, progress=False)" "$spectra" "$store" \
+        && python3 benchmarks/train_throughput.py --device cuda --seconds 5 --streaming "$store" 2>&1 | tail -1
+fi
