@@ -260,7 +260,8 @@ def test_gaia_source_rows_without_xp_spectra_are_left_out_and_counted(tmp_path):
 def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
     """The gaia_source tables are read once for a store: a run again with the same tables
     (more XP files, or after an interruption) maps the kept arrays, and gives the store one
-    run gives; a changed table is read again; with no file left to do, none is read."""
+    run gives; a changed table is read again; with no file left to do, none is read, nor
+    the store's source_ids."""
     import shutil as sh
     from xpsvae import ingest as ingest_module
     spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
@@ -288,8 +289,12 @@ def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
     for column in ("source_id", "phot_g_mean_flux", "g_flux_origin"):
         assert pa.concat_tables(again_shards.values()).column(column).equals(
             pa.concat_tables(shards.values()).column(column))
+    scans = []
+    real_ids = ingest_module._ids_in_store
+    monkeypatch.setattr(ingest_module, "_ids_in_store",
+                        lambda *a, **k: scans.append(a[0]) or real_ids(*a, **k))
     ingest(thirds, piecewise, gaia_source=[source], progress=False)  # nothing left to do
-    assert len(reads) == 1
+    assert len(reads) == 1 and not scans  # neither the tables nor the store's ids read
     changed = str(tmp_path / "changed")  # a table changed since the last run: read again
     ingest(thirds[:1], changed, gaia_source=[source], progress=False)
     pq.write_table(pq.read_table(source).slice(0, 30), source)

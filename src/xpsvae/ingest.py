@@ -491,8 +491,6 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
             e for e in not_read + g_not_read if e["path"] not in listed]
     if manifest["shards"]:
         manifest.setdefault("kind", "coefficients")  # stores written before sampled ones
-    seen = _ids_in_store(store, manifest)
-    set_aside_rows = _read_set_aside(store)
     todo: dict = {}  # name: (source, size), in the order given
     same_content = _SameContent(manifest)
     for i, p in enumerate(paths):
@@ -506,7 +504,10 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
                 same_content.find(name, size):
             continue  # a file in the store, or given before, under another path
         todo.setdefault(name, (source, size))
-    # After the files to do are known: with none left, the gaia_source tables are not read.
+    # After the files to do are known: with none left, neither the store's ids nor the
+    # gaia_source tables are read (minutes, for the whole catalogue).
+    seen = _ids_in_store(store, manifest, progress) if todo else _SeenIds()
+    set_aside_rows = _read_set_aside(store) if todo else []
     g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source), progress) if todo else \
         (_no_g_flux(), {}, None)
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
@@ -829,9 +830,12 @@ def _totals(files: dict) -> dict:
             "reasons": dict(reasons)}
 
 
-def _ids_in_store(store: str, manifest: dict) -> _SeenIds:
+def _ids_in_store(store: str, manifest: dict, progress: bool = False) -> _SeenIds:
+    """The source_ids of the store's shards, for the duplicates of the files to come."""
+    from tqdm.auto import tqdm
     seen = _SeenIds()
-    for name in manifest["shards"]:
+    for name in tqdm(manifest["shards"], desc="store's source_ids", unit="shard",
+                     disable=not progress or not manifest["shards"]):
         table = pq.read_table(os.path.join(store, name), columns=["source_id", "input_file",
                                                                   "input_row"])
         files = table.column("input_file").to_numpy(zero_copy_only=False)
