@@ -267,3 +267,32 @@ def test_info_describes_store_encoded_catalogue_model_and_table(tmp_path, model_
     assert json.loads(capsys.readouterr().out)["what"] == "model"
     assert main(["info", str(tmp_path)]) == 2
     assert "no xpsvae store" in capsys.readouterr().err
+
+
+def test_torchrun_on_a_store_without_resident_says_each_rank_reads_it_whole(
+        tmp_path, monkeypatch, capsys):
+    """Under torchrun, a store trained on as a table is read whole by every rank: rank 0
+    says so and names --resident, which reads only each rank's own shards."""
+    from xpsvae import cli
+    from xpsvae.ingest import ingest
+    from xpsvae.svae import SVAE
+    store = str(tmp_path / "store")
+    ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+    monkeypatch.setattr(cli, "_init_distributed", lambda args: None)  # no process group here
+    monkeypatch.setattr(SVAE, "fit", stop)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(Stop):
+        main(["--quiet", "train", store, "--out", str(tmp_path / "m")])
+    assert "with --resident (or --streaming) each reads only its own shards" in \
+        capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(Stop):
+        main(["--quiet", "train", store, "--out", str(tmp_path / "m")])
+    assert "--resident" not in capsys.readouterr().err

@@ -162,6 +162,10 @@ def cmd_train(args) -> int:
     else:
         if os.path.isdir(args.data):
             _refuse_a_store_too_large_for_memory(args.data)
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK") == "0":
+                print("every rank reads the whole store and trains on every world-th star; "
+                      "with --resident (or --streaming) each reads only its own shards",
+                      file=sys.stderr)
         spectra = _read_and_report(args.data, progress=not args.quiet)
         n_inputs = spectra.n_inputs
     if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
