@@ -922,6 +922,14 @@ def test_set_aside_rows_of_earlier_files_stay_when_later_files_add_none(tmp_path
     assert per_file[1] == 2 and per_file[2] == 0  # the ECSV's two sources were already in
     set_aside = pq.read_table(os.path.join(store, "set_aside.parquet"))
     assert set_aside.num_rows == manifest["total"]["rows_set_aside"] == sum(per_file)
+    # appended a file's rows at a time (one row group each), not rewritten from memory
+    more = shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.fits")  # the CSV's two sources
+    with_more = ingest([more], store, progress=False)
+    appended = pq.ParquetFile(os.path.join(store, "set_aside.parquet"))
+    assert appended.metadata.num_rows == with_more["total"]["rows_set_aside"] == 4
+    assert appended.read_row_group(appended.num_row_groups - 1).column(
+        "input_file").to_pylist() == [os.path.abspath(more)] * 2
+    assert appended.read().slice(0, 2).equals(set_aside)  # the earlier rows, as they were
 
 
 def test_folders_are_read_as_their_table_files(tmp_path, capsys):

@@ -507,7 +507,6 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     # After the files to do are known: with none left, neither the store's ids nor the
     # gaia_source tables are read (minutes, for the whole catalogue).
     seen = _ids_in_store(store, manifest, progress) if todo else _SeenIds()
-    set_aside_rows = _read_set_aside(store) if todo else []
     g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source), progress) if todo else \
         (_no_g_flux(), {}, None)
     manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
@@ -517,7 +516,6 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
 
     def record(name: str, account: FileAccount, shards: List[str]) -> None:
         account.set_aside.sort(key=lambda r: r["input_row"])
-        set_aside_rows.extend(account.set_aside)
         manifest["shards"] += shards
         source, size = todo[name]
         manifest["files"][name] = {**account.to_dict(), "shards": shards, "size": size,
@@ -527,7 +525,7 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
         if account.set_aside or not os.path.exists(os.path.join(store, SET_ASIDE)):
             # written again only when it changed: rows set aside carry their raw text
             # (~40 kB a bulk row), and a catalogue is thousands of files
-            _write_set_aside(store, set_aside_rows)
+            _append_set_aside(store, account.set_aside)
         manifest["total"] = _totals(manifest["files"])
         write_json(manifest_path, manifest)
 
@@ -846,16 +844,25 @@ def _ids_in_store(store: str, manifest: dict, progress: bool = False) -> _SeenId
     return seen
 
 
-def _read_set_aside(store: str) -> List[dict]:
-    path = os.path.join(store, SET_ASIDE)
-    return pq.read_table(path).to_pylist() if os.path.exists(path) else []
+_SET_ASIDE_SCHEMA = pa.schema([("input_file", pa.string()), ("input_row", pa.int64()),
+                               ("raw_text", pa.string()), ("reason", pa.string())])
 
 
-def _write_set_aside(store: str, rows: List[dict]) -> None:
-    schema = pa.schema([("input_file", pa.string()), ("input_row", pa.int64()),
-                        ("raw_text", pa.string()), ("reason", pa.string())])
+def _append_set_aside(store: str, rows: List[dict]) -> None:
+    """Add a file's rejected rows to ``set_aside.parquet`` (made if absent), atomically.
+
+    The rows already there are copied into the new file a row group (one
+    earlier file's rows) at a time, so memory holds one file's rejected rows,
+    not the store's: each bulk row carries ~40 kB of raw text.
+    """
     path = os.path.join(store, SET_ASIDE)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path + ".tmp")
+    with pq.ParquetWriter(path + ".tmp", _SET_ASIDE_SCHEMA) as writer:
+        if os.path.exists(path):
+            with pq.ParquetFile(path) as earlier:
+                for group in range(earlier.num_row_groups):
+                    writer.write_table(earlier.read_row_group(group))
+        if rows or not os.path.exists(path):
+            writer.write_table(pa.Table.from_pylist(rows, schema=_SET_ASIDE_SCHEMA))
     os.replace(path + ".tmp", path)
 
 
