@@ -162,6 +162,15 @@ def test_score_in_python_is_encodes_output_and_finds_a_broken_spectrum(tmp_path,
     np.testing.assert_allclose(
         np.stack(encoded.column("latent_mean").to_numpy(zero_copy_only=False)),
         scores["latent_mean"], rtol=1e-4, atol=1e-6)
+    from_arrays = model.score(stars.values, stars.errors)  # plain arrays, as fit takes
+    assert np.array_equal(from_arrays["anomaly_score"], scores["anomaly_score"])
+    bad = stars.errors.copy()
+    bad[7, 3] = -1.0
+    from xpsvae.data import SpectraError
+    with pytest.raises(SpectraError, match="1 of the rows given set aside, the first row 7"):
+        model.score(stars.values, bad)
+    with pytest.raises(SpectraError, match="scoring needs errors"):
+        model.score(stars.values)
     broken = stars.values.copy()
     victim = int(np.argmin(scores["anomaly_score"]))  # the most ordinary star
     broken[victim, :55] = np.random.default_rng(0).permutation(broken[victim, :55])

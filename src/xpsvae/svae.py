@@ -38,11 +38,11 @@ class ModelFileError(ValueError):
     """A model directory that cannot be loaded: the message says which file and what is wrong."""
 
 
-def _as_spectra(spectra, errors=None) -> SpectraSet:
+def _as_spectra(spectra, errors=None, what: str = "training") -> SpectraSet:
     if isinstance(spectra, SpectraSet):
         return spectra
     if errors is None:
-        raise SpectraError("training needs errors: pass a SpectraSet or (values, errors)")
+        raise SpectraError(f"{what} needs errors: pass a SpectraSet or (values, errors)")
     return SpectraSet.from_arrays(spectra, errors)
 
 
@@ -357,7 +357,7 @@ class SVAE:
         return {"x": x, "err": err, "x_hat": x_hat, "scatter": scatter, "latent_mean": mean,
                 "latent_std": std}
 
-    def score(self, spectra: SpectraSet, device: str = "cpu") -> Dict[str, np.ndarray]:
+    def score(self, spectra, errors=None, device: str = "cpu") -> Dict[str, np.ndarray]:
         """Per star: latents, how well the model reconstructs it, and how unlike it is.
 
         ``anomaly_score`` is the star's negative log-likelihood under the model,
@@ -367,7 +367,10 @@ class SVAE:
         unlike the others are ``np.argsort(-score(stars)["anomaly_score"])``.
 
         Args:
-            spectra: a :class:`SpectraSet` (``read_spectra``), errors included.
+            spectra: a :class:`SpectraSet` (``read_spectra``), or an array
+                (n_stars, n_inputs) with ``errors`` of the same shape, in the
+                input's units.
+            errors: errors when ``spectra`` is an array.
             device: where to run.
 
         Returns:
@@ -375,6 +378,16 @@ class SVAE:
             (n, latent_dim), ``reconstruction_chi2_per_dof`` (the mean of r^2)
             and ``anomaly_score`` (n,).
         """
+        given = spectra
+        spectra = _as_spectra(spectra, errors, "scoring")
+        if not isinstance(given, SpectraSet) and spectra.accounting.rows_set_aside:
+            # one score per row given, or none: a row left out would shift every later one
+            row, reason, column = spectra.accounting.set_aside[0]
+            raise SpectraError(f"score: {spectra.accounting.rows_set_aside} of the rows given "
+                               f"set aside, the first row {row} ({reason}, column {column}); "
+                               "give only rows with finite values and positive errors, or "
+                               "read_spectra's SpectraSet, whose source_id says which star "
+                               "each score is")
         out = self.standardised_outputs(spectra, device=device)
         w = out["err"].astype(np.float64) ** 2 + out["scatter"].astype(np.float64) ** 2
         r2 = (out["x"] - out["x_hat"]) ** 2 / w
