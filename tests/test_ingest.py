@@ -209,7 +209,10 @@ def test_gaia_source_tables_give_the_last_flux_else_the_first_magnitude(tmp_path
     parquet = str(tmp_path / "more.parquet")
     pq.write_table(pa.table({"source_id": [11, 12, 14], "phot_g_mean_flux": [np.nan, 50.0, np.nan],
                              "phot_g_mean_mag": [9.0, 9.0, 16.0]}), parquet)
-    ids, flux, origin = read_g_flux([str(ecsv), parquet])
+    ids, flux, origin = read_g_flux([str(ecsv), parquet], tables_at_once=2)  # in order
+    for got, want in zip(read_g_flux([str(ecsv), parquet], tables_at_once=1),
+                         (ids, flux, origin)):
+        np.testing.assert_array_equal(got, want)
     # astropy's own ECSV, space-delimited (the ECSV default), reads the same
     from astropy.table import Table
     astropy_ecsv = str(tmp_path / "gaia_source_astropy.ecsv")
@@ -255,6 +258,12 @@ def test_gaia_source_rows_without_xp_spectra_are_left_out_and_counted(tmp_path):
     assert ids.tolist() == [10, 13, 15, 16, 17]
     assert flux.tolist() == [100.0, 130.0, 150.0, 160.0, 170.0]
     assert counts == {"rows_read": 8, "rows_without_xp": 2, "rows_without_g": 1, "stars": 5}
+    for at_once in (1, 3):  # read one at a time or all at once: the same, in the same order
+        again = {}
+        for got, want in zip(read_g_flux([str(ecsv), parquet, no_column], again,
+                                         tables_at_once=at_once), (ids, flux)):
+            np.testing.assert_array_equal(got, want)
+        assert again == counts
 
 
 def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
