@@ -35,15 +35,14 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(__file__))
 
-def _kb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(float(line.split()[1]) for line in f if line.startswith(field))
+from fresh_process import run_fresh, status_kb  # noqa: E402
+
 
 
 def _measure(tables_dir: str, store: str) -> dict:
@@ -55,7 +54,7 @@ def _measure(tables_dir: str, store: str) -> dict:
     from xpsvae.ingest import g_flux_table, read_g_flux
     tables = sorted(glob.glob(os.path.join(tables_dir, "*.parquet"))
                     + glob.glob(os.path.join(tables_dir, "*.csv.gz")))
-    before = _kb("VmRSS:")
+    before = status_kb("VmRSS:")
     start = time.perf_counter()
     if store == "one-at-a-time":
         counts = {}
@@ -65,14 +64,10 @@ def _measure(tables_dir: str, store: str) -> dict:
         arrays, counts, _ = g_flux_table(store, tables)
     checksum = float(np.asarray(arrays[1]).sum())  # every page touched, as the joins would
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 3), "peak_mb": round((_kb("VmHWM:") - before) / 1024, 1),
+    return {"seconds": round(seconds, 3),
+            "peak_mb": round((status_kb("VmHWM:") - before) / 1024, 1),
             "rows": counts["rows_read"], "stars": counts["stars"], "checksum": checksum}
 
-
-def _fresh(tables_dir: str, store: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", tables_dir, store],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def _write_tables(folder: str, files: int, rows: int) -> None:
@@ -140,12 +135,13 @@ def main() -> None:
         (_write_csv_tables if args.csv else _write_tables)(tables, args.files,
                                                             args.rows_per_file)
         store = os.path.join(work, "store")
-        read, mapped = _fresh(tables, store), _fresh(tables, store)
+        read = run_fresh(__file__, tables, store)
+        mapped = run_fresh(__file__, tables, store)
         if read["checksum"] != mapped["checksum"]:
             raise SystemExit("the mapped table differs from the one read")
         extra = {}
         if args.csv:
-            one = _fresh(tables, "one-at-a-time")
+            one = run_fresh(__file__, tables, "one-at-a-time")
             if one["checksum"] != read["checksum"]:
                 raise SystemExit("one table at a time read other fluxes")
             extra = {"one_at_a_time_seconds": one["seconds"],

@@ -23,17 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from fresh_process import run_fresh, status_kb  # noqa: E402
 
-def _kb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(float(line.split()[1]) for line in f if line.startswith(field))
 
 
 def _measure(step: str, store: str) -> dict:
@@ -50,7 +47,7 @@ def _measure(step: str, store: str) -> dict:
     if step == "flux":
         from xpsvae.sampling import XPSampler, write_store_flux
         XPSampler()  # GaiaXPy's matrices loaded before the baseline
-    before = _kb("VmRSS:")
+    before = status_kb("VmRSS:")
     start = time.perf_counter()
     if step == "read":
         result = read_spectra(store)
@@ -66,14 +63,10 @@ def _measure(step: str, store: str) -> dict:
                                   progress=False)
     seconds = time.perf_counter() - start
     rows = len(result) if step != "flux" else result["stars"]
-    return {"peak_mb": round((_kb("VmHWM:") - before) / 1024, 1), "seconds": round(seconds, 2),
+    return {"peak_mb": round((status_kb("VmHWM:") - before) / 1024, 1),
+            "seconds": round(seconds, 2),
             "rows": rows}
 
-
-def _fresh(step: str, store: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", step, store], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def _build_store(work: str, rows: int, distinct: int) -> str:
@@ -112,7 +105,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as work:
         store = _build_store(work, args.rows, args.distinct)
-        shard_by_shard, whole = _fresh("read", store), _fresh("read_whole", store)
+        shard_by_shard = run_fresh(__file__, "read", store)
+        whole = run_fresh(__file__, "read_whole", store)
         n = shard_by_shard["rows"]
         print(json.dumps({"figure": "read", "rows": n, **shard_by_shard,
                           "bytes_per_star": round(shard_by_shard["peak_mb"] * 2**20 / n),
@@ -120,11 +114,11 @@ def main() -> None:
                           "whole_store_seconds": whole["seconds"],
                           "memory_ratio": round(whole["peak_mb"] / shard_by_shard["peak_mb"], 2),
                           "speed_ratio": round(whole["seconds"] / shard_by_shard["seconds"], 2)}))
-        fit = _fresh("fit", store)
+        fit = run_fresh(__file__, "fit", store)
         print(json.dumps({"figure": "fit", **fit,
                           "bytes_per_star": round(fit["peak_mb"] * 2**20 / fit["rows"])}))
         if not args.skip_flux:
-            flux = _fresh("flux", store)
+            flux = run_fresh(__file__, "flux", store)
             print(json.dumps({"figure": "flux", **flux,
                               "bytes_per_star": round(flux["peak_mb"] * 2**20 / flux["rows"])}))
 
