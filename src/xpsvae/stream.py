@@ -202,13 +202,7 @@ class StoreStream:
         errors = np.empty_like(values)
         at = 0
         for path in self.shards:
-            if path in self.cache:
-                shard_values = np.load(self.cache[path][0], mmap_mode="r")
-                shard_errors = np.load(self.cache[path][1], mmap_mode="r")
-            else:
-                shard = read_shard(path)
-                train = ~self._val(shard)
-                shard_values, shard_errors = shard.values[train], shard.errors[train]
+            shard_values, shard_errors = self._training_rows(path)
             n = len(shard_values)
             if at + n > self.train_rows:
                 raise SpectraError(f"{path}: more training stars than the scan counted: did "
@@ -231,16 +225,22 @@ class StoreStream:
         for start in range(0, len(order), self.buffer_shards):
             values, errors = [], []
             for path in (self.shards[i] for i in order[start:start + self.buffer_shards]):
-                if path in self.cache:
-                    values.append(np.load(self.cache[path][0], mmap_mode="r"))
-                    errors.append(np.load(self.cache[path][1], mmap_mode="r"))
-                else:
-                    shard = read_shard(path)
-                    values.append(shard.values[~self._val(shard)])
-                    errors.append(shard.errors[~self._val(shard)])
+                shard_values, shard_errors = self._training_rows(path)
+                values.append(shard_values)
+                errors.append(shard_errors)
             values, errors = np.concatenate(values), np.concatenate(errors)
             rows = rng.permutation(len(values))
             yield self.standardizer.transform(values[rows], errors[rows])
+
+    def _training_rows(self, path: str) -> Tuple[np.ndarray, np.ndarray]:
+        """A shard's training stars (values, errors), unstandardised: from the cache
+        (memory-mapped) where the scan wrote one, else read and checked again."""
+        if path in self.cache:
+            return (np.load(self.cache[path][0], mmap_mode="r"),
+                    np.load(self.cache[path][1], mmap_mode="r"))
+        shard = read_shard(path)
+        train = ~self._val(shard)
+        return shard.values[train], shard.errors[train]
 
     def _val(self, spectra: SpectraSet) -> np.ndarray:
         if spectra.source_id is None:
