@@ -31,10 +31,6 @@ from .ingest import MANIFEST as STORE_MANIFEST, store_shards
 from .machine import usable_cores, usable_memory
 from .svae import CONFIG_FILE, SVAE
 
-#: The output folder's manifest, under the name Parquet readers pass by (and the old name).
-MANIFEST, _OLD_MANIFEST = ENCODED_MANIFEST, OLD_ENCODED_MANIFEST
-
-
 def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
     """:meth:`SVAE.score` of every star as a table, with ``source_id`` and ``input_row``."""
     scores = model.score(spectra, device=device)
@@ -145,9 +141,10 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
                 "rows": sum(done[os.path.basename(o)]["rows"] for _, o in jobs
                             if os.path.basename(o) in done),
                 "complete": all(os.path.exists(o) for _, o in jobs)}
-    write_json(os.path.join(out_dir, MANIFEST), manifest)
-    if os.path.exists(os.path.join(out_dir, _OLD_MANIFEST)):  # it kept readers from the folder
-        os.remove(os.path.join(out_dir, _OLD_MANIFEST))
+    write_json(os.path.join(out_dir, ENCODED_MANIFEST), manifest)
+    old = os.path.join(out_dir, OLD_ENCODED_MANIFEST)
+    if os.path.exists(old):  # it kept Parquet readers from the folder
+        os.remove(old)
     return manifest
 
 

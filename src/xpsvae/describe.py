@@ -63,7 +63,7 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def _g_rows(rows: dict) -> str:
+def _gaia_source_rows_text(rows: dict) -> str:
     if not rows:
         return ""
     return (f" ({rows['stars']:,} stars with G of {counted(rows['rows_read'], 'row')}; "
@@ -170,7 +170,7 @@ def format_description(d: dict) -> str:
         lines.append(f"  {counted(d['shards'], 'shard')}, {d['bytes_on_disk'] / 2**20:,.1f} MB")
         lines.append("  G flux: "
                      + (f"joined from {counted(d['gaia_source_files'], 'gaia_source table')}"
-                        + _g_rows(d["gaia_source_rows"]) + "; "
+                        + _gaia_source_rows_text(d["gaia_source_rows"]) + "; "
                         if d["gaia_source_files"] else "")
                      + "synthetic where none was given (g_flux_origin says which, per star)")
         if "wavelength_nm" in d:

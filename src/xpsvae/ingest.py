@@ -207,7 +207,8 @@ def g_flux_table(store: str, paths: Sequence[str], progress: bool = False
     """
     if not paths:
         return _no_g_flux(), {}, None
-    key = [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+    key = [[os.path.abspath(p), stat.st_size, stat.st_mtime_ns]
+           for p, stat in ((p, os.stat(p)) for p in paths)]
     folder = os.path.join(store, G_FLUX_DIR)
     try:
         with open(os.path.join(folder, "tables.json")) as f:
