@@ -92,3 +92,33 @@ def test_two_processes_hold_their_own_parts_of_a_store_resident(tmp_path, stars_
               "--batch-size", "256", "--threads", "1", "--device", "cpu"]
     _one_and_two_processes_agree(common, tmp_path)
     assert os.path.exists(tmp_path / "two" / "model.safetensors")
+
+
+def test_a_part_too_large_on_one_rank_stops_every_rank(tmp_path, calspec_store):
+    """--resident under torchrun: when one rank's part would not fit, every rank raises
+    the same refusal, naming that rank, and none is left waiting for it."""
+    script = tmp_path / "one_rank_short.py"
+    script.write_text(
+        "import sys\n"
+        "import torch.distributed as dist\n"
+        "from xpsvae import SVAE, TrainConfig, machine\n"
+        "from xpsvae.data import SpectraError\n"
+        "dist.init_process_group('gloo')\n"
+        "if dist.get_rank() == 1:\n"
+        "    machine.usable_memory = lambda: 1000  # this rank alone is short of memory\n"
+        "try:\n"
+        "    SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=0, batch_size=32,\n"
+        "                                  threads=1)).fit_store(sys.argv[1], progress=False,\n"
+        "                                                        resident=True)\n"
+        "except SpectraError as exc:  # a file per rank: their prints would interleave\n"
+        "    open(f'{sys.argv[2]}/rank{dist.get_rank()}.txt', 'w').write(str(exc))\n"
+        "    sys.exit(3)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), calspec_store,
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        refusal = tmp_path / f"rank{rank}.txt"
+        assert refusal.exists(), done.stderr[-2000:]
+        assert "rank 1 of 2 holds" in refusal.read_text()

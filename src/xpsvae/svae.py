@@ -468,19 +468,27 @@ def _refuse_a_part_too_large(store: str, rows: int, n_inputs: int, device: torch
                              rank: int, world: int) -> None:
     """A rank's training stars held resident take 8 bytes an input a star, in this
     process's memory while they are read, then on the device: refuse a part that would
-    not fit in either, with the ways round, before reading it."""
+    not fit in either, with the ways round, before reading it. Under DDP the ranks
+    decide together and all raise, so that none waits for a rank that stopped."""
+    import torch.distributed as dist
+
     from .machine import usable_memory
     need = rows * n_inputs * 8
     limits = [("memory this process may use", usable_memory())]
     if device.type == "cuda":
         limits.append((f"free memory of {device}", torch.cuda.mem_get_info(device)[0]))
-    for what, have in limits:
-        if have is not None and need > 0.8 * have:
-            raise SpectraError(
-                f"{store}: rank {rank} of {world} holds {rows:,} training stars of {n_inputs} "
-                f"inputs, ~{need / 2**30:.1f} GB resident, more than 80% of the "
-                f"{have / 2**30:.1f} GB {what}; use more processes (torchrun) or stream "
-                "the store instead (--streaming)")
+    refusal = next((
+        f"{store}: rank {rank} of {world} holds {rows:,} training stars of {n_inputs} "
+        f"inputs, ~{need / 2**30:.1f} GB resident, more than 80% of the "
+        f"{have / 2**30:.1f} GB {what}; use more processes (torchrun) or stream the store "
+        "instead (--streaming)" for what, have in limits
+        if have is not None and need > 0.8 * have), None)
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        refusals = [None] * world
+        dist.all_gather_object(refusals, refusal)
+        refusal = next((r for r in refusals if r is not None), None)
+    if refusal is not None:
+        raise SpectraError(refusal)
 
 
 def _read_config(directory: str) -> dict:
