@@ -17,7 +17,7 @@ import time
 import torch
 
 from xpsvae import SVAE, TrainConfig, benchmark_split, load_apogee_library
-from xpsvae.evaluate import evaluate_svae
+from xpsvae.evaluation.metrics import evaluate_svae
 
 
 def main() -> None:

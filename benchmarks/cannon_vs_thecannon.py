@@ -24,12 +24,12 @@ import torch
 
 from xpsvae import Standardizer, benchmark_split, load_apogee_library
 from xpsvae.cannon import Cannon
-from xpsvae.evaluate import reconstruction_metrics, tail_masks
+from xpsvae.evaluation.metrics import reconstruction_metrics, tail_masks
 
 LABELS = ("teff", "logg", "fe_h")
 SHRINK = 10.0
 #: The library's first 318 samples, 336-970 nm, and a scatter 5% larger than TheCannon's:
-#: two ways to the issue's figures for TheCannon (0.30%, 1.25%, 1.48% of |r| > 5, ~31x, -22),
+#: two ways to TheCannon's figures (0.30%, 1.25%, 1.48% of |r| > 5, ~31x, -22),
 #: which are 11-13% below what TheCannon gives over all samples with its own scatter.
 BLUE_OF_970NM = slice(0, 318)
 SCATTER_FACTOR = 1.05

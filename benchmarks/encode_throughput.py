@@ -34,9 +34,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     from dask.distributed import Client, LocalCluster
+
     from xpsvae import SVAE, TrainConfig, read_spectra
     from xpsvae.catalog import encode_store
-    from xpsvae.ingest import ingest
+    from xpsvae.ingestion.pipeline import ingest
     work = tempfile.mkdtemp()
     try:
         base = os.path.join(work, "base")

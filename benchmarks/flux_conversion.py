@@ -28,8 +28,9 @@ def main() -> None:
     p.add_argument("--sources", type=int, default=2000)
     args = p.parse_args()
     from gaiaxpy import calibrate
-    from xpsvae.ingest import ingest
-    from xpsvae.sampling import XPSampler
+
+    from xpsvae.flux import XPSampler
+    from xpsvae.ingestion.pipeline import ingest
     lines = open(SAMPLE).read().splitlines()
     work = tempfile.mkdtemp()
     try:
@@ -41,7 +42,8 @@ def main() -> None:
                 f.write(f"{int(sid) + 1000 * i},{rest}\n")
         ingest([path], os.path.join(work, "store"), progress=False)
         import pyarrow as pa
-        from xpsvae.ingest import read_store_columns
+
+        from xpsvae.io.store import read_store_columns
         table = pa.table(read_store_columns(os.path.join(work, "store")))
         bands = [tuple(np.array(table.column(f"{b}_{c}").to_pylist()) for c in
                        ("coefficients", "coefficient_errors", "coefficient_correlations"))

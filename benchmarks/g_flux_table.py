@@ -44,14 +44,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fresh_process import run_fresh, status_kb  # noqa: E402
 
 
-
 def _measure(tables_dir: str, store: str) -> dict:
     """``store`` "one-at-a-time": read_g_flux one table at a time, nothing kept."""
     import numpy as np
     import pyarrow.csv  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from xpsvae.ingest import g_flux_table, read_g_flux
+    from xpsvae.ingestion.gflux import g_flux_table, read_g_flux
     tables = sorted(glob.glob(os.path.join(tables_dir, "*.parquet"))
                     + glob.glob(os.path.join(tables_dir, "*.csv.gz")))
     before = status_kb("VmRSS:")

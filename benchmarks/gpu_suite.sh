@@ -26,6 +26,6 @@ spectra=""; previous=""
 for a in "$@"; do [ "$previous" = "--spectra" ] && spectra="$a"; previous="$a"; done
 if [ -n "$spectra" ]; then
     store="$(mktemp -d)/store"
-    python3 -c "import sys; from xpsvae.ingest import ingest; ingest([sys.argv[1]], sys.argv[2], rows_per_shard=2000, progress=False)" "$spectra" "$store" \
+    python3 -c "import sys; from xpsvae import ingest; ingest([sys.argv[1]], sys.argv[2], rows_per_shard=2000, progress=False)" "$spectra" "$store" \
         && python3 benchmarks/train_throughput.py --device cuda --seconds 5 --streaming "$store" 2>&1 | tail -1
 fi

@@ -2,7 +2,7 @@
 
 The parser stand-in parses one chunk's worth of JSON arrays with simdjson
 in a loop, as the ingest's fast path does; it holds the GIL while it parses.
-Each reader reads the whole file (``xpsvae.inflate``'s thread and child
+Each reader reads the whole file (``xpsvae.ingestion.inflate``'s thread and child
 process), once alone and once beside that loop. The last line is a JSON
 object with each rate in MB of text per second and ``process_over_thread``,
 the ratio of the two readers' rates beside the parser.
@@ -23,7 +23,7 @@ import numpy as np
 
 
 def read_all(reader, path: str) -> int:
-    from xpsvae.inflate import CHUNK_BYTES
+    from xpsvae.ingestion.inflate import CHUNK_BYTES
     return sum(len(chunk) for chunk in reader(path, CHUNK_BYTES))
 
 
@@ -33,7 +33,8 @@ def main() -> None:
     args = p.parse_args()
     import simdjson
     from ingest_throughput import build
-    from xpsvae import inflate
+
+    from xpsvae.ingestion import inflate
     work = tempfile.mkdtemp()
     path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")
     build(path, args.rows, distinct=500)

@@ -77,6 +77,7 @@ def build(path: str, rows: int, sample: str = SAMPLE, distinct: int = 5_000,
 def _perturbed(columns: list, real: list, distinct: int) -> list:
     """``distinct`` perturbed copies of the real rows (all but source_id), as text."""
     import csv
+
     import numpy as np
     rng = np.random.default_rng(0)
     parsed = list(csv.reader(real))
@@ -161,7 +162,7 @@ class PssSampler:
 def _measure(args, paths: list, work: str, workers: int) -> dict:
     """Our ingest of ``paths`` (and, in the same run, one at a time with ``--jobs``, and
     astropy's reader): the result's figures."""
-    from xpsvae.ingest import ingest
+    from xpsvae.ingestion.pipeline import ingest
     rows = args.rows * args.files
     before = resource.getrusage(resource.RUSAGE_SELF)
     with PssSampler() as pss:
@@ -231,8 +232,8 @@ def main() -> None:
     p.add_argument("--keep-store", metavar="DIR", help="copy the store written here (e.g. for "
                    "train_throughput.py --streaming)")
     args = p.parse_args()
-    from xpsvae.ingest import default_workers
-    workers = args.workers or default_workers()
+    from xpsvae.ingestion.pipeline import default_parse_workers
+    workers = args.workers or default_parse_workers()
     work = tempfile.mkdtemp()
     try:
         kind = "XpSampledMeanSpectrum" if args.sampled else "XpContinuousMeanSpectrum"

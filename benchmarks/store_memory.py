@@ -32,20 +32,19 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fresh_process import run_fresh, status_kb  # noqa: E402
 
 
-
 def _measure(step: str, store: str) -> dict:
     """One step in this (fresh) process: its peak and held memory in MB, and its seconds."""
     import numpy as np  # noqa: F401  (imported before the baseline, as the steps' libraries)
     import pyarrow.dataset  # noqa: F401
     import torch  # noqa: F401
 
-    import xpsvae.data  # noqa: F401
+    import xpsvae.io.read  # noqa: F401
     from xpsvae import SVAE, TrainConfig, read_spectra
-    from xpsvae.data import spectra_from_columns
-    from xpsvae.ingest import read_store_columns
+    from xpsvae.io.store import read_store_columns
+    from xpsvae.io.tables import spectra_from_columns
     stars = read_spectra(store) if step == "fit" else None
     if step == "flux":
-        from xpsvae.sampling import XPSampler, write_store_flux
+        from xpsvae.flux import XPSampler, write_store_flux
         XPSampler()  # GaiaXPy's matrices loaded before the baseline
     before = status_kb("VmRSS:")
     start = time.perf_counter()
@@ -72,7 +71,7 @@ def _measure(step: str, store: str) -> dict:
 def _build_store(work: str, rows: int, distinct: int) -> str:
     from ingest_throughput import build
 
-    from xpsvae.ingest import ingest
+    from xpsvae.ingestion.pipeline import ingest
     path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")
     build(path, distinct, distinct=distinct)
     store = os.path.join(work, "store")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from xpsvae import SVAE, TrainConfig, benchmark_split, load_apogee_library
-from xpsvae.model import svae_loss
+from xpsvae.model.network import svae_loss
 
 
 class _Stop(Exception):
@@ -98,7 +98,7 @@ def replay_rate(graph, batch_size: int, replays: int = 500) -> float:
 
 def numpy_fed(stars, args) -> float:
     """The same network and loss, each batch sliced in numpy and converted to a tensor."""
-    from xpsvae import SVAEConfig, ScatterVAE
+    from xpsvae import ScatterVAE, SVAEConfig
     device = torch.device(args.device if args.device != "auto" else "cpu")
     net = ScatterVAE(SVAEConfig.preset(args.arch, stars.n_inputs)).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

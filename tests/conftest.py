@@ -43,7 +43,8 @@ def calspec_store(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from xpsvae.ingest import ingest
+
+    from xpsvae.ingestion.pipeline import ingest
     work = tmp_path_factory.mktemp("stream")
     spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
     source = pq.read_table(shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet"),

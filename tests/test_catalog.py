@@ -8,7 +8,7 @@ import pytest
 
 from xpsvae import SVAE, TrainConfig, read_spectra
 from xpsvae.catalog import encode_store
-from xpsvae.ingest import ingest
+from xpsvae.ingestion.pipeline import ingest
 
 from .conftest import shared_file
 
@@ -79,13 +79,14 @@ def test_remote_scheduler_address(tmp_path, store_and_model):
 
 def test_default_local_cluster_size_follows_cores_shards_and_memory(monkeypatch):
     from xpsvae import catalog
-    monkeypatch.setattr(catalog, "usable_cores", lambda: 16)
-    monkeypatch.setattr(catalog, "usable_memory", lambda: 64 * 2**30)
-    assert [catalog.default_workers(n) for n in (0, 3, 200)] == [1, 3, 16]
-    monkeypatch.setattr(catalog, "usable_memory", lambda: 6 * 2**30)  # a 6 GB container
-    assert catalog.default_workers(200) == 6
-    monkeypatch.setattr(catalog, "usable_memory", lambda: None)
-    assert catalog.default_workers(200) == 16
+    from xpsvae.core import machine
+    monkeypatch.setattr(machine, "usable_cores", lambda: 16)
+    monkeypatch.setattr(machine, "usable_memory", lambda: 64 * 2**30)
+    assert [catalog.default_encode_workers(n) for n in (0, 3, 200)] == [1, 3, 16]
+    monkeypatch.setattr(machine, "usable_memory", lambda: 6 * 2**30)  # a 6 GB container
+    assert catalog.default_encode_workers(200) == 6
+    monkeypatch.setattr(machine, "usable_memory", lambda: None)
+    assert catalog.default_encode_workers(200) == 16
 
 
 def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_path,
@@ -93,6 +94,7 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
     """pandas and pyarrow read the output folder itself (its manifest is one they pass by);
     an output folder of the earlier layout (manifest.json) restarts from it."""
     import json
+
     import pandas as pd
     import pyarrow.dataset as ds
     store, model_dir = store_and_model
@@ -101,7 +103,7 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
     assert sorted(n for n in os.listdir(out) if not n.startswith("part-")) == ["_manifest.json"]
     frame = pd.read_parquet(out)
     assert len(frame) == manifest["rows"]
-    from xpsvae.describe import describe
+    from xpsvae.cli.describe import describe
     described = describe(out)
     assert (described["what"], described["rows"], described["shards"], described["complete"]) \
         == ("encoded catalogue", manifest["rows"], 4, True)
@@ -129,7 +131,7 @@ def test_output_folder_reads_as_one_table_and_old_manifests_are_taken_over(tmp_p
 def test_a_store_is_never_taken_for_the_output_folder(tmp_path, store_and_model):
     """Encoding into the input store, or into another store, is refused before anything
     is written: its shards and its manifest stay as they were."""
-    from xpsvae.data import SpectraError
+    from xpsvae.core.errors import SpectraError
     store, model_dir = store_and_model
     before = {n: os.path.getmtime(os.path.join(store, n)) for n in os.listdir(store)}
     with pytest.raises(SpectraError, match="the output folder is the input"):
@@ -166,7 +168,7 @@ def test_score_in_python_is_encodes_output_and_finds_a_broken_spectrum(tmp_path,
     assert np.array_equal(from_arrays["anomaly_score"], scores["anomaly_score"])
     bad = stars.errors.copy()
     bad[7, 3] = -1.0
-    from xpsvae.data import SpectraError
+    from xpsvae.core.errors import SpectraError
     with pytest.raises(SpectraError, match="1 of the rows given set aside, the first row 7"):
         model.score(stars.values, bad)
     with pytest.raises(SpectraError, match="scoring needs errors"):

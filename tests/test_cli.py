@@ -168,7 +168,7 @@ def test_cannon_fit_predict_infer_and_evaluate(tmp_path, stars_file, model_dir):
     assert metrics["cannon"]["test"]["n_stars"] < 1199  # stars without [Fe/H] left out
     assert os.path.getsize(os.path.join(report_dir, "figures", "figure2_flux_450nm.png")) > 10_000
     assert "The paper's three claims" in open(os.path.join(report_dir, "report.md")).read()
-    from xpsvae.describe import describe, format_description
+    from xpsvae.cli.describe import describe, format_description
     cannon = describe(cannon_dir)
     assert cannon["what"] == "Cannon" and cannon["labels"] == ["teff", "logg", "fe_h"]
     report = describe(report_dir)
@@ -208,31 +208,31 @@ def test_path_errors_are_one_line_messages(tmp_path, capsys, monkeypatch):
     assert main(["--quiet", "ingest", sample, "--out", str(taken)]) == 2
     err = capsys.readouterr().err
     assert "xpsvae ingest: error:" in err and "taken" in err and "Traceback" not in err
-    from xpsvae import ingest as ingest_module
+    import pyarrow.parquet as pq  # writing a shard is where the disk fills or fails
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "store"))
-    monkeypatch.setattr(ingest_module, "_write_shard", full)
+    monkeypatch.setattr(pq, "write_table", full)
     assert main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store")]) == 2
     assert "No space left on device" in capsys.readouterr().err
 
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
-    monkeypatch.setattr(ingest_module, "_write_shard", broken)
+    monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(OSError, match="Input/output"):
         main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store2")])
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(ingest_module, "_write_shard", interrupted)
+    monkeypatch.setattr(pq, "write_table", interrupted)
     assert main(["--quiet", "ingest", sample, "--out", str(tmp_path / "store3")]) == 130
     assert "interrupted" in capsys.readouterr().err
 
 
 def test_a_store_too_large_for_memory_is_refused_before_reading(tmp_path, capsys, monkeypatch):
     """With memory for fewer stars than the store holds, train says to stream, at once."""
-    from xpsvae import machine
-    from xpsvae.ingest import ingest
+    from xpsvae.core import machine
+    from xpsvae.ingestion.pipeline import ingest
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)
     monkeypatch.setattr(machine, "usable_memory", lambda: 2_000)  # bytes: room for none
@@ -245,8 +245,8 @@ def test_a_store_too_large_for_memory_is_refused_before_reading(tmp_path, capsys
 def test_info_describes_store_encoded_catalogue_model_and_table(tmp_path, model_dir,
                                                                   stars_file, capsys):
     """xpsvae info reads manifests, configurations and footers: what each path holds."""
-    from xpsvae.describe import describe
-    from xpsvae.ingest import ingest
+    from xpsvae.cli.describe import describe
+    from xpsvae.ingestion.pipeline import ingest
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
             shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store, progress=False)
@@ -273,8 +273,8 @@ def test_torchrun_on_a_store_without_resident_says_each_rank_reads_it_whole(
         tmp_path, monkeypatch, capsys):
     """Under torchrun, a store trained on as a table is read whole by every rank: rank 0
     says so and names --resident, which reads only each rank's own shards."""
-    from xpsvae import cli
-    from xpsvae.ingest import ingest
+    from xpsvae.cli import app as cli
+    from xpsvae.ingestion.pipeline import ingest
     from xpsvae.svae import SVAE
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)

@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from xpsvae import SVAE, SpectraError, SpectraSet, read_spectra
-from xpsvae.library import benchmark_split
+from xpsvae.io.library import benchmark_split
 
 from .conftest import shared_file
 

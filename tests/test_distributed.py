@@ -85,7 +85,7 @@ def test_two_processes_stream_a_store_each_from_its_own_shards(tmp_path, calspec
 def test_two_processes_hold_their_own_parts_of_a_store_resident(tmp_path, stars_file):
     """--resident under torchrun: each rank keeps only its own shards' stars; the loss
     curve follows a single-process resident run of the same global batch, as above."""
-    from xpsvae.ingest import ingest
+    from xpsvae.ingestion.pipeline import ingest
     store = str(tmp_path / "store")
     ingest([stars_file], store, rows_per_shard=300, progress=False)  # 10 shards
     common = [store, "--resident", "--epochs", "25", "--calibrate-epochs", "0",
@@ -101,8 +101,9 @@ def test_a_part_too_large_on_one_rank_stops_every_rank(tmp_path, calspec_store):
     script.write_text(
         "import sys\n"
         "import torch.distributed as dist\n"
-        "from xpsvae import SVAE, TrainConfig, machine\n"
-        "from xpsvae.data import SpectraError\n"
+        "from xpsvae import SVAE, TrainConfig\n"
+        "from xpsvae.core import machine\n"
+        "from xpsvae.core.errors import SpectraError\n"
         "dist.init_process_group('gloo')\n"
         "if dist.get_rank() == 1:\n"
         "    machine.usable_memory = lambda: 1000  # this rank alone is short of memory\n"

@@ -2,8 +2,13 @@
 import numpy as np
 import pytest
 
-from xpsvae.evaluate import (edge_comparison, edge_inputs, latent_volume_gain,
-                             reconstruction_metrics, _volume)
+from xpsvae.evaluation.metrics import (
+    _volume,
+    edge_comparison,
+    edge_inputs,
+    latent_volume_gain,
+    reconstruction_metrics,
+)
 
 
 def test_exact_model_has_zero_normalised_error():
@@ -59,7 +64,8 @@ def test_edge_inputs_and_comparison():
 
 def test_figures_do_not_depend_on_global_latex_setting(tmp_path):
     import matplotlib
-    from xpsvae.figures import plot_normalised_errors
+
+    from xpsvae.evaluation.figures import plot_normalised_errors
     with matplotlib.rc_context({"text.usetex": True}):  # what importing GaiaXPy does
         path = plot_normalised_errors(np.random.default_rng(0).normal(size=(50, 20)),
                                       str(tmp_path / "r.png"))

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from xpsvae import SVAE, TrainConfig
 from xpsvae.cli import main
-from xpsvae.graphstep import GraphedStep
+from xpsvae.model.graphstep import GraphedStep
 
 
 def _weights(model):
@@ -93,8 +93,8 @@ def test_graphed_step_refuses_batches_of_another_shape():
 def test_captured_step_on_cuda_follows_the_eager_run(small_library, optimizer):
     """On CUDA the step is really captured and replayed; the rate lives in float32 there,
     so the weights agree closely rather than bitwise."""
-    from xpsvae.model import ScatterVAE, SVAEConfig
-    from xpsvae.trainer import Trainer
+    from xpsvae.model.network import ScatterVAE, SVAEConfig
+    from xpsvae.model.trainer import Trainer
     stars = small_library.subset(np.arange(1200))
     x = torch.from_numpy(((stars.values - stars.values.mean(0)) / stars.values.std(0))).float()
     err = torch.from_numpy(stars.errors / stars.values.std(0)).float()
@@ -118,8 +118,8 @@ def test_captured_step_on_cuda_follows_the_eager_run(small_library, optimizer):
 
 
 def test_graphed_step_is_refused_under_several_processes(monkeypatch):
-    import xpsvae.trainer as trainer_module
-    from xpsvae.model import ScatterVAE, SVAEConfig
+    from xpsvae.model import trainer as trainer_module
+    from xpsvae.model.network import ScatterVAE, SVAEConfig
     monkeypatch.setattr(trainer_module, "distributed_rank_world", lambda: (0, 2))
     with pytest.raises(ValueError, match="cuda_graph trains in one process"):
         trainer_module.Trainer(ScatterVAE(SVAEConfig(input_dim=10)),

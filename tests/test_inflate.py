@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from xpsvae import inflate
+from xpsvae.ingestion import inflate
 
 needs_process = pytest.mark.skipif(not hasattr(os, "memfd_create"),
                                    reason="the child-process inflater needs os.memfd_create")

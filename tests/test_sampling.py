@@ -8,13 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from xpsvae.cli import main
-from xpsvae.ingest import ingest, parse_array_text
+from xpsvae.ingestion.pipeline import ingest
+from xpsvae.ingestion.records import parse_array_text
 
 from .conftest import shared_file
 
 gaiaxpy = pytest.importorskip("gaiaxpy", reason="GaiaXPy provides the design matrices")
 
-from xpsvae.sampling import XPSampler, covariance_matrices  # noqa: E402
+from xpsvae.flux import XPSampler, covariance_matrices  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,8 @@ def test_wrong_shapes_are_refused():
 def test_store_flux_is_streamed_batch_by_batch_with_the_same_numbers(tmp_path, monkeypatch):
     """Shards of one star, read one star at a time, give GaiaXPy's calibration as one batch
     does; stars lacking BP are left out and counted."""
-    from xpsvae import sampling
-    from xpsvae.sampling import write_store_flux
+    from xpsvae import flux as sampling
+    from xpsvae.flux import write_store_flux
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
             shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,

@@ -9,10 +9,9 @@ from safetensors.torch import load_file
 
 from xpsvae import SVAE, TrainConfig, read_spectra
 from xpsvae.cli import main
-from xpsvae.data import SpectraError
-from xpsvae.preprocess import Standardizer
-from xpsvae.stream import StoreStream, is_validation, read_shard
-
+from xpsvae.core.errors import SpectraError
+from xpsvae.model.preprocess import Standardizer
+from xpsvae.model.stream import StoreStream, is_validation, read_shard
 
 
 @pytest.fixture
@@ -125,7 +124,7 @@ def test_resident_training_holds_each_ranks_own_stars(store, tmp_path, monkeypat
     streamed = load_file(_trained(store, tmp_path / "s", "--streaming", *COMMON))
     assert any(not torch.equal(first[k], streamed[k]) for k in first)  # batches differ
 
-    from xpsvae import machine
+    from xpsvae.core import machine
     config = TrainConfig(epochs=3, calibrate_epochs=1, batch_size=32, threads=2, seed=4)
     monkeypatch.setattr(machine, "usable_memory", lambda: 100_000)
     with pytest.raises(SpectraError, match="rank 0 of 1 holds .* training stars of 110 inputs"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xpsvae import SVAE, TrainConfig, TrainingDiverged
-from xpsvae.trainer import CHECKPOINT_NAME
+from xpsvae.model.trainer import CHECKPOINT_NAME
 
 
 def _weights(model):
@@ -176,9 +176,9 @@ def test_cuda_training_follows_the_cpu_run(small_library, amp):
 def test_default_threads_are_lowered_to_a_container_quota(small_library, quick_config,
                                                          monkeypatch):
     """threads=0 takes torch's default, but not more threads than the CPU quota allows."""
-    from xpsvae import trainer as trainer_module
+    from xpsvae.core import machine
     before = torch.get_num_threads()
-    monkeypatch.setattr(trainer_module, "usable_cores", lambda: 1)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 1)
     torch.set_num_threads(2)
     try:
         config = TrainConfig(**{**quick_config.to_dict(), "threads": 0, "epochs": 1})
@@ -225,8 +225,8 @@ def test_standardizer_fitted_in_chunks_is_numpys_to_the_bit(small_library, monke
     """Fitted CHUNK_ROWS rows at a time on chosen rows, the statistics are numpy's mean and
     std of those rows in float64, exactly; transform of chosen rows equals the rows of the
     whole transform."""
-    from xpsvae import preprocess
-    from xpsvae.preprocess import Standardizer
+    from xpsvae.model import preprocess
+    from xpsvae.model.preprocess import Standardizer
     monkeypatch.setattr(preprocess, "CHUNK_ROWS", 97)  # many chunks, a ragged last one
     rows = np.random.default_rng(5).permutation(len(small_library))[:1234]
     fitted = Standardizer.fit(small_library.values, rows)

@@ -1,4 +1,4 @@
-"""The Cannon (Ness et al. 2015): the supervised baseline of the paper (SPEC §6).
+"""The Cannon (Ness et al. 2015): the supervised baseline of the paper (the paper's Section 3).
 
 Per input dimension i, a model quadratic in the standardised labels plus one
 population scatter s_i::
@@ -23,17 +23,16 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from .data import SpectraError, SpectraSet
-from .files import write_json
-from .preprocess import Standardizer
+from .core.errors import ModelFileError, SpectraError
+from .core.files import CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE, write_json
+from .io.spectra import SpectraSet
+from .model.preprocess import Standardizer
 
 FORMAT_VERSION = 1
 #: ``ml``: the exact maximum-likelihood scatter. ``thecannon``: TheCannon 0.7.3's grid and
 #: parabola search (a few per cent higher), to reproduce figures made with that package.
 SCATTER_METHODS = ("ml", "thecannon")
 N_START_LABELS = 512
-WEIGHTS_FILE = "cannon.safetensors"
-CONFIG_FILE = "cannon.json"
 
 
 def design_matrix(labels: np.ndarray) -> np.ndarray:
@@ -235,19 +234,18 @@ class Cannon:
         # safetensors writes the raw buffer: arrays must be C-contiguous
         save_file({k: np.ascontiguousarray(v) for k, v in (("theta", self.theta),
                    ("scatter", self.scatter), ("start_labels", self.start_labels))},
-                  os.path.join(directory, WEIGHTS_FILE))
+                  os.path.join(directory, CANNON_WEIGHTS_FILE))
         meta = {"format_version": FORMAT_VERSION, "label_names": list(self.label_names),
                 "label_mean": self.label_mean.tolist(), "label_std": self.label_std.tolist(),
                 "preprocessing": self.standardizer.to_dict(), "kind": self.kind,
                 "scatter_method": self.scatter_method,
                 "fit": None if self.fit_info is None else vars(self.fit_info)}
-        write_json(os.path.join(directory, CONFIG_FILE), meta)
+        write_json(os.path.join(directory, CANNON_CONFIG_FILE), meta)
 
     @classmethod
     def load(cls, directory: str) -> "Cannon":
         """Read a directory written by :meth:`save`."""
-        from .svae import ModelFileError
-        path = os.path.join(directory, CONFIG_FILE)
+        path = os.path.join(directory, CANNON_CONFIG_FILE)
         if not os.path.exists(path):
             raise ModelFileError(f"{path}: missing; is {directory!r} a Cannon directory?")
         with open(path) as f:
@@ -256,7 +254,7 @@ class Cannon:
             raise ModelFileError(f"{path}: Cannon format version {meta.get('format_version')!r}; "
                                  f"this xpsvae reads version {FORMAT_VERSION}")
         model = cls(meta["label_names"], meta.get("scatter_method", "ml"))
-        weights = load_file(os.path.join(directory, WEIGHTS_FILE))
+        weights = load_file(os.path.join(directory, CANNON_WEIGHTS_FILE))
         model.theta, model.scatter = weights["theta"], weights["scatter"]
         model.start_labels = weights["start_labels"]
         model.label_mean = np.asarray(meta["label_mean"])

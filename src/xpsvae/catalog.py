@@ -23,13 +23,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .data import SpectraError, SpectraSet, read_spectra
-from .stream import read_shard
-from .files import (ENCODED_MANIFEST, OLD_ENCODED_MANIFEST, is_encoded_manifest,
-                    read_encoded_manifest, write_json)
-from .ingest import MANIFEST as STORE_MANIFEST, store_shards
-from .machine import usable_cores, usable_memory
-from .svae import CONFIG_FILE, SVAE
+from .core import machine
+from .core.errors import SpectraError
+from .core.files import (
+    CONFIG_FILE,
+    ENCODED_MANIFEST,
+    OLD_ENCODED_MANIFEST,
+    atomic_path,
+    is_encoded_manifest,
+    is_shard_name,
+    read_encoded_manifest,
+    shard_name,
+    write_json,
+)
+from .core.files import MANIFEST as STORE_MANIFEST
+from .io.read import read_spectra
+from .io.spectra import SpectraSet
+from .io.store import read_shard, store_shards
+from .svae import SVAE
+
 
 def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
     """:meth:`SVAE.score` of every star as a table, with ``source_id`` and ``input_row``."""
@@ -61,8 +73,7 @@ def _load_model(model_dir: str) -> SVAE:
 
 
 def _is_store_shard(path: str) -> bool:
-    return os.path.basename(path).startswith("part-") and \
-        os.path.exists(os.path.join(os.path.dirname(path), STORE_MANIFEST))
+    return is_shard_name(path) and os.path.exists(os.path.join(os.path.dirname(path), STORE_MANIFEST))
 
 
 def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
@@ -88,8 +99,8 @@ def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
     meta = {**model_metadata(model_dir), "input": os.path.abspath(shard),
             "accounting": accounting}
     table = table.replace_schema_metadata({"xpsvae": json.dumps(meta)})
-    pq.write_table(table, out_path + ".tmp", compression="zstd")
-    os.replace(out_path + ".tmp", out_path)
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return {"input": shard, "output": os.path.basename(out_path), "rows": table.num_rows,
             "accounting": accounting}
 
@@ -118,7 +129,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
         out_dir: output folder of Parquet shards and ``_manifest.json``.
         scheduler: None (this process), ``"local"`` (a Dask LocalCluster of
             ``workers`` single-threaded processes) or a Dask scheduler address.
-        workers: processes of the local cluster (0: :func:`default_workers`).
+        workers: processes of the local cluster (0: :func:`default_encode_workers`).
         progress: show a progress bar.
 
     Returns:
@@ -128,7 +139,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     _refuse_a_store_as_output(data, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     shards = input_shards(data)
-    jobs = [(s, os.path.join(out_dir, f"part-{i:05d}.parquet")) for i, s in enumerate(shards)]
+    jobs = [(s, os.path.join(out_dir, shard_name(i))) for i, s in enumerate(shards)]
     todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped
     results = _run(model_dir, todo, scheduler, workers, progress)
     done = {r["output"]: r for r in results}
@@ -161,12 +172,12 @@ def _refuse_a_store_as_output(data: str, out_dir: str) -> None:
                                    "encode into another folder")
 
 
-def default_workers(n_shards: int) -> int:
+def default_encode_workers(n_shards: int) -> int:
     """Processes of a local cluster: one per core (each runs the network with one thread),
     at most one per shard to encode and one per GB of memory (a worker peaks at ~0.6 GB,
     ``benchmarks/encode_throughput.py``); cores and memory as a container's limits allow."""
-    workers = min(usable_cores(), max(1, n_shards))
-    memory = usable_memory()
+    workers = min(machine.usable_cores(), max(1, n_shards))
+    memory = machine.usable_memory()
     if memory is not None:
         workers = min(workers, memory // 2**30)
     return max(1, workers)
@@ -183,7 +194,7 @@ def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], worker
     from dask.distributed import Client, LocalCluster, as_completed
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers or default_workers(len(todo)),
+        cluster = LocalCluster(n_workers=workers or default_encode_workers(len(todo)),
                                threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)

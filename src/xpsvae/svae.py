@@ -20,22 +20,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .data import SpectraError, SpectraSet
-from .files import write_json
-from .model import ScatterVAE, SVAEConfig
-from .preprocess import Standardizer
-from .trainer import HISTORY_NAME, Trainer, TrainConfig, distributed_rank_world, resolve_device
+from .core import machine
+from .core.constants import VERSION
+from .core.errors import ModelFileError, SpectraError
+from .core.files import CONFIG_FILE, HISTORY_NAME, MODEL_FILE, atomic_path, write_json
+from .io.spectra import SpectraSet
+from .model.network import ScatterVAE, SVAEConfig
+from .model.preprocess import Standardizer
+from .model.trainer import TrainConfig, Trainer, distributed_rank_world, resolve_device
 
 FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 #: Training options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads", "cuda_graph")
-
-
-class ModelFileError(ValueError):
-    """A model directory that cannot be loaded: the message says which file and what is wrong."""
 
 
 def _as_spectra(spectra, errors=None, what: str = "training") -> SpectraSet:
@@ -165,7 +161,7 @@ class SVAE:
         Returns:
             self, trained.
         """
-        from .stream import StoreStream
+        from .model.stream import StoreStream
         tc = self.train_config
         rank, world = distributed_rank_world()
         stream = StoreStream.scan(store, tc.val_fraction, tc.seed, buffer_shards, rank=rank,
@@ -397,7 +393,7 @@ class SVAE:
 
     # ------------------------------------------------------------------ files
     def _config_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "xpsvae_version": __version__,
+        return {"format_version": FORMAT_VERSION, "xpsvae_version": VERSION,
                 "model": self.config.to_dict(), "training": self.train_config.to_dict(),
                 "preprocessing": self.standardizer.to_dict(), "info": self.info}
 
@@ -411,8 +407,8 @@ class SVAE:
         self._write_config(directory)
         path = os.path.join(directory, MODEL_FILE)
         state = {k: v.detach().contiguous().cpu() for k, v in self.network.state_dict().items()}
-        save_file(state, path + ".tmp", metadata={"format_version": str(FORMAT_VERSION)})
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:
+            save_file(state, tmp, metadata={"format_version": str(FORMAT_VERSION)})
         history_path = os.path.join(directory, HISTORY_NAME)
         if self.history and not os.path.exists(history_path):
             import pandas as pd
@@ -472,9 +468,8 @@ def _refuse_a_part_too_large(store: str, rows: int, n_inputs: int, device: torch
     decide together and all raise, so that none waits for a rank that stopped."""
     import torch.distributed as dist
 
-    from .machine import usable_memory
     need = rows * n_inputs * 8
-    limits = [("memory this process may use", usable_memory())]
+    limits = [("memory this process may use", machine.usable_memory())]
     if device.type == "cuda":
         limits.append((f"free memory of {device}", torch.cuda.mem_get_info(device)[0]))
     refusal = next((
@@ -503,5 +498,5 @@ def _read_config(directory: str) -> dict:
     version = saved.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFileError(f"{path}: model format version {version!r}; this xpsvae "
-                             f"({__version__}) reads version {FORMAT_VERSION}")
+                             f"({VERSION}) reads version {FORMAT_VERSION}")
     return saved

@@ -1,6 +1,6 @@
 """The scatter VAE of Laroche & Speagle (2023): network and loss, in one file.
 
-The network has three parts that share one latent space (SPEC §3):
+The network has three parts that share one latent space (the paper's Section 2.2):
 
 * the encoder maps a standardised spectrum ``x`` (N inputs) to the latent mean
   ``mu`` and log-variance ``logvar`` (n_Z each);
@@ -8,7 +8,7 @@ The network has three parts that share one latent space (SPEC §3):
 * the scatter head, with the decoder's architecture and its own weights, maps
   the same ``z`` to a positive per-input intrinsic scatter ``s_s``.
 
-The loss (SPEC §4, paper eqs 1-5) lives in :func:`svae_loss`.
+The loss (the paper's eqs 1-5) lives in :func:`svae_loss`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .choices import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
+from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
 
 ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh)))
 LOGVAR_BOUND = 30.0
@@ -66,7 +66,7 @@ class SVAEConfig:
         """Named architectures.
 
         Args:
-            name: ``paper`` (SPEC §3: 80-50-30, GELU, no normalisation) or
+            name: ``paper`` (the paper's Section 2.2: 80-50-30, GELU, no normalisation) or
                 ``later`` (the authors' later public code: 90-70-50-30-10,
                 BatchNorm, sigmoid scatter head).
             input_dim: number of inputs.
@@ -109,7 +109,7 @@ def _mlp(widths: Sequence[int], cfg: SVAEConfig) -> nn.Sequential:
 
 
 class ScatterVAE(nn.Module):
-    """The sVAE network: encoder, decoder and scatter head (SPEC §3)."""
+    """The sVAE network: encoder, decoder and scatter head (the paper's Section 2.2)."""
 
     def __init__(self, config: SVAEConfig):
         super().__init__()
@@ -167,7 +167,7 @@ class ScatterVAE(nn.Module):
 def svae_loss(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Tensor,
               scatter: torch.Tensor, latent_mean: torch.Tensor,
               latent_logvar: torch.Tensor, form: str = "paper") -> Dict[str, torch.Tensor]:
-    """The sVAE loss (SPEC §4, paper eqs 1-5), per star, averaged over the batch.
+    """The sVAE loss (the paper's eqs 1-5), per star, averaged over the batch.
 
     With N inputs and n_Z latent dimensions, ``w_i = s_x,i^2 + s_s,i^2`` and::
 

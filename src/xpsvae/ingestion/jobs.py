@@ -3,7 +3,7 @@
 One file's ingest is limited by a single process (it inflates, parses and
 writes in ~0.4 ms of CPU a bulk row, on ~2 cores); a catalogue of 3,386
 bulk files can use every core of a machine by reading several files at
-once. Each job ingests one file with :func:`xpsvae.ingest.ingest_file` into
+once. Each job ingests one file with :func:`xpsvae.ingestion.readfile.ingest_file` into
 shards of its own (``STORE/.jobs/N/``), checking duplicates within that file
 only; this process takes the files' results in the order given and adds
 them to the store as a one-at-a-time ingest would have:
@@ -22,47 +22,57 @@ one copy. An interrupted ingest leaves ``.jobs``, which the next one clears.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 import shutil
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import ingest as _ingest
-from .machine import arrow_for_child
-from .xpformats import system_allocator
+from ..core.errors import SpectraError
+from ..core.files import JOBS_DIR, shard_name
+from ..core.machine import arrow_for_child, system_allocator
+from .accounting import FileAccount, SeenIds, duplicate_reason, row_of
+from .formats import file_batches
+from .gflux import G_FLUX_ARRAYS
+from .readfile import agree_with_store, ingest_file, raw_text
+from .writer import write_shard
 
-JOBS_DIR = ".jobs"
-_G_NAMES = _ingest._G_NAMES
 _job_state: dict = {}  # in a job process: the G-flux arrays, the queue for row counts
 
 
 def _job_setup(g_dir: str, rows_queue) -> None:
     arrow_for_child(1)  # a job's parsing is its own; the other jobs have the other cores
     _job_state["g_flux"] = tuple(np.load(os.path.join(g_dir, f"{n}.npy"), mmap_mode="r")
-                                 for n in _G_NAMES)
+                                 for n in G_FLUX_ARRAYS)
     _job_state["rows"] = rows_queue
 
 
 def _job(index: int, name: str, source, store: str, rows_per_shard: int, kinds: dict,
-         wavelength: Optional[np.ndarray]) -> Tuple[_ingest.FileAccount, List[str], dict]:
+         wavelength: Optional[np.ndarray]) -> Tuple[FileAccount, List[str], dict]:
     """One file into ``STORE/.jobs/index/``: its account, shard paths and kind."""
     shard_dir = os.path.join(store, JOBS_DIR, str(index))
     os.makedirs(shard_dir, exist_ok=True)
     with ThreadPoolExecutor(max_workers=1) as writer:
-        account, shards = _ingest.ingest_file(
+        account, shards = ingest_file(
             name, source, shard_dir, 0, rows_per_shard, _job_state["g_flux"], wavelength,
-            kinds, _ingest._SeenIds(), None, writer, _job_state["rows"].put)
+            kinds, SeenIds(), None, writer, _job_state["rows"].put)
     return account, [os.path.join(shard_dir, s) for s in shards], kinds
 
 
 def ingest_in_jobs(todo: Dict[str, tuple], store: str, manifest: dict,
-                   seen: "_ingest._SeenIds", g_flux: tuple, rows_per_shard: int,
+                   seen: "SeenIds", g_flux: tuple, rows_per_shard: int,
                    wavelength: Optional[np.ndarray], jobs: int,
-                   record: Callable[[str, "_ingest.FileAccount", List[str]], None],
+                   record: Callable[[str, "FileAccount", List[str]], None],
                    progress: bool, g_dir: Optional[str] = None) -> None:
     """Ingest ``todo`` (name: (source, size)) with ``jobs`` processes; ``record`` each file.
 
@@ -70,16 +80,14 @@ def ingest_in_jobs(todo: Dict[str, tuple], store: str, manifest: dict,
     at most ``2 * jobs`` files are read ahead of the one to record next. The jobs
     map the G-flux arrays from ``g_dir`` (the store's kept table) or from a copy.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # as every progress bar of the package
     jobs_dir = os.path.join(store, JOBS_DIR)
     shutil.rmtree(jobs_dir, ignore_errors=True)  # an interrupted ingest's
     os.makedirs(jobs_dir)
     if g_dir is None:
         g_dir = os.path.join(jobs_dir, "g_flux")
         os.makedirs(g_dir)
-        for n, array in zip(_G_NAMES, g_flux):
+        for n, array in zip(G_FLUX_ARRAYS, g_flux):
             np.save(os.path.join(g_dir, f"{n}.npy"), array)
     context = multiprocessing.get_context("spawn")  # fork would copy this process's threads
     rows_queue = context.Queue()
@@ -114,7 +122,6 @@ def ingest_in_jobs(todo: Dict[str, tuple], store: str, manifest: dict,
 
 
 def _drain(rows_queue, rows_bar) -> None:
-    import queue
     try:
         while True:
             rows_bar.update(rows_queue.get_nowait())
@@ -122,18 +129,18 @@ def _drain(rows_queue, rows_bar) -> None:
         pass
 
 
-def _add_to_store(name: str, source, account: "_ingest.FileAccount", shards: List[str],
-                  file_kinds: dict, store: str, manifest: dict, seen: "_ingest._SeenIds",
-                  rows_per_shard: int) -> Tuple["_ingest.FileAccount", List[str]]:
+def _add_to_store(name: str, source, account: "FileAccount", shards: List[str],
+                  file_kinds: dict, store: str, manifest: dict, seen: "SeenIds",
+                  rows_per_shard: int) -> Tuple["FileAccount", List[str]]:
     """A job's file into the store as a one-at-a-time ingest would have put it (see above)."""
     if "kind" in file_kinds:
         try:
-            _ingest._agree_with_store(name, file_kinds["kind"], file_kinds.get("wavelength_nm"),
+            agree_with_store(name, file_kinds["kind"], file_kinds.get("wavelength_nm"),
                                       manifest)
-        except _ingest.SpectraError as exc:  # the same refusal as when reading its first rows
+        except SpectraError as exc:  # the same refusal as when reading its first rows
             for path in shards:
                 os.remove(path)
-            account = _ingest.FileAccount(name)
+            account = FileAccount(name)
             account.add_set_aside(-1, f"file refused: {exc}")
             return account, []
     tables = [pq.read_table(p, columns=["source_id", "input_row"]) for p in shards]
@@ -147,15 +154,15 @@ def _add_to_store(name: str, source, account: "_ingest.FileAccount", shards: Lis
     if not again.any():
         names = []
         for k, path in enumerate(shards):
-            names.append(f"part-{first_shard + k:05d}.parquet")
+            names.append(shard_name(first_shard + k))
             os.replace(path, os.path.join(store, names[-1]))
     else:
         names = _rewrite_without(shards, ~again, store, first_shard, rows_per_shard)
         raw = _raw_lines(source, set(rows[again].tolist()))
         renamed = {}  # a duplicate within the file names the earlier file's row instead
         for i in np.flatnonzero(again):
-            reason = _ingest.duplicate_reason(first[i])
-            renamed[_ingest.duplicate_reason(_ingest._row_of(name, rows[i]))] = reason
+            reason = duplicate_reason(first[i])
+            renamed[duplicate_reason(row_of(name, rows[i]))] = reason
             account.add_set_aside(int(rows[i]), reason, raw.get(int(rows[i])))
         for entry in account.set_aside:
             entry["reason"] = renamed.get(entry["reason"], entry["reason"])
@@ -170,8 +177,8 @@ def _rewrite_without(shards: List[str], keep: np.ndarray, store: str, first_shar
     table = pa.concat_tables([pq.read_table(p) for p in shards]).filter(pa.array(keep))
     names = []
     for start in range(0, table.num_rows, rows_per_shard):
-        names.append(_ingest._write_shard(store, first_shard + len(names),
-                                          table.slice(start, rows_per_shard)))
+        names.append(write_shard(store, first_shard + len(names),
+                                 table.slice(start, rows_per_shard)))
     for path in shards:
         os.remove(path)
     return names
@@ -179,14 +186,13 @@ def _rewrite_without(shards: List[str], keep: np.ndarray, store: str, first_shar
 
 def _raw_lines(source, rows: set) -> Dict[int, Optional[str]]:
     """The raw text of the file's ``rows``, read again (None where a format has none)."""
-    from .xpformats import file_batches
     found: Dict[int, Optional[str]] = {}
     for batch in file_batches(source):
         numbers = [n for n, _, _ in batch.records]
         if batch.table is not None:
             numbers += batch.table.column("input_row").to_pylist()
         for number in rows.intersection(numbers):
-            found[number] = _ingest.raw_text(batch, number)
+            found[number] = raw_text(batch, number)
         if len(found) == len(rows):
             break
     return found

@@ -21,8 +21,15 @@ from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-BANDS = ("bp", "rp")
+from .core.constants import BANDS, FLUX_UNITS, G_ZERO_POINT
+from .core.errors import SpectraError
+from .core.files import atomic_path
+from .io.columns import arrow_lists_to_2d
+from .io.store import Store
 
 
 def covariance_matrices(errors: np.ndarray, correlations: np.ndarray) -> np.ndarray:
@@ -65,8 +72,11 @@ class XPSampler:
     """
 
     def __init__(self, wavelength_nm: Optional[np.ndarray] = None):
-        try:
-            from gaiaxpy.core.config import load_xpmerge_from_xml, load_xpsampling_from_xml
+        try:  # GaiaXPy is optional, and slow to import: only when a sampler is made
+            from gaiaxpy.core.config import (
+                load_xpmerge_from_xml,
+                load_xpsampling_from_xml,
+            )
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("the coefficient-to-flux conversion uses GaiaXPy's design "
                               "matrices: pip install gaiaxpy") from exc
@@ -129,7 +139,6 @@ class XPSampler:
 
 #: Stars converted at once by :func:`write_store_flux` (~0.1 GB of float64 correlations).
 _STORE_BATCH_ROWS = 2048
-FLUX_UNITS = "W m^-2 nm^-1"
 
 
 def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] = None,
@@ -146,7 +155,7 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
         out: the Parquet file to write: ``source_id``, ``flux``, ``flux_error``,
             ``phot_g_mean_flux``; the grid and units in its ``xpsvae`` metadata.
         wavelength_nm: the grid; None for GaiaXPy's default.
-        normalise: divide flux and errors by ``phot_g_mean_flux`` (SPEC §2),
+        normalise: divide flux and errors by ``phot_g_mean_flux`` (the paper's Section 2.1),
             ready to train on.
         progress: show a progress bar over the stars.
 
@@ -154,17 +163,12 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
         The file's metadata: ``wavelength_nm``, ``units``, ``stars`` (written),
         ``stars_without_both_bands`` (left out).
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from .data import SpectraError
-    from .ingest import store_info, store_shards
-    if store_info(store)["kind"] != "coefficients":
+    reader = Store(store)
+    if reader.kind != "coefficients":
         raise SpectraError(f"{store}: a store of sampled spectra; the flux conversion takes "
                            "coefficients")
     sampler = XPSampler(wavelength_nm)
-    shards = store_shards(store)
+    shards = reader.shards
     missing = [pq.read_table(s, columns=["bp_missing", "rp_missing"]) for s in shards]
     lacking = sum(pc.sum(pc.or_(t.column("bp_missing"), t.column("rp_missing"))).as_py() or 0
                   for t in missing)
@@ -176,23 +180,15 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
                         ("flux_error", pa.list_(pa.float64())),
                         ("phot_g_mean_flux", pa.float64())],
                        metadata={"xpsvae": json.dumps(meta)})
-    try:
-        _write_flux_batches(sampler, shards, out + ".tmp", schema, normalise, total, progress)
-    except BaseException:  # a star without correlations, Ctrl-C: no half-written file left
-        if os.path.exists(out + ".tmp"):
-            os.remove(out + ".tmp")
-        raise
-    os.replace(out + ".tmp", out)
+    with atomic_path(out) as tmp:  # a star without correlations, Ctrl-C: no half a file
+        _write_flux_batches(sampler, shards, tmp, schema, normalise, total, progress)
     return meta
 
 
 def _write_flux_batches(sampler: "XPSampler", shards: list, path: str, schema, normalise: bool,
                         total: int, progress: bool) -> None:
     """The stars with both bands of every shard, as flux, into one Parquet file at ``path``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # as every progress bar of the package
     n = len(sampler.wavelength_nm)
     columns = ["source_id", "phot_g_mean_flux", "bp_missing", "rp_missing", "input_row"] + [
         f"{b}_{c}" for b in BANDS for c in ("coefficients", "coefficient_errors",
@@ -230,22 +226,17 @@ def _matrix(batch, name: str, shard: str) -> np.ndarray:
             zero_copy_only=False).argmax()].as_py()
         raise ValueError(f"{shard}: {name} is missing for the star of input row {row} (its "
                          "input file gave none), so its flux errors cannot be propagated")
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    return values.reshape(len(column), -1) if len(column) else values.reshape(0, 0)
+    if not len(column):
+        return np.zeros((0, 0))
+    return arrow_lists_to_2d(column, shard, name, None)
 
 
 def _user_grid(grid: np.ndarray):
     """GaiaXPy's design matrices and merge weights on a user grid."""
-    from gaiaxpy.calibrator import calibrator
+    from gaiaxpy.calibrator import calibrator  # optional and slow to import (as above)
     generate = getattr(calibrator, "__generate_xp_matrices_and_merge")
     design_matrices, merge = generate("calibrator", grid, "v375wi", "v142r")
     return {b: design_matrices[b].get_design_matrix() for b in BANDS}, merge
-
-
-#: DR3 G-band zero point (Riello et al. 2021): flux in e-/s = 10**(-0.4 (G - ZP)).
-G_ZERO_POINT = 25.6874
-SYNTHETIC_G_ORIGIN = "synthetic G (GaiaXPy Gaia_DR3_Vega)"
-SYNTHETIC_G_SAMPLED_ORIGIN = "synthetic G (GaiaXPy Gaia_DR3_Vega, from sampled flux)"
 
 
 #: GaiaXPy's Gaia_DR3_Vega G passband as coefficient weights, shipped with the package so
@@ -266,7 +257,7 @@ def synthetic_g_weights_from_gaiaxpy() -> dict:
     calibrates (to ~1e-14; ~2e-7 from float32 rounding of published flux).
     Needs ``pip install gaiaxpy``.
     """
-    from gaiaxpy import PhotometricSystem
+    from gaiaxpy import PhotometricSystem  # optional and slow to import (as above)
     system = PhotometricSystem.Gaia_DR3_Vega.value
     design = system.load_xpsampling_from_xml()
     _, merge = system.load_xpmerge_from_xml()
@@ -304,7 +295,7 @@ def _dr3_g_flux(system_flux: np.ndarray, zero_point: float) -> np.ndarray:
 
 
 def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -> np.ndarray:
-    """G-band flux (e-/s) computed linearly from the coefficients: the SPEC §2 fallback.
+    """G-band flux (e-/s) computed linearly from the coefficients: the fallback for stars gaia_source lacks.
 
     GaiaXPy's ``Gaia_DR3_Vega`` synthetic G passband applied to BP and RP
     (a dot product per band, joined with its merge weights), turned into a

@@ -30,26 +30,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from .data import SpectraError, SpectraSet, spectra_from_columns
-from .ingest import store_shards  # noqa: F401  (stream.store_shards, as before)
+from ..core.errors import SpectraError
+from ..core.files import atomic_path
+from ..io.spectra import SpectraSet
+from ..io.store import read_shard, store_shards
 from .preprocess import Standardizer
-
-#: The store columns training needs (the correlations, ~90% of a shard, are not read).
-TRAINING_COLUMNS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "bp_missing",
-                    "rp_coefficients", "rp_coefficient_errors", "rp_missing", "phot_g_mean_flux"]
-SAMPLED_TRAINING_COLUMNS = ["flux", "flux_error"]
-
-
-def read_shard(path: str) -> SpectraSet:
-    """One shard as a validated SpectraSet (rows set aside as by :func:`read_spectra`)."""
-    from .ingest import store_info
-    info = store_info(os.path.dirname(path))
-    names = pq.read_schema(path).names
-    wanted = [c for c in TRAINING_COLUMNS + SAMPLED_TRAINING_COLUMNS if c in names]
-    table = pq.read_table(path, columns=wanted)
-    return spectra_from_columns({c: table.column(c) for c in table.column_names}, source=path,
-                                divide_sampled_by_g=info["kind"] == "sampled",
-                                wavelength_nm=info.get("wavelength_nm"))
 
 
 def is_validation(source_id: np.ndarray, val_fraction: float) -> np.ndarray:
@@ -317,9 +302,8 @@ def _write_cache(cache_dir: str, shard: str, values: np.ndarray, errors: np.ndar
     paths = []
     for suffix, array in (("values", values), ("errors", errors)):
         path = f"{stem}.{suffix}.npy"
-        with open(path + ".tmp", "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array, dtype=np.float32))
-        os.replace(path + ".tmp", path)
         paths.append(path)
     return paths[0], paths[1]
 

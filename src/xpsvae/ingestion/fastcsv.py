@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import threading
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,22 +40,39 @@ class Irregular(Exception):
     """A chunk the fast path does not handle; read it row by row instead."""
 
 
-def split_header(chunk: bytes) -> Tuple[Optional[List[str]], bytes]:
-    """(header fields, the rest of the chunk) from a file's first chunk.
+def read_header(lines: Iterable[bytes], delimiter: Optional[str] = None
+                ) -> Optional[Tuple[List[str], int, str]]:
+    """(column names, lines before them, delimiter) of a CSV or ECSV text, from its lines.
 
     Comment (``#``, the ECSV preamble) and blank lines before the header are
-    skipped. Returns a None header when the chunk holds no header line.
+    skipped. With no ``delimiter`` given, ECSV's is read from its YAML header
+    (``# delimiter: ','``); without that line it is a space, the ECSV default
+    (astropy writes such files); plain CSV's is a comma. None: no header line.
     """
-    pos = 0
-    while pos < len(chunk):
-        end = chunk.find(b"\n", pos)
-        end = len(chunk) if end < 0 else end
-        line = chunk[pos:end]
-        if line.strip() and not line.startswith(b"#"):
-            header = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
-            return header, chunk[end + 1:]
-        pos = end + 1
-    return None, b""
+    found = ","
+    for comments, line in enumerate(lines):
+        text = line.decode("utf-8", errors="replace").strip()
+        if comments == 0 and text.startswith("# %ECSV"):
+            found = " "
+        elif text.startswith("# delimiter:"):
+            found = text.split(":", 1)[1].strip().strip("'\"") or " "
+        elif text and not text.startswith("#"):
+            delimiter = delimiter or found
+            return next(csv.reader([text], delimiter=delimiter)), comments, delimiter
+    return None
+
+
+def split_header(chunk: bytes) -> Tuple[Optional[List[str]], bytes]:
+    """(header fields, the rest of the chunk) from a file's first chunk, read as CSV.
+
+    Returns a None header when the chunk holds no header line.
+    """
+    lines = chunk.split(b"\n")
+    found = read_header(lines, delimiter=",")
+    if found is None:
+        return None, b""
+    header, before, _ = found
+    return header, b"\n".join(lines[before + 1:])
 
 
 #: Stands for a quoted field in the text of a chunk's other fields (a control character,

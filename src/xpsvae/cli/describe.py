@@ -13,8 +13,8 @@ import json
 import os
 from typing import Dict, List
 
-from .data import SpectraError
-from .files import read_encoded_manifest
+from ..core.errors import SpectraError
+from ..core.files import read_encoded_manifest
 
 
 def describe(path: str) -> dict:
@@ -72,7 +72,7 @@ def _gaia_source_rows_text(rows: dict) -> str:
 
 
 def _store(path: str) -> dict:
-    from .ingest import store_manifest, store_shards
+    from ..io.store import store_manifest, store_shards
     manifest = store_manifest(path)
     total = manifest.get("total", {})
     shards = store_shards(path) if manifest["shards"] else []
@@ -101,8 +101,7 @@ def _encoded(path: str, manifest: dict) -> dict:
 
 
 def _model(path: str) -> dict:
-    from .svae import CONFIG_FILE, MODEL_FILE
-    from .trainer import HISTORY_NAME
+    from ..core.files import CONFIG_FILE, HISTORY_NAME, MODEL_FILE
     with open(os.path.join(path, CONFIG_FILE)) as f:
         config = json.load(f)
     info, training = config.get("info", {}), config.get("training", {})

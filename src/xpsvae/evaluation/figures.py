@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Dict, List, Optional, Sequence
-
-import functools
 
 import matplotlib
 
@@ -29,7 +28,7 @@ TERM_LABELS = {"loss": "total loss", "chi2": r"$\chi^2$ term", "penalty": r"pena
 
 @_own_style
 def plot_history(history: List[Dict[str, float]], path: str, title: str = "") -> str:
-    """Train and validation loss per epoch, one panel per term of SPEC §4."""
+    """Train and validation loss per epoch, one panel per term of the paper's eqs 1-5."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     for ax, term in zip(axes, TERM_LABELS):

@@ -21,16 +21,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__
+from ..cannon import Cannon
+from ..core.constants import VERSION
+from ..core.files import write_json
+from ..io.library import benchmark_split, library_path, load_apogee_library
+from ..model.trainer import TrainConfig
+from ..svae import SVAE
 from .assess import assess, cannon_blocks
-from .cannon import Cannon
-from .files import write_json
 from .figures import plot_history
-from .library import benchmark_split, library_path, load_apogee_library
 from .report import REFERENCE, write_report
-from .svae import SVAE
-from .trainer import TrainConfig
-
 
 
 def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int] = None,
@@ -65,7 +64,7 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
         recipes["svae_paper_recipe"] = ("paper", "model_paper_recipe")
 
     metrics = {
-        "xpsvae_version": __version__,
+        "xpsvae_version": VERSION,
         "data": {"file": os.path.basename(library_path()), "n_stars": len(library),
                  "n_train": len(train), "n_test": len(test),
                  "split": "numpy.random.seed(0); perm = permutation(N); test = perm[:int(0.1 N)]",

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 
-from .choices import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
-from .data import SpectraError, read_spectra
-from .files import write_json
+from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
+from ..core.errors import SpectraError
+from ..core.files import write_json
+from ..io.read import read_spectra
 
 if TYPE_CHECKING:
-    from .model import SVAEConfig
-    from .trainer import TrainConfig
+    from ..model.network import SVAEConfig
+    from ..model.trainer import TrainConfig
 
 # The model and the trainer (and so PyTorch) are imported by the commands that use them:
 # `xpsvae ingest` starts without them.
@@ -50,7 +51,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, help="SGD momentum")
     g.add_argument("--lr-decay", type=float, help="SGD: lr * lr_decay**epoch")
     g.add_argument("--loss-form", choices=LOSS_FORMS,
-                   help="paper: SPEC §4 means (KL weighed N/n_Z); elbo: sums")
+                   help="paper: the means of the paper's eqs 1-5 (KL weighed N/n_Z); elbo: sums")
     g.add_argument("--seed", type=int)
     g.add_argument("--val-fraction", type=float)
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
@@ -67,7 +68,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         "reconstructions (0: off)")
     a = p.add_argument_group("architecture (defaults: the chosen --arch)")
     a.add_argument("--arch", choices=("paper", "later"), default="paper",
-                   help="paper: 80-50-30 GELU (SPEC §3); later: 90-70-50-30-10, BatchNorm, "
+                   help="paper: 80-50-30 GELU (the paper's Section 2.2); later: 90-70-50-30-10, BatchNorm, "
                         "sigmoid scatter")
     a.add_argument("--hidden", help="encoder widths, comma separated, e.g. 80,50,30")
     a.add_argument("--latent-dim", type=int)
@@ -77,7 +78,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args) -> TrainConfig:
-    from .trainer import TrainConfig
+    from ..model.trainer import TrainConfig
     overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     for flag in ("amp", "compile", "cuda_graph"):
         if getattr(args, flag):
@@ -86,7 +87,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _model_config(args, input_dim: int) -> SVAEConfig:
-    from .model import SVAEConfig
+    from ..model.network import SVAEConfig
     d = SVAEConfig.preset(args.arch, input_dim).to_dict()
     if args.hidden:
         d["hidden"] = [int(h) for h in args.hidden.split(",")]
@@ -98,8 +99,8 @@ def _model_config(args, input_dim: int) -> SVAEConfig:
 
 def _resume_config(args, out_dir: str) -> TrainConfig:
     """On --resume, the saved recipe with only the options given now that may change."""
-    from .svae import CONFIG_FILE
-    from .trainer import TrainConfig
+    from ..core.files import CONFIG_FILE
+    from ..model.trainer import TrainConfig
     with open(os.path.join(out_dir, CONFIG_FILE)) as f:
         saved = TrainConfig.from_dict(json.load(f)["training"]).to_dict()
     for key in ("epochs", "device", "threads"):
@@ -127,10 +128,9 @@ def _refuse_a_store_too_large_for_memory(store: str) -> None:
     Training in memory holds each star's values and errors as float32 twice (as read, and
     standardised): 16 bytes an input, plus ~200 bytes of labels and ids.
     """
-    from .data import array_widths
-    from .ingest import open_store
-    from .machine import usable_memory
-    memory = usable_memory()
+    from ..core import machine
+    from ..io.store import array_widths, open_store
+    memory = machine.usable_memory()
     if memory is None:
         return
     dataset = open_store(store)
@@ -148,7 +148,8 @@ def _refuse_a_store_too_large_for_memory(store: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .svae import CONFIG_FILE, SVAE
+    from ..core.files import CONFIG_FILE
+    from ..svae import SVAE
     if args.streaming and args.resident:
         raise SpectraError("--streaming and --resident are two ways to train on a store: "
                            "give one")
@@ -157,7 +158,7 @@ def cmd_train(args) -> int:
         if not os.path.isdir(args.data):
             option = "--streaming" if args.streaming else "--resident"
             raise SpectraError(f"{args.data}: {option} reads a store folder (xpsvae ingest)")
-        from .stream import read_shard, store_shards
+        from ..io.store import read_shard, store_shards
         n_inputs = read_shard(store_shards(args.data)[0]).n_inputs
     else:
         if os.path.isdir(args.data):
@@ -193,8 +194,9 @@ def cmd_train(args) -> int:
 
 def cmd_encode(args) -> int:
     import pyarrow.parquet as pq
-    from .catalog import encode_store, encoded_table, model_metadata
-    from .svae import SVAE
+
+    from ..catalog import encode_store, encoded_table, model_metadata
+    from ..svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
         manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
                                 workers=args.workers, progress=not args.quiet)
@@ -214,7 +216,8 @@ def cmd_encode(args) -> int:
 def cmd_generate(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from .svae import SVAE
+
+    from ..svae import SVAE
     model = SVAE.load(args.model)
     if args.latent:
         latent = _read_latent(args.latent, model.config.latent_dim)
@@ -253,7 +256,7 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..evaluation.demo import run_demo
     run_demo(args.out, epochs=args.epochs, max_stars=args.max_stars, device=args.device,
              paper_recipe=not args.skip_paper_recipe, progress=not args.quiet,
              threads=args.threads)
@@ -262,7 +265,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_cannon_fit(args) -> int:
-    from .cannon import Cannon
+    from ..cannon import Cannon
     spectra = _read_and_report(args.data, progress=not args.quiet)
     cannon = Cannon(args.labels.split(","), scatter_method=args.scatter_method).fit(spectra)
     cannon.save(args.out)
@@ -275,8 +278,10 @@ def cmd_cannon_fit(args) -> int:
 def cmd_cannon_predict(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from .cannon import Cannon
-    from .data import column_to_1d, read_table_columns
+
+    from ..cannon import Cannon
+    from ..io.columns import column_to_1d
+    from ..io.tables import read_table_columns
     cannon = Cannon.load(args.cannon)
     columns = read_table_columns(args.labels_table)
     missing = [c for c in cannon.label_names if c not in columns]
@@ -301,7 +306,8 @@ def cmd_cannon_predict(args) -> int:
 def cmd_cannon_infer(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from .cannon import Cannon
+
+    from ..cannon import Cannon
     cannon = Cannon.load(args.cannon)
     spectra = _read_and_report(args.data, progress=not args.quiet)
     labels, chi2 = cannon.infer_labels(spectra)
@@ -314,10 +320,10 @@ def cmd_cannon_infer(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .assess import assess
-    from .cannon import Cannon
-    from .report import write_report
-    from .svae import SVAE
+    from ..cannon import Cannon
+    from ..evaluation.assess import assess
+    from ..evaluation.report import write_report
+    from ..svae import SVAE
     model = SVAE.load(args.model)
     spectra = _read_and_report(args.data, progress=not args.quiet)
     cannon = Cannon.load(args.cannon) if args.cannon else None
@@ -343,8 +349,8 @@ def _matches(patterns: List[str]) -> List[str]:
 
 
 def cmd_ingest(args) -> int:
+    from ..ingestion.pipeline import default_parse_workers, ingest
     from .describe import counted
-    from .ingest import default_workers, ingest
     paths = _matches(args.inputs)
     gaia_source = _matches(args.gaia_source or [])
     wavelength = None
@@ -353,7 +359,7 @@ def cmd_ingest(args) -> int:
         wavelength = np.arange(start, stop + step / 2, step)
     manifest = ingest(paths, args.out, gaia_source=gaia_source,
                       rows_per_shard=args.rows_per_shard, progress=not args.quiet,
-                      wavelength=wavelength, workers=args.workers or default_workers(),
+                      wavelength=wavelength, workers=args.workers or default_parse_workers(),
                       jobs=args.jobs)  # 0: ingest's default for the files the folders hold
     total = manifest["total"]
     print(f"{args.out}: {counted(total['files'], 'file')}, read "
@@ -383,7 +389,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_flux(args) -> int:
-    from .sampling import write_store_flux
+    from ..flux import write_store_flux
     grid = None
     if args.grid:
         start, stop, step = (float(v) for v in args.grid.split(","))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -134,7 +135,26 @@ def _ratio(numerator: str, denominator: str) -> float:
 def arrow_for_child(threads: int) -> None:
     """Arrow in a child process of the ingest: ``threads`` of its own (the cores shared
     out among the processes, so that together they do not oversubscribe them) and the C
-    library's allocator (see :func:`xpsvae.xpformats.system_allocator`)."""
+    library's allocator (see :func:`system_allocator`)."""
     import pyarrow as pa
     pa.set_cpu_count(max(1, threads))
     pa.set_memory_pool(pa.system_memory_pool())
+
+
+@contextmanager
+def system_allocator() -> Iterator[None]:
+    """Arrow allocates with the C library's malloc while the block runs.
+
+    The mimalloc pool of the pyarrow wheels gives freed pages back to the
+    system at once, so every chunk's large temporaries fault theirs in again:
+    on a bulk file that cost about ten times the system time of malloc.
+    Buffers keep track of their own pool, so the previous default comes back
+    safely afterwards.
+    """
+    import pyarrow as pa  # machine.py is read by light commands that never use Arrow
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)

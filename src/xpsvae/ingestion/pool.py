@@ -1,13 +1,14 @@
-"""Worker processes that parse CSV chunks, fed and read back through shared memory files.
+"""Worker processes that parse chunks of text, fed and read back through shared memory files.
 
-A pool's worker parses a chunk (:func:`xpsvae.xpformats.parse_chunk_rows`)
-while this process hands out the next ones and writes the shards. What goes
+A pool's worker runs the pool's job on a chunk (the ingest's is
+:func:`xpsvae.ingestion.csvbatches.parse_chunk_rows`) while this process
+hands out the next ones and writes the shards. What goes
 between them is large: 16 MB of text a chunk, and ~6 MB of parsed table
 back. Through the executor's pipe, each is pickled, written and read back in
 64 kB pieces: ~30 µs of this process's CPU a bulk row for the tables alone.
 So, where the system has a shared memory folder (``/dev/shm``), a worker
 reads its chunk in place: in the slot the inflating process left it in
-(:class:`xpsvae.inflate.SharedChunk`, a large gzip'd file), else in one of
+(:class:`xpsvae.ingestion.inflate.SharedChunk`, a large gzip'd file), else in one of
 a few files the pool rewrites in turn; and the table comes back in a new
 file, in Arrow's IPC format, which this process maps and reads without
 copying (~8 µs a row), unlinked as soon as it is opened (the memory goes
@@ -22,15 +23,17 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import Future, wait
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.ipc
 
+from ..core.machine import arrow_for_child, usable_cores
 from .inflate import SHARED_DIR, SharedChunk, remove_abandoned
-from .machine import arrow_for_child, usable_cores
 
 _PREFIX = "xpsvae-parse-"
+#: A pool's job: (chunk, *args) -> (records, table or None).
+Job = Callable[..., Tuple[List[tuple], Optional[pa.Table]]]
 
 
 class InFile(NamedTuple):
@@ -82,12 +85,10 @@ def take_table(ref: Union[None, pa.Table, InFile]) -> Optional[pa.Table]:
     return pa.ipc.open_stream(pa.py_buffer(memory)).read_all()
 
 
-def _parse_job(chunk: Union[bytes, InFile], header: List[str], first_row: int,
-               n_lines: int, fast: Optional[str], folder: Optional[str]
-               ) -> Tuple[List[tuple], Union[None, pa.Table, InFile]]:
-    """In a worker: :func:`xpsvae.xpformats.parse_chunk_rows`, the table left in a file."""
-    from .xpformats import parse_chunk_rows
-    records, table = parse_chunk_rows(take_bytes(chunk), header, first_row, n_lines, fast)
+def _run_job(job: Job, chunk: Union[bytes, InFile], args: tuple, folder: Optional[str]
+             ) -> Tuple[List[tuple], Union[None, pa.Table, InFile]]:
+    """In a worker: ``job(chunk, *args)``, the table it gives left in a file."""
+    records, table = job(take_bytes(chunk), *args)
     return records, put_table(table, folder)
 
 
@@ -102,18 +103,21 @@ def _worker_setup(workers: int) -> None:
 
 
 class ParsePool:
-    """Worker processes that parse CSV chunks, started on first use.
+    """Worker processes that parse chunks with ``job``, started on first use.
 
     Parsing is most of an ingest's work and, on one core, ~1.5x slower than
     inflating, so a few processes keep up with one file's inflating. Files of
     a single chunk never start the pool.
 
     Args:
-        workers: processes (:func:`xpsvae.ingest.ingest` makes a pool only for 2 or more).
+        workers: processes (the ingest makes a pool only for 2 or more).
+        job: ``job(chunk_bytes, *args) -> (records, table or None)``, a function
+            of a module (the workers import it by name).
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, job: Job):
         self.workers = workers
+        self.job = job
         self.ahead = workers + 1  # chunks in flight: memory holds about two chunks per worker
         # Half the in-process chunk: each worker's parsing holds several times its chunk, so
         # with 4 workers 16 MB chunks took the ingest to 1.1 GB, 8 MB to 0.85 (and no more CPU).
@@ -125,11 +129,10 @@ class ParsePool:
         # new one has the system find 16 MB of fresh memory for every chunk.
         self._chunk_files: List[Tuple[str, Optional[Future]]] = []
 
-    def submit(self, chunk: Union[bytes, SharedChunk], header: List[str], first_row: int,
-               n_lines: int, fast: Optional[str]) -> Future:
-        """Parse a chunk in a worker; read the job with :func:`job_result`.
+    def submit(self, chunk: Union[bytes, SharedChunk], *args) -> Future:
+        """``job(chunk, *args)`` in a worker; read its result with :func:`job_result`.
 
-        A :class:`~xpsvae.inflate.SharedChunk` is read in place by the worker,
+        A :class:`~xpsvae.ingestion.inflate.SharedChunk` is read in place by the worker,
         so the caller must hold it until the job is done.
         """
         if self._executor is None:
@@ -146,8 +149,8 @@ class ParsePool:
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_setup, initargs=(self.workers,))
         k = len(self._chunk_files) and self._submitted % len(self._chunk_files)
-        job = self._executor.submit(_parse_job, self._put_chunk(k, chunk), header, first_row,
-                                    n_lines, fast, self._folder)
+        job = self._executor.submit(_run_job, self.job, self._put_chunk(k, chunk), args,
+                                    self._folder)
         if self._chunk_files:
             self._chunk_files[k] = (self._chunk_files[k][0], job)
         self._submitted += 1

@@ -23,18 +23,15 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..core import machine
+from ..core.constants import LOSS_FORMS
+from ..core.errors import TrainingDiverged
+from ..core.files import CHECKPOINT_NAME, HISTORY_NAME, atomic_path
 from .graphstep import GraphedStep
-from .machine import usable_cores
-from .model import LOSS_FORMS, ScatterVAE, svae_loss
+from .network import ScatterVAE, svae_loss
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-HISTORY_NAME = "history.csv"
 TERMS = ("loss", "chi2", "penalty", "kl")
 LR_SCALINGS = ("auto", "sqrt", "linear", "none")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint was kept."""
 
 
 @dataclass
@@ -52,7 +49,7 @@ class TrainConfig:
         lr_decay: SGD's learning rate is ``lr * lr_decay ** epoch``.
         warmup_fraction: share of the steps over which AdamW's rate ramps up.
         min_lr_fraction: AdamW's final rate as a share of ``lr``.
-        loss_form: ``paper`` (SPEC §4 means) or ``elbo`` (sums).
+        loss_form: ``paper`` (the means of the paper's eqs 1-5) or ``elbo`` (sums).
         seed: seeds weights, the validation split, shuffling and latent noise.
         val_fraction: share of the given stars held out for validation.
         device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto``.
@@ -363,7 +360,7 @@ class Trainer:
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
-        elif (cores := usable_cores()) < torch.get_num_threads():
+        elif (cores := machine.usable_cores()) < torch.get_num_threads():
             # torch counts the host's cores; a container's quota of fewer, oversubscribed, crawls
             torch.set_num_threads(cores)
         if resume:
@@ -529,9 +526,8 @@ class Trainer:
                                         for k, v in g.items()} for g in optim["param_groups"]],
                 "optim_scalars": optim_scalars}
         os.makedirs(self.out_dir, exist_ok=True)
-        tmp = self.checkpoint_path + ".tmp"
-        save_file(tensors, tmp, metadata={"xpsvae_checkpoint": json.dumps(meta)})
-        os.replace(tmp, self.checkpoint_path)  # a crash mid-write leaves the old checkpoint whole
+        with atomic_path(self.checkpoint_path) as tmp:  # a crash mid-write: the old one stays
+            save_file(tensors, tmp, metadata={"xpsvae_checkpoint": json.dumps(meta)})
         if self.world > 1:
             dist.barrier()
 
@@ -574,9 +570,7 @@ class Trainer:
     def _write_history(self) -> None:
         path = os.path.join(self.out_dir, HISTORY_NAME)
         keys = list(self.history[0].keys())
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, path)

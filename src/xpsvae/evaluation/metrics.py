@@ -11,9 +11,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .data import SpectraSet
+from ..io.spectra import SpectraSet
 
-#: Label cuts of the paper's tails (SPEC §6).
+#: Label cuts of the paper's tails (the paper's Section 3).
 TAILS = {"cool": ("teff", "<", 4000.0), "low_logg": ("logg", "<", 1.0)}
 
 

@@ -1,0 +1,4 @@
+"""Reading spectra: tables in memory, stores on disk, the embedded APOGEE library.
+
+Imports only :mod:`xpsvae.core`.
+"""
