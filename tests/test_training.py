@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xpsvae import SVAE, TrainConfig, TrainingDiverged
-from xpsvae.model.trainer import CHECKPOINT_NAME
+from xpsvae.core.files import CHECKPOINT_NAME
 
 
 def _weights(model):

@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # what an IDE or a type checker sees; at run time, __getattr_
     from .io.store import Store, open_store
     from .model.network import ScatterVAE, SVAEConfig, svae_loss
     from .model.preprocess import Standardizer
-    from .model.trainer import TrainConfig, Trainer
+    from .model.recipe import TrainConfig
+    from .model.trainer import Trainer
     from .svae import SVAE
 
 _EXPORTS = {
@@ -60,7 +61,7 @@ _EXPORTS = {
     "Store": "io.store", "open_store": "io.store",
     "ScatterVAE": "model.network", "SVAEConfig": "model.network", "svae_loss": "model.network",
     "Standardizer": "model.preprocess",
-    "TrainConfig": "model.trainer", "Trainer": "model.trainer",
+    "TrainConfig": "model.recipe", "Trainer": "model.trainer",
 }
 
 __all__ = ["Cannon", "ModelFileError", "RowAccounting", "SVAE", "SVAEConfig", "ScatterVAE",

@@ -27,7 +27,8 @@ from .core.files import CONFIG_FILE, HISTORY_NAME, MODEL_FILE, atomic_path, writ
 from .io.spectra import SpectraSet
 from .model.network import ScatterVAE, SVAEConfig
 from .model.preprocess import Standardizer
-from .model.trainer import TrainConfig, Trainer, distributed_rank_world, resolve_device
+from .model.recipe import TrainConfig
+from .model.trainer import Trainer, distributed_rank_world, resolve_device
 
 FORMAT_VERSION = 1
 #: Training options that may change when a run is resumed.

@@ -25,7 +25,7 @@ from ..cannon import Cannon
 from ..core.constants import VERSION
 from ..core.files import write_json
 from ..io.library import benchmark_split, library_path, load_apogee_library
-from ..model.trainer import TrainConfig
+from ..model.recipe import TrainConfig
 from ..svae import SVAE
 from .assess import assess, cannon_blocks
 from .figures import plot_history

@@ -1,0 +1,345 @@
+"""The ``xpsvae`` subcommands, one function each: they wrap the Python API.
+
+The model and the trainer (and so PyTorch) are imported by the commands that
+use them, inside them: ``xpsvae ingest`` and ``xpsvae info`` start without it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, List
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..core import machine
+from ..core.errors import SpectraError
+from ..core.files import CONFIG_FILE, write_json
+from ..flux import write_store_flux
+from ..ingestion.pipeline import default_parse_workers, ingest
+from ..io.columns import column_to_1d
+from ..io.read import read_spectra
+from ..io.store import array_widths, open_store, read_shard, store_shards
+from ..io.tables import read_table_columns
+from ..model.recipe import TrainConfig
+from .describe import counted, describe, format_description
+from .parser import TRAIN_OPTIONS
+
+if TYPE_CHECKING:
+    from ..model.network import SVAEConfig
+
+
+def _train_config(args) -> TrainConfig:
+    overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    for flag in ("amp", "compile", "cuda_graph"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    return TrainConfig.preset(args.recipe, **overrides)
+
+
+def _model_config(args, input_dim: int) -> SVAEConfig:
+    from ..model.network import (
+        SVAEConfig,  # PyTorch: imported by the commands that use it
+    )
+    d = SVAEConfig.preset(args.arch, input_dim).to_dict()
+    if args.hidden:
+        d["hidden"] = [int(h) for h in args.hidden.split(",")]
+    for key in ("latent_dim", "activation", "norm", "scatter_map"):
+        if getattr(args, key) is not None:
+            d[key] = getattr(args, key)
+    return SVAEConfig.from_dict(d)
+
+
+def _resume_config(args, out_dir: str) -> TrainConfig:
+    """On --resume, the saved recipe with only the options given now that may change."""
+    with open(os.path.join(out_dir, CONFIG_FILE)) as f:
+        saved = TrainConfig.from_dict(json.load(f)["training"]).to_dict()
+    for key in ("epochs", "device", "threads"):
+        if getattr(args, key) is not None:
+            saved[key] = getattr(args, key)
+    for flag in ("amp", "cuda_graph"):
+        if getattr(args, flag):
+            saved[flag] = True
+    return TrainConfig.from_dict(saved)
+
+
+# --------------------------------------------------------------------------- commands
+
+def _read_and_report(path: str, progress: bool = False):
+    """Read a table of spectra and say on stderr what was read, kept and set aside."""
+    spectra = read_spectra(path, progress=progress)
+    print(spectra.accounting.summary(), file=sys.stderr)
+    return spectra
+
+
+def _refuse_a_store_too_large_for_memory(store: str) -> None:
+    """Refuse, before reading it, a store whose stars would not fit in memory for training,
+    with the way round, rather than be killed for memory after a long read.
+
+    Training in memory holds each star's values and errors as float32 twice (as read, and
+    standardised): 16 bytes an input, plus ~200 bytes of labels and ids.
+    """
+    memory = machine.usable_memory()
+    if memory is None:
+        return
+    dataset = open_store(store)
+    stars = dataset.count_rows()
+    widths = array_widths(dataset.files)  # the first shard with an array says
+    n_inputs = widths.get("flux") or (widths.get("bp_coefficients", 0)
+                                      + widths.get("rp_coefficients", 0))
+    need = stars * (16 * n_inputs + 200)
+    if need > 0.8 * memory:
+        raise SpectraError(
+            f"{store}: {stars:,} stars of {n_inputs} inputs need ~{need / 2**30:.1f} GB of "
+            f"memory to train on in memory, more than the {memory / 2**30:.1f} GB this "
+            "process may use; train streamed from the store instead (add --streaming), or "
+            "over several processes that each hold a part (torchrun ... --resident)")
+
+
+def cmd_train(args) -> int:
+    from ..svae import SVAE  # PyTorch: imported by the commands that use it
+    if args.streaming and args.resident:
+        raise SpectraError("--streaming and --resident are two ways to train on a store: "
+                           "give one")
+    from_store = args.streaming or args.resident
+    if from_store:
+        if not os.path.isdir(args.data):
+            option = "--streaming" if args.streaming else "--resident"
+            raise SpectraError(f"{args.data}: {option} reads a store folder (xpsvae ingest)")
+        n_inputs = read_shard(store_shards(args.data)[0]).n_inputs
+    else:
+        if os.path.isdir(args.data):
+            _refuse_a_store_too_large_for_memory(args.data)
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK") == "0":
+                print("every rank reads the whole store and trains on every world-th star; "
+                      "with --resident (or --streaming) each reads only its own shards",
+                      file=sys.stderr)
+        spectra = _read_and_report(args.data, progress=not args.quiet)
+        n_inputs = spectra.n_inputs
+    if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
+        model = SVAE(train_config=_resume_config(args, args.out))
+    else:
+        model = SVAE(_model_config(args, n_inputs), _train_config(args))
+    if from_store:
+        model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
+                        buffer_shards=args.buffer_shards, cache_dir=args.cache_dir,
+                        resident=args.resident)
+    else:
+        model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 writes the files and reports
+    write_json(os.path.join(args.out, "data_accounting.json"),
+               model.info["data"]["accounting"] if from_store
+               else spectra.accounting.to_dict())
+    last, tc = model.history[-1], model.train_config
+    phases = f" ({tc.epochs}, then {tc.calibrate_epochs} calibrating the scatter head)" \
+        if tc.calibrate_epochs and last["epoch"] > tc.epochs else ""
+    print(f"trained {last['epoch']} epochs{phases} in {last['seconds']:.1f} s; "
+          f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+
+    from ..catalog import (  # PyTorch, only here
+        encode_store,
+        encoded_table,
+        model_metadata,
+    )
+    from ..svae import SVAE
+    if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
+        manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
+                                workers=args.workers, progress=not args.quiet)
+        print(f"encoded {manifest['rows']} stars in {len(manifest['shards'])} shards to "
+              f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
+        return 0
+    model = SVAE.load(args.model)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
+    table = encoded_table(model, spectra, device=args.device)
+    meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
+            "accounting": spectra.accounting.to_dict(100)}
+    pq.write_table(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
+    print(f"encoded {len(spectra)} stars to {args.out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+
+    from ..svae import SVAE  # PyTorch: imported by the commands that use it
+    model = SVAE.load(args.model)
+    if args.latent:
+        latent = _read_latent(args.latent, model.config.latent_dim)
+        spectra, scatter = model.decode(latent, args.device), model.scatter(latent, args.device)
+    else:
+        latent, spectra, scatter = model.generate(args.n, seed=args.seed, device=args.device)
+    names = model.info.get("input_names") or [f"input_{i}" for i in range(spectra.shape[1])]
+    table = pa.table({"latent": [z.tolist() for z in latent],
+                      "flux" if model.info.get("kind") == "sampled" else "coefficients":
+                          [s.tolist() for s in spectra],
+                      "intrinsic_scatter": [s.tolist() for s in scatter]})
+    meta = {"inputs": names, "units": model.info.get("normalisation"),
+            "kind": model.info.get("kind"), "wavelength_nm": model.info.get("wavelength_nm")}
+    pq.write_table(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
+    print(f"generated {len(latent)} spectra to {args.out}")
+    return 0
+
+
+def _read_latent(path: str, latent_dim: int) -> np.ndarray:
+    if path.endswith((".npy",)):
+        latent = np.load(path, allow_pickle=False)
+    else:
+        table = pq.read_table(path)
+        if "latent_mean" in table.column_names:
+            latent = np.array(table.column("latent_mean").to_pylist(), dtype=np.float32)
+        elif "latent" in table.column_names:
+            latent = np.array(table.column("latent").to_pylist(), dtype=np.float32)
+        else:
+            raise SpectraError(f"{path}: needs a 'latent_mean' or 'latent' column "
+                               f"(lists of {latent_dim} numbers)")
+    if latent.ndim != 2 or latent.shape[1] != latent_dim or not np.isfinite(latent).all():
+        raise SpectraError(f"{path}: latent vectors must be finite, shape (n, {latent_dim}); "
+                           f"got {latent.shape}")
+    return latent
+
+
+def cmd_demo(args) -> int:
+    from ..evaluation.demo import (
+        run_demo,  # PyTorch: imported by the commands that use it
+    )
+    run_demo(args.out, epochs=args.epochs, max_stars=args.max_stars, device=args.device,
+             paper_recipe=not args.skip_paper_recipe, progress=not args.quiet,
+             threads=args.threads)
+    print(f"report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def cmd_cannon_fit(args) -> int:
+    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    spectra = _read_and_report(args.data, progress=not args.quiet)
+    cannon = Cannon(args.labels.split(","), scatter_method=args.scatter_method).fit(spectra)
+    cannon.save(args.out)
+    info = cannon.fit_info
+    print(f"fitted the Cannon on {info.n_stars_used} stars ({info.n_stars_without_labels} left "
+          f"out for a missing label); model in {args.out}")
+    return 0
+
+
+def cmd_cannon_predict(args) -> int:
+
+    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    cannon = Cannon.load(args.cannon)
+    columns = read_table_columns(args.labels_table)
+    missing = [c for c in cannon.label_names if c not in columns]
+    if missing:
+        raise SpectraError(f"{args.labels_table}: label columns {missing} not found")
+    labels = np.column_stack([column_to_1d(columns[c]).astype(np.float64)
+                              for c in cannon.label_names])
+    ok = np.isfinite(labels).all(axis=1)
+    flux = np.full((len(labels), cannon.theta.shape[0]), np.nan)
+    flux[ok] = cannon.predict(labels[ok])
+    out = {c: labels[:, i] for i, c in enumerate(cannon.label_names)}
+    out["flux" if cannon.kind == "sampled" else "coefficients"] = [
+        row.tolist() if good else None for row, good in zip(flux, ok)]
+    out["population_scatter"] = [cannon.population_scatter().tolist() if good else None
+                                 for good in ok]
+    pq.write_table(pa.table(out), args.out)
+    print(f"predicted {int(ok.sum())} spectra to {args.out}; {int((~ok).sum())} rows with a "
+          "missing label left empty")
+    return 0
+
+
+def cmd_cannon_infer(args) -> int:
+
+    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    cannon = Cannon.load(args.cannon)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
+    labels, chi2 = cannon.infer_labels(spectra)
+    out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
+    out.update({c: labels[:, i] for i, c in enumerate(cannon.label_names)})
+    out["chi2"] = chi2
+    pq.write_table(pa.table(out), args.out)
+    print(f"inferred labels of {len(spectra)} stars to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    from ..evaluation.assess import assess
+    from ..evaluation.report import write_report
+    from ..svae import SVAE
+    model = SVAE.load(args.model)
+    spectra = _read_and_report(args.data, progress=not args.quiet)
+    cannon = Cannon.load(args.cannon) if args.cannon else None
+    os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
+    metrics = {"model_dir": args.model,
+               "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20)}}
+    metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(f"report: {write_report(args.out, metrics)}")
+    return 0
+
+
+def _matches(patterns: List[str]) -> List[str]:
+    """Files, folders or glob patterns (quoted, so that the shell leaves them) to paths."""
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"{pattern}: no such file")
+        paths += matches
+    return paths
+
+
+def cmd_ingest(args) -> int:
+    paths = _matches(args.inputs)
+    gaia_source = _matches(args.gaia_source or [])
+    wavelength = None
+    if args.wavelength:
+        start, stop, step = (float(v) for v in args.wavelength.split(","))
+        wavelength = np.arange(start, stop + step / 2, step)
+    manifest = ingest(paths, args.out, gaia_source=gaia_source,
+                      rows_per_shard=args.rows_per_shard, progress=not args.quiet,
+                      wavelength=wavelength, workers=args.workers or default_parse_workers(),
+                      jobs=args.jobs)  # 0: ingest's default for the files the folders hold
+    total = manifest["total"]
+    print(f"{args.out}: {counted(total['files'], 'file')}, read "
+          f"{counted(total['rows_read'], 'row')}, kept {total['rows_kept']:,}, set aside "
+          f"{total['rows_set_aside']:,} {total['reasons'] or ''}".rstrip())
+    given = [os.path.abspath(p) for p in paths]
+    skipped = [k for k in manifest.get("same_content", {})
+               if any(k == g or k.startswith(g.rstrip(os.sep) + os.sep) for g in given)]
+    if skipped:
+        print(f"{counted(len(skipped), 'file')} given "
+              + ("is" if len(skipped) == 1 else "are")
+              + " already in the store under another path and not read again (the "
+              "manifest's same_content says which)")
+    if manifest.get("not_read"):
+        n = len(manifest["not_read"])
+        print(f"{counted(n, 'file')} of the folders given "
+              + ("is not a table and was" if n == 1 else "are not tables and were")
+              + " not read (the manifest's not_read lists them)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    description = describe(args.path)
+    print(json.dumps(description, indent=1) if args.json else format_description(description))
+    return 0
+
+
+def cmd_flux(args) -> int:
+    grid = None
+    if args.grid:
+        start, stop, step = (float(v) for v in args.grid.split(","))
+        grid = np.arange(start, stop + step / 2, step)
+    meta = write_store_flux(args.store, args.out, grid, normalise=args.normalise,
+                            progress=not args.quiet)
+    print(f"{args.out}: {meta['stars']} spectra on {len(meta['wavelength_nm'])} samples; "
+          f"{meta['stars_without_both_bands']} stars lacking a band left out")
+    return 0
+
+

@@ -1,0 +1,197 @@
+"""The ``xpsvae`` command's arguments: every subcommand and its options."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
+
+#: TrainConfig fields settable from the command line (flag name = field name with dashes).
+TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
+                 "weight_decay": float, "momentum": float, "lr_decay": float,
+                 "loss_form": str, "seed": int, "val_fraction": float, "device": str,
+                 "grad_clip": float, "threads": int, "calibrate_epochs": int,
+                 "lr_scaling": str, "lr_reference_batch": int}
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training recipe (defaults: the chosen --recipe)")
+    g.add_argument("--recipe", choices=("fast", "paper"), default="fast",
+                   help="fast: AdamW + cosine, summed-ELBO loss (default); paper: SGD with "
+                        "momentum, batch 1024, lr 0.1 decayed per epoch, paper loss form")
+    g.add_argument("--optimizer", choices=("adamw", "sgd"))
+    g.add_argument("--lr", type=float, help="peak (adamw) or initial (sgd) learning rate")
+    g.add_argument("--batch-size", type=int, help="stars per step; the rate follows it "
+                                                  "(--lr-scaling)")
+    g.add_argument("--lr-scaling", choices=("auto", "sqrt", "linear", "none"),
+                   help="rate at another batch size: --lr is meant for --lr-reference-batch "
+                        "(the recipe's batch); a batch k times larger runs at lr*sqrt(k) (sqrt, "
+                        "auto for adamw) or lr*k (linear, auto for sgd); none (default): --lr "
+                        "as given")
+    g.add_argument("--lr-reference-batch", type=int)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--lr-decay", type=float, help="SGD: lr * lr_decay**epoch")
+    g.add_argument("--loss-form", choices=LOSS_FORMS,
+                   help="paper: the means of the paper's eqs 1-5 (KL weighed N/n_Z); elbo: sums")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on GPU")
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="run the network through torch.compile")
+    g.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="replay each training step as one captured CUDA graph (GPU, one "
+                        "process)")
+    g.add_argument("--calibrate-epochs", type=int,
+                   help="final epochs training only the scatter head on latent-mean "
+                        "reconstructions (0: off)")
+    a = p.add_argument_group("architecture (defaults: the chosen --arch)")
+    a.add_argument("--arch", choices=("paper", "later"), default="paper",
+                   help="paper: 80-50-30 GELU (the paper's Section 2.2); later: 90-70-50-30-10, "
+                        "BatchNorm, "
+                        "sigmoid scatter")
+    a.add_argument("--hidden", help="encoder widths, comma separated, e.g. 80,50,30")
+    a.add_argument("--latent-dim", type=int)
+    a.add_argument("--activation", choices=sorted(ACTIVATION_NAMES))
+    a.add_argument("--norm", choices=NORMS)
+    a.add_argument("--scatter-map", choices=SCATTER_MAPS)
+
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xpsvae", description="The scatter VAE of Laroche & Speagle (2023) for Gaia DR3 "
+        "BP/RP spectra: read archive files, train, encode, generate, compare with The Cannon. "
+        "'xpsvae COMMAND --help' for each command.")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train on the embedded APOGEE library, evaluate, report")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--epochs", type=int, help="override the default recipe's epochs")
+    d.add_argument("--max-stars", type=int, help="use only the first N stars (quick look)")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--skip-paper-recipe", action="store_true",
+                   help="do not also train the paper's SGD recipe for comparison")
+    d.set_defaults(func="demo")
+
+    t = sub.add_parser("train", help="train an sVAE on a table of spectra")
+    t.add_argument("data", help="Parquet / FITS / HDF5 table of spectra, or a store folder")
+    t.add_argument("--out", required=True, help="model directory")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--streaming", action="store_true",
+                   help="stream a store shard by shard (for stores larger than memory)")
+    t.add_argument("--resident", action="store_true",
+                   help="read a store's training stars once and keep them on the training "
+                        "device, each rank only its own shards under torchrun (a store too "
+                        "large for one GPU, spread over several)")
+    t.add_argument("--buffer-shards", type=int, default=4,
+                   help="with --streaming: shards shuffled together in memory")
+    t.add_argument("--cache-dir", help="with --streaming (or --resident): keep the checked "
+                                       "training rows there as float32 .npy files and read "
+                                       "epochs from them")
+    _add_training_options(t)
+    t.set_defaults(func="train")
+
+    e = sub.add_parser("encode", help="latents, reconstruction chi2 and anomaly score per star")
+    e.add_argument("model", help="model directory")
+    e.add_argument("data", help="table of spectra, or a store folder (encoded shard by shard)")
+    e.add_argument("--out", required=True,
+                   help="output Parquet file (a table) or folder of shards (a store)")
+    e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    e.add_argument("--scheduler", help="for a store: 'local' (a Dask LocalCluster) or a Dask "
+                                       "scheduler address; default: this process")
+    e.add_argument("--workers", type=int, default=0,
+                   help="processes of the local cluster (default: one per core, at most one "
+                        "per shard and one per GB of memory)")
+    e.set_defaults(func="encode")
+
+    g = sub.add_parser("generate", help="spectra and intrinsic scatter from latent vectors")
+    g.add_argument("model", help="model directory")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--n", type=int, help="draw N latent vectors from the prior")
+    src.add_argument("--latent", help="Parquet with 'latent_mean' (from encode: a file, or "
+                                      "the folder of an encoded store) or 'latent', or a .npy "
+                                      "array (n, latent_dim)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="output Parquet file")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    g.set_defaults(func="generate")
+
+    i = sub.add_parser("ingest", help="read Gaia XP files (any archive format) into one store")
+    i.add_argument("inputs", nargs="+", help="files, folders of them, or glob patterns")
+    i.add_argument("--out", required=True, help="store folder")
+    i.add_argument("--gaia-source", action="append",
+                   help="gaia_source table with phot_g_mean_flux or phot_g_mean_mag, a "
+                        "folder of them (the bulk GaiaSource files) or a quoted glob "
+                        "pattern; repeat for several. Read once per store (kept in "
+                        "STORE/.g_flux/ for the next run); stars whose has_xp_continuous "
+                        "is false are left out")
+    i.add_argument("--rows-per-shard", type=int, default=5_000,
+                   help="rows per shard, also the most rows held in memory")
+    i.add_argument("--wavelength", metavar="START,STOP,STEP",
+                   help="grid (nm) of sampled spectra whose files do not give one "
+                        "(default: a 'wavelength' column, GaiaXPy's <name>_sampling.csv, or "
+                        "GaiaXPy's 336-1020 nm in 2 nm for 343 samples)")
+    i.add_argument("--workers", type=int, default=0,
+                   help="processes parsing CSV-family files (default: 4 from 4 cores up; else "
+                        "1: parse in this process); the store is the same whatever the number")
+    i.add_argument("--jobs", type=int, default=0,
+                   help="files read at once, one process each (each parses its own file, so "
+                        "--workers is then not used); the store is the same whatever the "
+                        "number (default: with several files and 4 cores or more, one per "
+                        "two cores, one per file and one per 2 GB of memory at most; else 1)")
+    i.set_defaults(func="ingest")
+
+    fx = sub.add_parser("flux", help="calibrated sampled flux from a store's coefficients "
+                                     "(GaiaXPy's calibration, vectorised)")
+    fx.add_argument("store", help="store folder from xpsvae ingest")
+    fx.add_argument("--out", required=True, help="output Parquet: source_id, flux, flux_error")
+    fx.add_argument("--grid", help="start,stop,step in nm (default: GaiaXPy's 336,1020,2)")
+    fx.add_argument("--normalise", action="store_true",
+                    help="divide flux and errors by phot_g_mean_flux (ready for training)")
+    fx.set_defaults(func="flux")
+
+    n = sub.add_parser("info", help="what a store, encoded catalogue, model, Cannon, report or "
+                                    "Parquet table holds (reads no spectra)")
+    n.add_argument("path")
+    n.add_argument("--json", action="store_true", help="the description as JSON")
+    n.set_defaults(func="info")
+
+    v = sub.add_parser("evaluate", help="metrics, figures and report of a model on held-out stars")
+    v.add_argument("model", help="sVAE model directory")
+    v.add_argument("data", help="held-out stars (labels teff, logg, fe_h for the tails)")
+    v.add_argument("--cannon", help="a Cannon directory to compare with")
+    v.add_argument("--out", required=True, help="report directory")
+    v.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    v.set_defaults(func="evaluate")
+
+    c = sub.add_parser("cannon", help="The Cannon: the supervised baseline")
+    csub = c.add_subparsers(dest="cannon_command", required=True)
+    cf = csub.add_parser("fit", help="fit on a table of spectra with label columns")
+    cf.add_argument("data", help="table of spectra with label columns")
+    cf.add_argument("--labels", default="teff,logg,fe_h", help="label columns, comma separated")
+    cf.add_argument("--out", required=True, help="Cannon directory")
+    cf.add_argument("--scatter-method", choices=("ml", "thecannon"), default="ml",
+                    help="ml: exact maximum likelihood; thecannon: TheCannon 0.7.3's grid search "
+                         "(reproduces that package's scatters, a few per cent higher)")
+    cf.set_defaults(func="cannon_fit")
+    cp = csub.add_parser("predict", help="spectra from labels")
+    cp.add_argument("cannon", help="Cannon directory")
+    cp.add_argument("labels_table", help="Parquet / FITS / HDF5 table with the label columns")
+    cp.add_argument("--out", required=True, help="output Parquet file")
+    cp.set_defaults(func="cannon_predict")
+    ci = csub.add_parser("infer", help="labels from spectra (the Cannon's test step)")
+    ci.add_argument("cannon", help="Cannon directory")
+    ci.add_argument("data", help="table of spectra")
+    ci.add_argument("--out", required=True, help="output Parquet file")
+    ci.set_defaults(func="cannon_infer")
+    return p
+
+

@@ -1,0 +1,153 @@
+"""How to train: :class:`TrainConfig`, the recipes (the paper's Section 2.3, and ours), and
+the learning-rate rule for larger batches. Every field is checked when it is set."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from ..core.constants import LOSS_FORMS
+
+LR_SCALINGS = ("auto", "sqrt", "linear", "none")
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        optimizer: ``adamw`` (cosine schedule with a short linear warm-up) or
+            ``sgd`` (momentum, exponential decay per epoch: the paper's recipe).
+        lr: peak (adamw) or initial (sgd) learning rate.
+        batch_size: stars per step.
+        epochs: passes over the training stars.
+        weight_decay: AdamW's decoupled weight decay (SGD: L2 penalty).
+        momentum: SGD momentum.
+        lr_decay: SGD's learning rate is ``lr * lr_decay ** epoch``.
+        warmup_fraction: share of the steps over which AdamW's rate ramps up.
+        min_lr_fraction: AdamW's final rate as a share of ``lr``.
+        loss_form: ``paper`` (the means of the paper's eqs 1-5) or ``elbo`` (sums).
+        seed: seeds weights, the validation split, shuffling and latent noise.
+        val_fraction: share of the given stars held out for validation.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto``.
+        amp: bfloat16 autocast on GPU (ignored on CPU).
+        grad_clip: clip the gradient norm to this (0: off).
+        threads: CPU threads for torch (0: torch's default, lowered to the
+            container's CPU quota where it has one).
+        calibrate_epochs: extra epochs, after ``epochs``, that train only the
+            scatter head on reconstructions decoded from the latent mean (the
+            encoder and decoder frozen), at ``calibrate_lr_fraction * lr``.
+            Training decodes a *sampled* z, so the scatter head otherwise also
+            absorbs the latent sampling noise, which is absent when a star is
+            decoded from its latent mean (0: off, the paper's behaviour).
+        calibrate_lr_fraction: learning rate of those epochs, as a share of ``lr``.
+        compile: run each batch's forward pass and loss through
+            ``torch.compile`` as one graph (needs a C++ compiler on CPU; see
+            the README for the measured gain).
+        cuda_graph: capture each training step (batch copy aside) once as a
+            CUDA graph and replay it: one launch per step instead of about a
+            hundred, which is what limits a GPU at the paper's small network
+            and batch. Needs a single process and batches of one size. Off
+            CUDA the same step runs uncaptured, with the eager loop's numbers.
+        lr_scaling: how the rate follows the batch size: ``lr`` is the rate
+            at ``lr_reference_batch`` stars per step, and a batch k times
+            larger runs at ``lr * sqrt(k)`` (``sqrt``) or ``lr * k``
+            (``linear``); ``auto`` is ``sqrt`` for AdamW and ``linear`` for
+            SGD; ``none`` (the default) uses ``lr`` as given. See
+            :attr:`scaled_lr` and the README for the measurements: ``sqrt``
+            helps at a fixed epoch budget, but long runs at the scaled AdamW
+            rate can let the scatter of a few stars collapse.
+        lr_reference_batch: the batch size ``lr`` is meant for (the recipe's own).
+        sync_batchnorm: under DDP on GPUs, BatchNorm layers (``later``
+            architecture) normalise over the global batch (SyncBatchNorm).
+            PyTorch has SyncBatchNorm for GPUs only: on CPU (gloo) each rank
+            normalises over its own ``batch_size / world`` stars.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    batch_size: int = 256
+    epochs: int = 60
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    lr_decay: float = 0.96
+    warmup_fraction: float = 0.02
+    min_lr_fraction: float = 0.01
+    loss_form: str = "elbo"
+    seed: int = 0
+    val_fraction: float = 0.1
+    device: str = "auto"
+    amp: bool = False
+    grad_clip: float = 0.0
+    threads: int = 0
+    calibrate_epochs: int = 10
+    calibrate_lr_fraction: float = 0.1
+    compile: bool = False
+    cuda_graph: bool = False
+    sync_batchnorm: bool = True
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {self.loss_form!r}")
+        if self.calibrate_epochs < 0:
+            raise ValueError(f"calibrate_epochs must be >= 0, got {self.calibrate_epochs}")
+        if self.batch_size < 2 or self.epochs < 1 or not self.lr > 0:
+            raise ValueError(f"need batch_size >= 2, epochs >= 1 and lr > 0; got "
+                             f"{self.batch_size}, {self.epochs}, {self.lr}")
+        if self.lr_scaling not in LR_SCALINGS or self.lr_reference_batch < 1:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS} and lr_reference_batch "
+                             f">= 1, got {self.lr_scaling!r}, {self.lr_reference_batch}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+
+    @property
+    def scaled_lr(self) -> float:
+        """The peak (AdamW) or initial (SGD) rate used at ``batch_size``."""
+        rule = self.lr_scaling
+        if rule == "auto":
+            rule = "sqrt" if self.optimizer == "adamw" else "linear"
+        k = self.batch_size / self.lr_reference_batch
+        return self.lr * {"sqrt": math.sqrt(k), "linear": k, "none": 1.0}[rule]
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TrainConfig":
+        """Named recipes.
+
+        ``fast`` (the default, the field defaults of this class): AdamW, peak
+        rate 3e-3, batch 256, cosine decay over 60 epochs, summed-ELBO loss,
+        then 10 scatter-calibration epochs; about 80 s on 2 CPU cores for the
+        36,204 training stars of the library (see the README for why).
+        ``paper``: SGD with momentum 0.9, batch 1024, initial rate 0.1 decayed
+        by 0.96 per epoch, 100 epochs (paper §2.3; momentum and decay are our
+        choice, the paper gives neither).
+        """
+        presets = {
+            "fast": dict(),
+            "paper": dict(optimizer="sgd", lr=0.1, batch_size=1024, epochs=100, momentum=0.9,
+                          lr_decay=0.96, weight_decay=0.0, loss_form="paper", calibrate_epochs=0,
+                          lr_reference_batch=1024),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown training preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild from a saved dict; options this version does not know are dropped, with a warning."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            import warnings
+            warnings.warn(f"training options {unknown} are not known to this xpsvae and are "
+                          "ignored (saved by another version?)", stacklevel=2)
+        d = dict(d)
+        # saved before the batch-size rule: the rate was used as given
+        d.setdefault("lr_reference_batch", d.get("batch_size", cls.lr_reference_batch))
+        return cls(**{k: v for k, v in d.items() if k in known})
