@@ -1,22 +1,26 @@
-"""Which inflater the ingest should use: our child process, or a library, side by side.
+"""Which inflater the ingest should use: each way of inflating, side by side in one run.
 
 Ingests the same bulk-format ``*.csv.gz`` file (built as in
-``ingest_throughput.py``) with each way of inflating it, in turn, each in a
-fresh process, ``--repeats`` rounds in alternating order:
+``ingest_throughput.py``) with each way of inflating it, each in a fresh
+process, ``--repeats`` rounds in alternating order:
 
-- ``child``: xpsvae's own child process inflating into shared memory
-  (``xpsvae.ingestion.inflate``, what a large gzip'd file gets today);
-- ``igzip_threaded``: ``isal.igzip_threaded.open(threads=1)``, ISA-L inflating in
-  a thread that releases the GIL, read ahead by the reader thread;
-- ``igzip_pipe``: ISA-L's own command (``python -m isal.igzip -d -c``) in a child
-  process, its output read through a pipe;
-- ``igzip``: ``isal.igzip.open`` in the reader thread (what a small file gets).
+- ``ingest``: xpsvae as it is: ``isal.igzip_threaded`` (ISA-L inflating in a
+  thread that releases the GIL) in blocks of a chunk (16 MB), cut into chunks
+  of lines by a reader thread;
+- ``igzip_threaded_1mb``: the same in 1 MB blocks;
+- ``igzip``: ``isal.igzip.open`` in the reader thread, holding the GIL between
+  blocks;
+- ``igzip_pipe``: ISA-L's own command (``python -m isal.igzip -d -c``) in a
+  child process, read through a pipe;
+- ``child``: the child process that inflated into shared memory, xpsvae's own
+  before it was replaced: only where the xpsvae imported still has it (a
+  checkout of an earlier commit on ``PYTHONPATH``).
 
-The last line is a JSON object: each way's median rows/s, and
-``child_over_igzip_threaded``, the ratio the decision rests on (the child
-process stays only if it wins by 1.2x or more).
+The last line is a JSON object: each way's median rows/s and its ratio to
+``ingest``'s.
 
-    python benchmarks/inflate_library.py --rows 30000 --repeats 3
+    python benchmarks/inflate_library.py --rows 20000 --repeats 4
+    PYTHONPATH=OLD_CHECKOUT/src python benchmarks/inflate_library.py --ways child,ingest
 """
 
 from __future__ import annotations
@@ -31,20 +35,27 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-WAYS = ("child", "igzip_threaded", "igzip_pipe", "igzip")
+WAYS = ("ingest", "igzip_threaded_1mb", "igzip", "igzip_pipe", "child")
 
 
 def _ingest_with(way: str, path: str, store: str) -> float:
     """rows/s of one ingest of ``path``, the file inflated ``way`` (in a fresh process)."""
     from xpsvae import ingest
     from xpsvae.ingestion import inflate
-    if way == "child":
-        inflate.PROCESS_FROM_BYTES = 0
-    else:
-        inflate.PROCESS_FROM_BYTES = float("inf")
-    if way == "igzip_threaded":
+    own_child = hasattr(inflate, "PROCESS_FROM_BYTES")  # xpsvae before the library
+    if own_child:
+        inflate.PROCESS_FROM_BYTES = 0 if way == "child" else float("inf")
+    elif way == "child":
+        raise SystemExit("this xpsvae has no child-process inflater: run an earlier checkout")
+    if way in ("ingest", "igzip_threaded_1mb") and (own_child or way != "ingest"):
         from isal import igzip_threaded
-        inflate.open_binary = lambda p: igzip_threaded.open(p, "rb", threads=1)
+        block = 1 << 20 if way == "igzip_threaded_1mb" else 16 << 20
+        inflate.open_binary = lambda p: igzip_threaded.open(p, "rb", threads=1, block_size=block)
+        inflate._BLOCK_BYTES = block
+    if way == "igzip":
+        from isal import igzip
+        inflate.open_binary = lambda p: igzip.open(p, "rb")
+        inflate._BLOCK_BYTES = 1 << 20
     if way == "igzip_pipe":
         import subprocess
         import sys
@@ -61,16 +72,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=30_000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ways", default=",".join(WAYS[:4]),
+                   help="comma separated, of " + ", ".join(WAYS))
     args = p.parse_args()
     from ingest_throughput import SAMPLE, _build_in_a_child
     work = tempfile.mkdtemp()
     try:
         path = os.path.join(work, "XpContinuousMeanSpectrum_000000-000001.csv.gz")
         _build_in_a_child([path], args.rows, SAMPLE, 5_000)
-        rates = {way: [] for way in WAYS}
+        ways = tuple(args.ways.split(","))
+        rates = {way: [] for way in ways}
         context = multiprocessing.get_context("spawn")
         for r in range(args.repeats):
-            order = WAYS if r % 2 == 0 else WAYS[::-1]
+            order = ways if r % 2 == 0 else ways[::-1]
             for way in order:
                 with ProcessPoolExecutor(1, mp_context=context) as pool:
                     rate = pool.submit(_ingest_with, way, path,
@@ -82,10 +96,8 @@ def main() -> None:
                           "file_mb": round(os.path.getsize(path) / 2**20),
                           "cpus": len(os.sched_getaffinity(0)),
                           **{f"{w}_rows_per_s": round(v, 1) for w, v in median.items()},
-                          "child_over_igzip_threaded": round(
-                              median["child"] / median["igzip_threaded"], 3),
-                          "child_over_igzip_pipe": round(median["child"] / median["igzip_pipe"], 3),
-                          "child_over_igzip": round(median["child"] / median["igzip"], 3)}))
+                          **{f"{w}_over_ingest": round(median[w] / median["ingest"], 3)
+                             for w in ways if w != "ingest" and "ingest" in ways}}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

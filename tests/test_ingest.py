@@ -132,27 +132,23 @@ def test_corrupt_gzip_empty_file_and_other_table(tmp_path):
     assert files[str(other)]["reasons"] == {"no BP and no RP spectrum": 2}
 
 
-def test_a_corrupt_gzip_member_keeps_the_rows_before_it(tmp_path, monkeypatch):
+def test_a_corrupt_gzip_member_keeps_the_rows_before_it(tmp_path):
     """A good member, then one whose first deflate block has type 3, which does not exist:
     ISA-L's own error (no OSError) ends the file's reading with a reason, after the rows
-    read before it (a reader loses at most its last 1 MB read), inflated in this process
-    or by a child process alike."""
+    of the blocks inflated before it (a block is 16 MB of text: ~400 bulk rows)."""
     from xpsvae.ingestion import inflate
-    header, columns, rows = _bulk_rows("XP_CONTINUOUS_RAW.ecsv", 60)  # ~2.4 MB of text
+    header, columns, rows = _bulk_rows("XP_CONTINUOUS_RAW.ecsv", 1200)  # ~47 MB of text
     bad_member = bytearray(gzip.compress(("\n".join(rows[:5]) + "\n").encode()))
     bad_member[10] |= 0b110
     path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
-    path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode())
-                     + bytes(bad_member))
-    manifests = [ingest([str(path)], str(tmp_path / "thread"), progress=False)]
-    monkeypatch.setattr(inflate, "PROCESS_FROM_BYTES", 0)
-    manifests.append(ingest([str(path)], str(tmp_path / "child"), progress=False))
-    assert manifests[0]["files"] == manifests[1]["files"]
-    account = manifests[0]["files"][str(path)]
-    assert 25 <= account["rows_kept"] < 60
+    text = ("\n".join(header + [columns] + rows) + "\n").encode()
+    path.write_bytes(gzip.compress(text, compresslevel=1) + bytes(bad_member))
+    account = ingest([str(path)], str(tmp_path / "store"), progress=False)["files"][str(path)]
+    row_bytes = len(text) / len(rows)
+    assert 1200 - 2 * inflate._BLOCK_BYTES / row_bytes <= account["rows_kept"] < 1200
     assert account["rows_read"] == account["rows_kept"] + account["rows_set_aside"]
     assert list(account["reasons"]) == [f"file unreadable after row {account['rows_kept'] - 1}"]
-    [aside] = pq.read_table(str(tmp_path / "child" / "set_aside.parquet")).to_pylist()
+    [aside] = pq.read_table(str(tmp_path / "store" / "set_aside.parquet")).to_pylist()
     assert "corrupt gzip data" in aside["reason"], aside
 
 
@@ -542,31 +538,24 @@ def _bulk_rows(sample: str, n: int) -> tuple:
     return header, body[0], rows
 
 
-def _ingest_six_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
-    """Ingest a file read in small chunks: by the fast path in this process (a thread
-    inflating, then a child process), by two parsing processes (a thread inflating, chunks
-    through the pool's files; a child inflating, chunks read in its slots; then everything
-    through the pipe), and by the exact reader alone. Checks that the six stores and their
-    set-aside rows are the same; returns (manifest, set-aside rows)."""
+def _ingest_four_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
+    """Ingest a file read in small chunks: by the fast path in this process, by two parsing
+    processes (chunks through the pool's shared memory files, then through the pipe), and
+    by the exact reader alone. Checks that the four stores and their set-aside rows are
+    the same; returns (manifest, set-aside rows)."""
     from xpsvae.ingestion import formats, inflate
     from xpsvae.ingestion import pool as parsepool
     real_chunks = inflate.line_chunks
     monkeypatch.setattr(inflate, "line_chunks",
                         lambda p, size=None, **kw: real_chunks(p, chunk_bytes, **kw))
-    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled_thread", "pooled",
-                                                      "piped", "child", "exact")}
-    manifest = ingest([str(path)], stores["fast"], progress=False)  # a thread inflating
-    pooled = ingest([str(path)], stores["pooled_thread"], progress=False, workers=2)
+    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "piped", "exact")}
+    manifest = ingest([str(path)], stores["fast"], progress=False)
+    pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
     assert pooled["total"] == manifest["total"]
-    with monkeypatch.context() as patch:  # a child process inflating, however small the file
-        patch.setattr(inflate, "PROCESS_FROM_BYTES", 0)
-        assert ingest([str(path)], stores["child"], progress=False)["total"] == manifest["total"]
-        pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
-        assert pooled["total"] == manifest["total"]
-        if parsepool.SHARED_DIR is not None:  # the pool's and the inflater's files are gone
-            assert not glob.glob(os.path.join(parsepool.SHARED_DIR, f"xpsvae-*-{os.getpid()}-*"))
+    if parsepool.SHARED_DIR is not None:  # the pool's files are gone
+        assert not glob.glob(os.path.join(parsepool.SHARED_DIR, f"xpsvae-*-{os.getpid()}-*"))
+    with monkeypatch.context() as patch:
         patch.setattr(parsepool, "SHARED_DIR", None)
-        patch.setattr(inflate, "SHARED_DIR", None)
         piped = ingest([str(path)], stores["piped"], progress=False, workers=2)
         assert piped["total"] == manifest["total"]
     real = formats.csv_batches
@@ -604,15 +593,14 @@ def test_parse_pool_files_fall_back_to_the_pipe_and_abandoned_folders_go(tmp_pat
     assert isinstance(ref, parsepool.InFile) and parsepool.take_table(ref).equals(table)
     assert not os.path.exists(ref.path)  # unlinked once mapped
     assert parsepool.put_table(table, None) is table
-    from xpsvae.ingestion import inflate
-    monkeypatch.setattr(inflate, "SHARED_DIR", str(tmp_path))
+    monkeypatch.setattr(parsepool, "SHARED_DIR", str(tmp_path))
     dead = tmp_path / "xpsvae-parse-999999999-abc"
     dead_file = tmp_path / "xpsvae-parse-999999998-def"
     mine = tmp_path / f"xpsvae-parse-{os.getpid()}-abc"
     dead.mkdir()
     mine.mkdir()
     dead_file.write_bytes(b"x")
-    inflate.remove_abandoned("xpsvae-parse-")
+    parsepool.remove_abandoned("xpsvae-parse-")
     assert not dead.exists() and not dead_file.exists() and mine.exists()
 
 
@@ -626,7 +614,7 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
     rows[50] = rows[5]  # a duplicate source_id, chunks away from the first
     path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
-    manifest, set_aside = _ingest_six_ways(path, tmp_path, monkeypatch, 200_000)
+    manifest, set_aside = _ingest_four_ways(path, tmp_path, monkeypatch, 200_000)
     assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 57
     assert [r["input_row"] for r in set_aside] == [17, 41, 50]
     assert set_aside[2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
@@ -750,7 +738,7 @@ def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, m
     rows[66] = rows[12]  # a duplicate source_id
     path = tmp_path / "XpSampledMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
-    manifest, set_aside = _ingest_six_ways(path, tmp_path, monkeypatch, 60_000)
+    manifest, set_aside = _ingest_four_ways(path, tmp_path, monkeypatch, 60_000)
     assert manifest["kind"] == "sampled"
     assert manifest["total"]["rows_read"] == 80 and manifest["total"]["rows_kept"] == 75
     assert [r["input_row"] for r in set_aside] == [9, 23, 38, 51, 66]

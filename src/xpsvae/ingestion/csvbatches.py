@@ -54,50 +54,41 @@ def csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = None
                  ) -> Iterator[Batch]:
     """DataLink CSV and ECSV (plain or gzip'd): header line, then one star per line.
 
-    Chunks of lines go through :mod:`xpsvae.fastcsv`; a chunk it calls
+    Chunks of lines go through :mod:`xpsvae.ingestion.fastcsv`; a chunk it calls
     irregular (or every chunk, with ``fast=False``) is read row by row. With a
     ``pool``, chunks are parsed in its worker processes, a few ahead, and come
     back in file order.
     """
-    # With a pool, a chunk the inflating process left in shared memory is read there by
-    # the worker, and held until its batch has been taken (the rows' raw text is in it).
-    chunks = inflate.line_chunks(path, pool.chunk_bytes if pool else inflate.CHUNK_BYTES,
-                                 hold=pool.ahead + 1 if pool else 0)
+    chunks = inflate.line_chunks(path, pool.chunk_bytes if pool else inflate.CHUNK_BYTES)
     in_flight: Deque[tuple] = deque()
     next_row = 0
     header = None
     failure: Optional[Exception] = None
     first_chunk = True
     try:
-        try:
-            for chunk in chunks:
+        for chunk in chunks:
+            if header is None:
+                header, chunk = fastcsv.split_header(chunk)
                 if header is None:
-                    header, chunk = fastcsv.split_header(_as_bytes(chunk, release=True))
-                    if header is None:
-                        continue
-                    fast = fast and _fast_kind(header)
-                if not chunk:
                     continue
-                n_lines = _line_count(chunk)
-                # A file's first chunk is parsed here: a file of one chunk never starts the
-                # pool.
-                if first_chunk or pool is None:
-                    chunk = _as_bytes(chunk, release=True)
-                    job = (chunk, header, next_row, n_lines, fast)
-                else:
-                    job = pool.submit(chunk, header, next_row, n_lines, fast)
-                in_flight.append((chunk, next_row, job))
-                first_chunk = False
-                next_row += n_lines
-                while len(in_flight) > (pool.ahead if pool else 0):
-                    yield from _taken(*in_flight.popleft())
-        except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
-            failure = exc
-        while in_flight:
-            yield from _taken(*in_flight.popleft())
-    finally:
-        for chunk, _, _ in in_flight:  # an early stop: give their slots back
-            _as_bytes(chunk, release=True)
+                fast = fast and _fast_kind(header)
+            if not chunk:
+                continue
+            n_lines = _line_count(chunk)
+            # A file's first chunk is parsed here: a file of one chunk never starts the pool.
+            if first_chunk or pool is None:
+                job = (chunk, header, next_row, n_lines, fast)
+            else:
+                job = pool.submit(chunk, header, next_row, n_lines, fast)
+            in_flight.append((chunk, next_row, job))
+            first_chunk = False
+            next_row += n_lines
+            while len(in_flight) > (pool.ahead if pool else 0):
+                yield _finished(*in_flight.popleft())
+    except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
+        failure = exc
+    while in_flight:
+        yield _finished(*in_flight.popleft())
     if failure is not None:
         yield Batch(records=[(next_row, None, XPParseError(
             f"file unreadable after row {next_row - 1}: {failure}"))])
@@ -106,30 +97,8 @@ def csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = None
         raise SpectraError(f"{path}: no header line; an empty file or not a table")
 
 
-def _as_bytes(chunk, release: bool = False) -> bytes:
-    """A chunk's text; a :class:`~xpsvae.inflate.SharedChunk` copied out (and, if
-    ``release``, given back)."""
-    if not isinstance(chunk, inflate.SharedChunk):
-        return chunk
-    data = chunk.tobytes()
-    if release:
-        chunk.release()
-    return data
-
-
-def _taken(chunk, first_row: int, job) -> Iterator[Batch]:
-    """:func:`_finished`, the chunk's slot given back once the batch has been taken."""
-    try:
-        yield _finished(chunk, first_row, job)
-    finally:
-        if isinstance(chunk, inflate.SharedChunk):
-            chunk.release()
-
-
-def _line_count(chunk) -> int:
+def _line_count(chunk: bytes) -> int:
     """Data lines in a chunk: its rows, on the fast path and the exact one alike."""
-    if isinstance(chunk, inflate.SharedChunk):
-        return chunk.line_count()
     end = chunk.find(b"\n")
     if 0 <= end < 4096:  # short lines: bytes.count, a plain loop over the bytes
         return chunk.count(b"\n") + (not chunk.endswith(b"\n"))
@@ -148,7 +117,7 @@ def _finished(chunk, first_row: int, job) -> Batch:
 
     def raw_line(row: int) -> str:
         if not lines:
-            lines.extend(_as_bytes(chunk).split(b"\n"))
+            lines.extend(chunk.split(b"\n"))
         return lines[row - first_row].decode("utf-8", errors="replace")
     return Batch(records=records, table=table, raw_line=raw_line)
 

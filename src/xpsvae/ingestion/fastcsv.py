@@ -226,8 +226,8 @@ def _json_arrays(texts: List[bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     Nearly twice as fast as the Arrow cast of :func:`array_column` (~28
     against ~53 ns a number): one pass over the text, where the cast needs
     the commas taken out first. It holds the GIL while it parses, which is
-    why a large gzip'd file is inflated by a child process
-    (:mod:`xpsvae.inflate`), not a thread. JSON's numbers are a subset of
+    why a gzip'd file is inflated by ISA-L's thread, which releases it
+    (:mod:`xpsvae.ingestion.inflate`). JSON's numbers are a subset of
     what Python's float() reads, and simdjson rounds them as it does, so
     every array JSON accepts gets the exact parser's values, except two
     cases guarded here: a nested array (JSON flattens it) and the integer

@@ -40,12 +40,11 @@ def default_parse_workers() -> int:
     """Parsing processes for ``xpsvae ingest``: 4 from 4 cores up, else 1 (in this process).
 
     In-process parsing already keeps ~2 cores busy (the parsing thread, the
-    shard writer and the process inflating the file): on 2 cores, 2 workers
-    gave fewer rows/s (4,600 against 4,760 on 100,000 rows,
-    benchmarks/ingest_throughput.py) for more memory. The workers parse a bulk
-    row in ~185 µs of CPU between them, while inflating it, in a child process
-    (:mod:`xpsvae.ingestion.inflate`), takes ~105 µs: from 2-3 workers on, that process
-    is the limit for one file, so more would only cost memory (~100 MB each).
+    shard writer and the thread inflating the file): on 2 cores, 2 workers
+    gave fewer rows/s for more memory (``benchmarks/ingest_throughput.py``).
+    Parsing a bulk row costs about twice what inflating it does
+    (:mod:`xpsvae.ingestion.inflate`), so from 2-3 workers on the inflating
+    is the limit for one file, and more would only cost memory (~100 MB each).
     """
     return 4 if machine.usable_cores() >= 4 else 1
 

@@ -7,9 +7,8 @@ between them is large: 16 MB of text a chunk, and ~6 MB of parsed table
 back. Through the executor's pipe, each is pickled, written and read back in
 64 kB pieces: ~30 µs of this process's CPU a bulk row for the tables alone.
 So, where the system has a shared memory folder (``/dev/shm``), a worker
-reads its chunk in place: in the slot the inflating process left it in
-(:class:`xpsvae.ingestion.inflate.SharedChunk`, a large gzip'd file), else in one of
-a few files the pool rewrites in turn; and the table comes back in a new
+reads its chunk from one of a few files the pool rewrites in turn, and the
+table comes back in a new
 file, in Arrow's IPC format, which this process maps and reads without
 copying (~8 µs a row), unlinked as soon as it is opened (the memory goes
 with the table). Elsewhere, or when a file cannot be written (the folder is
@@ -18,6 +17,7 @@ full), they go through the pipe.
 
 from __future__ import annotations
 
+import glob
 import mmap
 import os
 import shutil
@@ -29,11 +29,35 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from ..core.machine import arrow_for_child, usable_cores
-from .inflate import SHARED_DIR, SharedChunk, remove_abandoned
 
 _PREFIX = "xpsvae-parse-"
+#: The folder of shared memory files, where there is one (Linux): other processes can open
+#: a file there by its name, and its pages never go to disk.
+SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+    else None
 #: A pool's job: (chunk, *args) -> (records, table or None).
 Job = Callable[..., Tuple[List[tuple], Optional[pa.Table]]]
+
+
+def remove_abandoned(prefix: str) -> None:
+    """Files and folders ``SHARED_DIR/{prefix}{pid}-*`` of processes that ended without
+    removing them (killed, say): shared memory is only given back when they go."""
+    if SHARED_DIR is None:
+        return
+    for path in glob.glob(os.path.join(SHARED_DIR, f"{prefix}*-*")):
+        pid = os.path.basename(path)[len(prefix):].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        except (ValueError, OSError):
+            pass  # not ours to judge: another user's, or not a pid
 
 
 class InFile(NamedTuple):
@@ -45,8 +69,8 @@ class InFile(NamedTuple):
 
 
 def take_bytes(ref: Union[bytes, InFile]) -> bytes:
-    """The bytes a pool left in one of its chunk files, or the inflating process in its
-    slot (the file stays: its owner reuses it)."""
+    """The bytes a pool left in one of its chunk files (the file stays: the pool reuses
+    it)."""
     if not isinstance(ref, InFile):
         return ref
     with open(ref.path, "rb") as f:
@@ -129,12 +153,8 @@ class ParsePool:
         # new one has the system find 16 MB of fresh memory for every chunk.
         self._chunk_files: List[Tuple[str, Optional[Future]]] = []
 
-    def submit(self, chunk: Union[bytes, SharedChunk], *args) -> Future:
-        """``job(chunk, *args)`` in a worker; read its result with :func:`job_result`.
-
-        A :class:`~xpsvae.ingestion.inflate.SharedChunk` is read in place by the worker,
-        so the caller must hold it until the job is done.
-        """
+    def submit(self, chunk: bytes, *args) -> Future:
+        """``job(chunk, *args)`` in a worker; read its result with :func:`job_result`."""
         if self._executor is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -156,10 +176,8 @@ class ParsePool:
         self._submitted += 1
         return job
 
-    def _put_chunk(self, k: int, chunk: Union[bytes, SharedChunk]) -> Union[bytes, InFile]:
+    def _put_chunk(self, k: int, chunk: bytes) -> Union[bytes, InFile]:
         """The chunk in chunk file ``k`` (or itself, where there is none or it is full)."""
-        if isinstance(chunk, SharedChunk):
-            return InFile(chunk.path, chunk.length, chunk.offset)
         if not self._chunk_files:
             return chunk
         path, last = self._chunk_files[k]
