@@ -223,8 +223,8 @@ _json_parsers = threading.local()
 def _json_arrays(texts: List[bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """ECSV's ``[a,b,...]`` arrays, read as one JSON array of arrays by simdjson.
 
-    Nearly twice as fast as the Arrow cast of :func:`array_column` (~28
-    against ~53 ns a number): one pass over the text, where the cast needs
+    Nearly twice as fast as the Arrow cast of :func:`array_column`
+    (docs/design/ingest.md): one pass over the text, where the cast needs
     the commas taken out first. It holds the GIL while it parses, which is
     why a gzip'd file is inflated by ISA-L's thread, which releases it
     (:mod:`xpsvae.ingestion.inflate`). JSON's numbers are a subset of

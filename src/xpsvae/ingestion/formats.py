@@ -101,9 +101,8 @@ def records(path: str) -> Iterator[tuple]:
     elif kind == "parquet":
         yield from table_records(pq.read_table(path))
     else:
-        from astropy.table import (
-            Table,  # astropy takes ~0.5 s to import: only when needed
-        )
+        # astropy is slow to import: only when such a file is read
+        from astropy.table import Table
         try:
             table = Table.read(path, format="votable" if kind == "votable" else None)
         except Exception as exc:  # astropy raises many types for a bad file

@@ -2,17 +2,16 @@
 
 A pool's worker runs the pool's job on a chunk (the ingest's is
 :func:`xpsvae.ingestion.csvbatches.parse_chunk_rows`) while this process
-hands out the next ones and writes the shards. What goes
-between them is large: 16 MB of text a chunk, and ~6 MB of parsed table
-back. Through the executor's pipe, each is pickled, written and read back in
-64 kB pieces: ~30 µs of this process's CPU a bulk row for the tables alone.
-So, where the system has a shared memory folder (``/dev/shm``), a worker
-reads its chunk from one of a few files the pool rewrites in turn, and the
-table comes back in a new
-file, in Arrow's IPC format, which this process maps and reads without
-copying (~8 µs a row), unlinked as soon as it is opened (the memory goes
-with the table). Elsewhere, or when a file cannot be written (the folder is
-full), they go through the pipe.
+hands out the next ones and writes the shards. What goes between them is
+large: 16 MB of text a chunk, and ~6 MB of parsed table back. Through the
+executor's pipe each is pickled, written and read back in 64 kB pieces, a
+large share of this process's CPU (docs/design/ingest.md). So, where the
+system has a shared memory folder (``/dev/shm``), a worker reads its chunk
+from one of a few files the pool rewrites in turn, and the table comes back
+in a new file, in Arrow's IPC format, which this process maps and reads
+without copying, unlinked as soon as it is opened (the memory goes with the
+table). Elsewhere, or when a file cannot be written (the folder is full),
+they go through the pipe.
 """
 
 from __future__ import annotations

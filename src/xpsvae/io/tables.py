@@ -43,9 +43,8 @@ def read_table_columns(path: str) -> Dict[str, object]:
         table = pq.read_table(path)
         return {c: table.column(c) for c in table.column_names}
     if kind == "fits":
-        from astropy.table import (
-            Table,  # astropy takes ~0.5 s to import: only when needed
-        )
+        # astropy is slow to import: only when such a file is read
+        from astropy.table import Table
         try:
             table = Table.read(path, hdu=1)
         except Exception as exc:  # astropy raises many types for a bad file
