@@ -124,6 +124,7 @@ def test_real_gaia_coefficients_need_g_flux_and_are_divided_by_it(tmp_path):
     assert got.kind == "coefficients" and got.n_inputs == 110
     raw = np.array([np.concatenate([bp, rp]) for bp, rp in
                     zip(table["bp_coefficients"], table["rp_coefficients"])], dtype=float)
+    # the set holds float32 (eps 6e-8): one rounding of the float64 quotient
     np.testing.assert_allclose(got.values, raw / g_flux[:, None], rtol=1e-6)
     assert got.normalisation == "phot_g_mean_flux"
     assert got.input_names()[0] == "bp_0" and got.input_names()[-1] == "rp_54"
@@ -142,4 +143,5 @@ def test_real_flattened_coefficient_table(tmp_path):
     assert got.accounting.rows_read == 300
     assert got.accounting.rows_kept + got.accounting.rows_set_aside == 300
     assert 7 in [r for r, _, _ in got.accounting.set_aside]
+    # float32 (eps 6e-8), as above
     np.testing.assert_allclose(got.values[0, 0], table["bp_coeff_0"][0] / 1.0e4, rtol=1e-6)

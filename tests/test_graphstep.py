@@ -111,6 +111,9 @@ def test_captured_step_on_cuda_follows_the_eager_run(small_library, optimizer):
     (eager, eager_net), (graphed, graphed_net) = runs
     assert sorted(graphed.graphed) == [False, True]
     assert all(step.graph is not None for step in graphed.graphed.values())
+    # Off CUDA the captured path runs the same float32 step on fixed buffers: the kernels may
+    # sum in another order (a few eps of 6e-8 a step), which training amplifies over its
+    # steps; 1e-3 leaves room for that growth, while a wrong step differs by O(1)
     for name, value in eager_net.state_dict().items():
         torch.testing.assert_close(graphed_net.state_dict()[name], value, rtol=1e-3, atol=1e-5)
     assert graphed.history[-1]["val_loss"] == pytest.approx(eager.history[-1]["val_loss"],

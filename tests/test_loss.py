@@ -30,6 +30,7 @@ def test_loss_matches_hand_computation(form):
     expected = np.mean([_hand_loss(**s, form=form) for s in stars], axis=0)
     t = {k: torch.tensor([s[k] for s in stars], dtype=torch.float64) for k in stars[0]}
     out = svae_loss(t["x"], t["s_x"], t["x_hat"], t["s_s"], t["mu"], t["logvar"], form=form)
+    # float64 throughout, sums of a handful of terms: a few eps (2e-16)
     assert out["chi2"].item() == pytest.approx(expected[0], rel=1e-12)
     assert out["penalty"].item() == pytest.approx(expected[1], rel=1e-12)
     assert out["kl"].item() == pytest.approx(expected[2], rel=1e-12)

@@ -41,6 +41,9 @@ def test_default_grid_matches_gaiaxpy_calibrate_output(store):
     sampler = XPSampler()
     bp, rp = _bands(store)
     flux, error = sampler.flux_and_error(bp, rp)
+    # GaiaXPy reads the float32 errors and correlations as float64 text while the store
+    # keeps float32 (eps 6e-8): the errors agree to ~1e-7-1e-8, the flux (float64
+    # coefficients) to ~1e-14; 1e-6 bounds both whatever the BLAS
     np.testing.assert_allclose(flux, ref_flux, rtol=1e-6)
     np.testing.assert_allclose(error, ref_error, rtol=1e-6)
     np.testing.assert_array_equal(sampler.wavelength_nm, np.arange(336.0, 1021.0, 2.0))
@@ -53,6 +56,7 @@ def test_user_grid_matches_gaiaxpy(store):
                              save_file=False)
     bp, rp = _bands(store)
     flux, error = XPSampler(grid).flux_and_error(bp, rp)
+    # as above: float32 errors and correlations, read as float64 by GaiaXPy
     np.testing.assert_allclose(flux, np.vstack(reference["flux"]), rtol=1e-6)
     np.testing.assert_allclose(error, np.vstack(reference["flux_error"]), rtol=1e-6)
 
@@ -68,6 +72,7 @@ def test_covariance_matches_gaiaxpy_construction(store):
     for i in range(len(coeff)):
         corr = array_to_symmetric_matrix(correlations[i], 55)
         theirs = _correlation_to_covariance_dr3int5(corr, errors[i], std[i]) * std[i] ** 2
+        # the same float64 products of the same values in another order: a few eps (2e-16)
         np.testing.assert_allclose(ours[i], theirs, rtol=1e-12)
     assert np.allclose(ours, np.swapaxes(ours, 1, 2))
     np.testing.assert_allclose(np.sqrt(np.einsum("nkk->nk", ours)), errors)
@@ -88,7 +93,9 @@ def test_flux_command_writes_a_trainable_table(tmp_path, store):
     g_flux = np.array(pq.read_table(normalised).column("phot_g_mean_flux").to_pylist())
     ratio = np.array(pq.read_table(normalised).column("flux").to_pylist()) / np.array(
         table.column("flux").to_pylist())
-    np.testing.assert_allclose(ratio, np.broadcast_to(1 / g_flux[:, None], ratio.shape), rtol=1e-12)
+    # one float64 division and its inverse: a few eps (2e-16)
+    np.testing.assert_allclose(ratio, np.broadcast_to(1 / g_flux[:, None], ratio.shape),
+                               rtol=1e-12)
     assert "per e-/s of G" in json.loads(pq.read_table(normalised).schema.metadata[b"xpsvae"])[
         "units"]
 
@@ -103,15 +110,13 @@ def test_wrong_shapes_are_refused():
 def test_store_flux_is_streamed_batch_by_batch_with_the_same_numbers(tmp_path, monkeypatch):
     """Shards of one star, read one star at a time, give GaiaXPy's calibration as one batch
     does; stars lacking BP are left out and counted."""
-    from xpsvae import flux as sampling
     from xpsvae.flux import write_store_flux
     store = str(tmp_path / "store")
     ingest([shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW.csv"),
             shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")], store,
            rows_per_shard=1, progress=False)
-    monkeypatch.setattr(sampling, "_STORE_BATCH_ROWS", 1)
     out = str(tmp_path / "flux.parquet")
-    meta = write_store_flux(store, out, progress=False)
+    meta = write_store_flux(store, out, progress=False, batch_rows=1)
     table = pq.read_table(out)
     assert meta["stars"] == table.num_rows and meta["stars_without_both_bands"] >= 1
     assert table.num_rows + meta["stars_without_both_bands"] == json.load(

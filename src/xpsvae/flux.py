@@ -137,12 +137,9 @@ class XPSampler:
         return flux, np.sqrt(variance)
 
 
-#: Stars converted at once by :func:`write_store_flux` (~0.1 GB of float64 correlations).
-_STORE_BATCH_ROWS = 2048
-
-
 def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] = None,
-                     normalise: bool = False, progress: bool = True) -> dict:
+                     normalise: bool = False, progress: bool = True,
+                     batch_rows: int = 2048) -> dict:
     """A coefficient store's spectra as calibrated sampled flux, in one Parquet file.
 
     The store is read a few thousand stars at a time and the file written as
@@ -158,6 +155,8 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
         normalise: divide flux and errors by ``phot_g_mean_flux`` (the paper's Section 2.1),
             ready to train on.
         progress: show a progress bar over the stars.
+        batch_rows: stars converted at once (2,048: ~0.1 GB of float64
+            correlations).
 
     Returns:
         The file's metadata: ``wavelength_nm``, ``units``, ``stars`` (written),
@@ -181,12 +180,13 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
                         ("phot_g_mean_flux", pa.float64())],
                        metadata={"xpsvae": json.dumps(meta)})
     with atomic_path(out) as tmp:  # a star without correlations, Ctrl-C: no half a file
-        _write_flux_batches(sampler, shards, tmp, schema, normalise, total, progress)
+        _write_flux_batches(sampler, shards, tmp, schema, normalise, total, progress,
+                            batch_rows)
     return meta
 
 
 def _write_flux_batches(sampler: "XPSampler", shards: list, path: str, schema, normalise: bool,
-                        total: int, progress: bool) -> None:
+                        total: int, progress: bool, batch_rows: int) -> None:
     """The stars with both bands of every shard, as flux, into one Parquet file at ``path``."""
     from tqdm.auto import tqdm  # as every progress bar of the package
     n = len(sampler.wavelength_nm)
@@ -196,7 +196,7 @@ def _write_flux_batches(sampler: "XPSampler", shards: list, path: str, schema, n
     with pq.ParquetWriter(path, schema) as writer, \
             tqdm(total=total, desc="flux", unit="star", disable=not progress) as bar:
         for shard in shards:
-            for batch in pq.ParquetFile(shard).iter_batches(_STORE_BATCH_ROWS, columns=columns):
+            for batch in pq.ParquetFile(shard).iter_batches(batch_rows, columns=columns):
                 bar.update(batch.num_rows)
                 both = pc.invert(pc.or_(batch.column("bp_missing"), batch.column("rp_missing")))
                 batch = batch.filter(both)

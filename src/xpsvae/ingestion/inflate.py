@@ -1,10 +1,11 @@
 """A text file as chunks of complete lines, inflated and read ahead of the reader.
 
 A gzip'd file is inflated by ISA-L in a thread of its own that releases the
-GIL while it inflates (``isal.igzip_threaded``), so the inflating goes on
-beside a parser that holds the GIL for long stretches (simdjson does not
-release it); a second thread cuts the text into chunks of complete lines, a
-few ahead of the reader. ISA-L inflates about 1.5x faster than zlib.
+GIL while it inflates (``isal.igzip_threaded``), two blocks ahead of the
+reader, so the inflating goes on beside a parser that holds the GIL for long
+stretches (simdjson does not release it). The reader cuts the text into
+chunks of complete lines, copying each once. ISA-L inflates about 1.5x faster
+than zlib.
 
 The inflated blocks are a chunk long (16 MB): the GIL then changes hands once
 a chunk, not once a megabyte. ``benchmarks/inflate_library.py`` measures this
@@ -13,8 +14,6 @@ against the alternatives, side by side (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import queue
-import threading
 import zlib
 from typing import Iterator, List
 
@@ -54,7 +53,12 @@ def complete_line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
                 pending.append(block)
                 size += len(block)
                 if size >= chunk_bytes:
-                    data = b"".join(pending)
+                    cut = block.rfind(b"\n") + 1
+                    if cut:  # the chunk copied once: the blocks before, the block to its cut
+                        yield b"".join(pending[:-1] + [memoryview(block)[:cut]])
+                        pending, size = [block[cut:]], len(block) - cut
+                        continue
+                    data = b"".join(pending)  # a line longer than a block
                     cut = data.rfind(b"\n") + 1
                     if cut:
                         yield data[:cut]
@@ -85,34 +89,7 @@ def _as_read_error(exc: Exception) -> Exception:
 
 
 def line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """:func:`complete_line_chunks`, read ahead by a thread (memory: about three chunks)."""
-    chunks: "queue.Queue" = queue.Queue(maxsize=2)  # bounds memory to ~3 chunks
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for chunk in complete_line_chunks(path, chunk_bytes):
-                chunks.put(chunk)
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the reader, raised there
-            chunks.put(exc)
-        chunks.put(None)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = chunks.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                chunks.get_nowait()
-            except queue.Empty:
-                thread.join(0.01)
+    """The file's text in chunks of complete lines, inflated ahead of the reader by ISA-L's
+    thread (:func:`complete_line_chunks`; memory: about three chunks, and ISA-L's
+    buffer of compressed text)."""
+    return complete_line_chunks(path, chunk_bytes)
