@@ -329,11 +329,7 @@ def test_without_gaia_source_the_synthetic_g_flux_is_used_and_flagged(tmp_path):
 def test_shipped_g_passband_is_gaiaxpys():
     pytest.importorskip("gaiaxpy", reason="the shipped passband is checked against GaiaXPy")
     from xpsvae.core.constants import BANDS
-    from xpsvae.flux import (
-        SYNTHETIC_G_FILE,
-        XPSampler,
-        synthetic_g_weights_from_gaiaxpy,
-    )
+    from xpsvae.flux import SYNTHETIC_G_FILE, XPSampler, synthetic_g_weights_from_gaiaxpy
     shipped = json.load(open(SYNTHETIC_G_FILE))
     fresh = synthetic_g_weights_from_gaiaxpy()
     assert shipped["zero_point"] == fresh["zero_point"]

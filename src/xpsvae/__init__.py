@@ -31,12 +31,7 @@ from .core.constants import VERSION as __version__
 if TYPE_CHECKING:  # what an IDE or a type checker sees; at run time, __getattr__ below
     from .cannon import Cannon
     from .catalog import encode_store
-    from .core.errors import (
-        ModelFileError,
-        SpectraError,
-        TrainingDiverged,
-        XPParseError,
-    )
+    from .core.errors import ModelFileError, SpectraError, TrainingDiverged, XPParseError
     from .flux import XPSampler, write_store_flux
     from .ingestion.pipeline import ingest
     from .io.library import benchmark_split, library_path, load_apogee_library

@@ -39,7 +39,7 @@ from .core.files import (
 from .core.files import MANIFEST as STORE_MANIFEST
 from .io.read import read_spectra
 from .io.spectra import SpectraSet
-from .io.store import read_shard, store_shards
+from .io.store import Store, read_shard, store_shards
 from .svae import SVAE
 
 
@@ -135,10 +135,11 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     Returns:
         The output manifest.
     """
-    SVAE.load(model_dir)  # fail early, with the model's own message, before any work
+    model = SVAE.load(model_dir)  # fail early, with the model's own message, before any work
     _refuse_a_store_as_output(data, out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     shards = input_shards(data)
+    _check_model_takes(model, model_dir, data, shards[0])
+    os.makedirs(out_dir, exist_ok=True)
     jobs = [(s, os.path.join(out_dir, shard_name(i))) for i, s in enumerate(shards)]
     todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped
     results = _run(model_dir, todo, scheduler, workers, progress)
@@ -156,7 +157,24 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     old = os.path.join(out_dir, OLD_ENCODED_MANIFEST)
     if os.path.exists(old):  # it kept Parquet readers from the folder
         os.remove(old)
+    if manifest["complete"] and not manifest["rows"]:
+        why = next((s["accounting"]["error"] for s in manifest["shards"]
+                    if "error" in s["accounting"]), "every row was set aside")
+        raise SpectraError(f"{data}: no star encoded ({why}); see {out_dir}/"
+                           f"{ENCODED_MANIFEST} for each shard")
     return manifest
+
+
+def _check_model_takes(model: SVAE, model_dir: str, data: str, first: str) -> None:
+    """Refuse, before any work, spectra of another kind or length than the model's."""
+    spectra = Store(data).read_shard(first, allow_empty=True) if os.path.isdir(data) \
+        else read_spectra(first)
+    kind = model.info.get("kind")
+    if spectra.n_inputs != model.config.input_dim or (kind and spectra.kind != kind):
+        raise SpectraError(
+            f"{data}: {spectra.kind} spectra of {spectra.n_inputs} inputs, but the model "
+            f"{model_dir} takes {kind or 'spectra'} of {model.config.input_dim} inputs: encode "
+            "spectra of the model's kind, or train a model on these")
 
 
 def _refuse_a_store_as_output(data: str, out_dir: str) -> None:

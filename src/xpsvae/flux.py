@@ -73,10 +73,7 @@ class XPSampler:
 
     def __init__(self, wavelength_nm: Optional[np.ndarray] = None):
         try:  # GaiaXPy is optional, and slow to import: only when a sampler is made
-            from gaiaxpy.core.config import (
-                load_xpmerge_from_xml,
-                load_xpsampling_from_xml,
-            )
+            from gaiaxpy.core.config import load_xpmerge_from_xml, load_xpsampling_from_xml
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("the coefficient-to-flux conversion uses GaiaXPy's design "
                               "matrices: pip install gaiaxpy") from exc

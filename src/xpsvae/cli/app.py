@@ -29,6 +29,11 @@ def _init_distributed(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        commands.check_arguments(args)
+    except _user_errors() as exc:
+        print(f"xpsvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "train":
         _init_distributed(args)
         if int(os.environ.get("RANK", "0")) != 0:

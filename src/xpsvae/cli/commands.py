@@ -10,7 +10,7 @@ import glob
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,19 @@ import pyarrow.parquet as pq
 
 from ..core import machine
 from ..core.errors import SpectraError
-from ..core.files import CONFIG_FILE, write_json
+from ..core.files import (
+    CANNON_CONFIG_FILE,
+    CANNON_WEIGHTS_FILE,
+    CHECKPOINT_NAME,
+    CONFIG_FILE,
+    DATA_ACCOUNTING_FILE,
+    HISTORY_NAME,
+    METRICS_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    atomic_path,
+    write_json,
+)
 from ..flux import write_store_flux
 from ..ingestion.pipeline import default_parse_workers, ingest
 from ..io.columns import column_to_1d
@@ -42,9 +54,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _model_config(args, input_dim: int) -> SVAEConfig:
-    from ..model.network import (
-        SVAEConfig,  # PyTorch: imported by the commands that use it
-    )
+    from ..model.network import SVAEConfig  # PyTorch: imported by the commands that use it
     d = SVAEConfig.preset(args.arch, input_dim).to_dict()
     if args.hidden:
         d["hidden"] = [int(h) for h in args.hidden.split(",")]
@@ -55,9 +65,18 @@ def _model_config(args, input_dim: int) -> SVAEConfig:
 
 
 def _resume_config(args, out_dir: str) -> TrainConfig:
-    """On --resume, the saved recipe with only the options given now that may change."""
+    """On --resume, the saved recipe with only the options given now that may change; an
+    option of the recipe given with another value than the run's is refused."""
     with open(os.path.join(out_dir, CONFIG_FILE)) as f:
         saved = TrainConfig.from_dict(json.load(f)["training"]).to_dict()
+    for key in TRAIN_OPTIONS:
+        given = getattr(args, key)
+        if key not in ("epochs", "device", "threads") and given is not None \
+                and given != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{out_dir}: --resume continues the run as it was started, with "
+                             f"{flag} {saved[key]}, not {given}: leave {flag} out, or train "
+                             "anew with --overwrite")
     for key in ("epochs", "device", "threads"):
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
@@ -65,6 +84,94 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
         if getattr(args, flag):
             saved[flag] = True
     return TrainConfig.from_dict(saved)
+
+
+# --------------------------------------------------------------------------- checks
+# Run by main() before a command reads anything, so that a bad argument costs nothing.
+
+#: Files or folders xpsvae writes that mark a model folder's own files.
+_MODEL_FILES = (CONFIG_FILE, MODEL_FILE, CHECKPOINT_NAME, HISTORY_NAME, DATA_ACCOUNTING_FILE)
+
+
+def check_arguments(args) -> None:
+    """Refuse, before any data is read: a device that is not there, a training option out
+    of range, a resume that would change the run, and an output that would replace one
+    already there (unless --overwrite)."""
+    if args.func == "encode" and os.path.isdir(args.data) and args.device not in ("cpu",):
+        raise ValueError(f"--device {args.device}: a store is encoded on the CPU, shard by "
+                         "shard, one thread each, so that every machine gives the same "
+                         "numbers; use --scheduler local (or a Dask scheduler) for more "
+                         "processes")
+    _check_device(getattr(args, "device", None))
+    if args.func == "train":
+        args.train_config = _resume_config(args, args.out) if _resuming(args) \
+            else _train_config(args)  # its own checks raise here, before the data is read
+        _check_device(args.train_config.device)
+    _check_output(args)
+
+
+def _resuming(args) -> bool:
+    return args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE))
+
+
+def _check_device(name: Optional[str]) -> None:
+    if name in (None, "cpu", "auto"):
+        return
+    import torch  # the commands that take a device run PyTorch anyway
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device; give cpu, cuda, cuda:N or "
+                         "auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: PyTorch sees no CUDA device on this machine; "
+                         "use --device cpu (or auto, which takes a GPU where there is one)")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                         "CUDA devices")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: xpsvae runs on cpu or cuda")
+
+
+def _check_output(args) -> None:
+    out = getattr(args, "out", None)
+    if out is None or args.func in ("ingest", "info"):
+        return  # ingest adds to a store by design; info writes nothing
+    if args.func == "encode" and os.path.isdir(args.data):
+        return  # an encoded store's folder is picked up where it stopped
+    if args.func == "train":
+        taken = [n for n in _MODEL_FILES if os.path.exists(os.path.join(out, n))]
+        if args.resume:
+            return
+        way = "add --resume to continue its run, or --overwrite to train anew"
+    elif args.func in ("demo", "evaluate"):
+        taken = [n for n in (METRICS_FILE, REPORT_FILE) if os.path.exists(os.path.join(out, n))]
+        way = "add --overwrite to replace it, or give another --out"
+    elif args.func == "cannon_fit":
+        taken = [n for n in (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE)
+                 if os.path.exists(os.path.join(out, n))]
+        way = "add --overwrite to replace it, or give another --out"
+    else:
+        taken = [out] if os.path.exists(out) else []
+        way = "add --overwrite to replace it, or give another --out"
+        if os.path.isdir(out):
+            raise IsADirectoryError(f"{out}: a folder; --out takes a file here")
+    if not taken:
+        return
+    if not args.overwrite:
+        what = "a model" if args.func == "train" else ", ".join(os.path.basename(t)
+                                                                for t in taken)
+        raise FileExistsError(f"{out}: holds {what} already; {way}")
+    if args.func == "train":  # anew: nothing of the old run is kept, or resumed from
+        for name in taken:
+            os.remove(os.path.join(out, name))
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    """A command's Parquet output, written beside and renamed into place."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 # --------------------------------------------------------------------------- commands
@@ -120,10 +227,10 @@ def cmd_train(args) -> int:
                       file=sys.stderr)
         spectra = _read_and_report(args.data, progress=not args.quiet)
         n_inputs = spectra.n_inputs
-    if args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE)):
-        model = SVAE(train_config=_resume_config(args, args.out))
+    if _resuming(args):
+        model = SVAE(train_config=args.train_config)
     else:
-        model = SVAE(_model_config(args, n_inputs), _train_config(args))
+        model = SVAE(_model_config(args, n_inputs), args.train_config)
     if from_store:
         model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
                         buffer_shards=args.buffer_shards, cache_dir=args.cache_dir,
@@ -132,7 +239,7 @@ def cmd_train(args) -> int:
         model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 writes the files and reports
-    write_json(os.path.join(args.out, "data_accounting.json"),
+    write_json(os.path.join(args.out, DATA_ACCOUNTING_FILE),
                model.info["data"]["accounting"] if from_store
                else spectra.accounting.to_dict())
     last, tc = model.history[-1], model.train_config
@@ -145,11 +252,7 @@ def cmd_train(args) -> int:
 
 def cmd_encode(args) -> int:
 
-    from ..catalog import (  # PyTorch, only here
-        encode_store,
-        encoded_table,
-        model_metadata,
-    )
+    from ..catalog import encode_store, encoded_table, model_metadata  # PyTorch, only here
     from ..svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
         manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
@@ -162,7 +265,7 @@ def cmd_encode(args) -> int:
     table = encoded_table(model, spectra, device=args.device)
     meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
             "accounting": spectra.accounting.to_dict(100)}
-    pq.write_table(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
+    _write_parquet(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
     print(f"encoded {len(spectra)} stars to {args.out}")
     return 0
 
@@ -183,7 +286,7 @@ def cmd_generate(args) -> int:
                       "intrinsic_scatter": [s.tolist() for s in scatter]})
     meta = {"inputs": names, "units": model.info.get("normalisation"),
             "kind": model.info.get("kind"), "wavelength_nm": model.info.get("wavelength_nm")}
-    pq.write_table(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
+    _write_parquet(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
     print(f"generated {len(latent)} spectra to {args.out}")
     return 0
 
@@ -207,13 +310,11 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
 
 
 def cmd_demo(args) -> int:
-    from ..evaluation.demo import (
-        run_demo,  # PyTorch: imported by the commands that use it
-    )
+    from ..evaluation.demo import run_demo  # PyTorch: imported by the commands that use it
     run_demo(args.out, epochs=args.epochs, max_stars=args.max_stars, device=args.device,
              paper_recipe=not args.skip_paper_recipe, progress=not args.quiet,
              threads=args.threads)
-    print(f"report: {os.path.join(args.out, 'report.md')}")
+    print(f"report: {os.path.join(args.out, REPORT_FILE)}")
     return 0
 
 
@@ -246,7 +347,7 @@ def cmd_cannon_predict(args) -> int:
         row.tolist() if good else None for row, good in zip(flux, ok)]
     out["population_scatter"] = [cannon.population_scatter().tolist() if good else None
                                  for good in ok]
-    pq.write_table(pa.table(out), args.out)
+    _write_parquet(pa.table(out), args.out)
     print(f"predicted {int(ok.sum())} spectra to {args.out}; {int((~ok).sum())} rows with a "
           "missing label left empty")
     return 0
@@ -261,7 +362,7 @@ def cmd_cannon_infer(args) -> int:
     out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
     out.update({c: labels[:, i] for i, c in enumerate(cannon.label_names)})
     out["chi2"] = chi2
-    pq.write_table(pa.table(out), args.out)
+    _write_parquet(pa.table(out), args.out)
     print(f"inferred labels of {len(spectra)} stars to {args.out}")
     return 0
 
@@ -278,7 +379,7 @@ def cmd_evaluate(args) -> int:
     metrics = {"model_dir": args.model,
                "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20)}}
     metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
-    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    write_json(os.path.join(args.out, METRICS_FILE), metrics)
     print(f"report: {write_report(args.out, metrics)}")
     return 0
 

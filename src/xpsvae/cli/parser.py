@@ -14,6 +14,11 @@ TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int
                  "lr_scaling": str, "lr_reference_batch": int}
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out already holds (refused without it)")
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training recipe (defaults: the chosen --recipe)")
     g.add_argument("--recipe", choices=("fast", "paper"), default="fast",
@@ -79,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--skip-paper-recipe", action="store_true",
                    help="do not also train the paper's SGD recipe for comparison")
+    _add_overwrite(d)
     d.set_defaults(func="demo")
 
     t = sub.add_parser("train", help="train an sVAE on a table of spectra")
@@ -97,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "training rows there as float32 .npy files and read "
                                        "epochs from them")
     _add_training_options(t)
+    _add_overwrite(t)
     t.set_defaults(func="train")
 
     e = sub.add_parser("encode", help="latents, reconstruction chi2 and anomaly score per star")
@@ -110,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0,
                    help="processes of the local cluster (default: one per core, at most one "
                         "per shard and one per GB of memory)")
+    _add_overwrite(e)
     e.set_defaults(func="encode")
 
     g = sub.add_parser("generate", help="spectra and intrinsic scatter from latent vectors")
@@ -122,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output Parquet file")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    _add_overwrite(g)
     g.set_defaults(func="generate")
 
     i = sub.add_parser("ingest", help="read Gaia XP files (any archive format) into one store")
@@ -156,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--grid", help="start,stop,step in nm (default: GaiaXPy's 336,1020,2)")
     fx.add_argument("--normalise", action="store_true",
                     help="divide flux and errors by phot_g_mean_flux (ready for training)")
+    _add_overwrite(fx)
     fx.set_defaults(func="flux")
 
     n = sub.add_parser("info", help="what a store, encoded catalogue, model, Cannon, report or "
@@ -170,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cannon", help="a Cannon directory to compare with")
     v.add_argument("--out", required=True, help="report directory")
     v.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    _add_overwrite(v)
     v.set_defaults(func="evaluate")
 
     c = sub.add_parser("cannon", help="The Cannon: the supervised baseline")
@@ -181,16 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--scatter-method", choices=("ml", "thecannon"), default="ml",
                     help="ml: exact maximum likelihood; thecannon: TheCannon 0.7.3's grid search "
                          "(reproduces that package's scatters, a few per cent higher)")
+    _add_overwrite(cf)
     cf.set_defaults(func="cannon_fit")
     cp = csub.add_parser("predict", help="spectra from labels")
     cp.add_argument("cannon", help="Cannon directory")
     cp.add_argument("labels_table", help="Parquet / FITS / HDF5 table with the label columns")
     cp.add_argument("--out", required=True, help="output Parquet file")
+    _add_overwrite(cp)
     cp.set_defaults(func="cannon_predict")
     ci = csub.add_parser("infer", help="labels from spectra (the Cannon's test step)")
     ci.add_argument("cannon", help="Cannon directory")
     ci.add_argument("data", help="table of spectra")
     ci.add_argument("--out", required=True, help="output Parquet file")
+    _add_overwrite(ci)
     ci.set_defaults(func="cannon_infer")
     return p
 

@@ -8,6 +8,7 @@ A store (``xpsvae ingest``)::
     STORE/set_aside.parquet    every rejected row: file, row, raw text, reason
     STORE/.g_flux/             the G-flux table of its gaia_source tables, kept for reruns
     STORE/.jobs/               shards of files being read at once (removed when done)
+    STORE/.writer.lock         locked by the ingest writing the store, if one is
 
 A model folder (``xpsvae train``): ``config.json``, ``model.safetensors``,
 ``checkpoint.safetensors`` (while training) and ``history.csv``. A Cannon:
@@ -32,6 +33,8 @@ SET_ASIDE = "set_aside.parquet"
 G_FLUX_DIR = ".g_flux"
 G_FLUX_TABLES = "tables.json"
 JOBS_DIR = ".jobs"
+#: Held (an OS lock on it) by the one process writing the store; it holds that pid.
+WRITER_LOCK = ".writer.lock"
 #: The store's layout (the shards' schema, the manifest's keys), in its manifest. A later
 #: layout gets a higher number, so that this version refuses it with a message.
 STORE_FORMAT_VERSION = 1

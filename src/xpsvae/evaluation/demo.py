@@ -23,7 +23,7 @@ import torch
 
 from ..cannon import Cannon
 from ..core.constants import VERSION
-from ..core.files import write_json
+from ..core.files import METRICS_FILE, write_json
 from ..io.library import benchmark_split, library_path, load_apogee_library
 from ..model.recipe import TrainConfig
 from ..svae import SVAE
@@ -111,6 +111,6 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
                             progress_title=f"({recipe} recipe)")
             metrics[name] = result["svae"]
         metrics[name]["training"] = training
-    write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     write_report(out_dir, metrics)
     return metrics

@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # figures are written to files; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..core.files import atomic_path  # noqa: E402
+
 
 def _own_style(plot):
     """Draw with matplotlib's plain text rendering whatever other libraries set globally
@@ -116,7 +118,8 @@ def plot_scatter_vs_error(wavelength_nm: Optional[np.ndarray], errors: np.ndarra
 
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..core.files import REPORT_FILE, atomic_path
+
 #: The authors' public implementation, 11 minutes on 2 CPU cores, same split.
 REFERENCE = {"mean_nll": -1115.0, "std_r": 1.01, "frac_abs_r_gt_5": 0.0004, "train_minutes": 11}
 #: What the default recipe must reach on the test set.
@@ -145,8 +147,8 @@ def write_report(out_dir: str, metrics: dict) -> str:
             else [pattern] if pattern in present else []
         for name in names:
             lines += [f"![{name}](figures/{name})", "", f"{name}: {caption}", ""]
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
+    path = os.path.join(out_dir, REPORT_FILE)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
 

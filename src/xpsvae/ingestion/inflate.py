@@ -7,9 +7,11 @@ stretches (simdjson does not release it). The reader cuts the text into
 chunks of complete lines, copying each once. ISA-L inflates about 1.5x faster
 than zlib.
 
-The inflated blocks are a chunk long (16 MB): the GIL then changes hands once
-a chunk, not once a megabyte. ``benchmarks/inflate_library.py`` measures this
-against the alternatives, side by side (docs/benchmarks.md).
+The inflated blocks are 8 MB, half a chunk: the GIL then changes hands twice a
+chunk, not once a megabyte, and ISA-L's buffer of compressed text (eight
+blocks) stays at 64 MB. ``benchmarks/inflate_library.py`` measures this
+against the alternatives, side by side (docs/benchmarks.md): 1 MB, 4 MB and
+16 MB blocks were all slower on 2 cores.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from isal import igzip_threaded, isal_zlib
 
 #: Bytes of text per chunk: ~400 bulk-format rows.
 CHUNK_BYTES = 16 << 20
-#: Bytes inflated at a time; a corrupt gzip member loses at most this much of the lines
+#: Bytes inflated at a time; a corrupt gzip member loses at most two blocks of the lines
 #: before it.
-_BLOCK_BYTES = CHUNK_BYTES
+_BLOCK_BYTES = 8 << 20
 #: The errors a reader of a file raises, and its caller sets the file's rest aside for.
 _READ_ERRORS = (OSError, EOFError, ValueError)
 

@@ -26,12 +26,7 @@ import multiprocessing
 import os
 import queue
 import shutil
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np

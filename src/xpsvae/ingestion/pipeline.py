@@ -139,58 +139,58 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     paths, not_read = files_in_folders(paths)
     gaia_source, g_not_read = files_in_folders(gaia_source)
     jobs = jobs or default_jobs(len(paths))
-    writer = StoreWriter(store)
-    manifest = writer.manifest
-    if not_read or g_not_read:  # files of the folders given that are not tables
-        listed = {entry["path"] for entry in manifest.get("not_read", [])}
-        manifest["not_read"] = manifest.get("not_read", []) + [
-            e for e in not_read + g_not_read if e["path"] not in listed]
-    todo: dict = {}  # name: (source, size), in the order given
-    same_content = SameContent(manifest)
-    for i, p in enumerate(paths):
-        name, source = (os.path.abspath(p), os.path.abspath(p)) \
-            if isinstance(p, (str, os.PathLike)) else (table_name(p, i), p)
-        size = os.stat(source).st_size if isinstance(source, str) else None
-        done = manifest["files"].get(name)
-        if size is not None and done and done.get("complete") and done.get("size") == size:
-            continue  # re-running after an interruption: this file is already in the store
-        if size is not None and not done and name not in todo and \
-                same_content.find(name, size):
-            continue  # a file in the store, or given before, under another path
-        todo.setdefault(name, (source, size))
-    # After the files to do are known: with none left, neither the store's ids nor the
-    # gaia_source tables are read (minutes, for the whole catalogue).
-    seen = ids_in_store(store, manifest, progress) if todo else SeenIds()
-    g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source), progress) if todo else \
-        (no_g_flux(), {}, None)
-    manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
-                                                                             gaia_source)))
-    if g_counts:
-        manifest["gaia_source_rows"] = g_counts
+    with StoreWriter(store) as writer:  # one writer at a time: a second is refused
+        manifest = writer.manifest
+        if not_read or g_not_read:  # files of the folders given that are not tables
+            listed = {entry["path"] for entry in manifest.get("not_read", [])}
+            manifest["not_read"] = manifest.get("not_read", []) + [
+                e for e in not_read + g_not_read if e["path"] not in listed]
+        todo: dict = {}  # name: (source, size), in the order given
+        same_content = SameContent(manifest)
+        for i, p in enumerate(paths):
+            name, source = (os.path.abspath(p), os.path.abspath(p)) \
+                if isinstance(p, (str, os.PathLike)) else (table_name(p, i), p)
+            size = os.stat(source).st_size if isinstance(source, str) else None
+            done = manifest["files"].get(name)
+            if size is not None and done and done.get("complete") and done.get("size") == size:
+                continue  # re-running after an interruption: this file is already in the store
+            if size is not None and not done and name not in todo and \
+                    same_content.find(name, size):
+                continue  # a file in the store, or given before, under another path
+            todo.setdefault(name, (source, size))
+        # After the files to do are known: with none left, neither the store's ids nor the
+        # gaia_source tables are read (minutes, for the whole catalogue).
+        seen = ids_in_store(store, manifest, progress) if todo else SeenIds()
+        g_flux, g_counts, g_dir = g_flux_table(store, list(gaia_source), progress) if todo else \
+            (no_g_flux(), {}, None)
+        manifest["gaia_source"] = sorted(set(manifest["gaia_source"]) | set(map(os.path.abspath,
+                                                                                 gaia_source)))
+        if g_counts:
+            manifest["gaia_source_rows"] = g_counts
 
-    def record(name: str, account, shards: List[str]) -> None:
-        source, size = todo[name]
-        writer.record(name, account, shards, size,
-                      None if size is None else same_content.fingerprint_of(source))
+        def record(name: str, account, shards: List[str]) -> None:
+            source, size = todo[name]
+            writer.record(name, account, shards, size,
+                          None if size is None else same_content.fingerprint_of(source))
 
-    if min(jobs, len(todo)) > 1:  # a single file is better read by parsing processes
-        ingest_in_jobs(todo, store, manifest, seen, g_flux, rows_per_shard, wavelength, jobs,
-                       record, progress, g_dir)
-    else:
-        # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
-        with system_allocator(), \
-                ParsePool(workers, parse_chunk_rows) if workers > 1 else nullcontext() as pool, \
-                ThreadPoolExecutor(max_workers=1) as shard_writer:
-            for name, (source, _) in tqdm(todo.items(), desc="ingest", unit="file",
-                                          disable=not progress):
-                with tqdm(desc=os.path.basename(name), unit="row", leave=False,
-                          disable=not progress) as rows_bar:
-                    account, shards = ingest_file(
-                        name, source, store, writer.next_shard, rows_per_shard, g_flux,
-                        wavelength, manifest, seen, pool, shard_writer, rows_bar.update)
-                record(name, account, shards)
-    writer.save()
-    return manifest
+        if min(jobs, len(todo)) > 1:  # a single file is better read by parsing processes
+            ingest_in_jobs(todo, store, manifest, seen, g_flux, rows_per_shard, wavelength, jobs,
+                           record, progress, g_dir)
+        else:
+            # Shards are written by a thread: Arrow writes without the GIL, alongside the parsing.
+            parsers = ParsePool(workers, parse_chunk_rows) if workers > 1 else nullcontext()
+            with system_allocator(), parsers as pool, \
+                    ThreadPoolExecutor(max_workers=1) as shard_writer:
+                for name, (source, _) in tqdm(todo.items(), desc="ingest", unit="file",
+                                              disable=not progress):
+                    with tqdm(desc=os.path.basename(name), unit="row", leave=False,
+                              disable=not progress) as rows_bar:
+                        account, shards = ingest_file(
+                            name, source, store, writer.next_shard, rows_per_shard, g_flux,
+                            wavelength, manifest, seen, pool, shard_writer, rows_bar.update)
+                    record(name, account, shards)
+        writer.save()
+        return manifest
 
 
 def table_name(table, position: int) -> str:

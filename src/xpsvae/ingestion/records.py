@@ -19,12 +19,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import pyarrow as pa
 
-from ..core.constants import (
-    BANDS,
-    DR3_BASIS_IDS,
-    FLAT_COEFFICIENT,
-    GAIAXPY_DEFAULT_GRID_NM,
-)
+from ..core.constants import BANDS, DR3_BASIS_IDS, FLAT_COEFFICIENT, GAIAXPY_DEFAULT_GRID_NM
 from ..core.errors import SpectraError, XPParseError
 
 _band_fields = []

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import glob
 import os
+
+try:  # POSIX; elsewhere a store is not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 from typing import List, Optional
 
 import pyarrow as pa
@@ -20,6 +25,7 @@ from ..core.files import (
     SET_ASIDE,
     SHARD_GLOB,
     STORE_FORMAT_VERSION,
+    WRITER_LOCK,
     atomic_path,
     shard_name,
     write_json,
@@ -82,26 +88,32 @@ def append_set_aside(store: str, rows: List[dict]) -> None:
 class StoreWriter:
     """A store being written: its manifest, and each input file's shards and rows recorded.
 
+    One process writes a store at a time: the writer holds an OS lock on
+    ``STORE/.writer.lock`` until :meth:`close`, and a second writer is refused
+    at once, by the first one's pid, before it reads anything (the lock goes
+    with the process, however it ends).
+
     Args:
         folder: the store's folder, made if absent. A folder holding shards
             but no manifest (an encoded catalogue, say) is refused.
 
     Example::
 
-        writer = StoreWriter("my_store")
-        ...  # write the file's shards with write_shard(folder, index, table)
-        writer.record(name, account, shards, size, fingerprint)   # saves the manifest
+        with StoreWriter("my_store") as writer:
+            ...  # write the file's shards with write_shard(folder, index, table)
+            writer.record(name, account, shards, size, fingerprint)   # saves the manifest
     """
 
     def __init__(self, folder: str):
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
         self.manifest_path = os.path.join(folder, MANIFEST)
-        exists = os.path.exists(self.manifest_path)
-        if not exists and glob.glob(os.path.join(folder, SHARD_GLOB)):
+        if not os.path.exists(self.manifest_path) and glob.glob(os.path.join(folder, SHARD_GLOB)):
             # an encoded catalogue, say: its shards have the names this would write
             raise SpectraError(f"{folder}: holds {SHARD_GLOB} files but no {MANIFEST}, so it "
                                "is not a store to add to; ingest into a new folder")
+        self._lock = _lock_store(folder)
+        exists = os.path.exists(self.manifest_path)
         self.manifest = Store(folder).manifest if exists else \
             {"files": {}, "shards": [], "gaia_source": []}
         self.manifest["format_version"] = STORE_FORMAT_VERSION  # stores from before said 1
@@ -133,3 +145,40 @@ class StoreWriter:
         """The manifest, with its totals, written atomically."""
         self.manifest["total"] = totals(self.manifest["files"])
         write_json(self.manifest_path, self.manifest)
+
+    def close(self) -> None:
+        """Let another writer have the store."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its lock
+            self._lock = None
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _lock_store(folder: str):
+    """The open, locked ``.writer.lock`` of a store (None where locks are not offered).
+
+    Raises:
+        SpectraError: another process holds it.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    lock = open(os.path.join(folder, WRITER_LOCK), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise SpectraError(f"{folder}: another xpsvae ingest (pid {holder}) is writing this "
+                           "store; wait for it to finish (a store takes one writer at a time), "
+                           "or ingest into another folder") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock

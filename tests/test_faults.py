@@ -1,0 +1,159 @@
+"""The fault matrix: the commands run as a user runs them, in a subprocess, misused.
+
+Each case asserts the exit code, that the one-line message names the culprit
+and the way out, that no traceback reaches the user, and that nothing was
+lost or half-written. The data are written here (real library spectra, a
+coefficient store made from an in-memory table), so no case needs
+``../shared/data``.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from xpsvae import SVAE, TrainConfig, ingest
+from xpsvae.ingestion.writer import StoreWriter
+
+
+def xpsvae(*args, timeout=300):
+    """Run ``xpsvae ARGS`` as a user would: (exit code, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "xpsvae", "--quiet", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stderr
+
+
+def refused(args, *named):
+    """The command exits 2 with one line naming each of ``named``, and no traceback."""
+    code, err = xpsvae(*args)
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xpsvae "), err
+    for name in named:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def digest(folder) -> dict:
+    """Every file of a folder (or a file) by its content."""
+    if os.path.isfile(folder):
+        return {"": hashlib.sha256(open(folder, "rb").read()).hexdigest()}
+    return {os.path.relpath(os.path.join(d, n), folder):
+            hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
+            for d, _, names in os.walk(folder) for n in names}
+
+
+@pytest.fixture(scope="module")
+def stars(small_library, tmp_path_factory):
+    """300 real library spectra as a Parquet table (sampled flux, 343 samples)."""
+    part = small_library.subset(np.arange(300))
+    path = str(tmp_path_factory.mktemp("faults") / "stars.parquet")
+    n = part.n_inputs
+    offsets = pa.array(np.arange(0, (len(part) + 1) * n, n, dtype=np.int32))
+    pq.write_table(pa.table({
+        "source_id": part.source_id,
+        "flux": pa.ListArray.from_arrays(offsets, pa.array(part.values.ravel().astype(float))),
+        "flux_error": pa.ListArray.from_arrays(offsets,
+                                               pa.array(part.errors.ravel().astype(float)))}),
+        path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(stars, tmp_path_factory):
+    """A model of sampled spectra, trained for one epoch."""
+    from xpsvae import read_spectra
+    out = str(tmp_path_factory.mktemp("faults") / "model")
+    SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=0, batch_size=64, threads=1)).fit(
+        read_spectra(stars), out_dir=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def coefficient_store(tmp_path_factory):
+    """A store of 40 stars' coefficients (110 inputs), written from an in-memory table."""
+    rng = np.random.default_rng(0)
+    n = 40
+    columns = {"source_id": np.arange(1, n + 1, dtype=np.int64) * 1000,
+               "phot_g_mean_flux": np.full(n, 1e4)}
+    for band in ("bp", "rp"):
+        columns[f"{band}_coefficients"] = list(rng.normal(size=(n, 55)))
+        columns[f"{band}_coefficient_errors"] = list(np.full((n, 55), 0.1))
+        columns[f"{band}_coefficient_correlations"] = list(np.zeros((n, 55 * 54 // 2)))
+    store = str(tmp_path_factory.mktemp("faults") / "store")
+    manifest = ingest([pa.table(columns)], store, progress=False)
+    assert manifest["total"]["rows_kept"] == n
+    return store
+
+
+def test_training_into_a_model_folder_does_not_replace_the_model(stars, model):
+    before = digest(model)
+    refused(["train", stars, "--out", model, "--epochs", "1"], model, "--resume", "--overwrite")
+    assert digest(model) == before
+
+
+@pytest.mark.parametrize("option,value", [("--seed", "3"), ("--lr", "0.5"),
+                                          ("--batch-size", "32")])
+def test_resume_refuses_another_recipe(stars, model, option, value):
+    before = digest(model)
+    refused(["train", stars, "--out", model, "--resume", option, value], option, "--overwrite")
+    assert digest(model) == before
+
+
+@pytest.mark.parametrize("option,value", [("--epochs", "0"), ("--epochs", "-1"),
+                                          ("--batch-size", "0")])
+def test_bad_training_options_are_refused_before_the_data_is_read(tmp_path, option, value):
+    missing = str(tmp_path / "no_such_table.parquet")  # never opened: the options fail first
+    refused(["train", missing, "--out", str(tmp_path / "m"), option, value], value)
+    assert not os.path.exists(tmp_path / "m")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "gpu"])
+def test_a_device_that_is_not_there_is_refused_before_anything_is_written(stars, tmp_path,
+                                                                         device):
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    refused(["train", stars, "--out", str(tmp_path / "m"), "--device", device],
+            f"--device {device}")
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_outputs_are_not_replaced_without_overwrite(stars, model, tmp_path):
+    out = tmp_path / "spectra.parquet"
+    assert xpsvae("generate", model, "--n", "5", "--out", str(out))[0] == 0
+    before = digest(str(out))
+    refused(["generate", model, "--n", "7", "--out", str(out)], out, "--overwrite")
+    assert digest(str(out)) == before
+    assert xpsvae("generate", model, "--n", "7", "--out", str(out), "--overwrite")[0] == 0
+    assert pq.read_metadata(str(out)).num_rows == 7
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_a_model_of_another_kind_is_refused_before_encoding(model, coefficient_store,
+                                                            tmp_path):
+    before = digest(coefficient_store)
+    out = tmp_path / "encoded"
+    refused(["encode", model, coefficient_store, "--out", str(out)], coefficient_store,
+            "110 inputs", "343 inputs")
+    assert not out.exists() and digest(coefficient_store) == before
+
+
+def test_a_store_is_encoded_on_the_cpu_only(model, coefficient_store, tmp_path):
+    refused(["encode", model, coefficient_store, "--out", str(tmp_path / "e"),
+             "--device", "cuda"], "--device cuda", "--scheduler")
+
+
+def test_a_second_writer_of_a_store_is_refused_by_name(coefficient_store, stars, tmp_path):
+    before = digest(coefficient_store)
+    with StoreWriter(coefficient_store):  # an ingest writing it, in this process
+        line = refused(["ingest", stars, "--out", coefficient_store], coefficient_store,
+                       f"pid {os.getpid()}")
+    assert "another xpsvae ingest" in line
+    assert digest(coefficient_store) == before
