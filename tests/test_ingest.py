@@ -644,8 +644,9 @@ def test_files_read_at_once_by_jobs_give_the_same_store(tmp_path):
     one, jobs = str(tmp_path / "one"), str(tmp_path / "jobs")
     ingest(inputs, one, rows_per_shard=25, progress=False)
     os.makedirs(os.path.join(jobs, ".jobs", "7"))  # as an interrupted ingest leaves it
+    # two files are refused whole (the other kind, empty): said, and exit 2
     assert main(["--quiet", "ingest", *inputs, "--out", jobs, "--rows-per-shard", "25",
-                 "--jobs", "2"]) == 0
+                 "--jobs", "2"]) == 2
     assert not os.path.exists(os.path.join(jobs, ".jobs"))
     manifest, shards, set_aside = _store_contents(one)
     assert _store_contents(jobs)[0] == manifest

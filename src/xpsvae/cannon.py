@@ -254,7 +254,12 @@ class Cannon:
             raise ModelFileError(f"{path}: Cannon format version {meta.get('format_version')!r}; "
                                  f"this xpsvae reads version {FORMAT_VERSION}")
         model = cls(meta["label_names"], meta.get("scatter_method", "ml"))
-        weights = load_file(os.path.join(directory, CANNON_WEIGHTS_FILE))
+        try:
+            weights = load_file(os.path.join(directory, CANNON_WEIGHTS_FILE))
+        except Exception as exc:  # safetensors' own error type: missing, cut or garbled
+            raise ModelFileError(f"{os.path.join(directory, CANNON_WEIGHTS_FILE)}: not a "
+                                 f"readable safetensors file ({exc}); fit the Cannon "
+                                 "again") from None
         model.theta, model.scatter = weights["theta"], weights["scatter"]
         model.start_labels = weights["start_labels"]
         model.label_mean = np.asarray(meta["label_mean"])

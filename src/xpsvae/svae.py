@@ -103,6 +103,11 @@ class SVAE:
         if n - n_val < 2:
             raise SpectraError(f"need at least 2 training stars after the validation split, got "
                                f"{n - n_val} of {n}")
+        if tc.val_fraction > 0 and n_val < 1:
+            source = spectra.accounting.source if spectra.accounting else "the input"
+            raise SpectraError(f"{source}: {n} stars leave no validation star at val_fraction "
+                               f"{tc.val_fraction} (the validation loss would be NaN); give "
+                               f"at least {int(np.ceil(1 / tc.val_fraction))} stars")
         perm = np.random.default_rng(tc.seed).permutation(n)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         rank, world = distributed_rank_world()
@@ -440,7 +445,12 @@ class SVAE:
         weights_path = os.path.join(directory, MODEL_FILE)
         if not os.path.exists(weights_path):
             raise ModelFileError(f"{weights_path}: missing")
-        weights = load_file(weights_path)
+        try:
+            weights = load_file(weights_path)
+        except Exception as exc:  # safetensors' own error type: a cut or garbled file
+            raise ModelFileError(f"{weights_path}: not a readable safetensors file ({exc}); "
+                                 "it was cut or damaged: train the model again, or copy it "
+                                 "whole") from None
         expected = model.network.state_dict()
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))

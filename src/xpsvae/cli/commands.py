@@ -54,7 +54,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _model_config(args, input_dim: int) -> SVAEConfig:
-    from ..model.network import SVAEConfig  # PyTorch: imported by the commands that use it
+    from ..model.network import SVAEConfig  # PyTorch: only here
     d = SVAEConfig.preset(args.arch, input_dim).to_dict()
     if args.hidden:
         d["hidden"] = [int(h) for h in args.hidden.split(",")]
@@ -208,7 +208,7 @@ def _refuse_a_store_too_large_for_memory(store: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from ..svae import SVAE  # PyTorch: imported by the commands that use it
+    from ..svae import SVAE  # PyTorch: only here
     if args.streaming and args.resident:
         raise SpectraError("--streaming and --resident are two ways to train on a store: "
                            "give one")
@@ -251,7 +251,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_encode(args) -> int:
-
     from ..catalog import encode_store, encoded_table, model_metadata  # PyTorch, only here
     from ..svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
@@ -272,7 +271,7 @@ def cmd_encode(args) -> int:
 
 def cmd_generate(args) -> int:
 
-    from ..svae import SVAE  # PyTorch: imported by the commands that use it
+    from ..svae import SVAE  # PyTorch: only here
     model = SVAE.load(args.model)
     if args.latent:
         latent = _read_latent(args.latent, model.config.latent_dim)
@@ -310,7 +309,7 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
 
 
 def cmd_demo(args) -> int:
-    from ..evaluation.demo import run_demo  # PyTorch: imported by the commands that use it
+    from ..evaluation.demo import run_demo  # PyTorch: only here
     run_demo(args.out, epochs=args.epochs, max_stars=args.max_stars, device=args.device,
              paper_recipe=not args.skip_paper_recipe, progress=not args.quiet,
              threads=args.threads)
@@ -319,7 +318,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_cannon_fit(args) -> int:
-    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    from ..cannon import Cannon  # PyTorch: only here
     spectra = _read_and_report(args.data, progress=not args.quiet)
     cannon = Cannon(args.labels.split(","), scatter_method=args.scatter_method).fit(spectra)
     cannon.save(args.out)
@@ -331,7 +330,7 @@ def cmd_cannon_fit(args) -> int:
 
 def cmd_cannon_predict(args) -> int:
 
-    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    from ..cannon import Cannon  # PyTorch: only here
     cannon = Cannon.load(args.cannon)
     columns = read_table_columns(args.labels_table)
     missing = [c for c in cannon.label_names if c not in columns]
@@ -355,7 +354,7 @@ def cmd_cannon_predict(args) -> int:
 
 def cmd_cannon_infer(args) -> int:
 
-    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    from ..cannon import Cannon  # PyTorch: only here
     cannon = Cannon.load(args.cannon)
     spectra = _read_and_report(args.data, progress=not args.quiet)
     labels, chi2 = cannon.infer_labels(spectra)
@@ -368,7 +367,7 @@ def cmd_cannon_infer(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..cannon import Cannon  # PyTorch: imported by the commands that use it
+    from ..cannon import Cannon  # PyTorch: only here
     from ..evaluation.assess import assess
     from ..evaluation.report import write_report
     from ..svae import SVAE
@@ -423,7 +422,12 @@ def cmd_ingest(args) -> int:
         print(f"{counted(n, 'file')} of the folders given "
               + ("is not a table and was" if n == 1 else "are not tables and were")
               + " not read (the manifest's not_read lists them)")
-    return 0
+    refused = {name: entry["refused"] for name, entry in manifest["files"].items()
+               if "refused" in entry and name in given}
+    for name, reason in refused.items():  # less than asked for: said, and not a success
+        print(f"xpsvae ingest: error: {reason} (the store keeps what the other files "
+              "gave; fix it and run the same command again to add it)", file=sys.stderr)
+    return 2 if refused else 0
 
 
 def cmd_info(args) -> int:

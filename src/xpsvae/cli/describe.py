@@ -11,10 +11,23 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+import pyarrow.parquet as pq
+from safetensors import safe_open
 
 from ..core.errors import SpectraError
-from ..core.files import read_encoded_manifest
+from ..core.files import (
+    CANNON_CONFIG_FILE,
+    CONFIG_FILE,
+    HISTORY_NAME,
+    MANIFEST,
+    METRICS_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    read_encoded_manifest,
+)
+from ..io.store import store_manifest, store_shards
 
 
 def describe(path: str) -> dict:
@@ -37,19 +50,18 @@ def describe(path: str) -> dict:
         encoded = read_encoded_manifest(path)
         if encoded:
             return _encoded(path, encoded)
-        if os.path.exists(os.path.join(path, "manifest.json")):
+        if os.path.exists(os.path.join(path, MANIFEST)):
             return _store(path)
-        if os.path.exists(os.path.join(path, "config.json")):
+        if os.path.exists(os.path.join(path, CONFIG_FILE)):
             return _model(path)
-        if os.path.exists(os.path.join(path, "cannon.json")):
+        if os.path.exists(os.path.join(path, CANNON_CONFIG_FILE)):
             return _cannon(path)
-        if os.path.exists(os.path.join(path, "metrics.json")):
+        if os.path.exists(os.path.join(path, METRICS_FILE)):
             return _report(path)
         raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue, "
                            "model, Cannon or report (no manifest.json, _manifest.json, "
                            "config.json, cannon.json or metrics.json)")
     if path.lower().endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
         meta = pq.read_metadata(path)
         return {"what": "table", "path": os.path.abspath(path), "rows": meta.num_rows,
                 "columns": meta.schema.to_arrow_schema().names,
@@ -72,7 +84,6 @@ def _gaia_source_rows_text(rows: dict) -> str:
 
 
 def _store(path: str) -> dict:
-    from ..io.store import store_manifest, store_shards
     manifest = store_manifest(path)
     total = manifest.get("total", {})
     shards = store_shards(path) if manifest["shards"] else []
@@ -100,8 +111,20 @@ def _encoded(path: str, manifest: dict) -> dict:
             "xpsvae_version": manifest.get("xpsvae_version")}
 
 
+def _weights_problem(path: str) -> Optional[str]:
+    """Why a safetensors file cannot be read (its header and the extent of its tensors are
+    checked, not the numbers), or None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with safe_open(path, framework="numpy") as f:
+            list(f.keys())
+    except Exception as exc:  # safetensors' own error type
+        return str(exc)
+    return None
+
+
 def _model(path: str) -> dict:
-    from ..core.files import CONFIG_FILE, HISTORY_NAME, MODEL_FILE
     with open(os.path.join(path, CONFIG_FILE)) as f:
         config = json.load(f)
     info, training = config.get("info", {}), config.get("training", {})
@@ -109,6 +132,7 @@ def _model(path: str) -> dict:
            "format_version": config.get("format_version"),
            "xpsvae_version": config.get("xpsvae_version"),
            "trained": os.path.exists(os.path.join(path, MODEL_FILE)),
+           "weights_problem": _weights_problem(os.path.join(path, MODEL_FILE)),
            "architecture": config.get("model", {}), "kind": info.get("kind"),
            "normalisation": info.get("normalisation"),
            "recipe": {k: training.get(k) for k in (
@@ -125,7 +149,7 @@ def _model(path: str) -> dict:
 
 
 def _cannon(path: str) -> dict:
-    with open(os.path.join(path, "cannon.json")) as f:
+    with open(os.path.join(path, CANNON_CONFIG_FILE)) as f:
         meta = json.load(f)
     return {"what": "Cannon", "path": os.path.abspath(path),
             "format_version": meta.get("format_version"), "labels": meta.get("label_names"),
@@ -138,7 +162,7 @@ _REPORTED = ("svae", "svae_paper_recipe", "cannon", "cannon_thecannon_search")
 
 
 def _report(path: str) -> dict:
-    with open(os.path.join(path, "metrics.json")) as f:
+    with open(os.path.join(path, METRICS_FILE)) as f:
         metrics = json.load(f)
     test = {name: {k: metrics[name]["test"].get(k) for k in
                    ("n_stars", "mean_nll", "std_r", "frac_abs_r_gt_5")}
@@ -147,7 +171,7 @@ def _report(path: str) -> dict:
     claims = {name: claim.get("supported") for name, claim in metrics.get("claims", {}).items()
               if isinstance(claim, dict) and "supported" in claim}
     return {"what": "report", "path": os.path.abspath(path), "test": test, "claims": claims,
-            "report": os.path.exists(os.path.join(path, "report.md")),
+            "report": os.path.exists(os.path.join(path, REPORT_FILE)),
             "xpsvae_version": metrics.get("xpsvae_version")}
 
 
@@ -188,7 +212,9 @@ def format_description(d: dict) -> str:
         lines.append(f"  {a.get('input_dim')} inputs ({d['kind']}, {d['normalisation']}) -> "
                      f"{'-'.join(map(str, a.get('hidden', [])))} -> {a.get('latent_dim')} latent; "
                      f"{a.get('activation')}, {a.get('scatter_map')} scatter"
-                     + ("" if d["trained"] else "; not trained yet"))
+                     + ("" if d["trained"] else "; not trained yet")
+                     + (f"; ITS WEIGHTS CANNOT BE READ: {d['weights_problem']}"
+                        if d.get("weights_problem") else ""))
         lines.append("  recipe: " + ", ".join(f"{k} {v}" for k, v in d["recipe"].items()))
         data = d["data"]
         if isinstance(data.get("n_stars"), int):

@@ -33,9 +33,13 @@ class FileAccount:
 
     def to_dict(self) -> dict:
         rows = [r for r in self.set_aside if r["input_row"] >= 0]  # row -1: the whole file
-        return {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
-                "rows_set_aside": len(rows),
-                "reasons": dict(Counter(r["reason"].split(":")[0] for r in self.set_aside))}
+        out = {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
+               "rows_set_aside": len(rows),
+               "reasons": dict(Counter(r["reason"].split(":")[0] for r in self.set_aside))}
+        refused = [r["reason"] for r in self.set_aside if r["input_row"] < 0]
+        if refused:  # the reason, without the "file refused: " every such one starts with
+            out["refused"] = refused[0].split(": ", 1)[-1]
+        return out
 
 
 

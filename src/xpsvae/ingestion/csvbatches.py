@@ -68,7 +68,11 @@ def csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = None
     try:
         for chunk in chunks:
             if header is None:
-                header, chunk = fastcsv.split_header(chunk)
+                try:
+                    header, chunk = fastcsv.split_header(chunk)
+                except csv.Error as exc:  # a header line past the CSV module's field limit
+                    raise SpectraError(f"{path}: the header line cannot be read as CSV "
+                                       f"({exc}); not an XP table") from None
                 if header is None:
                     continue
                 fast = fast and _fast_kind(header)
@@ -85,6 +89,8 @@ def csv_batches(path: str, fast: bool = True, pool: Optional["ParsePool"] = None
             next_row += n_lines
             while len(in_flight) > (pool.ahead if pool else 0):
                 yield _finished(*in_flight.popleft())
+    except SpectraError:
+        raise  # the file as a whole (its header): refused by the caller
     except (OSError, EOFError, ValueError) as exc:  # a corrupt or cut gzip member
         failure = exc
     while in_flight:

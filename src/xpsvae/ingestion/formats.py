@@ -58,7 +58,20 @@ def _avro_records(path: str) -> Iterator[tuple]:
     """MeanSpectrumSolutionWithCov Avro: camelCase, packed lower-triangle covariance."""
     import fastavro  # only for an Avro file
     with open(path, "rb") as f:
-        for i, rec in enumerate(fastavro.reader(f)):
+        try:
+            reader = fastavro.reader(f)
+        except Exception as exc:  # fastavro raises many types for what is no Avro file
+            raise SpectraError(f"{path}: cannot read as avro ({exc})") from None
+        i = -1
+        while True:
+            try:
+                rec = next(reader)
+            except StopIteration:
+                return
+            except Exception as exc:  # a cut or damaged file: the rows before it are kept
+                yield i + 1, None, XPParseError(f"file unreadable after row {i}: {exc!r}")
+                return
+            i += 1
             out = {"source_id": rec.get("sourceId")}
             for band in BANDS:
                 spec = rec.get(f"{band}Spec")
@@ -90,7 +103,6 @@ def _avro_records(path: str) -> Iterator[tuple]:
                 yield i, None, out
 
 
-#: The readers' formats by the file name's ending (the archive's, compressed as it serves them).
 def records(path: str) -> Iterator[tuple]:
     """(row, raw_text, record or XPParseError) for every row of an XP file, any format."""
     kind = archive_kind(path)
@@ -99,7 +111,11 @@ def records(path: str) -> Iterator[tuple]:
     elif kind == "avro":
         yield from _avro_records(path)
     elif kind == "parquet":
-        yield from table_records(pq.read_table(path))
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:  # Arrow's errors for what is no Parquet file
+            raise SpectraError(f"{path}: cannot read as parquet ({exc})") from None
+        yield from table_records(table)
     else:
         # astropy is slow to import: only when such a file is read
         from astropy.table import Table

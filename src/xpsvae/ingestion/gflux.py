@@ -9,6 +9,7 @@ from (``g_flux_origin``).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -217,8 +218,11 @@ def _gaia_source_columns(path: str) -> dict:
 def csv_header(path: str) -> Tuple[List[str], int, str]:
     """A CSV or ECSV file's column names, the number of lines before them, and its delimiter
     (:func:`~xpsvae.ingestion.fastcsv.read_header`)."""
-    with open_binary(path) as f:
-        found = read_header(f)
+    try:
+        with open_binary(path) as f:
+            found = read_header(f)
+    except csv.Error as exc:  # a header line past the CSV module's field limit
+        raise SpectraError(f"{path}: the header line cannot be read as CSV ({exc})") from None
     if found is None:
         raise SpectraError(f"{path}: no header line; an empty file or not a table")
     return found

@@ -131,7 +131,9 @@ class StoreWriter:
         aside; the manifest saved."""
         account.set_aside.sort(key=lambda r: r["input_row"])
         self.manifest["shards"] += shards
-        entry = {**account.to_dict(), "shards": shards, "size": size, "complete": True}
+        entry = account.to_dict()
+        # a file refused whole is tried again by the next run (it may have been fixed)
+        entry.update(shards=shards, size=size, complete="refused" not in entry)
         if fingerprint is not None:
             entry["fingerprint"] = fingerprint
         self.manifest["files"][name] = entry

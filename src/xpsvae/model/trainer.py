@@ -19,11 +19,12 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..core import machine
-from ..core.errors import TrainingDiverged
+from ..core.errors import ModelFileError, TrainingDiverged
 from ..core.files import CHECKPOINT_NAME, HISTORY_NAME, atomic_path
 from .graphstep import GraphedStep
 from .network import ScatterVAE, svae_loss
@@ -392,10 +393,13 @@ class Trainer:
         path = self.checkpoint_path
         if not path or not os.path.exists(path):
             return False
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads(f.metadata()["xpsvae_checkpoint"])
-        tensors = load_file(path)
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = json.loads(f.metadata()["xpsvae_checkpoint"])
+            tensors = load_file(path)
+        except Exception as exc:  # safetensors' own error type: a cut or garbled file
+            raise ModelFileError(f"{path}: not a readable checkpoint ({exc}); it was cut or "
+                                 "damaged: remove it and train anew with --overwrite") from None
         self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
                                     if k.startswith("model.")})
         state: Dict[int, dict] = {}
