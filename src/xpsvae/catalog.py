@@ -32,6 +32,7 @@ from .core.files import (
     atomic_path,
     is_encoded_manifest,
     is_shard_name,
+    model_folder,
     read_encoded_manifest,
     shard_name,
     write_json,
@@ -135,6 +136,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     Returns:
         The output manifest.
     """
+    model_dir = model_folder(model_dir)  # "builtin": the workers load it by its path
     model = SVAE.load(model_dir)  # fail early, with the model's own message, before any work
     _refuse_a_store_as_output(data, out_dir)
     shards = input_shards(data)

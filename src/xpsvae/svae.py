@@ -17,17 +17,26 @@ import os
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .core import machine
 from .core.constants import VERSION
 from .core.errors import ModelFileError, SpectraError
-from .core.files import CONFIG_FILE, HISTORY_NAME, MODEL_FILE, atomic_path, write_json
+from .core.files import (
+    BUILTIN_MODEL,
+    CONFIG_FILE,
+    HISTORY_NAME,
+    MODEL_FILE,
+    atomic_path,
+    model_folder,
+    write_json,
+)
 from .io.spectra import SpectraSet
 from .model.network import ScatterVAE, SVAEConfig
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
+from .model.stream import StoreStream, refuse_a_part_too_large
 from .model.trainer import Trainer, distributed_rank_world, resolve_device
 
 FORMAT_VERSION = 1
@@ -167,7 +176,6 @@ class SVAE:
         Returns:
             self, trained.
         """
-        from .model.stream import StoreStream
         tc = self.train_config
         rank, world = distributed_rank_world()
         stream = StoreStream.scan(store, tc.val_fraction, tc.seed, buffer_shards, rank=rank,
@@ -188,7 +196,7 @@ class SVAE:
         if not resident:
             return self._train(trainer, out_dir, lambda: trainer.fit_stream(
                 stream, resume=resume, on_epoch_end=on_epoch_end))
-        _refuse_a_part_too_large(store, stream.train_rows, stream.n_inputs, trainer.device,
+        refuse_a_part_too_large(store, stream.train_rows, stream.n_inputs, trainer.device,
                                  rank, world)
         return self._train(trainer, out_dir, lambda: trainer.fit(
             *stream.training_tensors(), torch.from_numpy(stream.x_val),
@@ -417,8 +425,14 @@ class SVAE:
             save_file(state, tmp, metadata={"format_version": str(FORMAT_VERSION)})
         history_path = os.path.join(directory, HISTORY_NAME)
         if self.history and not os.path.exists(history_path):
-            import pandas as pd
-            pd.DataFrame(self.history).to_csv(history_path, index=False)
+            with atomic_path(history_path) as tmp:
+                pd.DataFrame(self.history).to_csv(tmp, index=False)
+
+    @classmethod
+    def pretrained(cls) -> "SVAE":
+        """The model shipped with the package: the default recipe on all 40,226 stars of the
+        embedded APOGEE library (docs/pretrained.md says where to trust it)."""
+        return cls.load(BUILTIN_MODEL)
 
     @classmethod
     def load(cls, directory: str) -> "SVAE":
@@ -428,6 +442,7 @@ class SVAE:
             ModelFileError: missing file, other format version, or a weight
                 whose shape disagrees with the saved architecture.
         """
+        directory = model_folder(directory)  # "builtin": the model shipped with the package
         saved = _read_config(directory)
         try:
             config = SVAEConfig.from_dict(saved["model"])
@@ -466,35 +481,8 @@ class SVAE:
         model.network.eval()
         history_path = os.path.join(directory, HISTORY_NAME)
         if os.path.exists(history_path):
-            import pandas as pd
             model.history = pd.read_csv(history_path).to_dict("records")
         return model
-
-
-def _refuse_a_part_too_large(store: str, rows: int, n_inputs: int, device: torch.device,
-                             rank: int, world: int) -> None:
-    """A rank's training stars held resident take 8 bytes an input a star, in this
-    process's memory while they are read, then on the device: refuse a part that would
-    not fit in either, with the ways round, before reading it. Under DDP the ranks
-    decide together and all raise, so that none waits for a rank that stopped."""
-    import torch.distributed as dist
-
-    need = rows * n_inputs * 8
-    limits = [("memory this process may use", machine.usable_memory())]
-    if device.type == "cuda":
-        limits.append((f"free memory of {device}", torch.cuda.mem_get_info(device)[0]))
-    refusal = next((
-        f"{store}: rank {rank} of {world} holds {rows:,} training stars of {n_inputs} "
-        f"inputs, ~{need / 2**30:.1f} GB resident, more than 80% of the "
-        f"{have / 2**30:.1f} GB {what}; use more processes (torchrun) or stream the store "
-        "instead (--streaming)" for what, have in limits
-        if have is not None and need > 0.8 * have), None)
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        refusals = [None] * world
-        dist.all_gather_object(refusals, refusal)
-        refusal = next((r for r in refusals if r is not None), None)
-    if refusal is not None:
-        raise SpectraError(refusal)
 
 
 def _read_config(directory: str) -> dict:

@@ -140,11 +140,12 @@ def _check_output(args) -> None:
         return  # ingest adds to a store by design; info writes nothing
     if args.func == "encode" and os.path.isdir(args.data):
         return  # an encoded store's folder is picked up where it stopped
-    if args.func == "train":
+    if args.func in ("train", "pretrained"):
         taken = [n for n in _MODEL_FILES if os.path.exists(os.path.join(out, n))]
-        if args.resume:
+        if getattr(args, "resume", False):
             return
-        way = "add --resume to continue its run, or --overwrite to train anew"
+        way = "add --resume to continue its run, or --overwrite to train anew" \
+            if args.func == "train" else "add --overwrite to train it anew"
     elif args.func in ("demo", "evaluate"):
         taken = [n for n in (METRICS_FILE, REPORT_FILE) if os.path.exists(os.path.join(out, n))]
         way = "add --overwrite to replace it, or give another --out"
@@ -160,10 +161,10 @@ def _check_output(args) -> None:
     if not taken:
         return
     if not args.overwrite:
-        what = "a model" if args.func == "train" else ", ".join(os.path.basename(t)
+        what = "a model" if args.func in ("train", "pretrained") else ", ".join(os.path.basename(t)
                                                                 for t in taken)
         raise FileExistsError(f"{out}: holds {what} already; {way}")
-    if args.func == "train":  # anew: nothing of the old run is kept, or resumed from
+    if args.func in ("train", "pretrained"):  # anew: nothing of the old run is kept
         for name in taken:
             os.remove(os.path.join(out, name))
 
@@ -306,6 +307,15 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
         raise SpectraError(f"{path}: latent vectors must be finite, shape (n, {latent_dim}); "
                            f"got {latent.shape}")
     return latent
+
+
+def cmd_pretrained(args) -> int:
+    from ..pretrained import build_pretrained  # PyTorch: only here
+    model = build_pretrained(args.out, progress=not args.quiet, threads=args.threads)
+    print(f"trained {model.history[-1]['epoch']} epochs on {model.info['data']['n_stars']:,} "
+          f"stars; model in {args.out} (copy its files into src/xpsvae/resources/builtin/ "
+          "to ship it)")
+    return 0
 
 
 def cmd_demo(args) -> int:

