@@ -137,13 +137,16 @@ def test_outputs_are_not_replaced_without_overwrite(stars, model, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
-def test_a_model_of_another_kind_is_refused_before_encoding(model, coefficient_store,
-                                                            tmp_path):
-    before = digest(coefficient_store)
-    out = tmp_path / "encoded"
-    refused(["encode", model, coefficient_store, "--out", str(out)], coefficient_store,
-            "110 inputs", "343 inputs")
-    assert not out.exists() and digest(coefficient_store) == before
+def test_a_model_of_coefficients_refuses_sampled_spectra_before_encoding(
+        coefficient_store, stars, tmp_path):
+    from xpsvae import read_spectra
+    model = str(tmp_path / "coefficient_model")
+    SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=0, batch_size=8, threads=1)).fit(
+        read_spectra(coefficient_store), out_dir=model, progress=False)
+    out = tmp_path / "encoded.parquet"
+    refused(["encode", model, stars, "--out", str(out)], stars, "cannot be recovered from "
+            "sampled flux")
+    assert not out.exists()
 
 
 def test_a_store_is_encoded_on_the_cpu_only(model, coefficient_store, tmp_path):

@@ -43,3 +43,69 @@ def test_every_command_takes_the_shipped_model_by_name(small_library, tmp_path):
     done = subprocess.run(run + ["generate", "builtin", "--n", "3", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and out.exists(), done.stderr
+
+
+def test_archive_records_are_scored_by_the_shipped_model_in_one_command(tmp_path):
+    """The 30 CALSPEC stars' full archive records (coefficients), ingested, then encoded by
+    the shipped model of sampled spectra: sampled onto its grid with their covariance,
+    divided by their median flux, and scored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xpsvae import ingest
+
+    from .conftest import shared_file
+    store = str(tmp_path / "store")
+    ingest([shared_file("calspec_xp", "gaia_spectra_file_ddf_v0.parquet")], store,
+           gaia_source=[shared_file("calspec_xp", "gaia_source_file_ddf_v0.parquet")],
+           rows_per_shard=10, progress=False)
+    out = tmp_path / "scores"
+    done = subprocess.run([sys.executable, "-m", "xpsvae", "--quiet", "encode", "builtin", store,
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = pa.concat_tables([pq.read_table(out / f) for f in sorted(os.listdir(out))
+                              if f.endswith(".parquet")])
+    assert table.num_rows == 30
+    latents = np.stack(table.column("latent_mean").to_numpy(zero_copy_only=False))
+    assert np.isfinite(latents).all() and len(np.unique(latents.round(4), axis=0)) == 30
+    assert np.isfinite(table.column("anomaly_score").to_numpy()).all()
+
+
+def test_the_conversion_is_the_flux_conversion_divided_by_the_median(calspec_store, tmp_path):
+    """read_for_model's coefficients-to-sampled path against xpsvae flux (the same
+    GaiaXPy calibration, stars lacking a band left out by both)."""
+    import pyarrow.parquet as pq
+
+    from xpsvae.conform import contract, read_for_model
+    from xpsvae.flux import write_store_flux
+    from xpsvae.io.store import store_shards
+    model = SVAE.pretrained()
+    wanted = contract(model.info, model.config.input_dim)
+    ours = [read_for_model(s, wanted) for s in store_shards(calspec_store)]
+    values = np.vstack([s.values for s in ours])
+    errors = np.vstack([s.errors for s in ours])
+    write_store_flux(calspec_store, str(tmp_path / "flux.parquet"), progress=False)
+    table = pq.read_table(str(tmp_path / "flux.parquet"))
+    flux = np.array(table.column("flux").to_pylist())
+    error = np.array(table.column("flux_error").to_pylist())
+    median = np.median(flux, axis=1, keepdims=True)
+    # the same float64 arithmetic, then float32 (eps 6e-8) in the SpectraSet
+    np.testing.assert_allclose(values, flux / median, rtol=1e-6)
+    np.testing.assert_allclose(errors, error / median, rtol=1e-6)
+
+
+def test_sampled_spectra_on_another_grid_are_refused_by_name(small_library, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    part = small_library.subset(np.arange(5))
+    every_other = np.arange(0, part.n_inputs, 2)  # 172 samples, 4 nm apart
+    path = str(tmp_path / "coarse.parquet")
+    pq.write_table(pa.table({"source_id": part.source_id,
+                             "flux": list(part.values[:, every_other].astype(float)),
+                             "flux_error": list(part.errors[:, every_other].astype(float)),
+                             "wavelength": [part.wavelength_nm[every_other]] * 5}), path)
+    done = subprocess.run([sys.executable, "-m", "xpsvae", "--quiet", "encode", "builtin", path,
+                           "--out", str(tmp_path / "x.parquet")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "another grid" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "x.parquet")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .conform import contract, read_for_model
 from .core import machine
 from .core.errors import SpectraError
 from .core.files import (
@@ -31,16 +32,14 @@ from .core.files import (
     OLD_ENCODED_MANIFEST,
     atomic_path,
     is_encoded_manifest,
-    is_shard_name,
     model_folder,
     read_encoded_manifest,
     shard_name,
     write_json,
 )
 from .core.files import MANIFEST as STORE_MANIFEST
-from .io.read import read_spectra
 from .io.spectra import SpectraSet
-from .io.store import Store, read_shard, store_shards
+from .io.store import store_shards
 from .svae import SVAE
 
 
@@ -62,6 +61,7 @@ def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.T
 
 def model_metadata(model_dir: str) -> dict:
     """What an output shard records of the model: versions and standardisation statistics."""
+    model_dir = model_folder(model_dir)
     with open(os.path.join(model_dir, CONFIG_FILE)) as f:
         saved = json.load(f)
     return {"model_dir": os.path.abspath(model_dir), "format_version": saved["format_version"],
@@ -71,10 +71,6 @@ def model_metadata(model_dir: str) -> dict:
 @functools.lru_cache(maxsize=4)
 def _load_model(model_dir: str) -> SVAE:
     return SVAE.load(model_dir)  # once per worker process, not once per shard
-
-
-def _is_store_shard(path: str) -> bool:
-    return is_shard_name(path) and os.path.exists(os.path.join(os.path.dirname(path), STORE_MANIFEST))
 
 
 def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
@@ -89,7 +85,7 @@ def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
     try:
         model = _load_model(model_dir)
         try:
-            spectra = read_shard(shard) if _is_store_shard(shard) else read_spectra(shard)
+            spectra = read_for_model(shard, contract(model.info, model.config.input_dim))
             table = encoded_table(model, spectra)
             accounting = spectra.accounting.to_dict(max_rows_listed=100)
         except SpectraError as exc:  # e.g. every row of the shard set aside
@@ -168,15 +164,11 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
 
 
 def _check_model_takes(model: SVAE, model_dir: str, data: str, first: str) -> None:
-    """Refuse, before any work, spectra of another kind or length than the model's."""
-    spectra = Store(data).read_shard(first, allow_empty=True) if os.path.isdir(data) \
-        else read_spectra(first)
-    kind = model.info.get("kind")
-    if spectra.n_inputs != model.config.input_dim or (kind and spectra.kind != kind):
-        raise SpectraError(
-            f"{data}: {spectra.kind} spectra of {spectra.n_inputs} inputs, but the model "
-            f"{model_dir} takes {kind or 'spectra'} of {model.config.input_dim} inputs: encode "
-            "spectra of the model's kind, or train a model on these")
+    """Refuse, before any work, spectra the model cannot take (:mod:`xpsvae.conform`)."""
+    try:
+        read_for_model(first, contract(model.info, model.config.input_dim))
+    except SpectraError as exc:
+        raise SpectraError(f"{exc} (model {model_dir})") from None
 
 
 def _refuse_a_store_as_output(data: str, out_dir: str) -> None:

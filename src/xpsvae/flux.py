@@ -15,6 +15,8 @@ The design matrices and weights come from GaiaXPy itself (``pip install gaiaxpy`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from functools import lru_cache
@@ -77,12 +79,13 @@ class XPSampler:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("the coefficient-to-flux conversion uses GaiaXPy's design "
                               "matrices: pip install gaiaxpy") from exc
-        if wavelength_nm is None:
-            grid, merge = load_xpmerge_from_xml()
-            design = load_xpsampling_from_xml()
-        else:
-            grid = np.asarray(wavelength_nm, dtype=np.float64)
-            design, merge = _user_grid(grid)
+        with contextlib.redirect_stdout(io.StringIO()):  # GaiaXPy prints as it reads
+            if wavelength_nm is None:
+                grid, merge = load_xpmerge_from_xml()
+                design = load_xpsampling_from_xml()
+            else:
+                grid = np.asarray(wavelength_nm, dtype=np.float64)
+                design, merge = _user_grid(grid)
         self.wavelength_nm = np.asarray(grid, dtype=np.float64)
         self.design: Dict[str, np.ndarray] = {b: np.asarray(design[b], dtype=np.float64)
                                               for b in BANDS}

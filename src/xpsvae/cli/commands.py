@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..conform import contract, read_for_model
 from ..core import machine
 from ..core.errors import SpectraError
 from ..core.files import (
@@ -261,7 +262,8 @@ def cmd_encode(args) -> int:
               f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
     model = SVAE.load(args.model)
-    spectra = _read_and_report(args.data, progress=not args.quiet)
+    spectra = read_for_model(args.data, contract(model.info, model.config.input_dim))
+    print(spectra.accounting.summary(), file=sys.stderr)
     table = encoded_table(model, spectra, device=args.device)
     meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
             "accounting": spectra.accounting.to_dict(100)}

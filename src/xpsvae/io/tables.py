@@ -141,7 +141,15 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
             label_columns[c] = col
     labels = pd.DataFrame(label_columns) if label_columns else None
     if "wavelength" in columns and kind == "sampled":
-        wl = np.asarray(column_to_1d(columns["wavelength"]), dtype=np.float64)
+        wl = column_to_1d(columns["wavelength"]) if not is_arrow_lists(columns["wavelength"]) \
+            else None
+        if wl is None or wl.dtype == object:  # the grid given on every row
+            rows = column_to_2d(columns["wavelength"], source, "wavelength")
+            if not np.array_equal(rows, np.broadcast_to(rows[0], rows.shape), equal_nan=True):
+                raise SpectraError(f"{source}: column 'wavelength' differs between rows; a "
+                                   "table holds spectra on one grid")
+            wl = rows[0]
+        wl = np.asarray(wl, dtype=np.float64)
         wavelength = wl if wl.shape == (values.shape[1],) else None
     return SpectraSet.from_arrays(values, errors, source_id, kind, wavelength, labels, source,
                                   normalisation, row_problems, allow_empty)

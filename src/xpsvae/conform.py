@@ -1,0 +1,174 @@
+"""Spectra on disk made into the inputs a model was trained on: its input contract.
+
+Every model records what it was trained on (``config.json``'s ``info``): the
+kind of its inputs (Gaia's ``coefficients`` or ``sampled`` flux), the
+wavelength grid of sampled flux, and how brightness was removed (divided by
+``phot_g_mean_flux``, or by the star's median flux as in the embedded
+library). :func:`read_for_model` reads a table or a store's shard into those
+inputs, converting what can be converted and refusing, by name, what cannot:
+
+==================  ==================  =====================================================
+input               model               what happens
+==================  ==================  =====================================================
+coefficients        coefficients        divided by G, as the model was (the paper's Section 2.1)
+coefficients        sampled             sampled on the model's grid with the coefficients' full
+                                        covariance propagated into the errors
+                                        (:class:`~xpsvae.flux.XPSampler`), then normalised
+sampled, same grid  sampled             normalised as the model was
+sampled, other grid sampled             refused: resampling would invent correlated errors
+sampled             coefficients        refused: Gaia's coefficients cannot be recovered
+==================  ==================  =====================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM
+from .core.errors import SpectraError
+from .core.files import MANIFEST, is_shard_name
+from .flux import XPSampler
+from .io.columns import column_to_1d, column_to_2d
+from .io.read import read_spectra
+from .io.spectra import SpectraSet
+from .io.store import Store
+from .io.tables import read_table_columns
+
+#: How a spectrum divided by its own median flux says so (the embedded library's
+#: ``medflux`` convention, and what :func:`read_for_model` writes).
+MEDIAN = "median of the sampled flux"
+_MEDIAN_NAMES = (MEDIAN, "medflux (applied upstream)")
+
+
+def contract(info: dict, n_inputs: int) -> dict:
+    """A model's input contract from its recorded ``info`` and input count."""
+    grid = info.get("wavelength_nm")
+    return {"kind": info.get("kind") or "coefficients", "n_inputs": n_inputs,
+            "wavelength_nm": None if grid is None else np.asarray(grid, dtype=np.float64),
+            "normalisation": info.get("normalisation") or "phot_g_mean_flux"}
+
+
+def read_for_model(path: str, wanted: dict) -> SpectraSet:
+    """A table file, or a shard of a store, as the inputs of a model of contract ``wanted``.
+
+    Raises:
+        SpectraError: what cannot be made into the model's inputs, saying why and what
+            would work.
+    """
+    store = Store(os.path.dirname(os.path.abspath(path))) if _is_store_shard(path) else None
+    kind = store.kind if store is not None else _kind_of(path)
+    if wanted["kind"] == "sampled" and kind == "coefficients":
+        spectra = _sampled_from_coefficients(path, wanted)
+    else:
+        spectra = store.read_shard(path, allow_empty=True) if store is not None \
+            else read_spectra(path)
+        if spectra.kind != wanted["kind"]:
+            raise SpectraError(f"{path}: sampled spectra, but the model takes Gaia's "
+                               "coefficients, which cannot be recovered from sampled flux: "
+                               "encode the archive's coefficients (xpsvae ingest), or use a "
+                               "model of sampled spectra")
+        if kind == "sampled":
+            _check_grid(path, spectra.wavelength_nm, spectra.n_inputs, wanted)
+            spectra = _normalised(spectra, wanted, path)
+    if spectra.n_inputs != wanted["n_inputs"]:
+        raise SpectraError(f"{path}: {spectra.n_inputs} inputs, the model takes "
+                           f"{wanted['n_inputs']}")
+    return spectra
+
+
+def _is_store_shard(path: str) -> bool:
+    return is_shard_name(path) and \
+        os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST))
+
+
+def _kind_of(path: str) -> str:
+    names = pq.read_schema(path).names if path.lower().endswith((".parquet", ".pq")) \
+        else list(read_table_columns(path))
+    return "sampled" if "flux" in names else "coefficients"
+
+
+def _check_grid(path: str, grid: Optional[np.ndarray], n: int, wanted: dict) -> None:
+    model_grid = wanted["wavelength_nm"]
+    if model_grid is None:
+        return  # a model that recorded no grid takes any of its length
+    if grid is None and n == len(model_grid):
+        return  # no grid said: the length is all there is to check
+    if grid is None or len(grid) != len(model_grid) or not np.allclose(grid, model_grid):
+        said = "no grid" if grid is None else \
+            f"{len(grid)} samples, {grid[0]:g}-{grid[-1]:g} nm"
+        raise SpectraError(
+            f"{path}: sampled on another grid ({said}) than the model's ({len(model_grid)} "
+            f"samples, {model_grid[0]:g}-{model_grid[-1]:g} nm); resampling would invent "
+            "correlated errors: sample the archive's coefficients onto the model's grid "
+            "instead (encode the store of coefficients), or train a model on this grid")
+
+
+def _normalised(spectra: SpectraSet, wanted: dict, path: str) -> SpectraSet:
+    """Sampled spectra divided as the model's were: by their median flux, where that is the
+    model's way (any earlier per-star scale cancels), else they must agree already."""
+    if wanted["normalisation"] in _MEDIAN_NAMES:
+        if spectra.normalisation in _MEDIAN_NAMES:
+            return spectra
+        median = np.median(spectra.values, axis=1)
+        good = median > 0
+        values = np.where(good[:, None], spectra.values / np.where(good, median, 1)[:, None],
+                          np.nan)
+        errors = spectra.errors / np.where(good, median, 1)[:, None]
+        return SpectraSet.from_arrays(values, errors, spectra.source_id, "sampled",
+                                      spectra.wavelength_nm, spectra.labels, path, MEDIAN,
+                                      [(~good, "non-positive median flux")])
+    if spectra.normalisation != wanted["normalisation"]:
+        raise SpectraError(f"{path}: spectra divided by {spectra.normalisation}, the model's "
+                           f"by {wanted['normalisation']}: give it spectra normalised as it "
+                           "was trained")
+    return spectra
+
+
+@functools.lru_cache(maxsize=2)
+def _sampler(grid: tuple):
+    """One sampler per grid and process: GaiaXPy's matrices are read once."""
+    on_default = len(grid) == len(GAIAXPY_DEFAULT_GRID_NM) and \
+        np.allclose(grid, GAIAXPY_DEFAULT_GRID_NM)
+    return XPSampler(None if on_default else np.asarray(grid))
+
+
+def _sampled_from_coefficients(path: str, wanted: dict) -> SpectraSet:
+    """Gaia's coefficients sampled onto the model's grid, errors from their covariance."""
+    columns = read_table_columns(path)
+    for band in BANDS:
+        if f"{band}_coefficient_correlations" not in columns:
+            raise SpectraError(f"{path}: no {band}_coefficient_correlations, so the flux "
+                               "errors cannot be propagated from the coefficients; ingest the "
+                               "archive's full records (they carry them)")
+    n = len(column_to_1d(columns["source_id"]))
+    problems, bands = [], []
+    for band in BANDS:
+        missing = column_to_1d(columns[f"{band}_missing"]).astype(bool) \
+            if f"{band}_missing" in columns else np.zeros(n, bool)
+        problems.append((missing, f"no {band.upper()} spectrum"))
+        bands.append(tuple(np.nan_to_num(column_to_2d(columns[f"{band}_{name}"], path,
+                                                      f"{band}_{name}"))
+                           for name in ("coefficients", "coefficient_errors",
+                                        "coefficient_correlations")))
+    grid = wanted["wavelength_nm"] if wanted["wavelength_nm"] is not None \
+        else GAIAXPY_DEFAULT_GRID_NM
+    flux, error = _sampler(tuple(grid)).flux_and_error(*bands)
+    if wanted["normalisation"] in _MEDIAN_NAMES:
+        scale = np.median(flux, axis=1)
+        normalisation = MEDIAN
+        problems.append((~(scale > 0), "non-positive median flux"))
+    else:
+        scale = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64) \
+            if "phot_g_mean_flux" in columns else np.full(n, np.nan)
+        normalisation = "phot_g_mean_flux"
+        problems.append((~(np.isfinite(scale) & (scale > 0)),
+                         "missing or non-positive phot_g_mean_flux"))
+    scale = np.where(scale > 0, scale, 1.0)
+    return SpectraSet.from_arrays(flux / scale[:, None], error / scale[:, None],
+                                  column_to_1d(columns["source_id"]), "sampled", grid,
+                                  None, path, normalisation, problems, allow_empty=True)
