@@ -133,7 +133,7 @@ def main() -> None:
     p.add_argument("--arch", default="paper", choices=("paper", "later"))
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="0: xpsvae's default")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the network "
                    "(compile time falls in the warm-up epoch, outside the clock)")
@@ -145,7 +145,8 @@ def main() -> None:
     p.add_argument("--streaming", metavar="STORE", help="a store folder: streamed vs resident")
     p.add_argument("--buffer-shards", type=int, default=4)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:  # 0: as xpsvae does by default (torch's count, lowered to a CPU quota)
+        torch.set_num_threads(args.threads)
     if args.streaming:
         from xpsvae import read_spectra
         stars = read_spectra(args.streaming)

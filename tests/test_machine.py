@@ -95,3 +95,13 @@ def test_default_jobs_follow_the_container_memory_limit(monkeypatch):
     assert ingest_module.default_jobs(20) == 2
     monkeypatch.setattr(machine, "usable_memory", lambda: None)  # unknown: cores decide
     assert ingest_module.default_jobs(20) == 8
+
+
+def test_idle_cores_are_the_machines_less_what_others_keep_running(tmp_path):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.31 1.38 1.25 3/84 5034\n")  # this process and two others running
+    assert machine.idle_cores(str(loadavg), cpu_count=8, interval_s=0) == 6
+    assert machine.idle_cores(str(loadavg), cpu_count=2, interval_s=0) == 1  # at least one
+    loadavg.write_text("0.00 0.00 0.00 1/84 5034\n")  # only this process
+    assert machine.idle_cores(str(loadavg), cpu_count=2, interval_s=0) == 2
+    assert machine.idle_cores(str(tmp_path / "absent"), cpu_count=4) == 4  # not said: all

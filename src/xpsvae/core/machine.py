@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -43,6 +44,35 @@ def usable_cores(cgroup_root: str = "/sys/fs/cgroup",
     if quota is not None:
         cores = min(cores, max(1, math.floor(quota)))
     return max(1, cores)
+
+
+def idle_cores(proc_loadavg: str = "/proc/loadavg", cpu_count: Optional[int] = None,
+               readings: int = 5, interval_s: float = 0.02) -> int:
+    """Cores of this machine that other processes leave idle right now (at least 1).
+
+    Linux's ``/proc/loadavg`` counts the tasks runnable this instant (its
+    fourth field, ``running/total``); less this process's own, they are the
+    cores other processes keep busy. The median of a few readings smooths a
+    passing task out. Where the system does not say, every core is idle.
+
+    Args:
+        proc_loadavg: the file to read.
+        cpu_count: the machine's cores (default: ``os.cpu_count()``); a container
+            sees the host's load, so its idle cores are counted on the host's.
+        readings, interval_s: how many readings, how far apart.
+    """
+    cores = cpu_count or os.cpu_count() or 1
+    counts = []
+    for k in range(readings):
+        text = _read(Path(proc_loadavg))
+        try:
+            counts.append(int(text.split()[3].split("/")[0]))
+        except (AttributeError, IndexError, ValueError):
+            return cores
+        if k + 1 < readings:
+            time.sleep(interval_s)
+    others = max(0, sorted(counts)[len(counts) // 2] - 1)  # this process's reading thread
+    return max(1, cores - others)
 
 
 def cpu_quota(cgroup_root: str = "/sys/fs/cgroup",

@@ -217,8 +217,12 @@ class Trainer:
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
-        elif (cores := machine.usable_cores()) < torch.get_num_threads():
-            # torch counts the host's cores; a container's quota of fewer, oversubscribed, crawls
+        elif (cores := min(machine.usable_cores(), machine.idle_cores())) < \
+                torch.get_num_threads():
+            # torch counts the host's cores; a container's quota of fewer, or cores another
+            # process keeps busy, oversubscribed, crawl (benchmarks/threads_under_load.py:
+            # 2 threads beside one busy process on 2 cores ran 10x slower than 1). The
+            # thread count does not change the numbers: the same weights either way.
             torch.set_num_threads(cores)
         if resume:
             self.load_checkpoint()
