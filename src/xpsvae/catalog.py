@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
 from .conform import contract, read_for_model
 from .core import machine
@@ -197,13 +198,12 @@ def default_encode_workers(n_shards: int) -> int:
 
 def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], workers: int,
          progress: bool) -> List[dict]:
-    from tqdm.auto import tqdm
     if not todo:
         return []
     if scheduler is None:
         return [encode_shard(model_dir, s, o)
                 for s, o in tqdm(todo, desc="encode", unit="shard", disable=not progress)]
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster, as_completed  # optional: [dask]
     cluster = None
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers or default_encode_workers(len(todo)),

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import pyarrow.parquet as pq
 
-from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM
+from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM, file_kind
 from .core.errors import SpectraError
 from .core.files import MANIFEST, is_shard_name
 from .flux import XPSampler
@@ -87,7 +87,7 @@ def _is_store_shard(path: str) -> bool:
 
 
 def _kind_of(path: str) -> str:
-    names = pq.read_schema(path).names if path.lower().endswith((".parquet", ".pq")) \
+    names = pq.read_schema(path).names if file_kind(path) == "parquet" \
         else list(read_table_columns(path))
     return "sampled" if "flux" in names else "coefficients"
 

@@ -20,12 +20,14 @@ import io
 import json
 import os
 from functools import lru_cache
+from importlib.metadata import version
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from .core.constants import BANDS, FLUX_UNITS, G_ZERO_POINT
 from .core.errors import SpectraError
@@ -188,7 +190,6 @@ def write_store_flux(store: str, out: str, wavelength_nm: Optional[np.ndarray] =
 def _write_flux_batches(sampler: "XPSampler", shards: list, path: str, schema, normalise: bool,
                         total: int, progress: bool, batch_rows: int) -> None:
     """The stars with both bands of every shard, as flux, into one Parquet file at ``path``."""
-    from tqdm.auto import tqdm  # as every progress bar of the package
     n = len(sampler.wavelength_nm)
     columns = ["source_id", "phot_g_mean_flux", "bp_missing", "rp_missing", "input_row"] + [
         f"{b}_{c}" for b in BANDS for c in ("coefficients", "coefficient_errors",
@@ -274,7 +275,6 @@ def synthetic_g_weights_from_gaiaxpy() -> dict:
 
 
 def _gaiaxpy_version() -> str:
-    from importlib.metadata import version
     return version("gaiaxpy")
 
 

@@ -14,7 +14,7 @@ from .parser import build_parser
 
 def _init_distributed(args) -> None:
     """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
-    import torch
+    import torch  # PyTorch: only for a train command
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return

@@ -379,7 +379,8 @@ def cmd_cannon_infer(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..cannon import Cannon  # PyTorch: only here
+    # PyTorch, imported only by the commands that use it:
+    from ..cannon import Cannon
     from ..evaluation.assess import assess
     from ..evaluation.report import write_report
     from ..svae import SVAE

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import pyarrow.parquet as pq
 from safetensors import safe_open
 
+from ..core.constants import file_kind
 from ..core.errors import SpectraError
 from ..core.files import (
     CANNON_CONFIG_FILE,
@@ -63,7 +64,7 @@ def describe(path: str) -> dict:
         raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue, "
                            "model, Cannon or report (no manifest.json, _manifest.json, "
                            "config.json, cannon.json or metrics.json)")
-    if path.lower().endswith((".parquet", ".pq")):
+    if file_kind(path) == "parquet":
         meta = pq.read_metadata(path)
         return {"what": "table", "path": os.path.abspath(path), "rows": meta.num_rows,
                 "columns": meta.schema.to_arrow_schema().names,

@@ -166,7 +166,7 @@ def arrow_for_child(threads: int) -> None:
     """Arrow in a child process of the ingest: ``threads`` of its own (the cores shared
     out among the processes, so that together they do not oversubscribe them) and the C
     library's allocator (see :func:`system_allocator`)."""
-    import pyarrow as pa
+    import pyarrow as pa  # machine.py is read by light commands that never use Arrow
     pa.set_cpu_count(max(1, threads))
     pa.set_memory_pool(pa.system_memory_pool())
 

@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -164,7 +165,6 @@ def totals(files: dict) -> dict:
 
 def ids_in_store(store: str, manifest: dict, progress: bool = False) -> SeenIds:
     """The source_ids of the store's shards, for the duplicates of the files to come."""
-    from tqdm.auto import tqdm  # as every progress bar of the package
     seen = SeenIds()
     for name in tqdm(manifest["shards"], desc="store's source_ids", unit="shard",
                      disable=not progress or not manifest["shards"]):

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from ..core import machine
 from ..core.constants import (
@@ -70,7 +71,6 @@ def read_g_flux(paths: Sequence[str], counts: Optional[dict] = None, progress: b
     Returns:
         (source_id sorted, G flux in e-/s, origin code: an index into :data:`G_ORIGINS`).
     """
-    from tqdm.auto import tqdm  # as every progress bar of the package
     # Rows in the order of preference: the fluxes last row first, then the magnitudes
     # first row first. A stable sort by source_id then puts each star's row to keep first,
     # with no key arrays beside the ids (the whole GaiaSource keeps 220 million stars).

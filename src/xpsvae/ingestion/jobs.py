@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from ..core.errors import SpectraError
 from ..core.files import JOBS_DIR, shard_name
@@ -75,7 +76,6 @@ def ingest_in_jobs(todo: Dict[str, tuple], store: str, manifest: dict,
     at most ``2 * jobs`` files are read ahead of the one to record next. The jobs
     map the G-flux arrays from ``g_dir`` (the store's kept table) or from a copy.
     """
-    from tqdm.auto import tqdm  # as every progress bar of the package
     jobs_dir = os.path.join(store, JOBS_DIR)
     shutil.rmtree(jobs_dir, ignore_errors=True)  # an interrupted ingest's
     os.makedirs(jobs_dir)

@@ -22,6 +22,7 @@ from contextlib import nullcontext
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..core import machine
 from ..core.constants import ARCHIVE_KINDS, suffixes_of
@@ -135,7 +136,6 @@ def ingest(paths: Iterable, store: str, gaia_source: Sequence[str] = (),
     Returns:
         The manifest (also written to ``store/manifest.json``).
     """
-    from tqdm.auto import tqdm  # as every progress bar of the package
     paths, not_read = files_in_folders(paths)
     gaia_source, g_not_read = files_in_folders(gaia_source)
     jobs = jobs or default_jobs(len(paths))

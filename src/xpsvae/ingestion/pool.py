@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import glob
 import mmap
+import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import pyarrow as pa
@@ -155,8 +156,6 @@ class ParsePool:
     def submit(self, chunk: bytes, *args) -> Future:
         """``job(chunk, *args)`` in a worker; read its result with :func:`job_result`."""
         if self._executor is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
             if SHARED_DIR is not None:
                 remove_abandoned(_PREFIX)
                 self._folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-",

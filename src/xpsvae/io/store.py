@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from ..core.constants import VERSION
 from ..core.errors import SpectraError
@@ -140,7 +141,6 @@ class Store:
         every row of the store; those of rows set aside stay unused. A problem
         in a shard (a ragged array) is named by the shard and its row there.
         """
-        from tqdm.auto import tqdm
         shards = self.shards
         widths = array_widths(shards)
         accounting = RowAccounting(self.folder)

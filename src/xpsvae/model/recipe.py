@@ -4,6 +4,7 @@ the learning-rate rule for larger batches. Every field is checked when it is set
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from ..core.constants import LOSS_FORMS
@@ -144,7 +145,6 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            import warnings
             warnings.warn(f"training options {unknown} are not known to this xpsvae and are "
                           "ignored (saved by another version?)", stacklevel=2)
         d = dict(d)

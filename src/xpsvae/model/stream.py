@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from ..core import machine
 from ..core.errors import SpectraError
@@ -98,7 +99,6 @@ class StoreStream:
         and the epochs read those instead of decoding Parquet again: the same
         rows in the same order, so training is unchanged, only faster.
         """
-        from tqdm.auto import tqdm
         shards = store_shards(store)[rank::world]
         if not shards:
             raise SpectraError(f"{store}: {len(store_shards(store))} shards for {world} ranks; "
@@ -323,8 +323,6 @@ def refuse_a_part_too_large(store: str, rows: int, n_inputs: int, device: torch.
     process's memory while they are read, then on the device: refuse a part that would
     not fit in either, with the ways round, before reading it. Under DDP the ranks
     decide together and all raise, so that none waits for a rank that stopped."""
-    import torch.distributed as dist
-
     need = rows * n_inputs * 8
     limits = [("memory this process may use", machine.usable_memory())]
     if device.type == "cuda":

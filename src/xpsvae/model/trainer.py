@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..core import machine
@@ -98,7 +99,6 @@ class Trainer:
         """The module the loop calls: the model, or DDP over its trainable parameters."""
         module = self.model
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
             module = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return module
