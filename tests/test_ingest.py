@@ -1,5 +1,4 @@
 """Reading every Gaia DR3 XP archive format into one store, with nothing lost."""
-import glob
 import gzip
 import json
 import os
@@ -538,26 +537,18 @@ def _bulk_rows(sample: str, n: int) -> tuple:
     return header, body[0], rows
 
 
-def _ingest_four_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
+def _ingest_three_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
     """Ingest a file read in small chunks: by the fast path in this process, by two parsing
-    processes (chunks through the pool's shared memory files, then through the pipe), and
-    by the exact reader alone. Checks that the four stores and their set-aside rows are
-    the same; returns (manifest, set-aside rows)."""
+    processes, and by the exact reader alone. Checks that the three stores and their
+    set-aside rows are the same; returns (manifest, set-aside rows)."""
     from xpsvae.ingestion import formats, inflate
-    from xpsvae.ingestion import pool as parsepool
     real_chunks = inflate.line_chunks
     monkeypatch.setattr(inflate, "line_chunks",
                         lambda p, size=None, **kw: real_chunks(p, chunk_bytes, **kw))
-    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "piped", "exact")}
+    stores = {kind: str(tmp_path / kind) for kind in ("fast", "pooled", "exact")}
     manifest = ingest([str(path)], stores["fast"], progress=False)
     pooled = ingest([str(path)], stores["pooled"], progress=False, workers=2)
     assert pooled["total"] == manifest["total"]
-    if parsepool.SHARED_DIR is not None:  # the pool's files are gone
-        assert not glob.glob(os.path.join(parsepool.SHARED_DIR, f"xpsvae-*-{os.getpid()}-*"))
-    with monkeypatch.context() as patch:
-        patch.setattr(parsepool, "SHARED_DIR", None)
-        piped = ingest([str(path)], stores["piped"], progress=False, workers=2)
-        assert piped["total"] == manifest["total"]
     real = formats.csv_batches
     monkeypatch.setattr(formats, "csv_batches", lambda p, **kw: real(p, fast=False, **kw))
     ingest([str(path)], stores["exact"], progress=False)
@@ -572,38 +563,6 @@ def _ingest_four_ways(path, tmp_path, monkeypatch, chunk_bytes: int) -> tuple:
     return manifest, asides[0]
 
 
-def test_parse_pool_files_fall_back_to_the_pipe_and_abandoned_folders_go(tmp_path,
-                                                                          monkeypatch):
-    from xpsvae.ingestion import pool as parsepool
-    from xpsvae.ingestion.csvbatches import parse_chunk_rows
-    pool = parsepool.ParsePool(2, parse_chunk_rows)
-    pool._chunk_files = [(str(tmp_path / "chunk-0"), None)]
-    ref = pool._put_chunk(0, b"abc\n")
-    assert ref == parsepool.InFile(str(tmp_path / "chunk-0"), 4)
-    assert parsepool.take_bytes(ref) == b"abc\n"
-    assert parsepool.take_bytes(pool._put_chunk(0, b"x\n")) == b"x\n"  # rewritten in place
-
-    def full(*args):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(os, "pwrite", full)
-    assert pool._put_chunk(0, b"abc\n") == b"abc\n"  # the folder full: the bytes themselves
-    monkeypatch.undo()
-    table = pa.table({"a": [1, 2, 3]})
-    ref = parsepool.put_table(table, str(tmp_path))
-    assert isinstance(ref, parsepool.InFile) and parsepool.take_table(ref).equals(table)
-    assert not os.path.exists(ref.path)  # unlinked once mapped
-    assert parsepool.put_table(table, None) is table
-    monkeypatch.setattr(parsepool, "SHARED_DIR", str(tmp_path))
-    dead = tmp_path / "xpsvae-parse-999999999-abc"
-    dead_file = tmp_path / "xpsvae-parse-999999998-def"
-    mine = tmp_path / f"xpsvae-parse-{os.getpid()}-abc"
-    dead.mkdir()
-    mine.mkdir()
-    dead_file.write_bytes(b"x")
-    parsepool.remove_abandoned("xpsvae-parse-")
-    assert not dead.exists() and not dead_file.exists() and mine.exists()
-
-
 def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monkeypatch):
     """A bulk-format csv.gz read in small chunks (fast path, chunk boundaries everywhere),
     in this process or by two parsing processes, gives the same store as the exact reader,
@@ -614,7 +573,7 @@ def test_bulk_gzip_file_in_many_chunks_matches_row_by_row_reading(tmp_path, monk
     rows[50] = rows[5]  # a duplicate source_id, chunks away from the first
     path = tmp_path / "XpContinuousMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
-    manifest, set_aside = _ingest_four_ways(path, tmp_path, monkeypatch, 200_000)
+    manifest, set_aside = _ingest_three_ways(path, tmp_path, monkeypatch, 200_000)
     assert manifest["total"]["rows_read"] == 60 and manifest["total"]["rows_kept"] == 57
     assert [r["input_row"] for r in set_aside] == [17, 41, 50]
     assert set_aside[2]["raw_text"].startswith(rows[5][:40])  # the duplicate's own line
@@ -739,7 +698,7 @@ def test_bulk_sampled_file_in_many_chunks_matches_row_by_row_reading(tmp_path, m
     rows[66] = rows[12]  # a duplicate source_id
     path = tmp_path / "XpSampledMeanSpectrum_000001-000002.csv.gz"
     path.write_bytes(gzip.compress(("\n".join(header + [columns] + rows) + "\n").encode()))
-    manifest, set_aside = _ingest_four_ways(path, tmp_path, monkeypatch, 60_000)
+    manifest, set_aside = _ingest_three_ways(path, tmp_path, monkeypatch, 60_000)
     assert manifest["kind"] == "sampled"
     assert manifest["total"]["rows_read"] == 80 and manifest["total"]["rows_kept"] == 75
     assert [r["input_row"] for r in set_aside] == [9, 23, 38, 51, 66]
