@@ -50,20 +50,24 @@ def digest(folder) -> dict:
             for d, _, names in os.walk(folder) for n in names}
 
 
+def _table_file(path, rows):
+    """A Parquet table of sampled spectra from a SpectraSet part."""
+    n = rows.n_inputs
+    offsets = pa.array(np.arange(0, (len(rows) + 1) * n, n, dtype=np.int32))
+    pq.write_table(pa.table({
+        "source_id": rows.source_id,
+        "flux": pa.ListArray.from_arrays(offsets, pa.array(rows.values.ravel().astype(float))),
+        "flux_error": pa.ListArray.from_arrays(offsets,
+                                               pa.array(rows.errors.ravel().astype(float)))}),
+        path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def stars(small_library, tmp_path_factory):
     """300 real library spectra as a Parquet table (sampled flux, 343 samples)."""
-    part = small_library.subset(np.arange(300))
-    path = str(tmp_path_factory.mktemp("faults") / "stars.parquet")
-    n = part.n_inputs
-    offsets = pa.array(np.arange(0, (len(part) + 1) * n, n, dtype=np.int32))
-    pq.write_table(pa.table({
-        "source_id": part.source_id,
-        "flux": pa.ListArray.from_arrays(offsets, pa.array(part.values.ravel().astype(float))),
-        "flux_error": pa.ListArray.from_arrays(offsets,
-                                               pa.array(part.errors.ravel().astype(float)))}),
-        path)
-    return path
+    return _table_file(str(tmp_path_factory.mktemp("faults") / "stars.parquet"),
+                       small_library.subset(np.arange(300)))
 
 
 @pytest.fixture(scope="module")
@@ -191,31 +195,9 @@ def test_a_cut_checkpoint_under_resume_is_told_in_one_line(model, stars, tmp_pat
 
 
 def test_too_few_stars_for_a_validation_share_are_refused(small_library, tmp_path):
-    part = small_library.subset(np.arange(3))
-    path = str(tmp_path / "three.parquet")
-    n = part.n_inputs
-    offsets = pa.array(np.arange(0, 4 * n, n, dtype=np.int32))
-    pq.write_table(pa.table({
-        "source_id": part.source_id,
-        "flux": pa.ListArray.from_arrays(offsets, pa.array(part.values.ravel().astype(float))),
-        "flux_error": pa.ListArray.from_arrays(offsets,
-                                               pa.array(part.errors.ravel().astype(float)))}),
-        path)
+    path = _table_file(str(tmp_path / "three.parquet"), small_library.subset(np.arange(3)))
     refused(["train", path, "--out", str(tmp_path / "m"), "--epochs", "1"], "3 stars",
             "validation")
-
-
-def _table_file(path, rows):
-    """A Parquet table of sampled spectra from a SpectraSet part."""
-    n = rows.n_inputs
-    offsets = pa.array(np.arange(0, (len(rows) + 1) * n, n, dtype=np.int32))
-    pq.write_table(pa.table({
-        "source_id": rows.source_id,
-        "flux": pa.ListArray.from_arrays(offsets, pa.array(rows.values.ravel().astype(float))),
-        "flux_error": pa.ListArray.from_arrays(offsets,
-                                               pa.array(rows.errors.ravel().astype(float)))}),
-        path)
-    return path
 
 
 @pytest.mark.parametrize("bad_name,content", [
