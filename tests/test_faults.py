@@ -228,3 +228,14 @@ def test_a_cut_avro_file_keeps_its_rows_before_the_cut(tmp_path):
     entry = json.load(open(tmp_path / "store" / "manifest.json"))["files"][str(cut)]
     assert entry["rows_read"] == entry["rows_kept"] + entry["rows_set_aside"]
     assert any(reason.startswith("file unreadable after row") for reason in entry["reasons"])
+
+
+def test_resume_refuses_more_training_epochs_after_the_calibration(stars, tmp_path):
+    from xpsvae import read_spectra
+    run = str(tmp_path / "run")
+    SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=1, batch_size=64, threads=1)).fit(
+        read_spectra(stars), out_dir=run, progress=False)  # 1 epoch, then 1 calibrating
+    before = digest(run)
+    refused(["train", stars, "--out", run, "--resume", "--epochs", "3"], "--epochs 3",
+            "calibrated", "--overwrite")
+    assert digest(run) == before

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, List, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors import safe_open
 
 from ..conform import contract, read_for_model
 from ..core import machine
@@ -78,6 +79,13 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
             raise ValueError(f"{out_dir}: --resume continues the run as it was started, with "
                              f"{flag} {saved[key]}, not {given}: leave {flag} out, or train "
                              "anew with --overwrite")
+    done = _epochs_done(out_dir)
+    if args.epochs is not None and args.epochs != saved["epochs"] and done > saved["epochs"]:
+        raise ValueError(
+            f"{out_dir}: the run has trained its {saved['epochs']} epochs and calibrated the "
+            f"scatter head for {done - saved['epochs']}; --epochs {args.epochs} would train "
+            "again after the calibration: train anew with --overwrite --epochs "
+            f"{args.epochs}")
     for key in ("epochs", "device", "threads"):
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
@@ -85,6 +93,18 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
         if getattr(args, flag):
             saved[flag] = True
     return TrainConfig.from_dict(saved)
+
+
+def _epochs_done(out_dir: str) -> int:
+    """Epochs a run's checkpoint holds (0 without one)."""
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        return 0
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return int(json.loads(f.metadata()["xpsvae_checkpoint"])["epoch"])
+    except Exception:  # safetensors' own error type: a cut file, told when it is loaded
+        return 0
 
 
 # --------------------------------------------------------------------------- checks
