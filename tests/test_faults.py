@@ -239,3 +239,14 @@ def test_resume_refuses_more_training_epochs_after_the_calibration(stars, tmp_pa
     refused(["train", stars, "--out", run, "--resume", "--epochs", "3"], "--epochs 3",
             "calibrated", "--overwrite")
     assert digest(run) == before
+
+
+def test_a_text_source_id_is_named_by_file_row_and_column(small_library, tmp_path):
+    path = _table_file(str(tmp_path / "ids.parquet"), small_library.subset(np.arange(12)))
+    table = pq.read_table(path)
+    ids = [str(i) for i in table.column("source_id").to_pylist()]
+    ids[7] = "Gaia DR3 42"
+    pq.write_table(table.set_column(0, "source_id", pa.array(ids)), path)
+    refused(["train", path, "--out", str(tmp_path / "m"), "--epochs", "1"], path, "row 7",
+            "'source_id'", "Gaia DR3 42")
+    assert not os.path.exists(tmp_path / "m")

@@ -99,7 +99,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
     if n_rows == 0:
         raise SpectraError(f"{source}: the table holds no rows")
     sid_name = next((c for c in SOURCE_ID_COLUMNS if c in columns), None)
-    source_id = None if sid_name is None else column_to_1d(columns[sid_name]).astype(np.int64)
+    source_id = None if sid_name is None else _integer_ids(columns[sid_name], source, sid_name)
 
     used = {sid_name}
     normalisation = "none"
@@ -205,3 +205,18 @@ def _coefficient_arrays(columns: Dict[str, object], source: str, widths: Dict[st
         raise SpectraError(f"{source}: {blocks[0].shape[1]} coefficient columns but "
                            f"{blocks[1].shape[1]} error columns")
     return blocks[0], blocks[1], set(flat.values())
+
+
+def _integer_ids(column, source: str, name: str) -> np.ndarray:
+    """A source_id column as int64; a value that is no integer is named by its row."""
+    values = column_to_1d(column)
+    try:
+        return values.astype(np.int64)
+    except (TypeError, ValueError, OverflowError):
+        for row, value in enumerate(values):
+            try:
+                int(value)
+            except (TypeError, ValueError, OverflowError):
+                raise SpectraError(f"{source}: row {row}, column {name!r}: {value!r} is not an "
+                                   "integer source_id") from None
+        raise
