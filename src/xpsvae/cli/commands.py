@@ -80,12 +80,14 @@ def _resume_config(args, out_dir: str) -> TrainConfig:
                              f"{flag} {saved[key]}, not {given}: leave {flag} out, or train "
                              "anew with --overwrite")
     done = _epochs_done(out_dir)
-    if args.epochs is not None and args.epochs != saved["epochs"] and done > saved["epochs"]:
+    if args.epochs is not None and args.epochs != saved["epochs"] and \
+            done > saved["epochs"] and args.epochs <= done:
         raise ValueError(
-            f"{out_dir}: the run has trained its {saved['epochs']} epochs and calibrated the "
-            f"scatter head for {done - saved['epochs']}; --epochs {args.epochs} would train "
-            "again after the calibration: train anew with --overwrite --epochs "
-            f"{args.epochs}")
+            f"{out_dir}: the run has trained {saved['epochs']} epochs and calibrated the "
+            f"scatter head for {done - saved['epochs']}; --epochs {args.epochs} would add "
+            "calibration epochs only, not the training it says: give more than "
+            f"{done} to train on after the calibration, or train anew with --overwrite "
+            f"--epochs {args.epochs}")
     for key in ("epochs", "device", "threads"):
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
