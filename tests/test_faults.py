@@ -252,3 +252,11 @@ def test_a_text_source_id_is_named_by_file_row_and_column(small_library, tmp_pat
     refused(["train", path, "--out", str(tmp_path / "m"), "--epochs", "1"], path, "row 7",
             "'source_id'", "Gaia DR3 42")
     assert not os.path.exists(tmp_path / "m")
+
+
+def test_overwrite_keeps_the_old_model_until_the_new_run_starts(model, tmp_path):
+    before = digest(model)
+    missing = str(tmp_path / "no_such_table.parquet")
+    code, err = xpsvae("train", missing, "--out", model, "--overwrite", "--epochs", "1")
+    assert code == 2 and "Traceback" not in err, err
+    assert digest(model) == before  # the data failed to read: the old model stays whole

@@ -27,17 +27,15 @@ import os
 from typing import Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM, file_kind
+from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM, SAMPLED_COLUMNS
 from .core.errors import SpectraError
 from .core.files import MANIFEST, is_shard_name
 from .flux import XPSampler
 from .io.columns import column_to_1d, column_to_2d
-from .io.read import read_spectra
 from .io.spectra import SpectraSet
 from .io.store import Store
-from .io.tables import read_table_columns
+from .io.tables import read_table_columns, spectra_from_columns
 
 #: How a spectrum divided by its own median flux says so (the embedded library's
 #: ``medflux`` convention, and what :func:`read_for_model` writes).
@@ -61,12 +59,20 @@ def read_for_model(path: str, wanted: dict) -> SpectraSet:
             would work.
     """
     store = Store(os.path.dirname(os.path.abspath(path))) if _is_store_shard(path) else None
-    kind = store.kind if store is not None else _kind_of(path)
+    columns = None  # a table file's, read once
+    if store is not None:
+        kind = store.kind
+    else:
+        if not os.path.exists(path):
+            raise SpectraError(f"{path}: no such file")
+        columns = read_table_columns(path)
+        kind = "sampled" if all(c in columns for c in SAMPLED_COLUMNS) else "coefficients"
     if wanted["kind"] == "sampled" and kind == "coefficients":
-        spectra = _sampled_from_coefficients(path, wanted)
+        spectra = _sampled_from_coefficients(
+            path, wanted, read_table_columns(path) if columns is None else columns)
     else:
         spectra = store.read_shard(path, allow_empty=True) if store is not None \
-            else read_spectra(path)
+            else spectra_from_columns(columns, source=path)
         if spectra.kind != wanted["kind"]:
             raise SpectraError(f"{path}: sampled spectra, but the model takes Gaia's "
                                "coefficients, which cannot be recovered from sampled flux: "
@@ -84,12 +90,6 @@ def read_for_model(path: str, wanted: dict) -> SpectraSet:
 def _is_store_shard(path: str) -> bool:
     return is_shard_name(path) and \
         os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST))
-
-
-def _kind_of(path: str) -> str:
-    names = pq.read_schema(path).names if file_kind(path) == "parquet" \
-        else list(read_table_columns(path))
-    return "sampled" if "flux" in names else "coefficients"
 
 
 def _check_grid(path: str, grid: Optional[np.ndarray], n: int, wanted: dict) -> None:
@@ -137,9 +137,9 @@ def _sampler(grid: tuple):
     return XPSampler(None if on_default else np.asarray(grid))
 
 
-def _sampled_from_coefficients(path: str, wanted: dict) -> SpectraSet:
-    """Gaia's coefficients sampled onto the model's grid, errors from their covariance."""
-    columns = read_table_columns(path)
+def _sampled_from_coefficients(path: str, wanted: dict, columns: dict) -> SpectraSet:
+    """Gaia's coefficients (a table's ``columns``) sampled onto the model's grid, errors
+    from their covariance."""
     for band in BANDS:
         if f"{band}_coefficient_correlations" not in columns:
             raise SpectraError(f"{path}: no {band}_coefficient_correlations, so the flux "

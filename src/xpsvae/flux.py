@@ -295,7 +295,8 @@ def _dr3_g_flux(system_flux: np.ndarray, zero_point: float) -> np.ndarray:
 
 
 def synthetic_g_flux(bp_coefficients: np.ndarray, rp_coefficients: np.ndarray) -> np.ndarray:
-    """G-band flux (e-/s) computed linearly from the coefficients: the fallback for stars gaia_source lacks.
+    """G-band flux (e-/s) computed linearly from the coefficients: the fallback for stars
+    gaia_source lacks.
 
     GaiaXPy's ``Gaia_DR3_Vega`` synthetic G passband applied to BP and RP
     (a dot product per band, joined with its merge weights), turned into a

@@ -187,9 +187,20 @@ def _check_output(args) -> None:
         what = "a model" if args.func in ("train", "pretrained") else ", ".join(os.path.basename(t)
                                                                 for t in taken)
         raise FileExistsError(f"{out}: holds {what} already; {way}")
-    if args.func in ("train", "pretrained"):  # anew: nothing of the old run is kept
-        for name in taken:
-            os.remove(os.path.join(out, name))
+
+
+def _clear_old_run(args) -> None:
+    """On --overwrite, the old run's files go just before the new run starts (not when the
+    arguments are checked: a command that fails before then leaves the old model whole), so
+    that nothing of it is kept or resumed from."""
+    if not args.overwrite or getattr(args, "resume", False) or \
+            int(os.environ.get("RANK", "0")) != 0:
+        return
+    for name in _MODEL_FILES:
+        try:
+            os.remove(os.path.join(args.out, name))
+        except FileNotFoundError:
+            pass
 
 
 def _write_parquet(table: pa.Table, path: str) -> None:
@@ -255,6 +266,7 @@ def cmd_train(args) -> int:
         model = SVAE(train_config=args.train_config)
     else:
         model = SVAE(_model_config(args, n_inputs), args.train_config)
+    _clear_old_run(args)
     if from_store:
         model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
                         buffer_shards=args.buffer_shards, cache_dir=args.cache_dir,
@@ -335,6 +347,7 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
 
 def cmd_pretrained(args) -> int:
     from ..pretrained import build_pretrained  # PyTorch: only here
+    _clear_old_run(args)
     model = build_pretrained(args.out, progress=not args.quiet, threads=args.threads)
     print(f"trained {model.history[-1]['epoch']} epochs on {model.info['data']['n_stars']:,} "
           f"stars; model in {args.out} (copy its files into src/xpsvae/resources/builtin/ "

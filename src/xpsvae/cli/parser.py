@@ -57,8 +57,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("architecture (defaults: the chosen --arch)")
     a.add_argument("--arch", choices=("paper", "later"), default="paper",
                    help="paper: 80-50-30 GELU (the paper's Section 2.2); later: 90-70-50-30-10, "
-                        "BatchNorm, "
-                        "sigmoid scatter")
+                        "BatchNorm, sigmoid scatter")
     a.add_argument("--hidden", help="encoder widths, comma separated, e.g. 80,50,30")
     a.add_argument("--latent-dim", type=int)
     a.add_argument("--activation", choices=sorted(ACTIVATION_NAMES))

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from ..core.constants import BANDS, DR3_BASIS_IDS
 from ..core.errors import SpectraError, XPParseError
 from . import fastcsv, inflate
-from .pool import ParsePool, job_result
+from .pool import ParsePool
 from .records import BATCH_SCHEMA, SAMPLED_BATCH_SCHEMA, Batch, is_sampled_record
 
 
@@ -118,7 +118,7 @@ def _line_count(chunk: bytes) -> int:
 
 def _finished(chunk, first_row: int, job) -> Batch:
     """A chunk's batch from its parse job (a pool's future, or the arguments to parse here)."""
-    records, table = job_result(job) if isinstance(job, Future) else parse_chunk_rows(*job)
+    records, table = job.result() if isinstance(job, Future) else parse_chunk_rows(*job)
     lines: List[bytes] = []
 
     def raw_line(row: int) -> str:

@@ -22,11 +22,6 @@ from ..core.machine import arrow_for_child, usable_cores
 Job = Callable[..., Tuple[List[tuple], Optional[pa.Table]]]
 
 
-def job_result(job: Future) -> Tuple[List[tuple], Optional[pa.Table]]:
-    """A :meth:`ParsePool.submit` job's (records, table)."""
-    return job.result()
-
-
 def _worker_setup(workers: int) -> None:
     arrow_for_child(usable_cores() // workers)
 
@@ -54,7 +49,7 @@ class ParsePool:
         self._executor: Optional[ProcessPoolExecutor] = None
 
     def submit(self, chunk: bytes, *args) -> Future:
-        """``job(chunk, *args)`` in a worker; read its result with :func:`job_result`."""
+        """``job(chunk, *args)`` in a worker; its future's result is the job's."""
         if self._executor is None:
             # spawn, not fork: the parent runs ISA-L's inflating thread while it forks
             self._executor = ProcessPoolExecutor(

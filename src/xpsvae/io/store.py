@@ -148,13 +148,14 @@ class Store:
         source_ids, input_rows, labels = [], [], []
         values = errors = None
         kept = 0
-        for shard in tqdm(shards, desc="read", unit="shard", disable=not progress):
-            if not pq.read_metadata(shard).num_rows:  # nothing to add (a hand-made store)
+        counts = [pq.read_metadata(s).num_rows for s in shards]  # each footer read once
+        for shard, count in zip(tqdm(shards, desc="read", unit="shard", disable=not progress),
+                                counts):
+            if not count:  # nothing to add (a hand-made store)
                 continue
             part = self.read_shard(shard, labels=True, allow_empty=True, widths=widths)
             if values is None:  # room for every row the store holds; rows set aside unused
-                rows = sum(pq.read_metadata(s).num_rows for s in shards)
-                values = np.empty((rows, part.n_inputs), dtype=np.float32)
+                values = np.empty((sum(counts), part.n_inputs), dtype=np.float32)
                 errors = np.empty_like(values)
                 first = part
             if part.n_inputs != values.shape[1]:

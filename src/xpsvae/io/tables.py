@@ -161,7 +161,8 @@ def _divide_by_g(columns: Dict[str, object], source: str, values: np.ndarray,
     if "phot_g_mean_flux" not in columns:
         raise SpectraError(
             f"{source}: the G-band flux column 'phot_g_mean_flux' (from gaiadr3.gaia_source, "
-            "joined on source_id) is needed to remove brightness (Laroche & Speagle 2023, Section 2.1)")
+            "joined on source_id) is needed to remove brightness (Laroche & Speagle 2023, "
+            "Section 2.1)")
     g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
     good_g = np.isfinite(g_flux) & (g_flux > 0)
     row_problems.append((~good_g, "missing or non-positive phot_g_mean_flux"))

@@ -1,4 +1,5 @@
-"""Per-input standardisation (the paper's Section 2.1), fitted on the training split and saved with the model."""
+"""Per-input standardisation (the paper's Section 2.1), fitted on the training split and
+saved with the model."""
 
 from __future__ import annotations
 
