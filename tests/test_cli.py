@@ -161,9 +161,13 @@ def test_cannon_fit_predict_infer_and_evaluate(tmp_path, stars_file, model_dir):
     assert inferred.num_rows == 1199 and {"teff", "logg", "fe_h", "chi2"} <= set(
         inferred.column_names)
     report_dir = str(tmp_path / "report")
+    # the model's own training stars: refused by default (tests/test_faults.py), kept here
     assert main(["--quiet", "evaluate", model_dir, stars_file, "--cannon", cannon_dir,
-                 "--out", report_dir]) == 0
+                 "--out", report_dir, "--include-training-stars"]) == 0
     metrics = json.load(open(os.path.join(report_dir, "metrics.json")))
+    assert metrics["data"]["held_out"]["training_stars_given"] == 1199
+    assert "1199 of the stars evaluated are the model's own training stars" in open(
+        os.path.join(report_dir, "report.md")).read()
     assert metrics["svae"]["test"]["n_stars"] == 1199
     assert metrics["cannon"]["test"]["n_stars"] < 1199  # stars without [Fe/H] left out
     assert os.path.getsize(os.path.join(report_dir, "figures", "figure2_flux_450nm.png")) > 10_000

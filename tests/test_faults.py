@@ -260,3 +260,48 @@ def test_overwrite_keeps_the_old_model_until_the_new_run_starts(model, tmp_path)
     code, err = xpsvae("train", missing, "--out", model, "--overwrite", "--epochs", "1")
     assert code == 2 and "Traceback" not in err, err
     assert digest(model) == before  # the data failed to read: the old model stays whole
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_a_line_too_long_to_hold_is_set_aside_unread(tmp_path, where):
+    """A line past the longest a row may hold is never held in memory (the reader's chunks
+    stay bounded: tests/test_ingest_chunks.py); here, the row is set aside with its length
+    and the rows around it are kept."""
+    import json
+
+    from xpsvae.ingestion.inflate import MAX_LINE_BYTES
+
+    from .test_formats_own import N_STARS, coefficient_records, csv_text
+    lines = csv_text(coefficient_records(), "[]").splitlines()
+    long_line = "1," + "9" * (MAX_LINE_BYTES + 10)
+    if where == "middle":
+        lines.insert(3, long_line)
+    else:
+        lines.append(long_line)
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(lines) + ("\n" if where == "middle" else ""))
+    code, err = xpsvae("ingest", str(path), "--out", str(tmp_path / "store"))
+    assert "Traceback" not in err, err
+    entry = json.load(open(tmp_path / "store" / "manifest.json"))["files"][str(path)]
+    assert (entry["rows_read"], entry["rows_kept"], entry["rows_set_aside"]) == (
+        N_STARS + 1, N_STARS, 1), entry
+    assert any(f"a line of {len(long_line):,} bytes" in reason for reason in entry["reasons"]), \
+        entry["reasons"]
+
+
+def test_evaluate_leaves_out_the_models_own_training_stars(small_library, model, stars,
+                                                            tmp_path):
+    import json
+    # every star the model was fitted on: refused, nothing written
+    refused(["evaluate", model, stars, "--out", str(tmp_path / "all")], stars,
+            "training stars", "--include-training-stars")
+    assert not os.path.exists(tmp_path / "all" / "metrics.json")
+    # 50 training stars and 40 others: the 50 left out, and said so
+    mixed = _table_file(str(tmp_path / "mixed.parquet"), small_library.subset(
+        np.r_[np.arange(250, 300), np.arange(1000, 1040)]))
+    code, err = xpsvae("evaluate", model, mixed, "--out", str(tmp_path / "mixed"))
+    assert code == 0 and "Traceback" not in err, err
+    assert "50 of the stars are the model's own training stars: left out, 40 evaluated" in err
+    metrics = json.load(open(tmp_path / "mixed" / "metrics.json"))
+    assert metrics["svae"]["test"]["n_stars"] == 40
+    assert metrics["data"]["held_out"]["training_stars_left_out"] == 50

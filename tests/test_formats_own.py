@@ -18,6 +18,10 @@ BANDS = ("bp", "rp")
 
 @pytest.fixture(scope="module")
 def stars():
+    return coefficient_records()
+
+
+def coefficient_records():
     """Coefficient records: float64 coefficients, float32 errors, correlations and
     standard deviations (as the archive publishes them)."""
     rng = np.random.default_rng(11)
@@ -39,7 +43,7 @@ def _text(value, brackets: str) -> str:
     return f'"{brackets[0]}{numbers}{brackets[1]}"'
 
 
-def _csv_text(stars, brackets: str) -> str:
+def csv_text(stars, brackets: str) -> str:
     names = list(stars)
     lines = [",".join(names)]
     for i in range(N_STARS):
@@ -50,7 +54,7 @@ def _csv_text(stars, brackets: str) -> str:
 
 
 def _ecsv_text(stars) -> str:
-    return "# %ECSV 1.0\n# ---\n# delimiter: ','\n" + _csv_text(stars, "[]")
+    return "# %ECSV 1.0\n# ---\n# delimiter: ','\n" + csv_text(stars, "[]")
 
 
 def _astropy_table(stars):
@@ -98,7 +102,7 @@ def _avro(stars, path):
 def _write(kind, stars, tmp_path):
     if kind == "csv":
         path = tmp_path / "XP_CONTINUOUS_RAW.csv"
-        path.write_text(_csv_text(stars, "()"))
+        path.write_text(csv_text(stars, "()"))
     elif kind == "ecsv":
         path = tmp_path / "XP_CONTINUOUS_RAW.ecsv"
         path.write_text(_ecsv_text(stars))

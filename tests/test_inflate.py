@@ -83,3 +83,27 @@ def test_stopping_early_ends_the_reading_thread(tmp_path):
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threading.active_count() <= before
+
+
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_a_line_too_long_to_hold_is_dropped_as_it_is_read(tmp_path, final_newline):
+    """Lines longer than ``max_line`` that span a block are never held: each comes back as
+    a mark with its length, in its place. (One that happens to lie whole inside a block
+    may come back as it is; the CSV reader applies the same limit to it.)"""
+    max_line = 100_000
+    sizes = [10, 20_000_000, 5, 3_000_000, 7, 17_000_000]  # 20 and 17 MB span blocks
+    lines = [b"x" * n for n in sizes]
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"\n".join(lines) + (b"\n" if final_newline else b""))
+    chunks = list(inflate.complete_line_chunks(str(path), 1 << 20, max_line=max_line))
+    out = b"".join(chunks).rstrip(b"\n").split(b"\n")
+    assert len(out) == len(lines)
+    for line, got in zip(lines, out):
+        if len(line) <= max_line:
+            assert got == line
+        elif got != line:
+            assert inflate.long_line_length(got.decode()) == len(line)
+    assert inflate.long_line_length(out[1].decode()) == sizes[1]
+    assert inflate.long_line_length(out[-1].decode()) == sizes[-1]
+    # what was held at once: no chunk holds more than a chunk, a block and max_line
+    assert max(map(len, chunks)) <= (1 << 20) + inflate._BLOCK_BYTES + max_line

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from xpsvae import SVAE, ModelFileError, SVAEConfig
-from xpsvae.svae import CONFIG_FILE, MODEL_FILE
+from xpsvae.core.files import CONFIG_FILE, MODEL_FILE
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@
 the CPU on every one of the 40,226 stars of the embedded APOGEE library
 (:mod:`xpsvae.io.library`): sampled spectra on GaiaXPy's default grid, each
 divided by its median flux. ``xpsvae pretrained --out DIR`` trains it again
-the same way; its ``config.json``, ``model.safetensors`` and ``history.csv``
-copied into ``src/xpsvae/resources/builtin/`` ship it. Where it should not be
+the same way; its ``config.json``, ``model.safetensors``, ``history.csv`` and
+``training_stars.safetensors`` copied into ``src/xpsvae/resources/builtin/`` ship it. Where it should not be
 trusted is in docs/pretrained.md.
 """
 
@@ -61,6 +61,9 @@ def shipped_model_differences(directory: str = BUILTIN_MODEL_DIR) -> list:
     checksum = float(np.float64(library.values).sum())  # as fit records it
     if data.get("checksum") != checksum:
         differences.append(f"data checksum {data.get('checksum')!r}, the library's {checksum!r}")
+    recorded = model.training_source_ids
+    if recorded is None or not np.array_equal(recorded, np.unique(library.source_id)):
+        differences.append("its recorded training stars are not the library's stars")
     if data.get("source") != LIBRARY_NAME:
         differences.append(f"data {data.get('source')!r}, not {LIBRARY_NAME!r}")
     if model.info.get("kind") != library.kind or \

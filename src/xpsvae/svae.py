@@ -12,14 +12,12 @@ data description). Loading never unpickles anything.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 
 from .core.constants import VERSION
 from .core.errors import ModelFileError, SpectraError
@@ -27,19 +25,28 @@ from .core.files import (
     BUILTIN_MODEL,
     CONFIG_FILE,
     HISTORY_NAME,
-    MODEL_FILE,
     atomic_path,
     model_folder,
     write_json,
 )
 from .io.spectra import SpectraSet
+from .io.store import store_source_ids
+from .model.folder import (
+    FORMAT_VERSION,
+    MAX_RECORDED_STARS,
+    read_config,
+    read_training_stars,
+    read_weights,
+    training_stars_record,
+    write_training_stars,
+    write_weights,
+)
 from .model.network import ScatterVAE, SVAEConfig
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.stream import StoreStream, refuse_a_part_too_large
 from .model.trainer import Trainer, distributed_rank_world, resolve_device
 
-FORMAT_VERSION = 1
 #: Training options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads", "cuda_graph")
 
@@ -80,6 +87,8 @@ class SVAE:
         self.standardizer: Optional[Standardizer] = None
         self.history: list = []
         self.info: Dict[str, object] = {}  # kind, normalisation, wavelength, data description
+        #: Sorted source_ids of the stars fitted on (training and validation), if recorded.
+        self.training_source_ids: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------ training
     def fit(self, spectra, errors=None, *, out_dir: Optional[str] = None, resume: bool = False,
@@ -117,6 +126,7 @@ class SVAE:
             raise SpectraError(f"{source}: {n} stars leave no validation star at val_fraction "
                                f"{tc.val_fraction} (the validation loss would be NaN); give "
                                f"at least {int(np.ceil(1 / tc.val_fraction))} stars")
+        self.training_source_ids = training_stars_record(spectra.source_id)
         perm = np.random.default_rng(tc.seed).permutation(n)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         rank, world = distributed_rank_world()
@@ -192,6 +202,7 @@ class SVAE:
                          "wavelength_nm": stream.wavelength_nm,
                          "input_names": stream.input_names})
         stream.standardizer = self.standardizer  # a resumed run's saved statistics
+        self.training_source_ids = training_stars_record(store_source_ids(store, MAX_RECORDED_STARS))
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         if not resident:
             return self._train(trainer, out_dir, lambda: trainer.fit_stream(
@@ -243,7 +254,7 @@ class SVAE:
             return ScatterVAE(self.config)
 
     def _adopt_saved_run(self, out_dir: str, data_description: dict) -> None:
-        saved = _read_config(out_dir)
+        saved = read_config(out_dir)
         old_tc = TrainConfig.from_dict(saved["training"])
         changed = {k: (getattr(old_tc, k), getattr(self.train_config, k))
                    for k in old_tc.to_dict() if k not in RESUMABLE_CHANGES
@@ -416,13 +427,13 @@ class SVAE:
         write_json(os.path.join(directory, CONFIG_FILE), self._config_dict())
 
     def save(self, directory: str) -> None:
-        """Write ``model.safetensors``, ``config.json`` (and ``history.csv``) to ``directory``."""
+        """Write ``model.safetensors``, ``config.json`` (and ``history.csv``, and
+        ``training_stars.safetensors``: :mod:`xpsvae.model.folder`) to ``directory``."""
         self._require_trained()
         self._write_config(directory)
-        path = os.path.join(directory, MODEL_FILE)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.network.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, tmp, metadata={"format_version": str(FORMAT_VERSION)})
+        write_weights(directory, self.network.state_dict())
+        if self.training_source_ids is not None:
+            write_training_stars(directory, self.training_source_ids)
         history_path = os.path.join(directory, HISTORY_NAME)
         if self.history and not os.path.exists(history_path):
             with atomic_path(history_path) as tmp:
@@ -443,7 +454,7 @@ class SVAE:
                 whose shape disagrees with the saved architecture.
         """
         directory = model_folder(directory)  # "builtin": the model shipped with the package
-        saved = _read_config(directory)
+        saved = read_config(directory)
         try:
             config = SVAEConfig.from_dict(saved["model"])
             standardizer = Standardizer.from_dict(saved["preprocessing"])
@@ -457,45 +468,11 @@ class SVAE:
         model.standardizer = standardizer
         model.info = saved.get("info", {})
         model.network = ScatterVAE(config)
-        weights_path = os.path.join(directory, MODEL_FILE)
-        if not os.path.exists(weights_path):
-            raise ModelFileError(f"{weights_path}: missing")
-        try:
-            weights = load_file(weights_path)
-        except Exception as exc:  # safetensors' own error type: a cut or garbled file
-            raise ModelFileError(f"{weights_path}: not a readable safetensors file ({exc}); "
-                                 "it was cut or damaged: train the model again, or copy it "
-                                 "whole") from None
-        expected = model.network.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        if missing or unexpected:
-            raise ModelFileError(f"{weights_path}: weights do not fit the architecture in "
-                                 f"{CONFIG_FILE}; missing {missing[:5]}, unexpected {unexpected[:5]}")
-        for name, tensor in expected.items():
-            if tuple(weights[name].shape) != tuple(tensor.shape):
-                raise ModelFileError(f"{weights_path}: tensor {name!r} has shape "
-                                     f"{tuple(weights[name].shape)}, the architecture in "
-                                     f"{CONFIG_FILE} needs {tuple(tensor.shape)}")
+        weights = read_weights(directory, model.network.state_dict())
         model.network.load_state_dict(weights)
         model.network.eval()
+        model.training_source_ids = read_training_stars(directory)
         history_path = os.path.join(directory, HISTORY_NAME)
         if os.path.exists(history_path):
             model.history = pd.read_csv(history_path).to_dict("records")
         return model
-
-
-def _read_config(directory: str) -> dict:
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise ModelFileError(f"{path}: missing; is {directory!r} a model directory?")
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
-    version = saved.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: model format version {version!r}; this xpsvae "
-                             f"({VERSION}) reads version {FORMAT_VERSION}")
-    return saved

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 from ..core.errors import TrainingDiverged
-from . import commands
+from . import checks, commands
 from .parser import build_parser
 
 
@@ -30,7 +30,7 @@ def _init_distributed(args) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands.check_arguments(args)
+        checks.check_arguments(args)
     except _user_errors() as exc:
         print(f"xpsvae {args.command}: error: {exc}", file=sys.stderr)
         return 2

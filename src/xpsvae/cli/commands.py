@@ -10,197 +10,27 @@ import glob
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors import safe_open
 
 from ..conform import contract, read_for_model
 from ..core import machine
 from ..core.errors import SpectraError
-from ..core.files import (
-    CANNON_CONFIG_FILE,
-    CANNON_WEIGHTS_FILE,
-    CHECKPOINT_NAME,
-    CONFIG_FILE,
-    DATA_ACCOUNTING_FILE,
-    HISTORY_NAME,
-    METRICS_FILE,
-    MODEL_FILE,
-    REPORT_FILE,
-    atomic_path,
-    write_json,
-)
+from ..core.files import DATA_ACCOUNTING_FILE, METRICS_FILE, REPORT_FILE, atomic_path, write_json
 from ..flux import write_store_flux
 from ..ingestion.pipeline import default_parse_workers, ingest
 from ..io.columns import column_to_1d
 from ..io.read import read_spectra
 from ..io.store import array_widths, open_store, read_shard, store_shards
 from ..io.tables import read_table_columns
-from ..model.recipe import TrainConfig
+from .checks import clear_old_run, model_config, resuming
 from .describe import counted, describe, format_description
-from .parser import TRAIN_OPTIONS
 
 if TYPE_CHECKING:
-    from ..model.network import SVAEConfig
-
-
-def _train_config(args) -> TrainConfig:
-    overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
-    for flag in ("amp", "compile", "cuda_graph"):
-        if getattr(args, flag):
-            overrides[flag] = True
-    return TrainConfig.preset(args.recipe, **overrides)
-
-
-def _model_config(args, input_dim: int) -> SVAEConfig:
-    from ..model.network import SVAEConfig  # PyTorch: only here
-    d = SVAEConfig.preset(args.arch, input_dim).to_dict()
-    if args.hidden:
-        d["hidden"] = [int(h) for h in args.hidden.split(",")]
-    for key in ("latent_dim", "activation", "norm", "scatter_map"):
-        if getattr(args, key) is not None:
-            d[key] = getattr(args, key)
-    return SVAEConfig.from_dict(d)
-
-
-def _resume_config(args, out_dir: str) -> TrainConfig:
-    """On --resume, the saved recipe with only the options given now that may change; an
-    option of the recipe given with another value than the run's is refused."""
-    with open(os.path.join(out_dir, CONFIG_FILE)) as f:
-        saved = TrainConfig.from_dict(json.load(f)["training"]).to_dict()
-    for key in TRAIN_OPTIONS:
-        given = getattr(args, key)
-        if key not in ("epochs", "device", "threads") and given is not None \
-                and given != saved[key]:
-            flag = "--" + key.replace("_", "-")
-            raise ValueError(f"{out_dir}: --resume continues the run as it was started, with "
-                             f"{flag} {saved[key]}, not {given}: leave {flag} out, or train "
-                             "anew with --overwrite")
-    done = _epochs_done(out_dir)
-    if args.epochs is not None and args.epochs != saved["epochs"] and \
-            done > saved["epochs"] and args.epochs <= done:
-        raise ValueError(
-            f"{out_dir}: the run has trained {saved['epochs']} epochs and calibrated the "
-            f"scatter head for {done - saved['epochs']}; --epochs {args.epochs} would add "
-            "calibration epochs only, not the training it says: give more than "
-            f"{done} to train on after the calibration, or train anew with --overwrite "
-            f"--epochs {args.epochs}")
-    for key in ("epochs", "device", "threads"):
-        if getattr(args, key) is not None:
-            saved[key] = getattr(args, key)
-    for flag in ("amp", "cuda_graph"):
-        if getattr(args, flag):
-            saved[flag] = True
-    return TrainConfig.from_dict(saved)
-
-
-def _epochs_done(out_dir: str) -> int:
-    """Epochs a run's checkpoint holds (0 without one)."""
-    path = os.path.join(out_dir, CHECKPOINT_NAME)
-    if not os.path.exists(path):
-        return 0
-    try:
-        with safe_open(path, framework="numpy") as f:
-            return int(json.loads(f.metadata()["xpsvae_checkpoint"])["epoch"])
-    except Exception:  # safetensors' own error type: a cut file, told when it is loaded
-        return 0
-
-
-# --------------------------------------------------------------------------- checks
-# Run by main() before a command reads anything, so that a bad argument costs nothing.
-
-#: Files or folders xpsvae writes that mark a model folder's own files.
-_MODEL_FILES = (CONFIG_FILE, MODEL_FILE, CHECKPOINT_NAME, HISTORY_NAME, DATA_ACCOUNTING_FILE)
-
-
-def check_arguments(args) -> None:
-    """Refuse, before any data is read: a device that is not there, a training option out
-    of range, a resume that would change the run, and an output that would replace one
-    already there (unless --overwrite)."""
-    if args.func == "encode" and os.path.isdir(args.data) and args.device not in ("cpu",):
-        raise ValueError(f"--device {args.device}: a store is encoded on the CPU, shard by "
-                         "shard, one thread each, so that every machine gives the same "
-                         "numbers; use --scheduler local (or a Dask scheduler) for more "
-                         "processes")
-    _check_device(getattr(args, "device", None))
-    if args.func == "train":
-        args.train_config = _resume_config(args, args.out) if _resuming(args) \
-            else _train_config(args)  # its own checks raise here, before the data is read
-        _check_device(args.train_config.device)
-    _check_output(args)
-
-
-def _resuming(args) -> bool:
-    return args.resume and os.path.exists(os.path.join(args.out, CONFIG_FILE))
-
-
-def _check_device(name: Optional[str]) -> None:
-    if name in (None, "cpu", "auto"):
-        return
-    import torch  # the commands that take a device run PyTorch anyway
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name}: not a device; give cpu, cuda, cuda:N or "
-                         "auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: PyTorch sees no CUDA device on this machine; "
-                         "use --device cpu (or auto, which takes a GPU where there is one)")
-    if device.type == "cuda" and device.index is not None and \
-            device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} "
-                         "CUDA devices")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: xpsvae runs on cpu or cuda")
-
-
-def _check_output(args) -> None:
-    out = getattr(args, "out", None)
-    if out is None or args.func in ("ingest", "info"):
-        return  # ingest adds to a store by design; info writes nothing
-    if args.func == "encode" and os.path.isdir(args.data):
-        return  # an encoded store's folder is picked up where it stopped
-    if args.func in ("train", "pretrained"):
-        taken = [n for n in _MODEL_FILES if os.path.exists(os.path.join(out, n))]
-        if getattr(args, "resume", False):
-            return
-        way = "add --resume to continue its run, or --overwrite to train anew" \
-            if args.func == "train" else "add --overwrite to train it anew"
-    elif args.func in ("demo", "evaluate"):
-        taken = [n for n in (METRICS_FILE, REPORT_FILE) if os.path.exists(os.path.join(out, n))]
-        way = "add --overwrite to replace it, or give another --out"
-    elif args.func == "cannon_fit":
-        taken = [n for n in (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE)
-                 if os.path.exists(os.path.join(out, n))]
-        way = "add --overwrite to replace it, or give another --out"
-    else:
-        taken = [out] if os.path.exists(out) else []
-        way = "add --overwrite to replace it, or give another --out"
-        if os.path.isdir(out):
-            raise IsADirectoryError(f"{out}: a folder; --out takes a file here")
-    if not taken:
-        return
-    if not args.overwrite:
-        what = "a model" if args.func in ("train", "pretrained") else ", ".join(os.path.basename(t)
-                                                                for t in taken)
-        raise FileExistsError(f"{out}: holds {what} already; {way}")
-
-
-def _clear_old_run(args) -> None:
-    """On --overwrite, the old run's files go just before the new run starts (not when the
-    arguments are checked: a command that fails before then leaves the old model whole), so
-    that nothing of it is kept or resumed from."""
-    if not args.overwrite or getattr(args, "resume", False) or \
-            int(os.environ.get("RANK", "0")) != 0:
-        return
-    for name in _MODEL_FILES:
-        try:
-            os.remove(os.path.join(args.out, name))
-        except FileNotFoundError:
-            pass
+    pass
 
 
 def _write_parquet(table: pa.Table, path: str) -> None:
@@ -262,11 +92,11 @@ def cmd_train(args) -> int:
                       file=sys.stderr)
         spectra = _read_and_report(args.data, progress=not args.quiet)
         n_inputs = spectra.n_inputs
-    if _resuming(args):
+    if resuming(args):
         model = SVAE(train_config=args.train_config)
     else:
-        model = SVAE(_model_config(args, n_inputs), args.train_config)
-    _clear_old_run(args)
+        model = SVAE(model_config(args, n_inputs), args.train_config)
+    clear_old_run(args)
     if from_store:
         model.fit_store(args.data, out_dir=args.out, resume=args.resume, progress=not args.quiet,
                         buffer_shards=args.buffer_shards, cache_dir=args.cache_dir,
@@ -347,7 +177,7 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
 
 def cmd_pretrained(args) -> int:
     from ..pretrained import build_pretrained  # PyTorch: only here
-    _clear_old_run(args)
+    clear_old_run(args)
     model = build_pretrained(args.out, progress=not args.quiet, threads=args.threads)
     print(f"trained {model.history[-1]['epoch']} epochs on {model.info['data']['n_stars']:,} "
           f"stars; model in {args.out} (copy its files into src/xpsvae/resources/builtin/ "
@@ -416,15 +246,26 @@ def cmd_cannon_infer(args) -> int:
 def cmd_evaluate(args) -> int:
     # PyTorch, imported only by the commands that use it:
     from ..cannon import Cannon
-    from ..evaluation.assess import assess
+    from ..evaluation.assess import assess, held_out_stars
     from ..evaluation.report import write_report
     from ..svae import SVAE
     model = SVAE.load(args.model)
-    spectra = _read_and_report(args.data, progress=not args.quiet)
+    spectra = read_for_model(args.data, contract(model.info, model.config.input_dim)) \
+        if os.path.isfile(args.data) else read_spectra(args.data, progress=not args.quiet)
+    print(spectra.accounting.summary(), file=sys.stderr)
+    spectra, held_out = held_out_stars(model, spectra, args.include_training_stars)
+    if held_out["training_stars_left_out"]:
+        print(f"{held_out['training_stars_left_out']} of the stars are the model's own "
+              f"training stars: left out, {len(spectra)} evaluated "
+              "(--include-training-stars keeps them)", file=sys.stderr)
+    elif not held_out["training_stars_recorded"]:
+        print(f"{args.model} records no training stars: whether these stars are held out "
+              "cannot be told", file=sys.stderr)
     cannon = Cannon.load(args.cannon) if args.cannon else None
     os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
     metrics = {"model_dir": args.model,
-               "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20)}}
+               "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20),
+                        "held_out": held_out}}
     metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
     write_json(os.path.join(args.out, METRICS_FILE), metrics)
     print(f"report: {write_report(args.out, metrics)}")

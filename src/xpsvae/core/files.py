@@ -57,6 +57,8 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 HISTORY_NAME = "history.csv"
+#: The source_ids of the stars a model was fitted on (xpsvae.model.folder).
+TRAINING_STARS_FILE = "training_stars.safetensors"
 #: A fitted Cannon.
 CANNON_CONFIG_FILE = "cannon.json"
 CANNON_WEIGHTS_FILE = "cannon.safetensors"
@@ -108,7 +110,20 @@ def atomic_path(path: str) -> Iterator[str]:
         elif os.path.lexists(tmp):
             os.remove(tmp)
         raise
+    if os.path.isfile(tmp):  # readable as the umask allows (some writers create files 0600)
+        mode = os.stat(tmp).st_mode & 0o777
+        os.chmod(tmp, mode | (0o444 & ~_UMASK))
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once at import (reading it means setting it).
+_UMASK = _umask()
 
 
 def write_json(path: str, obj) -> None:

@@ -7,11 +7,12 @@ sVAE's standardised units, on the same stars where both apply.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 from ..cannon import Cannon
+from ..core.errors import SpectraError
 from ..io.spectra import SpectraSet
 from ..svae import SVAE
 from .figures import (
@@ -41,6 +42,36 @@ def figure2_inputs(spectra: SpectraSet) -> list:
     if spectra.wavelength_nm is not None:
         return [int(np.argmin(np.abs(spectra.wavelength_nm - w))) for w in (450.0, 750.0)]
     return [spectra.n_inputs // 4, 3 * spectra.n_inputs // 4]
+
+
+def held_out_stars(model: SVAE, spectra: SpectraSet, include_training: bool = False
+                   ) -> Tuple[SpectraSet, dict]:
+    """``spectra`` less the model's own training stars, and a note of what was left out.
+
+    A model records the source_ids it was fitted on (``training_stars.safetensors``);
+    figures on those stars are not held-out figures. With ``include_training`` they are
+    kept, and the note says how many there are.
+
+    Raises:
+        SpectraError: every star given is a training star (and ``include_training`` is off).
+    """
+    recorded = model.training_source_ids
+    note = {"training_stars_recorded": recorded is not None, "training_stars_given": 0,
+            "training_stars_left_out": 0}
+    if recorded is None or spectra.source_id is None or not len(spectra):
+        return spectra, note
+    seen = np.isin(spectra.source_id, recorded)
+    note["training_stars_given"] = int(seen.sum())
+    if not seen.any() or include_training:
+        return spectra, note
+    source = spectra.accounting.source if spectra.accounting else "the stars given"
+    if seen.all():
+        raise SpectraError(f"{source}: all {len(spectra)} stars are among the model's own "
+                           "training stars, so no figure would be held out: evaluate on stars "
+                           "it was not fitted on, or add --include-training-stars to score "
+                           "them anyway (the report then says they are training stars)")
+    note["training_stars_left_out"] = int(seen.sum())
+    return spectra.subset(np.flatnonzero(~seen)), note
 
 
 def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon] = None,

@@ -67,6 +67,22 @@ def _verdict(ok: bool) -> str:
     return "**supported**" if ok else "**not supported**"
 
 
+def _held_out_sentence(held_out: dict) -> str:
+    """What is known of whether the evaluated stars are held out."""
+    if not held_out.get("training_stars_recorded"):
+        return ("The model records no training stars, so whether these stars are held out "
+                "cannot be told.")
+    given, left_out = held_out["training_stars_given"], held_out["training_stars_left_out"]
+    if left_out:
+        return (f"{left_out} of the stars given were the model's own training stars and are "
+                "left out: every figure below is on held-out stars.")
+    if given:
+        return (f"**{given} of the stars evaluated are the model's own training stars** "
+                "(kept by --include-training-stars): the figures below are not held-out "
+                "figures.")
+    return "None of them is among the model's training stars."
+
+
 def write_report(out_dir: str, metrics: dict) -> str:
     """Write ``out_dir/report.md`` from the metrics of ``demo`` or ``evaluate``."""
     models = [("svae", "sVAE" + (f", {metrics['svae']['training']['recipe']} recipe"
@@ -95,7 +111,8 @@ def write_report(out_dir: str, metrics: dict) -> str:
                      f"held out for validation), {data['n_test']} test stars. Every figure below "
                      "is on the test stars.")
     if "model_dir" in metrics:
-        lines.append(f"- Model: `{metrics['model_dir']}`, evaluated on `{data.get('file')}`.")
+        lines.append(f"- Model: `{metrics['model_dir']}`, evaluated on `{data.get('file')}`. "
+                     + _held_out_sentence(data.get("held_out", {})))
     for name, label in models:
         t = metrics[name].get("training")
         if t:
@@ -126,7 +143,10 @@ def write_report(out_dir: str, metrics: dict) -> str:
                      "reproduces that package's fit (`benchmarks/cannon_vs_thecannon.py`)."
                      + _grid_against_exact(grid["test"], metrics.get("cannon", {}).get("test"))
                      + " The claims use the exact fit.")
-    lines += ["", "## Quality on the held-out stars", "",
+    own = data.get("held_out", {}).get("training_stars_given", 0) and \
+        not data["held_out"]["training_stars_left_out"]
+    lines += ["", "## Quality on the stars evaluated, training stars among them" if own
+              else "## Quality on the held-out stars", "",
               "NLL per star = sum over inputs of r^2/2 + ln(w)/2 with w = error^2 + scatter^2 "
               "in standardised units, x_hat decoded from the latent mean (the Cannon: predicted "
               "from the labels), no KL term.", ""]

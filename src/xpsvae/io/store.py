@@ -256,6 +256,15 @@ def read_store_columns(store: str, without_correlations: bool = False) -> dict:
     return Store(store).read_columns(without_correlations)
 
 
+def store_source_ids(store: str, at_most: int) -> Optional[np.ndarray]:
+    """Every source_id of a store (its rows set aside at ingest are not in it), or None
+    when it holds more than ``at_most`` rows."""
+    dataset = open_store(store)
+    if dataset.count_rows() > at_most:
+        return None
+    return dataset.to_table(columns=["source_id"]).column("source_id").to_numpy()
+
+
 def read_shard(path: str) -> SpectraSet:
     """One shard of a store as a validated SpectraSet (:meth:`Store.read_shard`)."""
     return Store(os.path.dirname(os.path.abspath(path))).read_shard(path)

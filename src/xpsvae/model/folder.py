@@ -1,0 +1,107 @@
+"""A model folder's files: ``config.json``, ``model.safetensors`` and the training stars.
+
+Only JSON and safetensors are read; nothing is unpickled. Each reader refuses a
+missing, cut or mismatched file with a :class:`~xpsvae.core.errors.ModelFileError`
+that names the file and the way out.
+
+``training_stars.safetensors`` holds the sorted source_ids of the stars a model
+was fitted on (training and validation), so that an evaluation can leave them
+out: figures on a model's own training stars are not held-out figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file, save_file
+
+from ..core.constants import VERSION
+from ..core.errors import ModelFileError
+from ..core.files import CONFIG_FILE, MODEL_FILE, TRAINING_STARS_FILE, atomic_path
+
+#: The model folder's format; a reader refuses any other.
+FORMAT_VERSION = 1
+#: The most training stars recorded by their source_id (8 bytes each: 40 MB). A model
+#: fitted on more records their count alone.
+MAX_RECORDED_STARS = 5_000_000
+
+
+def read_config(directory: str) -> dict:
+    """``config.json`` of a model folder, its format version checked."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ModelFileError(f"{path}: missing; is {directory!r} a model directory?")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
+    version = saved.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model format version {version!r}; this xpsvae "
+                             f"({VERSION}) reads version {FORMAT_VERSION}")
+    return saved
+
+
+def write_weights(directory: str, state: Dict[str, torch.Tensor]) -> None:
+    """``model.safetensors``, written atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(os.path.join(directory, MODEL_FILE)) as tmp:
+        save_file(state, tmp, metadata={"format_version": str(FORMAT_VERSION)})
+
+
+def read_weights(directory: str, expected: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``model.safetensors``, each tensor checked against ``expected``'s names and shapes."""
+    path = os.path.join(directory, MODEL_FILE)
+    if not os.path.exists(path):
+        raise ModelFileError(f"{path}: missing")
+    try:
+        weights = load_file(path)
+    except Exception as exc:  # safetensors' own error type: a cut or garbled file
+        raise ModelFileError(f"{path}: not a readable safetensors file ({exc}); it was cut or "
+                             "damaged: train the model again, or copy it whole") from None
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: weights do not fit the architecture in {CONFIG_FILE}; "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in expected.items():
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            raise ModelFileError(f"{path}: tensor {name!r} has shape "
+                                 f"{tuple(weights[name].shape)}, the architecture in "
+                                 f"{CONFIG_FILE} needs {tuple(tensor.shape)}")
+    return weights
+
+
+def training_stars_record(source_id: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The sorted, unique source_ids to record for a fit on ``source_id``; None when there
+    are none to record (no ids given, or more than :data:`MAX_RECORDED_STARS`)."""
+    if source_id is None or len(source_id) > MAX_RECORDED_STARS:
+        return None
+    return np.unique(np.asarray(source_id, dtype=np.int64))
+
+
+def write_training_stars(directory: str, source_id: np.ndarray) -> None:
+    """``training_stars.safetensors``, written atomically."""
+    with atomic_path(os.path.join(directory, TRAINING_STARS_FILE)) as tmp:
+        save_numpy({"source_id": np.ascontiguousarray(source_id, dtype=np.int64)}, tmp)
+
+
+def read_training_stars(directory: str) -> Optional[np.ndarray]:
+    """The recorded training stars' sorted source_ids, or None where the folder has none."""
+    path = os.path.join(directory, TRAINING_STARS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        return load_numpy(path)["source_id"]
+    except (SafetensorError, KeyError, OSError) as exc:
+        raise ModelFileError(f"{path}: not a readable record of the training stars ({exc}); "
+                             "copy the model folder whole, or delete this file (evaluations "
+                             "then cannot tell which stars it was trained on)") from None
