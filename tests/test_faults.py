@@ -305,3 +305,18 @@ def test_evaluate_leaves_out_the_models_own_training_stars(small_library, model,
     metrics = json.load(open(tmp_path / "mixed" / "metrics.json"))
     assert metrics["svae"]["test"]["n_stars"] == 40
     assert metrics["data"]["held_out"]["training_stars_left_out"] == 50
+
+
+def test_flux_refuses_an_existing_output_and_a_folder_before_any_work(coefficient_store,
+                                                                       tmp_path):
+    pytest.importorskip("gaiaxpy", reason="flux samples with GaiaXPy's bases")
+    out = tmp_path / "flux.parquet"
+    assert xpsvae("flux", coefficient_store, "--out", str(out))[0] == 0
+    before = digest(str(out))
+    refused(["flux", coefficient_store, "--out", str(out)], out, "--overwrite")
+    assert digest(str(out)) == before
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    refused(["flux", coefficient_store, "--out", str(folder)], folder, "a folder")
+    assert os.listdir(folder) == []
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
