@@ -45,7 +45,7 @@ def test_local_cluster_equals_single_process_row_for_row(tmp_path, store_and_mod
         assert a[name].equals(b[name]), name  # values, row order and schema
     table = a["part-00000.parquet"]
     assert table.column_names == ["source_id", "input_row", "latent_mean", "latent_std",
-                                  "reconstruction_chi2_per_dof", "anomaly_score"]
+                                  "reconstruction_chi2_per_dof", "anomaly_score", "n_observed"]
     import json
     meta = json.loads(table.schema.metadata[b"xpsvae"])
     assert meta["format_version"] == 1 and len(meta["preprocessing"]["std"]) == 110
@@ -170,7 +170,11 @@ def test_score_in_python_is_encodes_output_and_finds_a_broken_spectrum(tmp_path,
     from_arrays = model.score(stars.values, stars.errors)  # plain arrays, as fit takes
     assert np.array_equal(from_arrays["anomaly_score"], scores["anomaly_score"])
     bad = stars.errors.copy()
-    bad[7, 3] = -1.0
+    bad[7, 3] = -1.0  # one input unmeasured: the star is scored on the others
+    partial = model.score(stars.values, bad)
+    assert partial["n_observed"][7] == stars.n_inputs - 1
+    assert (np.delete(partial["n_observed"], 7) == stars.n_inputs).all()
+    bad[7, :stars.n_inputs // 2 + 1] = np.nan  # fewer than half measured: set aside
     from xpsvae.core.errors import SpectraError
     with pytest.raises(SpectraError, match="1 of the rows given set aside, the first row 7"):
         model.score(stars.values, bad)

@@ -40,8 +40,9 @@ def test_train_writes_model_history_and_accounting(model_dir):
     assert {"model.safetensors", "config.json", "history.csv", "checkpoint.safetensors",
             "data_accounting.json"} <= files
     acc = json.load(open(os.path.join(model_dir, "data_accounting.json")))
-    assert (acc["rows_read"], acc["rows_kept"], acc["rows_set_aside"]) == (1200, 1199, 1)
-    assert acc["set_aside_rows"][0] == {"row": 10, "reason": "non-finite value", "input_column": 3}
+    # row 10's NaN flux makes it partial: kept, and read, but not trained on
+    assert (acc["rows_read"], acc["rows_kept"], acc["rows_set_aside"]) == (1200, 1200, 0)
+    assert acc["rows_partial"] == 1 and acc["partial_reasons"] == {"non-finite value": 1}
     config = json.load(open(os.path.join(model_dir, "config.json")))
     assert config["model"]["hidden"] == [64, 32] and config["training"]["epochs"] == 2
     history = open(os.path.join(model_dir, "history.csv")).read().splitlines()
@@ -63,18 +64,21 @@ def test_encode_then_generate_from_the_latents(tmp_path, model_dir, stars_file):
     latent_path = str(tmp_path / "latent.parquet")
     assert main(["encode", model_dir, stars_file, "--out", latent_path]) == 0
     t = pq.read_table(latent_path)
-    assert t.num_rows == 1199 and 10 not in t.column("input_row").to_pylist()
+    # row 10, one flux NaN, is encoded from its other 342 inputs
+    assert t.num_rows == 1200
+    assert t.column("n_observed").to_numpy()[10] == 342 == 343 - 1
+    assert (np.delete(t.column("n_observed").to_numpy(), 10) == 343).all()
     assert t.column_names == ["source_id", "input_row", "latent_mean", "latent_std",
-                              "reconstruction_chi2_per_dof", "anomaly_score"]
+                              "reconstruction_chi2_per_dof", "anomaly_score", "n_observed"]
     meta = json.loads(t.schema.metadata[b"xpsvae"])
     assert meta["format_version"] == 1 and len(meta["preprocessing"]["mean"]) == 343
     latent = np.array(t.column("latent_mean").to_pylist())
-    assert latent.shape == (1199, 6) and (np.array(t.column("latent_std").to_pylist()) > 0).all()
+    assert latent.shape == (1200, 6) and (np.array(t.column("latent_std").to_pylist()) > 0).all()
     out = str(tmp_path / "gen.parquet")
     assert main(["generate", model_dir, "--latent", latent_path, "--out", out]) == 0
     g = pq.read_table(out)
     flux = np.array(g.column("flux").to_pylist())
-    assert flux.shape == (1199, 343)
+    assert flux.shape == (1200, 343)
     assert (np.array(g.column("intrinsic_scatter").to_pylist()) > 0).all()
     meta = json.loads(g.schema.metadata[b"xpsvae"])
     assert meta["inputs"][0] == "flux_336nm" and meta["wavelength_nm"][-1] == 1020
@@ -158,7 +162,7 @@ def test_cannon_fit_predict_infer_and_evaluate(tmp_path, stars_file, model_dir):
     labels_path = str(tmp_path / "labels.parquet")
     assert main(["cannon", "infer", cannon_dir, stars_file, "--out", labels_path]) == 0
     inferred = pq.read_table(labels_path)
-    assert inferred.num_rows == 1199 and {"teff", "logg", "fe_h", "chi2"} <= set(
+    assert inferred.num_rows == 1200 and {"teff", "logg", "fe_h", "chi2"} <= set(
         inferred.column_names)
     report_dir = str(tmp_path / "report")
     # the model's own training stars: refused by default (tests/test_faults.py), kept here
@@ -168,7 +172,10 @@ def test_cannon_fit_predict_infer_and_evaluate(tmp_path, stars_file, model_dir):
     assert metrics["data"]["held_out"]["training_stars_given"] == 1199
     assert "1199 of the stars evaluated are the model's own training stars" in open(
         os.path.join(report_dir, "report.md")).read()
+    # the partial star (row 10) has a block of its own
     assert metrics["svae"]["test"]["n_stars"] == 1199
+    assert metrics["svae"]["partial"]["n_stars"] == 1
+    assert metrics["svae"]["partial"]["mean_observed_inputs"] == 342
     assert metrics["cannon"]["test"]["n_stars"] < 1199  # stars without [Fe/H] left out
     assert os.path.getsize(os.path.join(report_dir, "figures", "figure2_flux_450nm.png")) > 10_000
     assert "The paper's three claims" in open(os.path.join(report_dir, "report.md")).read()

@@ -49,24 +49,37 @@ def test_parquet_fits_and_hdf5_give_identical_arrays(small_library, tmp_path):
         assert got.kind == "sampled" and got.accounting.rows_kept == 50
 
 
-def test_bad_rows_are_set_aside_counted_and_named(small_library, tmp_path):
+def test_unmeasured_inputs_make_a_row_partial_and_too_few_measured_set_it_aside(
+        small_library, tmp_path):
     stars = small_library.subset(np.arange(20))
+    n = stars.n_inputs
     flux, err = stars.values.astype(np.float64), stars.errors.astype(np.float64)
     flux[3, 10] = np.nan
     flux[5, 0] = np.inf
     err[7, 200] = 0.0
     err[8, 5] = -1.0
     err[9, 1] = np.nan
+    flux[11, : n // 2 + 1] = np.nan  # fewer than half measured: set aside
+    flux[12, : n // 2] = np.nan  # 172 of 343 measured, the least kept
     _write_parquet(tmp_path / "bad.parquet", flux, err, stars.source_id)
     got = read_spectra(tmp_path / "bad.parquet")
     acc = got.accounting
-    assert (acc.rows_read, acc.rows_kept, acc.rows_set_aside) == (20, 15, 5)
-    assert acc.reasons() == {"non-finite value": 2, "zero or negative error": 2,
-                             "non-finite error": 1}
-    assert [(r, c) for r, _, c in acc.set_aside] == [(3, 10), (5, 0), (7, 200), (8, 5), (9, 1)]
-    assert "set aside 5" in acc.summary() and "bad.parquet" in acc.summary()
-    assert len(got) == 15 and np.isfinite(got.values).all() and (got.errors > 0).all()
-    assert 3 not in got.source_id.tolist() or stars.source_id[3] not in got.source_id
+    assert (acc.rows_read, acc.rows_kept, acc.rows_set_aside, acc.rows_partial) == (20, 19, 1, 6)
+    assert acc.partial_reasons() == {"non-finite value": 3, "zero or negative error": 2,
+                                     "non-finite error": 1}
+    assert [(r, c) for r, _, c in acc.partial] == [(3, 10), (5, 0), (7, 200), (8, 5), (9, 1),
+                                                   (12, 0)]
+    assert acc.set_aside == [(11, f"fewer than {n - n // 2} of its {n} inputs measured", 0)]
+    assert "6 partial" in acc.summary() and "set aside 1" in acc.summary()
+    # an unmeasured input is NaN in values and errors alike; every other one as given
+    holes = ~got.observed
+    assert np.array_equal(holes, ~np.isfinite(got.errors))
+    assert holes.sum() == 5 + n // 2
+    rows = got.input_row
+    assert 11 not in rows.tolist()
+    keep = np.isin(np.arange(20), rows)
+    measured = np.isfinite(flux[keep]) & np.isfinite(err[keep]) & (err[keep] > 0)
+    assert np.array_equal(got.values[~holes], flux[keep][measured].astype(np.float32))
 
 
 def test_empty_table_is_an_error(tmp_path):

@@ -37,6 +37,39 @@ def test_loss_matches_hand_computation(form):
     assert out["loss"].item() == pytest.approx(expected.sum(), rel=1e-12)
 
 
+@pytest.mark.parametrize("form", ["paper", "elbo"])
+def test_an_unmeasured_input_carries_no_weight(form):
+    """With a mask, the loss is the hand computation over the measured inputs alone (N their
+    number), whatever the unmeasured ones hold (NaN included), and sends them no gradient."""
+    star = dict(x=[1.0, -2.0, 0.5, 4.0], s_x=[0.1, 0.2, 0.3, 0.4],
+                x_hat=[0.8, -1.5, 0.4, -3.0], s_s=[0.05, 0.5, 0.2, 0.1],
+                mu=[0.3, -1.0], logvar=[-0.5, 0.2])
+    measured = {k: (v[:2] + v[3:] if len(v) == 4 else v) for k, v in star.items()}
+    expected = _hand_loss(**measured, form=form)
+    t = {k: torch.tensor([v], dtype=torch.float64) for k, v in star.items()}
+    t["x"][0, 2] = float("nan")
+    t["s_x"][0, 2] = float("nan")
+    x_hat = t["x_hat"].clone().requires_grad_(True)
+    scatter = t["s_s"].clone().requires_grad_(True)
+    observed = torch.tensor([[True, True, False, True]])
+    out = svae_loss(t["x"], t["s_x"], x_hat, scatter, t["mu"], t["logvar"], form=form,
+                    observed=observed)
+    # float64, a handful of terms: a few eps
+    assert out["chi2"].item() == pytest.approx(expected[0], rel=1e-12)
+    assert out["penalty"].item() == pytest.approx(expected[1], rel=1e-12)
+    assert out["kl"].item() == pytest.approx(expected[2], rel=1e-12)
+    out["loss"].backward()
+    assert x_hat.grad[0, 2] == 0 and scatter.grad[0, 2] == 0
+    assert torch.isfinite(x_hat.grad).all() and (x_hat.grad[0, [0, 1, 3]] != 0).all()
+    # every input measured: the mask changes nothing but the order of a few float64 sums
+    full = {k: torch.tensor([v], dtype=torch.float64) for k, v in star.items()}
+    plain = svae_loss(full["x"], full["s_x"], full["x_hat"], full["s_s"], full["mu"],
+                      full["logvar"], form=form)
+    masked = svae_loss(full["x"], full["s_x"], full["x_hat"], full["s_s"], full["mu"],
+                       full["logvar"], form=form, observed=torch.ones(1, 4, dtype=torch.bool))
+    assert masked["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-14)
+
+
 def test_paper_form_weighs_kl_by_n_over_nz_relative_to_elbo():
     torch.manual_seed(0)
     x, s, xh, ss = (torch.rand(4, 110) + 0.1 for _ in range(4))

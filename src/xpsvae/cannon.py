@@ -110,7 +110,8 @@ class Cannon:
 
     def fit(self, spectra: SpectraSet, standardizer: Optional[Standardizer] = None,
             iterations: int = 3, newton_steps: int = 4) -> "Cannon":
-        """Fit on the labelled stars of ``spectra``; stars with a NaN label are left out, counted.
+        """Fit on the labelled stars of ``spectra``; stars with a NaN label, or with some
+        inputs unmeasured, are left out, counted.
 
         Args:
             spectra: training stars with label columns.
@@ -123,7 +124,9 @@ class Cannon:
             self.
         """
         labels = self.labels_of(spectra)
-        has_labels = np.isfinite(labels).all(axis=1)
+        # a partial spectrum (some inputs unmeasured) is left out of the fit, as a star
+        # without a label is
+        has_labels = np.isfinite(labels).all(axis=1) & spectra.observed.all(axis=1)
         n_used = int(has_labels.sum())
         if n_used < 3 * design_matrix(labels[:1]).shape[1]:
             raise SpectraError(f"only {n_used} stars have all of {self.label_names}; too few "
@@ -199,8 +202,9 @@ class Cannon:
             if errors is None:
                 raise ValueError("infer_labels needs the errors of the spectra")
         y, err = self.standardizer.transform(values, errors)
-        y = y.astype(np.float64)
-        inv_var = 1.0 / (err.astype(np.float64) ** 2 + self.scatter ** 2)
+        observed = np.isfinite(y) & np.isfinite(err)  # an unmeasured input: no weight
+        y = np.where(observed, y, 0.0).astype(np.float64)
+        inv_var = np.where(observed, 1.0 / (err.astype(np.float64) ** 2 + self.scatter ** 2), 0.0)
         k = len(self.label_names)
 
         starts = (self.start_labels - self.label_mean) / self.label_std

@@ -2,7 +2,8 @@
 
 Every input shard becomes one output shard (``OUT/part-NNNNN.parquet``) with,
 per star, ``source_id``, ``input_row``, ``latent_mean``, ``latent_std``,
-``reconstruction_chi2_per_dof`` and ``anomaly_score``, and in the file's
+``reconstruction_chi2_per_dof``, ``anomaly_score`` and ``n_observed`` (the
+inputs measured; both figures are per measured input), and in the file's
 metadata the model's format and package version and its standardisation
 statistics. An output shard is written atomically, so a restarted job skips
 the shards already done. The same function runs in-process, on a Dask
@@ -57,6 +58,7 @@ def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.T
             scores["latent_std"].astype(np.float32).ravel(), d),
         "reconstruction_chi2_per_dof": scores["reconstruction_chi2_per_dof"],
         "anomaly_score": scores["anomaly_score"],
+        "n_observed": scores["n_observed"].astype(np.int32),
     })
 
 
@@ -109,7 +111,7 @@ def encoded_table_schema(model: SVAE) -> pa.Schema:
                       ("latent_mean", pa.list_(pa.float32(), d)),
                       ("latent_std", pa.list_(pa.float32(), d)),
                       ("reconstruction_chi2_per_dof", pa.float64()),
-                      ("anomaly_score", pa.float64())])
+                      ("anomaly_score", pa.float64()), ("n_observed", pa.int32())])
 
 
 def input_shards(data: str) -> List[str]:

@@ -40,7 +40,7 @@ from .io.tables import read_table_columns, spectra_from_columns
 #: How a spectrum divided by its own median flux says so (the embedded library's
 #: ``medflux`` convention, and what :func:`read_for_model` writes).
 MEDIAN = "median of the sampled flux"
-_MEDIAN_NAMES = (MEDIAN, "medflux (applied upstream)")
+MEDIAN_NAMES = (MEDIAN, "medflux (applied upstream)")
 
 
 def contract(info: dict, n_inputs: int) -> dict:
@@ -87,6 +87,21 @@ def read_for_model(path: str, wanted: dict) -> SpectraSet:
     return spectra
 
 
+def as_spectra(spectra, errors=None, what: str = "training",
+               wanted: Optional[dict] = None) -> SpectraSet:
+    """A :class:`SpectraSet` from one, from arrays (``spectra`` and ``errors``), or, given a
+    model's contract ``wanted``, from a table file or a store's shard (:func:`read_for_model`)."""
+    if isinstance(spectra, SpectraSet):
+        return spectra
+    if isinstance(spectra, (str, os.PathLike)):
+        if wanted is None:
+            raise SpectraError(f"{what} takes spectra in memory (read_spectra), not a path")
+        return read_for_model(os.fspath(spectra), wanted)
+    if errors is None:
+        raise SpectraError(f"{what} needs errors: pass a SpectraSet or (values, errors)")
+    return SpectraSet.from_arrays(spectra, errors)
+
+
 def _is_store_shard(path: str) -> bool:
     return is_shard_name(path) and \
         os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST))
@@ -111,10 +126,12 @@ def _check_grid(path: str, grid: Optional[np.ndarray], n: int, wanted: dict) -> 
 def _normalised(spectra: SpectraSet, wanted: dict, path: str) -> SpectraSet:
     """Sampled spectra divided as the model's were: by their median flux, where that is the
     model's way (any earlier per-star scale cancels), else they must agree already."""
-    if wanted["normalisation"] in _MEDIAN_NAMES:
-        if spectra.normalisation in _MEDIAN_NAMES:
+    if wanted["normalisation"] in MEDIAN_NAMES:
+        if spectra.normalisation in MEDIAN_NAMES:
             return spectra
-        median = np.median(spectra.values, axis=1)
+        # the median of the measured samples; a partial spectrum's is refined by the model
+        # as it encodes it (xpsvae.model.partial.median_scale)
+        median = _median_of_measured(spectra.values)
         good = median > 0
         values = np.where(good[:, None], spectra.values / np.where(good, median, 1)[:, None],
                           np.nan)
@@ -146,20 +163,26 @@ def _sampled_from_coefficients(path: str, wanted: dict, columns: dict) -> Spectr
                                "errors cannot be propagated from the coefficients; ingest the "
                                "archive's full records (they carry them)")
     n = len(column_to_1d(columns["source_id"]))
-    problems, bands = [], []
+    problems, bands, absent = [], [], []
     for band in BANDS:
         missing = column_to_1d(columns[f"{band}_missing"]).astype(bool) \
             if f"{band}_missing" in columns else np.zeros(n, bool)
-        problems.append((missing, f"no {band.upper()} spectrum"))
+        absent.append((missing, f"no {band.upper()} spectrum"))
         bands.append(tuple(np.nan_to_num(column_to_2d(columns[f"{band}_{name}"], path,
                                                       f"{band}_{name}"))
                            for name in ("coefficients", "coefficient_errors",
                                         "coefficient_correlations")))
     grid = wanted["wavelength_nm"] if wanted["wavelength_nm"] is not None \
         else GAIAXPY_DEFAULT_GRID_NM
-    flux, error = _sampler(tuple(grid)).flux_and_error(*bands)
-    if wanted["normalisation"] in _MEDIAN_NAMES:
-        scale = np.median(flux, axis=1)
+    sampler = _sampler(tuple(grid))
+    flux, error = sampler.flux_and_error(*bands)
+    # a band missing: the samples it contributes to are unmeasured (the row kept, partial)
+    unmeasured = [(missing[:, None] & (sampler.merge[band] > 0)[None, :], reason)
+                  for band, (missing, reason) in zip(BANDS, absent)]
+    for mask, _ in unmeasured:
+        flux[mask], error[mask] = np.nan, np.nan
+    if wanted["normalisation"] in MEDIAN_NAMES:
+        scale = _median_of_measured(flux)
         normalisation = MEDIAN
         problems.append((~(scale > 0), "non-positive median flux"))
     else:
@@ -171,4 +194,13 @@ def _sampled_from_coefficients(path: str, wanted: dict, columns: dict) -> Spectr
     scale = np.where(scale > 0, scale, 1.0)
     return SpectraSet.from_arrays(flux / scale[:, None], error / scale[:, None],
                                   column_to_1d(columns["source_id"]), "sampled", grid,
-                                  None, path, normalisation, problems, allow_empty=True)
+                                  None, path, normalisation, problems, allow_empty=True,
+                                  input_problems=unmeasured)
+
+
+def _median_of_measured(values: np.ndarray) -> np.ndarray:
+    """Per row, the median of its finite values (NaN for a row with none)."""
+    out = np.full(len(values), np.nan)
+    some = np.isfinite(values).any(axis=1)
+    out[some] = np.nanmedian(values[some], axis=1)
+    return out

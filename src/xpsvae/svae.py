@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .conform import MEDIAN_NAMES, as_spectra, contract
 from .core.constants import VERSION
 from .core.errors import ModelFileError, SpectraError
 from .core.files import (
@@ -42,6 +43,7 @@ from .model.folder import (
     write_weights,
 )
 from .model.network import ScatterVAE, SVAEConfig
+from .model.partial import impute, median_scale
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.stream import StoreStream, refuse_a_part_too_large
@@ -49,14 +51,6 @@ from .model.trainer import Trainer, distributed_rank_world, resolve_device
 
 #: Training options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads", "cuda_graph")
-
-
-def _as_spectra(spectra, errors=None, what: str = "training") -> SpectraSet:
-    if isinstance(spectra, SpectraSet):
-        return spectra
-    if errors is None:
-        raise SpectraError(f"{what} needs errors: pass a SpectraSet or (values, errors)")
-    return SpectraSet.from_arrays(spectra, errors)
 
 
 class SVAE:
@@ -98,6 +92,9 @@ class SVAE:
 
         A validation share (``train_config.val_fraction``) is drawn from them
         with ``train_config.seed``; the standardisation is fitted on the rest.
+        Partial spectra (some inputs unmeasured) are left out, and counted in the
+        model's data description: the model learns from complete spectra and
+        fills the holes of partial ones when it encodes them.
 
         Args:
             spectra: a :class:`SpectraSet`, or an array (n_stars, n_inputs)
@@ -114,7 +111,9 @@ class SVAE:
         Returns:
             self, trained.
         """
-        spectra = _as_spectra(spectra, errors)
+        spectra = as_spectra(spectra, errors)
+        complete = spectra.complete()  # a partial spectrum is scored, not learnt from
+        n_partial, spectra = len(spectra) - len(complete), complete
         tc = self.train_config
         n = len(spectra)
         n_val = int(tc.val_fraction * n)
@@ -132,7 +131,8 @@ class SVAE:
         rank, world = distributed_rank_world()
         data_description = {"source": spectra.accounting.source if spectra.accounting else None,
                             "n_stars": n, "n_train": len(train_idx), "n_val": n_val,
-                            "checksum": float(np.float64(spectra.values).sum())}
+                            "checksum": float(np.float64(spectra.values).sum()),
+                            **({"n_partial_left_out": n_partial} if n_partial else {})}
 
         self._start_run(out_dir, resume, data_description, spectra.n_inputs,
                         lambda: Standardizer.fit(spectra.values, train_idx),
@@ -278,6 +278,9 @@ class SVAE:
             raise RuntimeError("the model is not trained: call fit() or SVAE.load() first")
 
     def _values(self, spectra) -> np.ndarray:
+        if isinstance(spectra, (str, os.PathLike)):  # a table file or a store's shard
+            spectra = as_spectra(spectra, what="encode",
+                                 wanted=contract(self.info, self.config.input_dim))
         values = spectra.values if isinstance(spectra, SpectraSet) else np.asarray(spectra)
         if values.ndim == 1:
             values = values[None, :]
@@ -292,7 +295,11 @@ class SVAE:
     @torch.no_grad()
     def _run(self, fn: Callable[[torch.Tensor], Tuple[torch.Tensor, ...]], array: np.ndarray,
              device: str = "cpu", chunk: int = 65536) -> Tuple[np.ndarray, ...]:
-        """Apply ``fn`` to float32 chunks of ``array`` on ``device``; concatenate the outputs."""
+        """Apply ``fn`` to float32 chunks of ``array`` on ``device``; concatenate the outputs.
+
+        A chunk with unmeasured inputs (NaN) reaches ``fn`` with them filled in by the
+        model (:func:`~xpsvae.model.network.impute`); a complete chunk as it is.
+        """
         dev = resolve_device(device)
         # The network stays where it last ran: a catalogue is encoded in many small calls
         # (one per shard), and moving the weights there and back each time costs more than
@@ -303,6 +310,9 @@ class SVAE:
         parts = []
         for i in range(0, array.shape[0], chunk):
             t = torch.from_numpy(np.ascontiguousarray(array[i:i + chunk], dtype=np.float32)).to(dev)
+            observed = torch.isfinite(t)
+            if not bool(observed.all()):
+                t = impute(self.network, t, observed)
             parts.append([o.float().cpu().numpy() for o in fn(t)])
         return tuple(np.concatenate(p) for p in zip(*parts))
 
@@ -310,20 +320,35 @@ class SVAE:
         """Latent mean and standard deviation per star.
 
         Args:
-            spectra: a :class:`SpectraSet` or array (n_stars, n_inputs), in
-                the input's units.
+            spectra: a :class:`SpectraSet`, an array (n_stars, n_inputs) in the
+                input's units, or a table file or store shard, converted to the
+                model's inputs (:mod:`xpsvae.conform`).
             device: where to run.
 
         Returns:
             (latent_mean, latent_std), each (n_stars, latent_dim).
         """
         self._require_trained()
-        x = self.standardizer.transform(self._values(spectra))
+        x = self.standardizer.transform(self._rescaled(self._values(spectra), None, device)[0])
 
         def fn(t):
             mean, logvar = self.network.encode(t)
             return mean, torch.exp(0.5 * logvar)
         return self._run(fn, x, device)
+
+    def _rescaled(self, values: np.ndarray, errors: Optional[np.ndarray], device: str
+                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Partial spectra, for a model of spectra divided by their median flux, divided
+        by the median of the whole spectrum, holes filled (:func:`median_scale`)."""
+        if self.info.get("normalisation") not in MEDIAN_NAMES or np.isfinite(values).all():
+            return values, errors
+
+        def reconstruct(part: np.ndarray) -> np.ndarray:
+            (x_hat,) = self._run(lambda t: (self.network.decode(self.network.encode(t)[0]),),
+                                 self.standardizer.transform(part), device)
+            return self.standardizer.inverse_values(x_hat)
+        scale = median_scale(values, reconstruct)[:, None]
+        return values / scale, None if errors is None else errors / scale
 
     def _check_latent(self, latent) -> np.ndarray:
         latent = np.atleast_2d(np.asarray(latent, dtype=np.float32))
@@ -368,7 +393,8 @@ class SVAE:
             ``latent_std`` (arrays, one row per star).
         """
         self._require_trained()
-        x, err = self.standardizer.transform(self._values(spectra), spectra.errors)
+        x, err = self.standardizer.transform(*self._rescaled(self._values(spectra),
+                                                             spectra.errors, device))
 
         def fn(t):
             out = self.network(t)
@@ -382,25 +408,29 @@ class SVAE:
         """Per star: latents, how well the model reconstructs it, and how unlike it is.
 
         ``anomaly_score`` is the star's negative log-likelihood under the model,
-        per input: the mean over inputs of ``r^2/2 + ln(2 pi w)/2``, with ``w =
+        per measured input: the mean over its measured inputs of ``r^2/2 + ln(2 pi w)/2``, with ``w =
         err^2 + scatter^2`` in standardised units and the reconstruction decoded
         from the latent mean. Rare or broken spectra score high; the stars most
         unlike the others are ``np.argsort(-score(stars)["anomaly_score"])``.
 
         Args:
-            spectra: a :class:`SpectraSet` (``read_spectra``), or an array
+            spectra: a :class:`SpectraSet` (``read_spectra``), an array
                 (n_stars, n_inputs) with ``errors`` of the same shape, in the
-                input's units.
+                input's units, or a table file or store shard, converted to the
+                model's inputs (:mod:`xpsvae.conform`).
             errors: errors when ``spectra`` is an array.
             device: where to run.
 
         Returns:
             dict of arrays, one row per star: ``latent_mean``, ``latent_std``
-            (n, latent_dim), ``reconstruction_chi2_per_dof`` (the mean of r^2)
-            and ``anomaly_score`` (n,).
+            (n, latent_dim), ``reconstruction_chi2_per_dof`` (the mean of r^2
+            over the measured inputs), ``anomaly_score`` and ``n_observed`` (the
+            measured inputs; fewer than all for a partial spectrum, whose holes
+            the model fills to encode it and leaves out of both figures) (n,).
         """
         given = spectra
-        spectra = _as_spectra(spectra, errors, "scoring")
+        spectra = as_spectra(spectra, errors, "scoring",
+                             contract(self.info, self.config.input_dim))
         if not isinstance(given, SpectraSet) and spectra.accounting.rows_set_aside:
             # one score per row given, or none: a row left out would shift every later one
             row, reason, column = spectra.accounting.set_aside[0]
@@ -411,10 +441,11 @@ class SVAE:
                                "each score is")
         out = self.standardised_outputs(spectra, device=device)
         w = out["err"].astype(np.float64) ** 2 + out["scatter"].astype(np.float64) ** 2
-        r2 = (out["x"] - out["x_hat"]) ** 2 / w
+        r2 = (out["x"] - out["x_hat"]) ** 2 / w  # NaN at an unmeasured input: left out
         return {"latent_mean": out["latent_mean"], "latent_std": out["latent_std"],
-                "reconstruction_chi2_per_dof": r2.mean(axis=1),
-                "anomaly_score": 0.5 * (r2 + np.log(2 * np.pi * w)).mean(axis=1)}
+                "reconstruction_chi2_per_dof": np.nanmean(r2, axis=1),
+                "anomaly_score": 0.5 * np.nanmean(r2 + np.log(2 * np.pi * w), axis=1),
+                "n_observed": np.isfinite(r2).sum(axis=1)}
 
     # ------------------------------------------------------------------ files
     def _config_dict(self) -> dict:

@@ -296,8 +296,10 @@ def cmd_ingest(args) -> int:
                       jobs=args.jobs)  # 0: ingest's default for the files the folders hold
     total = manifest["total"]
     print(f"{args.out}: {counted(total['files'], 'file')}, read "
-          f"{counted(total['rows_read'], 'row')}, kept {total['rows_kept']:,}, set aside "
-          f"{total['rows_set_aside']:,} {total['reasons'] or ''}".rstrip())
+          f"{counted(total['rows_read'], 'row')}, kept {total['rows_kept']:,}"
+          + (f" ({total['rows_partial']:,} partial: {total['partial_reasons']})"
+             if total.get("rows_partial") else "")
+          + f", set aside {total['rows_set_aside']:,} {total['reasons'] or ''}".rstrip())
     given = [os.path.abspath(p) for p in paths]
     skipped = [k for k in manifest.get("same_content", {})
                if any(k == g or k.startswith(g.rstrip(os.sep) + os.sep) for g in given)]

@@ -11,7 +11,7 @@ TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int
                  "weight_decay": float, "momentum": float, "lr_decay": float,
                  "loss_form": str, "seed": int, "val_fraction": float, "device": str,
                  "grad_clip": float, "threads": int, "calibrate_epochs": int,
-                 "lr_scaling": str, "lr_reference_batch": int}
+                 "lr_scaling": str, "lr_reference_batch": int, "mask_fraction": float}
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -51,6 +51,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="replay each training step as one captured CUDA graph (GPU, one "
                         "process)")
+    g.add_argument("--mask-fraction", type=float,
+                   help="train on spectra with about this share of their inputs masked at "
+                        "random or at one end, so that the encoder learns partial spectra "
+                        "(0: off, the default; docs/model.md)")
     g.add_argument("--calibrate-epochs", type=int,
                    help="final epochs training only the scatter head on latent-mean "
                         "reconstructions (0: off)")

@@ -83,6 +83,9 @@ def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon]
     Args:
         model: trained sVAE.
         test: held-out stars (labels used for the tails, the Cannon and Figure 2).
+            Partial stars (some inputs unmeasured) get a block of their own,
+            ``svae.partial``, their NLL over their measured inputs; every other
+            figure is on the complete stars.
         out_dir: where ``figures/`` go.
         cannon: a fitted Cannon to compare with, or None.
         latent_stars: stars for Figure 3 and the latent-volume gain (default:
@@ -97,8 +100,18 @@ def assess(model: SVAE, test: SpectraSet, out_dir: str, cannon: Optional[Cannon]
         blocks, ``comparison``, ``latent_volume_gain`` and ``claims``.
     """
     fig_dir = os.path.join(out_dir, "figures")
+    partial = None
+    if outputs is None and not test.observed.all():  # the paper's figures: complete stars
+        whole = test.observed.all(axis=1)
+        partial = test.subset(np.flatnonzero(~whole))
+        test = test.subset(np.flatnonzero(whole))
     out = outputs if outputs is not None else model.standardised_outputs(test, device)
     result = {"svae": evaluate_svae(model, test, outputs=out)}
+    if partial is not None:
+        p = model.standardised_outputs(partial, device)
+        result["svae"]["partial"] = reconstruction_metrics(p["x"], p["err"], p["x_hat"],
+                                                           p["scatter"])
+        result["svae"]["partial"]["mean_observed_inputs"] = float(partial.observed.sum(1).mean())
     r_svae = normalised_errors(out["x"], out["err"], out["x_hat"], out["scatter"])
     plot_normalised_errors(r_svae, os.path.join(fig_dir, f"normalised_errors{figure_suffix}.png"),
                            f"held-out stars, all inputs {progress_title}".strip())

@@ -28,7 +28,8 @@ def reconstruction_metrics(x: np.ndarray, err: np.ndarray, x_hat: np.ndarray,
 
     Returns:
         ``n_stars``; ``mean_nll`` (mean over stars of sum_i r_i^2/2 + ln(w_i)/2,
-        no 2*pi term, no KL); ``std_r``; ``mean_abs_r``; ``frac_abs_r_gt_5`` and
+        no 2*pi term, no KL; the sum over a star's measured inputs, where some
+        are NaN); ``std_r``; ``mean_abs_r``; ``frac_abs_r_gt_5`` and
         ``frac_abs_r_gt_10`` (over all star-inputs); ``median_scatter_over_error``.
     """
     x, err, x_hat = (np.asarray(a, dtype=np.float64) for a in (x, err, x_hat))
@@ -40,7 +41,12 @@ def reconstruction_metrics(x: np.ndarray, err: np.ndarray, x_hat: np.ndarray,
         return {"n_stars": 0}
     w = err ** 2 + scatter ** 2
     r = (x - x_hat) / np.sqrt(w)
-    nll = 0.5 * (r ** 2 + np.log(w)).sum(axis=1)
+    observed = np.isfinite(r)
+    partial = not observed.all()  # an unmeasured input (NaN) is left out of every figure
+    nll = 0.5 * np.where(observed, r ** 2 + np.log(w), 0.0).sum(axis=1) if partial else \
+        0.5 * (r ** 2 + np.log(w)).sum(axis=1)
+    if partial:
+        r = r[observed]
     abs_r = np.abs(r)
     return {
         "n_stars": int(x.shape[0]),

@@ -154,6 +154,14 @@ def write_report(out_dir: str, metrics: dict) -> str:
                          ("low_logg", "Low gravity (logg < 1)")):
         if block in metrics["svae"]:
             lines += [f"### {title}", ""] + _table(metrics, models, block) + [""]
+    part = metrics["svae"].get("partial")
+    if part:
+        lines += ["### Partial stars", "",
+                  f"{part['n_stars']} stars with some inputs unmeasured (on average "
+                  f"{part['mean_observed_inputs']:.0f} measured) are left out of the tables "
+                  "and figures above. Encoded with their holes filled in by the model, they "
+                  f"have a mean NLL of {part['mean_nll']:.1f} over their measured inputs "
+                  f"(std r {part['std_r']:.3f}).", ""]
 
     if "training" in metrics["svae"] and "reference_authors_implementation" in metrics:
         lines += _reference_section(metrics)

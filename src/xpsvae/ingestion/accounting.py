@@ -1,7 +1,8 @@
 """The ingest's bookkeeping: each input file's rows, the source_ids seen, files seen before.
 
 Nothing is silently lost: for every file, ``rows_read = rows_kept +
-rows_set_aside``, each row set aside with its reason (a file refused whole
+rows_set_aside``; ``rows_partial`` of the kept rows have some inputs unmeasured
+(a band missing, NaN values), counted by reason; each row set aside with its reason (a file refused whole
 is listed with its reason and no rows). A duplicate source_id is set aside
 naming the row of the first one.
 """
@@ -27,6 +28,11 @@ class FileAccount:
     rows_read: int = 0
     rows_kept: int = 0
     set_aside: List[dict] = field(default_factory=list)
+    #: Rows kept with some inputs unmeasured, by reason (a band missing, NaN inputs).
+    partial: Counter = field(default_factory=Counter)
+
+    def add_partial(self, reason: str, rows: int = 1) -> None:
+        self.partial[reason] += rows
 
     def add_set_aside(self, row: int, reason: str, raw: Optional[str] = None) -> None:
         self.set_aside.append({"input_file": self.path, "input_row": row,
@@ -36,7 +42,8 @@ class FileAccount:
         rows = [r for r in self.set_aside if r["input_row"] >= 0]  # row -1: the whole file
         out = {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
                "rows_set_aside": len(rows),
-               "reasons": dict(Counter(r["reason"].split(":")[0] for r in self.set_aside))}
+               "reasons": dict(Counter(r["reason"].split(":")[0] for r in self.set_aside)),
+               "rows_partial": sum(self.partial.values()), "partial_reasons": dict(self.partial)}
         refused = [r["reason"] for r in self.set_aside if r["input_row"] < 0]
         if refused:  # the reason, without the "file refused: " every such one starts with
             out["refused"] = refused[0].split(": ", 1)[-1]
@@ -155,12 +162,15 @@ class SameContent:
 
 def totals(files: dict) -> dict:
     reasons: Counter = Counter()
+    partial: Counter = Counter()
     for f in files.values():
         reasons.update(f["reasons"])
+        partial.update(f.get("partial_reasons", {}))  # stores from before counted none
     return {"files": len(files), "rows_read": sum(f["rows_read"] for f in files.values()),
             "rows_kept": sum(f["rows_kept"] for f in files.values()),
             "rows_set_aside": sum(f["rows_set_aside"] for f in files.values()),
-            "reasons": dict(reasons)}
+            "reasons": dict(reasons), "rows_partial": sum(partial.values()),
+            "partial_reasons": dict(partial)}
 
 
 def ids_in_store(store: str, manifest: dict, progress: bool = False) -> SeenIds:

@@ -27,6 +27,7 @@ from .records import (
     is_sampled_record,
     normalise_record,
     normalise_sampled_record,
+    partial_reason,
     sampled_grid,
 )
 from .writer import write_shard
@@ -45,6 +46,13 @@ def normalise_batch(batch: Batch, account: "FileAccount",
     """
     schema = BATCH_SCHEMA if grid is None else SAMPLED_BATCH_SCHEMA
     fast = batch.table
+    if grid is None and fast is not None and fast.num_rows:
+        # The fast path keeps a row with a band missing whole (its other inputs all good):
+        # partial. A row with any other missing input it leaves to the exact reader below.
+        for band in ("bp", "rp"):
+            n = int(pc.sum(fast.column(f"{band}_missing")).as_py() or 0)
+            if n:
+                account.add_partial(f"no {band.upper()} spectrum", n)
     if grid is not None and fast is not None and fast.num_rows:
         # The fast path checked all but the grid's length, which the store decides.
         n_flux = pc.list_value_length(fast.column("flux")).to_numpy(zero_copy_only=False)
@@ -65,6 +73,9 @@ def normalise_batch(batch: Batch, account: "FileAccount",
             account.add_set_aside(number, str(exc), raw)
             continue
         row["input_row"] = number
+        why = partial_reason(row)
+        if why:
+            account.add_partial(why)
         rows.append(row)
     tables = [t for t in (fast, pa.Table.from_pylist(rows, schema=schema) if rows
                           else None) if t is not None and t.num_rows]

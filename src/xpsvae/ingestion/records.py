@@ -162,11 +162,6 @@ def normalise_record(record: dict) -> dict:
         if corr is not None and len(corr) != n * (n - 1) // 2:
             raise XPParseError(f"{band}_coefficient_correlations: {len(corr)} values, expected "
                                f"{n * (n - 1) // 2}")
-        if not np.isfinite(coeff).all():
-            raise XPParseError(f"NaN or inf in a coefficient: {band}_coefficients[{int(np.flatnonzero(~np.isfinite(coeff))[0])}]")
-        if not (np.isfinite(errors) & (errors > 0)).all():
-            raise XPParseError(f"zero, negative or non-finite error: {band}_coefficient_errors"
-                               f"[{int(np.flatnonzero(~(np.isfinite(errors) & (errors > 0)))[0])}]")
         basis = _as_number(record.get(f"{band}_basis_function_id"))
         if basis is not None and int(basis) not in DR3_BASIS_IDS[band]:
             raise XPParseError(f"unknown basis id: {band}_basis_function_id = {int(basis)} "
@@ -204,12 +199,6 @@ def normalise_sampled_record(record: dict, n_samples: int) -> dict:
     if errors is None or len(errors) != len(flux):
         raise XPParseError(f"flux_error: {'missing' if errors is None else len(errors)} values "
                            f"for {len(flux)} samples")
-    if not np.isfinite(flux).all():
-        raise XPParseError(f"NaN or inf in flux[{int(np.flatnonzero(~np.isfinite(flux))[0])}]")
-    bad = ~(np.isfinite(errors) & (errors > 0))
-    if bad.any():
-        raise XPParseError(f"zero, negative or non-finite error: flux_error"
-                           f"[{int(np.flatnonzero(bad)[0])}]")
     out.update(flux=flux, flux_error=errors)
     return out
 
@@ -252,3 +241,29 @@ def sampled_grid(name: str, record: dict, wavelength: Optional[np.ndarray]) -> n
                            f"that length (give one: xpsvae ingest --wavelength START,STOP,STEP, a "
                            "'wavelength' column, or GaiaXPy's <name>_sampling.csv beside the file)")
     return grid
+
+
+#: Why a row kept with inputs that carry no measurement is partial.
+MISSING_INPUTS = "missing inputs (a NaN or infinite value, or an error not finite and positive)"
+
+
+def partial_reason(row: dict) -> Optional[str]:
+    """Why a normalised row is partial (kept, with some inputs unmeasured), or None.
+
+    A band missing whole, or inputs whose value is not finite or whose error is not
+    finite and positive: the row is kept, and a model reading it leaves those inputs
+    out of its likelihood (:mod:`xpsvae.io.spectra`).
+    """
+    if "flux" in row:
+        pairs = [("flux", "flux_error")]
+    else:
+        for band in BANDS:
+            if row.get(f"{band}_missing"):
+                return f"no {band.upper()} spectrum"
+        pairs = [(f"{b}_coefficients", f"{b}_coefficient_errors") for b in BANDS]
+    for value, error in pairs:
+        values = np.asarray(row[value], dtype=np.float64)
+        errors = np.asarray(row[error], dtype=np.float64)
+        if not (np.isfinite(values) & np.isfinite(errors) & (errors > 0)).all():
+            return MISSING_INPUTS
+    return None

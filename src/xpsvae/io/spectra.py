@@ -1,23 +1,35 @@
 """The spectra the model trains on and encodes, and the account of every row read.
 
 A :class:`SpectraSet` holds one row per star: ``values`` and ``errors`` of
-shape (n_stars, n_inputs), source ids and any label columns. Rows with a
-non-finite value or error, a non-positive error, or a missing or
-non-positive G flux are set aside: counted and listed with their row number
-and reason in :class:`RowAccounting`, never silently dropped.
+shape (n_stars, n_inputs), source ids and any label columns.
+
+An input with a non-finite value or error, or a non-positive error (a masked
+sample, a band missing whole) carries no measurement: it is NaN in both
+arrays, and its row is kept as *partial*, counted by reason. A model leaves
+such inputs out of its likelihood. A row with fewer than
+:data:`MIN_OBSERVED_FRACTION` of its inputs measured, or with a whole-row
+problem (a missing or non-positive G flux), is set aside. Every row is
+counted and each one set aside is listed with its row number and reason in
+:class:`RowAccounting`, never silently dropped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from ..core.constants import GAIAXPY_DEFAULT_GRID_NM
 from ..core.errors import SpectraError
+
+#: The least share of a spectrum's inputs that must be measured for its row to be kept
+#: (partial) rather than set aside: half, so that a spectrum with one of its two bands
+#: missing whole is kept. Below it the latent would rest on more extrapolation than data
+#: (benchmarks/masked_inputs.py measures the latent shift as inputs go missing).
+MIN_OBSERVED_FRACTION = 0.5
 
 
 @dataclass
@@ -27,6 +39,8 @@ class RowAccounting:
     Attributes:
         source: file (or description) the rows came from.
         rows_read: rows in the input.
+        partial: list of (row_number, reason, column) for rows kept with some
+            inputs unmeasured (NaN in the set).
         set_aside: list of (row_number, reason, column) for rejected rows:
             0-based row number, the reason, and the first offending input
             column (index into the spectrum).
@@ -36,6 +50,8 @@ class RowAccounting:
     rows_read: int = 0
     set_aside: List[tuple] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    #: (row_number, reason, first unmeasured input) for each row kept with inputs missing.
+    partial: List[tuple] = field(default_factory=list)
 
     @property
     def rows_set_aside(self) -> int:
@@ -45,19 +61,30 @@ class RowAccounting:
     def rows_kept(self) -> int:
         return self.rows_read - self.rows_set_aside
 
+    @property
+    def rows_partial(self) -> int:
+        return len(self.partial)
+
     def reasons(self) -> Dict[str, int]:
         return dict(Counter(reason for _, reason, _ in self.set_aside))
+
+    def partial_reasons(self) -> Dict[str, int]:
+        return dict(Counter(reason for _, reason, _ in self.partial))
 
     def to_dict(self, max_rows_listed: int = 1000) -> dict:
         return {"source": self.source, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
                 "rows_set_aside": self.rows_set_aside, "reasons": self.reasons(),
                 "set_aside_rows": [{"row": int(r), "reason": why, "input_column": int(c)}
                                    for r, why, c in self.set_aside[:max_rows_listed]],
+                "rows_partial": self.rows_partial, "partial_reasons": self.partial_reasons(),
                 "notes": list(self.notes)}
 
     def summary(self) -> str:
-        text = (f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}, "
-                f"set aside {self.rows_set_aside}")
+        text = f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}"
+        if self.partial:
+            text += f" ({self.rows_partial} partial: " + "; ".join(
+                f"{n} {why}" for why, n in self.partial_reasons().items()) + ")"
+        text += f", set aside {self.rows_set_aside}"
         if self.set_aside:
             text += " (" + "; ".join(f"{n} {why}" for why, n in self.reasons().items()) + ")"
         return text
@@ -70,7 +97,8 @@ class SpectraSet:
     Attributes:
         values: float32 array (n_stars, n_inputs): flux samples or G-flux
             normalised coefficients.
-        errors: float32 array (n_stars, n_inputs), all positive.
+        errors: float32 array (n_stars, n_inputs), positive; an input not
+            measured is NaN here and in ``values`` (a partial row).
         source_id: int64 array (n_stars,).
         kind: ``sampled`` or ``coefficients``.
         wavelength_nm: grid of sampled spectra (None for coefficients or an
@@ -100,6 +128,16 @@ class SpectraSet:
         return self.values.shape[0]
 
     @property
+    def observed(self) -> np.ndarray:
+        """(n_stars, n_inputs) bool: which inputs carry a measurement."""
+        return np.isfinite(self.values)
+
+    def complete(self) -> "SpectraSet":
+        """The stars with every input measured (``self`` if all are)."""
+        whole = self.observed.all(axis=1)
+        return self if whole.all() else self.subset(np.flatnonzero(whole))
+
+    @property
     def n_inputs(self) -> int:
         return self.values.shape[1]
 
@@ -124,8 +162,8 @@ class SpectraSet:
     def from_arrays(cls, values, errors, source_id=None, kind: str = "sampled",
                     wavelength_nm=None, labels: Optional[pd.DataFrame] = None,
                     source: str = "<arrays>", normalisation: str = "none",
-                    row_problems: Sequence[tuple] = (), allow_empty: bool = False
-                    ) -> "SpectraSet":
+                    row_problems: Sequence[tuple] = (), allow_empty: bool = False,
+                    input_problems: Sequence[tuple] = ()) -> "SpectraSet":
         """Validate arrays into a set; bad rows are set aside and counted.
 
         Args:
@@ -137,8 +175,10 @@ class SpectraSet:
             labels: optional per-star DataFrame (n_stars rows).
             source: name used in messages.
             normalisation: how brightness was removed, recorded with the model.
-            row_problems: (mask, reason) pairs checked before the numeric checks,
-                e.g. a missing band or a missing G flux.
+            row_problems: (mask, reason) pairs checked before the numeric checks
+                that set a row aside, e.g. a missing G flux.
+            input_problems: ((n_stars, n_inputs) mask, reason) pairs of inputs
+                not measured, e.g. a band missing: the row is kept, partial.
             allow_empty: return an empty set, with its accounting, where every
                 row is set aside (a store's shard read alone) instead of raising.
 
@@ -168,7 +208,8 @@ class SpectraSet:
             raise SpectraError(f"{source}: source_id has shape {source_id.shape}, expected ({n},)")
         if labels is not None and len(labels) != n:
             raise SpectraError(f"{source}: labels have {len(labels)} rows, spectra {n}")
-        keep = set_aside_bad_rows(values, errors, accounting, row_problems)
+        keep, values, errors = set_aside_bad_rows(values, errors, accounting, row_problems,
+                                                  input_problems)
         if not keep.any() and not allow_empty:
             raise SpectraError(f"{accounting.summary()}: no usable row left")
         note_duplicates(source_id[keep], accounting)
@@ -195,22 +236,39 @@ def note_duplicates(source_id: np.ndarray, accounting: RowAccounting) -> None:
 
 
 def set_aside_bad_rows(values: np.ndarray, errors: np.ndarray, accounting: RowAccounting,
-                       row_problems: Sequence[tuple] = ()) -> np.ndarray:
-    """Mask of usable rows; each other row is recorded with the first problem found."""
-    checks = [(np.broadcast_to(np.asarray(mask, bool)[:, None], values.shape), reason)
-              for mask, reason in row_problems] + [
+                       row_problems: Sequence[tuple] = (), input_problems: Sequence[tuple] = ()
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows kept, values, errors): each row set aside is recorded with the first problem
+    found; each row kept with inputs unmeasured is recorded as partial, those inputs NaN
+    in the values and errors returned (new arrays; the ones given are left as they are)."""
+    keep = np.ones(values.shape[0], dtype=bool)
+    for mask, reason in row_problems:
+        rows = np.flatnonzero(np.asarray(mask, bool) & keep)
+        accounting.set_aside.extend((r, reason, 0) for r in rows.tolist())
+        keep[rows] = False
+    unmeasured = [(np.asarray(mask, bool), reason) for mask, reason in input_problems] + [
         (~np.isfinite(values), "non-finite value"),
         (~np.isfinite(errors), "non-finite error"),
-        (errors <= 0, "zero or negative error"),
+        (~(errors > 0), "zero or negative error"),
     ]
-    keep = np.ones(values.shape[0], dtype=bool)
-    for bad, reason in checks:
-        rows = np.flatnonzero(bad.any(axis=1) & keep)
-        first_column = bad[rows].argmax(axis=1)
-        accounting.set_aside.extend(zip(rows.tolist(), [reason] * len(rows),
-                                        first_column.tolist()))
-        keep[rows] = False
+    missing = np.zeros(values.shape, dtype=bool)
+    why = np.full(values.shape[0], -1)
+    for k, (mask, _) in enumerate(unmeasured):
+        why[(why < 0) & mask.any(axis=1)] = k
+        missing |= mask
+    n_inputs = values.shape[1]
+    least = int(np.ceil(MIN_OBSERVED_FRACTION * n_inputs))
+    observed = n_inputs - missing.sum(axis=1)
+    rows = np.flatnonzero((observed < least) & keep)
+    accounting.set_aside.extend(
+        (r, f"fewer than {least} of its {n_inputs} inputs measured",
+         int(missing[r].argmax())) for r in rows.tolist())
+    keep[rows] = False
     accounting.set_aside.sort()
-    return keep
-
-
+    partial = np.flatnonzero(missing.any(axis=1) & keep)
+    accounting.partial.extend((r, unmeasured[why[r]][1], int(missing[r].argmax()))
+                              for r in partial.tolist())
+    if len(partial):
+        values = np.where(missing, np.nan, values)
+        errors = np.where(missing, np.nan, errors)
+    return keep, values, errors

@@ -168,6 +168,8 @@ class Store:
             accounting.rows_read += part.accounting.rows_read
             accounting.set_aside.extend((r + offset, why, c)
                                         for r, why, c in part.accounting.set_aside)
+            accounting.partial.extend((r + offset, why, c)
+                                      for r, why, c in part.accounting.partial)
             accounting.notes.extend(n for n in part.accounting.notes
                                     if DUPLICATES_NOTE not in n and n not in accounting.notes)
             source_ids.append(part.source_id)

@@ -104,6 +104,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
     used = {sid_name}
     normalisation = "none"
     row_problems: List[tuple] = []
+    input_problems: List[tuple] = []  # inputs not measured: the row kept, partial
     if all(c in columns for c in SAMPLED_COLUMNS):
         kind = "sampled"
         widths = widths or {}
@@ -122,11 +123,18 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
         values, errors, flat_used = _coefficient_arrays(columns, source, widths or {})
         used.update(flat_used)
         wavelength = None
-        for band in BANDS:
+        half = values.shape[1] // 2  # BP's coefficients, then RP's, as many each
+        for k, band in enumerate(BANDS):
             if f"{band}_missing" in columns:
                 missing = column_to_1d(columns[f"{band}_missing"]).astype(bool)
-                row_problems.append((missing, f"no {band.upper()} spectrum"))
+                band_inputs = np.zeros(values.shape, dtype=bool)
+                band_inputs[missing, k * half:(k + 1) * half] = True
+                input_problems.append((band_inputs, f"no {band.upper()} spectrum"))
                 used.add(f"{band}_missing")
+        for band_inputs, reason in input_problems:  # the synthetic G needs both bands
+            row_problems.append((band_inputs.any(axis=1) & ~_has_g(columns),
+                                 f"{reason}, so no synthetic G flux (ingest with --gaia-source "
+                                 "for the archive's phot_g_mean_flux)"))
         values, errors = _divide_by_g(columns, source, values, errors, row_problems)
         used.add("phot_g_mean_flux")
         normalisation = "phot_g_mean_flux"
@@ -152,7 +160,15 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
         wl = np.asarray(wl, dtype=np.float64)
         wavelength = wl if wl.shape == (values.shape[1],) else None
     return SpectraSet.from_arrays(values, errors, source_id, kind, wavelength, labels, source,
-                                  normalisation, row_problems, allow_empty)
+                                  normalisation, row_problems, allow_empty, input_problems)
+
+
+def _has_g(columns: Dict[str, object]) -> np.ndarray:
+    """Rows with a usable G flux (all False without the column)."""
+    if "phot_g_mean_flux" not in columns:
+        return np.zeros(len(column_to_1d(next(iter(columns.values())))), dtype=bool)
+    g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
+    return np.isfinite(g_flux) & (g_flux > 0)
 
 
 def _divide_by_g(columns: Dict[str, object], source: str, values: np.ndarray,
@@ -164,7 +180,7 @@ def _divide_by_g(columns: Dict[str, object], source: str, values: np.ndarray,
             "joined on source_id) is needed to remove brightness (Laroche & Speagle 2023, "
             "Section 2.1)")
     g_flux = column_to_1d(columns["phot_g_mean_flux"]).astype(np.float64)
-    good_g = np.isfinite(g_flux) & (g_flux > 0)
+    good_g = _has_g(columns)
     row_problems.append((~good_g, "missing or non-positive phot_g_mean_flux"))
     g_flux = np.where(good_g, g_flux, np.nan)
     return values / g_flux[:, None], errors / g_flux[:, None]

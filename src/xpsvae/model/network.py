@@ -14,7 +14,7 @@ The loss (the paper's eqs 1-5) lives in :func:`svae_loss`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -166,7 +166,8 @@ class ScatterVAE(nn.Module):
 
 def svae_loss(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Tensor,
               scatter: torch.Tensor, latent_mean: torch.Tensor,
-              latent_logvar: torch.Tensor, form: str = "paper") -> Dict[str, torch.Tensor]:
+              latent_logvar: torch.Tensor, form: str = "paper",
+              observed: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """The sVAE loss (the paper's eqs 1-5), per star, averaged over the batch.
 
     With N inputs and n_Z latent dimensions, ``w_i = s_x,i^2 + s_s,i^2`` and::
@@ -180,23 +181,34 @@ def svae_loss(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Tensor,
     textbook negative ELBO up to a constant, where the paper's form weighs the
     KL by N/n_Z relative to it.
 
+    With ``observed``, the sums over i run over a star's measured inputs only
+    (an unmeasured one carries no weight in chi2 or P), and N is their number.
+
     Args:
         x, x_err, x_hat, scatter: shape (batch, N), standardised units.
         latent_mean, latent_logvar: shape (batch, n_Z).
         form: ``paper`` or ``elbo``.
+        observed: bool (batch, N), the measured inputs; None: all of them.
 
     Returns:
         dict of scalar tensors ``loss``, ``chi2``, ``penalty``, ``kl``.
     """
     if form not in LOSS_FORMS:
         raise ValueError(f"loss form must be one of {LOSS_FORMS}, got {form!r}")
+    if observed is not None:  # unmeasured inputs: finite stand-ins, then weight 0
+        x, x_err = torch.where(observed, x, x_hat.detach()), torch.where(observed, x_err, 1.0)
     w = x_err ** 2 + scatter ** 2
     chi2_i = (x - x_hat) ** 2 / w
     penalty_i = torch.log(w)
     kl_j = latent_mean ** 2 + torch.exp(latent_logvar) - 1.0 - latent_logvar
     reduce = torch.mean if form == "paper" else torch.sum
-    chi2 = 0.5 * reduce(chi2_i, dim=-1).mean()
-    penalty = 0.5 * reduce(penalty_i, dim=-1).mean()
+    if observed is None:
+        chi2 = 0.5 * reduce(chi2_i, dim=-1).mean()
+        penalty = 0.5 * reduce(penalty_i, dim=-1).mean()
+    else:
+        n = observed.sum(dim=-1).clamp(min=1) if form == "paper" else 1.0
+        chi2 = 0.5 * ((chi2_i * observed).sum(dim=-1) / n).mean()
+        penalty = 0.5 * ((penalty_i * observed).sum(dim=-1) / n).mean()
     kl = 0.5 * reduce(kl_j, dim=-1).mean()
     return {"loss": chi2 + penalty + kl, "chi2": chi2, "penalty": penalty, "kl": kl}
 

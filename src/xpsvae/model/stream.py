@@ -38,6 +38,9 @@ from ..io.spectra import SpectraSet
 from ..io.store import read_shard, store_shards
 from .preprocess import Standardizer
 
+#: Why a partial spectrum (some inputs unmeasured) is left out of training.
+PARTIAL_NOT_TRAINED = "partial (some inputs unmeasured): scored, not trained on"
+
 
 def is_validation(source_id: np.ndarray, val_fraction: float) -> np.ndarray:
     """The validation share, by a hash of source_id (splitmix64): stable under any sharding."""
@@ -122,6 +125,12 @@ class StoreStream:
             for key in ("rows_read", "rows_kept", "rows_set_aside"):
                 accounting[key] += getattr(spectra.accounting, key)
             accounting["reasons"].update(spectra.accounting.reasons())
+            whole = spectra.complete()  # a partial spectrum is scored, not learnt from
+            if len(whole) < len(spectra):
+                accounting["rows_kept"] -= len(spectra) - len(whole)
+                accounting["rows_set_aside"] += len(spectra) - len(whole)
+                accounting["reasons"][PARTIAL_NOT_TRAINED] += len(spectra) - len(whole)
+                spectra = whole
             example = example or spectra
             val = is_validation(spectra.source_id, val_fraction) if spectra.source_id is not None \
                 else np.zeros(len(spectra), bool)
@@ -224,7 +233,7 @@ class StoreStream:
         if path in self.cache:
             return (np.load(self.cache[path][0], mmap_mode="r"),
                     np.load(self.cache[path][1], mmap_mode="r"))
-        shard = read_shard(path)
+        shard = read_shard(path).complete()  # as the scan counted them
         train = ~self._val(shard)
         return shard.values[train], shard.errors[train]
 

@@ -29,6 +29,7 @@ from ..core.errors import ModelFileError, TrainingDiverged
 from ..core.files import CHECKPOINT_NAME, HISTORY_NAME, atomic_path
 from .graphstep import GraphedStep
 from .network import ScatterVAE, svae_loss
+from .partial import draw_observed, impute
 from .recipe import TrainConfig
 
 TERMS = ("loss", "chi2", "penalty", "kl")
@@ -108,12 +109,17 @@ class Trainer:
         """Forward pass and loss terms of one batch (compiled as one graph with ``compile``,
         so the loss's element-wise work fuses with the heads' last layers)."""
         # no autocast weight cache: a CUDA graph must not capture a cache that empties
+        observed = None
+        if self.config.mask_fraction:  # a partial spectrum, filled in as encoding fills it
+            observed = draw_observed(x, self.config.mask_fraction, self.generator)
+            with torch.no_grad():
+                x = impute(self.model, x, observed, rounds=1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp,
                             cache_enabled=not self.config.cuda_graph):
             out = self.forward(x, noise)
         return svae_loss(x, err, out["x_hat"].float(), out["scatter"].float(),
                          out["latent_mean"].float(), out["latent_logvar"].float(),
-                         self.config.loss_form)
+                         self.config.loss_form, observed)
 
     # ------------------------------------------------------------------ recipe
     def _make_optimizer(self) -> torch.optim.Optimizer:
