@@ -20,6 +20,7 @@ import os
 from typing import List, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -42,6 +43,7 @@ from .core.files import (
 from .core.files import MANIFEST as STORE_MANIFEST
 from .io.spectra import SpectraSet
 from .io.store import store_shards
+from .labels.model import LabelModel
 from .svae import SVAE
 
 
@@ -76,8 +78,12 @@ def _load_model(model_dir: str) -> SVAE:
     return SVAE.load(model_dir)  # once per worker process, not once per shard
 
 
-def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
+def encode_shard(model_dir: str, shard: str, out_path: str,
+                 labels_dir: Optional[str] = None) -> dict:
     """Encode one input table into one output shard; returns its row accounting.
+
+    With ``labels_dir``, a label model of the same sVAE (``xpsvae labels fit``),
+    its label columns are added (:func:`with_labels`).
 
     Runs with one torch thread, so that every worker gives bit-identical
     results whatever its machine's thread count. Of a store's shard only the
@@ -90,9 +96,12 @@ def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
         try:
             spectra = read_for_model(shard, contract(model.info, model.config.input_dim))
             table = encoded_table(model, spectra)
+            if labels_dir:
+                table = with_labels(table, _load_labels(labels_dir).predict(spectra))
             accounting = spectra.accounting.to_dict(max_rows_listed=100)
         except SpectraError as exc:  # e.g. every row of the shard set aside
-            table = encoded_table_schema(model).empty_table()
+            table = encoded_table_schema(
+                model, _load_labels(labels_dir).labels if labels_dir else ()).empty_table()
             accounting = {"source": shard, "error": str(exc)}
     finally:
         torch.set_num_threads(threads)
@@ -105,13 +114,41 @@ def encode_shard(model_dir: str, shard: str, out_path: str) -> dict:
             "accounting": accounting}
 
 
-def encoded_table_schema(model: SVAE) -> pa.Schema:
+def encoded_table_schema(model: SVAE, labels: Sequence[str] = ()) -> pa.Schema:
     d = model.config.latent_dim
     return pa.schema([("source_id", pa.int64()), ("input_row", pa.int64()),
                       ("latent_mean", pa.list_(pa.float32(), d)),
                       ("latent_std", pa.list_(pa.float32(), d)),
                       ("reconstruction_chi2_per_dof", pa.float64()),
-                      ("anomaly_score", pa.float64()), ("n_observed", pa.int32())])
+                      ("anomaly_score", pa.float64()), ("n_observed", pa.int32())]
+                     + [(f"{name}{suffix}", pa.float64()) for name in labels
+                        for suffix in ("", "_err")]
+                     + ([("labels_ood", pa.bool_())] if labels else []))
+
+
+def with_labels(table: pa.Table, labels: pd.DataFrame) -> pa.Table:
+    """``table`` (:func:`encoded_table`) with the label columns of ``LabelModel.predict``
+    of the same stars, in the same order."""
+    for name in labels.columns:
+        if name not in ("source_id", "input_row"):
+            table = table.append_column(name, pa.array(labels[name].to_numpy()))
+    return table
+
+
+@functools.lru_cache(maxsize=2)
+def _load_labels(labels_dir: str) -> LabelModel:
+    return LabelModel.load(labels_dir)  # once per worker process
+
+
+def check_labels_fit(model: SVAE, labels_dir: str) -> None:
+    """Refuse a label model fitted on another sVAE than ``model`` (its latents and its
+    labels would describe two models)."""
+    theirs = _load_labels(labels_dir).svae.network.state_dict()
+    ours = model.network.state_dict()
+    if set(theirs) != set(ours) or any(not torch.equal(theirs[k], ours[k]) for k in ours):
+        raise SpectraError(f"{labels_dir}: a label model of another sVAE than the one "
+                           "encoding; encode with the sVAE it was fitted on (its copy is in "
+                           f"{labels_dir}/svae)")
 
 
 def input_shards(data: str) -> List[str]:
@@ -120,7 +157,8 @@ def input_shards(data: str) -> List[str]:
 
 
 def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[str] = None,
-                 workers: int = 0, progress: bool = True) -> dict:
+                 workers: int = 0, progress: bool = True,
+                 labels_dir: Optional[str] = None) -> dict:
     """Encode every shard of a store into ``out_dir``; shards already encoded are skipped.
 
     Args:
@@ -131,6 +169,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
             ``workers`` single-threaded processes) or a Dask scheduler address.
         workers: processes of the local cluster (0: :func:`default_encode_workers`).
         progress: show a progress bar.
+        labels_dir: a label model of the same sVAE: its labels added to every shard.
 
     Returns:
         The output manifest.
@@ -140,10 +179,13 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     _refuse_a_store_as_output(data, out_dir)
     shards = input_shards(data)
     _check_model_takes(model, model_dir, data, shards[0])
+    if labels_dir:
+        labels_dir = os.path.abspath(labels_dir)
+        check_labels_fit(model, labels_dir)
     os.makedirs(out_dir, exist_ok=True)
     jobs = [(s, os.path.join(out_dir, shard_name(i))) for i, s in enumerate(shards)]
     todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped
-    results = _run(model_dir, todo, scheduler, workers, progress)
+    results = _run(model_dir, todo, scheduler, workers, progress, labels_dir)
     done = {r["output"]: r for r in results}
     previous = read_encoded_manifest(out_dir)
     for entry in previous.get("shards", []):
@@ -199,11 +241,11 @@ def default_encode_workers(n_shards: int) -> int:
 
 
 def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], workers: int,
-         progress: bool) -> List[dict]:
+         progress: bool, labels_dir: Optional[str] = None) -> List[dict]:
     if not todo:
         return []
     if scheduler is None:
-        return [encode_shard(model_dir, s, o)
+        return [encode_shard(model_dir, s, o, labels_dir)
                 for s, o in tqdm(todo, desc="encode", unit="shard", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed  # optional: [dask]
     cluster = None
@@ -215,7 +257,8 @@ def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], worker
     else:
         client = Client(scheduler)
     try:
-        futures = [client.submit(encode_shard, model_dir, s, o, pure=False) for s, o in todo]
+        futures = [client.submit(encode_shard, model_dir, s, o, labels_dir, pure=False)
+                   for s, o in todo]
         results = []
         for future in tqdm(as_completed(futures), total=len(futures), desc="encode",
                            unit="shard", disable=not progress):

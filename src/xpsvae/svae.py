@@ -328,12 +328,18 @@ class SVAE:
         Returns:
             (latent_mean, latent_std), each (n_stars, latent_dim).
         """
-        self._require_trained()
-        x = self.standardizer.transform(self._rescaled(self._values(spectra), None, device)[0])
-
         def fn(t):
             mean, logvar = self.network.encode(t)
             return mean, torch.exp(0.5 * logvar)
+        return self.apply(fn, spectra, device)
+
+    def apply(self, fn: Callable[[torch.Tensor], Tuple[torch.Tensor, ...]], spectra,
+              device: str = "cpu") -> Tuple[np.ndarray, ...]:
+        """``fn`` of the network's input, the stars' standardised spectra (holes filled in),
+        chunk by chunk; its outputs as arrays, one row per star. Spectra as for
+        :meth:`encode`."""
+        self._require_trained()
+        x = self.standardizer.transform(self._rescaled(self._values(spectra), None, device)[0])
         return self._run(fn, x, device)
 
     def _rescaled(self, values: np.ndarray, errors: Optional[np.ndarray], device: str

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 from ..core.errors import TrainingDiverged
-from . import checks, commands
+from . import checks, commands, label_commands
 from .parser import build_parser
 
 
@@ -39,7 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if int(os.environ.get("RANK", "0")) != 0:
             args.quiet = True  # one progress bar, from rank 0
     try:
-        return getattr(commands, f"cmd_{args.func}")(args)
+        name = f"cmd_{args.func}"
+        return (getattr(commands, name, None) or getattr(label_commands, name))(args)
     except _user_errors() as exc:
         print(f"xpsvae {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -158,9 +158,10 @@ def _check_output(args) -> None:
     elif args.func in ("demo", "evaluate"):
         taken = [n for n in (METRICS_FILE, REPORT_FILE) if os.path.exists(os.path.join(out, n))]
         way = "add --overwrite to replace it, or give another --out"
-    elif args.func == "cannon_fit":
-        taken = [n for n in (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE)
-                 if os.path.exists(os.path.join(out, n))]
+    elif args.func in ("cannon_fit", "labels_fit"):
+        names = (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE) if args.func == "cannon_fit" \
+            else ("head.json", "head.safetensors", "svae")
+        taken = [n for n in names if os.path.exists(os.path.join(out, n))]
         way = "add --overwrite to replace it, or give another --out"
     else:
         taken = [out] if os.path.exists(out) else []

@@ -117,18 +117,25 @@ def cmd_train(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from ..catalog import encode_store, encoded_table, model_metadata  # PyTorch, only here
+    # PyTorch, imported only by the commands that use it:
+    from ..catalog import check_labels_fit, encode_store, encoded_table, model_metadata, with_labels
+    from ..labels import LabelModel
     from ..svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
         manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
-                                workers=args.workers, progress=not args.quiet)
+                                workers=args.workers, progress=not args.quiet,
+                                labels_dir=args.labels)
         print(f"encoded {manifest['rows']} stars in {len(manifest['shards'])} shards to "
               f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
     model = SVAE.load(args.model)
+    if args.labels:
+        check_labels_fit(model, os.path.abspath(args.labels))
     spectra = read_for_model(args.data, contract(model.info, model.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
     table = encoded_table(model, spectra, device=args.device)
+    if args.labels:
+        table = with_labels(table, LabelModel.load(args.labels).predict(spectra, args.device))
     meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
             "accounting": spectra.accounting.to_dict(100)}
     _write_parquet(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)

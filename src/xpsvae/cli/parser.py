@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0,
                    help="processes of the local cluster (default: one per core, at most one "
                         "per shard and one per GB of memory)")
+    e.add_argument("--labels", help="a label model of the same sVAE (xpsvae labels fit): add "
+                                    "its labels, their errors and labels_ood")
     _add_overwrite(e)
     e.set_defaults(func="encode")
 
@@ -195,6 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "them are not held-out figures)")
     _add_overwrite(v)
     v.set_defaults(func="evaluate")
+
+    lb = sub.add_parser("labels", help="stellar labels with calibrated uncertainties from an "
+                                       "sVAE (docs/labels.md)")
+    lsub = lb.add_subparsers(dest="labels_command", required=True)
+    lf = lsub.add_parser("fit", help="fit a label model on the stars of a table that have labels")
+    lf.add_argument("model", help="sVAE model directory (or builtin)")
+    lf.add_argument("data", help="table of spectra with label columns (and <label>_err)")
+    lf.add_argument("--labels", default="teff,logg,fe_h,alpha_m",
+                    help="label columns, comma separated (default: teff,logg,fe_h,alpha_m)")
+    lf.add_argument("--extra", default="",
+                    help="side columns, comma separated; a-b is a difference, e.g. j-h,j-k")
+    lf.add_argument("--members", type=int, default=4, help="MLPs in the ensemble")
+    lf.add_argument("--epochs", type=int, default=40)
+    lf.add_argument("--seed", type=int, default=0)
+    lf.add_argument("--threads", type=int, default=0)
+    lf.add_argument("--out", required=True, help="label model directory")
+    lf.add_argument("--device", default="cpu", help="where the sVAE runs")
+    _add_overwrite(lf)
+    lf.set_defaults(func="labels_fit")
+    lp = lsub.add_parser("predict", help="labels, errors and the out-of-distribution flag")
+    lp.add_argument("labels_model", help="label model directory (xpsvae labels fit)")
+    lp.add_argument("data", help="table of spectra, or a store's shard")
+    lp.add_argument("--out", required=True, help="output Parquet file")
+    lp.add_argument("--device", default="cpu", help="where the sVAE runs")
+    _add_overwrite(lp)
+    lp.set_defaults(func="labels_predict")
 
     c = sub.add_parser("cannon", help="The Cannon: the supervised baseline")
     csub = c.add_subparsers(dest="cannon_command", required=True)

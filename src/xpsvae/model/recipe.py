@@ -49,8 +49,8 @@ class TrainConfig:
             average, this share of its inputs (at random, or the bluest or reddest
             run, a third of the stars each; the share per star uniform in [0,
             2 mask_fraction)), filled in by one round of the model's own
-            imputation and left out of the likelihood. 0 (off) is the default:
-            ``benchmarks/masked_inputs.py`` measured no gain that pays for it.
+            imputation and left out of the likelihood. 0 (off) is the default
+            (docs/model.md, "Partial spectra", says why).
         cuda_graph: capture each training step (batch copy aside) once as a
             CUDA graph and replay it: one launch per step instead of about a
             hundred, which is what limits a GPU at the paper's small network

@@ -1,0 +1,47 @@
+"""``xpsvae labels fit`` and ``xpsvae labels predict`` (docs/labels.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from ..conform import contract, read_for_model
+from ..core.files import atomic_path
+from ..io.read import read_spectra
+
+
+def cmd_labels_fit(args) -> int:
+    # PyTorch, imported only by the commands that use it:
+    from ..labels import LabelHeadConfig, LabelModel
+    from ..svae import SVAE
+    svae = SVAE.load(args.model)
+    spectra = read_for_model(args.data, contract(svae.info, svae.config.input_dim)) \
+        if os.path.isfile(args.data) else read_spectra(args.data)
+    print(spectra.accounting.summary(), file=sys.stderr)
+    labels = [name.strip() for name in args.labels.split(",") if name.strip()]
+    extra = [name.strip() for name in args.extra.split(",") if name.strip()]
+    config = LabelHeadConfig(members=args.members, epochs=args.epochs, seed=args.seed,
+                             threads=args.threads)
+    model = LabelModel.fit(svae, spectra, labels, extra, config, device=args.device)
+    if args.overwrite and os.path.isdir(os.path.join(args.out, "svae")):
+        shutil.rmtree(os.path.join(args.out, "svae"))
+    model.save(args.out)
+    scale = ", ".join(f"{n} {s:.2f}" for n, s in zip(labels, model.head.sigma_scale))
+    print(f"fitted a label model of {labels} on the labelled stars of {args.data} "
+          f"(sigma scale on the validation share: {scale}); in {args.out}")
+    return 0
+
+
+def cmd_labels_predict(args) -> int:
+    from ..labels import LabelModel  # PyTorch: only here
+    model = LabelModel.load(args.labels_model)
+    svae = model.svae
+    spectra = read_for_model(args.data, contract(svae.info, svae.config.input_dim))
+    print(spectra.accounting.summary(), file=sys.stderr)
+    table = model.predict(spectra, device=args.device)
+    with atomic_path(args.out) as tmp:
+        table.to_parquet(tmp, index=False)
+    print(f"labels of {len(table)} stars ({int(table['labels_ood'].sum())} flagged as unlike "
+          f"the training stars) to {args.out}")
+    return 0

@@ -1,0 +1,6 @@
+"""Stellar labels with calibrated uncertainties from an sVAE (:class:`LabelModel`)."""
+
+from .head import LabelHead, LabelHeadConfig
+from .model import DEFAULT_LABELS, LabelModel
+
+__all__ = ["LabelModel", "LabelHead", "LabelHeadConfig", "DEFAULT_LABELS"]

@@ -1,0 +1,273 @@
+"""A label head: features in, labels with calibrated uncertainties out.
+
+An ensemble of small MLPs, each predicting per label a mean and a variance,
+trained on the stars that have the label. The likelihood is Gaussian, with
+the survey's own label error added in quadrature to the predicted variance,
+so the head learns the spread the survey's errors do not explain::
+
+    NLL = 1/2 sum_labels [ (y - mu)^2 / (sigma^2 + e^2) + ln(sigma^2 + e^2) ]
+
+summed over the labels a star has (a missing label carries no weight). The
+ensemble's prediction is the mixture's mean and variance (the members'
+variances averaged, plus the spread of their means). A per-label scale of
+the predicted sigma is then fitted on the validation share, never on test
+stars: the factor ``s`` that makes ``(y - mu) / sqrt(s^2 sigma^2 + e^2)``
+most likely to be standard normal there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from scipy.optimize import minimize_scalar
+from torch import nn
+
+from ..core.errors import ModelFileError
+from ..core.files import atomic_path, write_json
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+@dataclass
+class LabelHeadConfig:
+    """How a label head is built and trained.
+
+    Attributes:
+        hidden: widths of each member's hidden layers (GELU).
+        members: MLPs in the ensemble, each from its own seed.
+        epochs: passes over the training stars (AdamW, cosine-decayed rate).
+        batch_size: stars per step.
+        lr: peak learning rate.
+        weight_decay: AdamW's.
+        val_fraction: share of the labelled stars held out to fit the variance scale.
+        seed: seed of the split and of the first member.
+        threads: CPU threads for torch (0: torch's default).
+    """
+
+    hidden: Tuple[int, ...] = (128, 128)
+    members: int = 4
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden widths must be positive, got {self.hidden}")
+        if self.members < 1 or self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
+            raise ValueError("need members >= 1, epochs >= 1, batch_size >= 2 and lr > 0; got "
+                             f"{self.members}, {self.epochs}, {self.batch_size}, {self.lr}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+
+
+def _member(n_in: int, n_labels: int, hidden: Tuple[int, ...]) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for w_in, w_out in zip((n_in,) + hidden[:-1], hidden):
+        layers += [nn.Linear(w_in, w_out), nn.GELU()]
+    return nn.Sequential(*layers, nn.Linear(hidden[-1], 2 * n_labels))
+
+
+def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, y: torch.Tensor,
+                 y_var: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """The head's loss (module docstring), averaged over the stars' labels that exist."""
+    var = log_var.exp() + y_var
+    term = 0.5 * ((y - mean) ** 2 / var + var.log())
+    return torch.where(has, term, torch.zeros_like(term)).sum() / has.sum().clamp(min=1)
+
+
+@dataclass
+class LabelHead:
+    """An ensemble of MLPs from features to labels with calibrated variances.
+
+    Everything is standardised inside: features and labels by their training
+    mean and standard deviation, a missing feature (NaN side column) set to
+    the mean.
+    """
+
+    config: LabelHeadConfig = field(default_factory=LabelHeadConfig)
+    members: List[nn.Sequential] = field(default_factory=list)
+    feature_mean: Optional[np.ndarray] = None
+    feature_std: Optional[np.ndarray] = None
+    label_mean: Optional[np.ndarray] = None
+    label_std: Optional[np.ndarray] = None
+    sigma_scale: Optional[np.ndarray] = None  # per label, fitted on the validation share
+    history: List[dict] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, features: np.ndarray, y: np.ndarray, y_err: Optional[np.ndarray] = None
+            ) -> "LabelHead":
+        """Fit on ``features`` (n, F) and labels ``y`` (n, L), NaN where a star lacks one,
+        with the survey's errors ``y_err`` (n, L; None: taken as 0)."""
+        c = self.config
+        y = np.asarray(y, dtype=np.float64)
+        y_err = np.zeros_like(y) if y_err is None else np.nan_to_num(
+            np.asarray(y_err, dtype=np.float64), nan=0.0)
+        has = np.isfinite(y)
+        if (has.sum(axis=0) < 10).any():
+            raise ValueError(f"each label needs at least 10 stars that have it; got "
+                             f"{has.sum(axis=0).tolist()}")
+        self.feature_mean = np.nanmean(features, axis=0)
+        self.feature_std = np.nanstd(features, axis=0)
+        self.feature_std[~(self.feature_std > 0)] = 1.0
+        self.label_mean = np.nanmean(y, axis=0)
+        self.label_std = np.nanstd(y, axis=0)
+        self.label_std[~(self.label_std > 0)] = 1.0
+        x = self._standardised(features)
+        ys = np.where(has, (y - self.label_mean) / self.label_std, 0.0)
+        var = (y_err / self.label_std) ** 2
+        val = np.zeros(len(y), dtype=bool)
+        val[np.random.default_rng(c.seed).permutation(len(y))[:int(c.val_fraction * len(y))]] = True
+        tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
+        has_t = torch.from_numpy(has)
+        with _threads(c.threads):
+            self.members = [self._train_member(k, *(t[~val] for t in tensors), has_t[~val])
+                            for k in range(c.members)]
+            mean, sigma = self._mixture(tensors[0][val])
+        self.sigma_scale = np.array([
+            _fit_scale(mean[:, j], sigma[:, j], ys[val, j], np.sqrt(var[val, j]), has[val, j])
+            for j in range(y.shape[1])])
+        return self
+
+    def _train_member(self, k: int, x: torch.Tensor, y: torch.Tensor, var: torch.Tensor,
+                      has: torch.Tensor) -> nn.Sequential:
+        c = self.config
+        generator = torch.Generator().manual_seed(c.seed + 7919 * k)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed + 7919 * k)
+            member = _member(x.shape[1], y.shape[1], c.hidden)
+        optimizer = torch.optim.AdamW(member.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        steps_per_epoch = max(1, math.ceil(len(x) / c.batch_size))
+        total = steps_per_epoch * c.epochs
+        step = 0
+        for epoch in range(c.epochs):
+            order = torch.randperm(len(x), generator=generator)
+            loss_sum = 0.0
+            for start in range(0, len(x), c.batch_size):
+                rows = order[start:start + c.batch_size]
+                for group in optimizer.param_groups:
+                    group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                out = member(x[rows])
+                mean, log_var = out.chunk(2, dim=1)
+                loss = gaussian_nll(mean, log_var.clamp(-12, 6), y[rows], var[rows], has[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss)
+                step += 1
+            self.history.append({"member": k, "epoch": epoch + 1,
+                                 "train_nll": loss_sum / steps_per_epoch})
+        member.eval()
+        return member
+
+    # ------------------------------------------------------------------ predicting
+    def _standardised(self, features: np.ndarray) -> np.ndarray:
+        x = (np.asarray(features, dtype=np.float64) - self.feature_mean) / self.feature_std
+        return np.nan_to_num(x, nan=0.0)  # a missing side value: the training mean
+
+    @torch.no_grad()
+    def _mixture(self, x: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """The ensemble's mean and standard deviation, standardised label units."""
+        means, variances = [], []
+        for member in self.members:
+            mean, log_var = member(x).chunk(2, dim=1)
+            means.append(mean.double())
+            variances.append(log_var.clamp(-12, 6).double().exp())
+        means_t = torch.stack(means)
+        var = torch.stack(variances).mean(0) + means_t.var(0, unbiased=False)
+        return means_t.mean(0).numpy(), var.sqrt().numpy()
+
+    def predict(self, features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(labels, sigma), each (n, L), in the labels' units; sigma is the head's own
+        calibrated uncertainty (add the survey's error in quadrature to compare with it)."""
+        if not self.members:
+            raise RuntimeError("the label head is not fitted: call fit() or load() first")
+        x = torch.from_numpy(self._standardised(features).astype(np.float32))
+        with _threads(self.config.threads):
+            mean, sigma = self._mixture(x)
+        return (mean * self.label_std + self.label_mean,
+                sigma * self.sigma_scale * self.label_std)
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str, meta: Optional[dict] = None) -> None:
+        """``head.safetensors`` (weights and statistics) and ``head.json`` (config, ``meta``)."""
+        os.makedirs(directory, exist_ok=True)
+        arrays = {f"member{k}.{name}": p.detach().numpy().copy()
+                  for k, m in enumerate(self.members) for name, p in m.state_dict().items()}
+        for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
+            arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
+        with atomic_path(os.path.join(directory, HEAD_WEIGHTS)) as tmp:
+            save_file(arrays, tmp)
+        write_json(os.path.join(directory, HEAD_CONFIG),
+                   {"format_version": 1, "config": asdict(self.config), **(meta or {})})
+
+    @classmethod
+    def load(cls, directory: str) -> Tuple["LabelHead", dict]:
+        """(head, the ``meta`` saved with it)."""
+        config_path = os.path.join(directory, HEAD_CONFIG)
+        weights_path = os.path.join(directory, HEAD_WEIGHTS)
+        for path in (config_path, weights_path):
+            if not os.path.exists(path):
+                raise ModelFileError(f"{path}: missing; is {directory!r} a label model "
+                                     "(xpsvae labels fit)?")
+        with open(config_path) as f:
+            meta = json.load(f)
+        if meta.get("format_version") != 1:
+            raise ModelFileError(f"{config_path}: label head format {meta.get('format_version')!r}"
+                                 "; this xpsvae reads 1")
+        try:
+            arrays = load_file(weights_path)
+        except Exception as exc:  # safetensors' own error type: a cut or garbled file
+            raise ModelFileError(f"{weights_path}: not a readable safetensors file ({exc}); "
+                                 "fit the label model again, or copy it whole") from None
+        head = cls(LabelHeadConfig(**meta.pop("config")))
+        for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
+            setattr(head, name, arrays[name])
+        n_in, n_labels = len(head.feature_mean), len(head.label_mean)
+        for k in range(head.config.members):
+            member = _member(n_in, n_labels, head.config.hidden)
+            member.load_state_dict({name: torch.from_numpy(arrays[f"member{k}.{name}"])
+                                    for name in member.state_dict()})
+            member.eval()
+            head.members.append(member)
+        return head, meta
+
+
+def _fit_scale(mean: np.ndarray, sigma: np.ndarray, y: np.ndarray, err: np.ndarray,
+               has: np.ndarray) -> float:
+    """The factor s on sigma that maximises the Gaussian likelihood of the validation
+    stars' residuals with variance s^2 sigma^2 + err^2 (1 where too few stars say)."""
+    if has.sum() < 10:
+        return 1.0
+    r2, s2, e2 = (mean[has] - y[has]) ** 2, sigma[has] ** 2, err[has] ** 2
+
+    def nll(log_s):
+        v = np.exp(2 * log_s) * s2 + e2
+        return 0.5 * np.mean(r2 / v + np.log(v))
+    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+class _threads:
+    """torch's CPU thread count set for a block (0: left as it is)."""
+
+    def __init__(self, n: int):
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)

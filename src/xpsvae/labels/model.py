@@ -1,0 +1,149 @@
+"""Stellar labels from an sVAE: :class:`LabelModel`, the sVAE and a label head together.
+
+It trains on the stars that have a label and predicts for every star:
+``teff``, ``logg``, ``fe_h``, ``alpha_m`` (or any label columns), each with
+``<label>_err``, the head's calibrated uncertainty, and ``labels_ood``, a
+flag where the model is guessing. A star is flagged when its anomaly score
+(the sVAE's NLL per measured input) or its latent's Mahalanobis distance from
+the training stars' latents is beyond that of 99% of the training stars:
+its spectrum is unlike those the labels were learnt from.
+
+A label model's folder holds the sVAE it reads (``svae/``, copied, so the
+folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
+side columns, thresholds of the flag).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import SpectraError
+from ..core.files import model_folder
+from ..io.spectra import SpectraSet
+from ..svae import SVAE
+from .features import side_columns, svae_features
+from .head import LabelHead, LabelHeadConfig
+
+#: The labels the embedded APOGEE library holds, each with ``<label>_err``.
+DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
+#: Share of the training stars inside the out-of-distribution thresholds.
+OOD_QUANTILE = 0.99
+SVAE_FOLDER = "svae"
+
+
+class LabelModel:
+    """An sVAE and a label head on its features (:mod:`xpsvae.labels.features`).
+
+    Example:
+        >>> from xpsvae import SVAE, load_apogee_library
+        >>> from xpsvae.labels import LabelModel
+        >>> stars = load_apogee_library()
+        >>> labels = LabelModel.fit(SVAE.pretrained(), stars)
+        >>> table = labels.predict(stars)      # teff, teff_err, ..., labels_ood
+    """
+
+    def __init__(self, svae: SVAE, head: LabelHead, labels: Sequence[str],
+                 side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None):
+        self.svae, self.head = svae, head
+        self.labels, self.side = list(labels), list(side)
+        self.ood = ood or {}
+
+    @classmethod
+    def fit(cls, svae: SVAE, spectra: SpectraSet, labels: Sequence[str] = DEFAULT_LABELS,
+            side: Sequence[str] = (), config: Optional[LabelHeadConfig] = None,
+            device: str = "cpu") -> "LabelModel":
+        """Fit a head on the stars of ``spectra`` that have at least one of ``labels``.
+
+        Args:
+            svae: a trained sVAE (its weights are not changed).
+            spectra: stars with label columns, and ``<label>_err`` columns where
+                the survey gives errors (taken as 0 where absent).
+            labels: label columns to learn.
+            side: optional side columns (``j-h``: a difference of two columns).
+            config: the head's recipe.
+            device: where the sVAE runs.
+        """
+        source = spectra.accounting.source if spectra.accounting else "the stars given"
+        table = spectra.labels if spectra.labels is not None else pd.DataFrame(index=range(0))
+        missing = [name for name in labels if name not in table]
+        if missing:
+            raise SpectraError(f"{source}: no label column {missing[0]!r}; columns present: "
+                               f"{sorted(table.columns)[:20]}")
+        y = np.column_stack([np.asarray(table[name], dtype=np.float64) for name in labels])
+        y_err = np.column_stack([np.asarray(table[f"{name}_err"], dtype=np.float64)
+                                 if f"{name}_err" in table else np.zeros(len(table))
+                                 for name in labels])
+        labelled = np.isfinite(y).any(axis=1) & spectra.observed.all(axis=1)
+        if labelled.sum() < 50:
+            raise SpectraError(f"{source}: {int(labelled.sum())} complete stars have one of "
+                               f"{list(labels)}; a label model needs at least 50")
+        stars = spectra.subset(np.flatnonzero(labelled))
+        features = cls._features(svae, stars, side, source, device)
+        head = LabelHead(config or LabelHeadConfig()).fit(features, y[labelled],
+                                                          y_err[labelled])
+        return cls(svae, head, labels, side, _ood_thresholds(svae, stars, device))
+
+    @staticmethod
+    def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
+                  device: str) -> np.ndarray:
+        features = svae_features(svae, spectra, device)
+        if not side:
+            return features
+        if spectra.labels is None:
+            raise SpectraError(f"{source}: side columns {list(side)} asked for, but the table "
+                               "has no columns besides the spectra")
+        return np.hstack([features, side_columns(spectra.labels, side, source)])
+
+    def predict(self, spectra: SpectraSet, device: str = "cpu") -> pd.DataFrame:
+        """Per star: ``source_id``, ``input_row``, each label and its ``_err``, and
+        ``labels_ood``."""
+        source = spectra.accounting.source if spectra.accounting else "the stars given"
+        features = self._features(self.svae, spectra, self.side, source, device)
+        mean, sigma = self.head.predict(features)
+        out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
+        for j, name in enumerate(self.labels):
+            out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
+        out["labels_ood"] = self.out_of_distribution(spectra, device)
+        return pd.DataFrame(out)
+
+    def out_of_distribution(self, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
+        """Per star, whether its anomaly score or its latent's Mahalanobis distance is
+        beyond :data:`OOD_QUANTILE` of the training stars'."""
+        scores = self.svae.score(spectra, device=device)
+        distance = _mahalanobis(scores["latent_mean"], np.asarray(self.ood["latent_mean"]),
+                                np.asarray(self.ood["latent_precision"]))
+        return (scores["anomaly_score"] > self.ood["anomaly_score"]) | \
+            (distance > self.ood["latent_distance"])
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str) -> None:
+        """The folder: ``svae/`` (the sVAE, copied), ``head.safetensors``, ``head.json``."""
+        self.svae.save(os.path.join(directory, SVAE_FOLDER))
+        self.head.save(directory, {"labels": self.labels, "side": self.side, "ood": self.ood})
+
+    @classmethod
+    def load(cls, directory: str) -> "LabelModel":
+        head, meta = LabelHead.load(directory)
+        svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
+        return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"])
+
+
+def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
+    scores = svae.score(stars, device=device)
+    latent = scores["latent_mean"].astype(np.float64)
+    mean = latent.mean(axis=0)
+    precision = np.linalg.inv(np.cov(latent, rowvar=False))
+    distance = _mahalanobis(latent, mean, precision)
+    return {"quantile": OOD_QUANTILE,
+            "anomaly_score": float(np.quantile(scores["anomaly_score"], OOD_QUANTILE)),
+            "latent_distance": float(np.quantile(distance, OOD_QUANTILE)),
+            "latent_mean": mean.tolist(), "latent_precision": precision.tolist()}
+
+
+def _mahalanobis(latent: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    d = np.asarray(latent, dtype=np.float64) - mean
+    return np.sqrt(np.einsum("ni,ij,nj->n", d, precision, d))
