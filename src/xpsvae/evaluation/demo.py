@@ -6,6 +6,7 @@
     DIR/model_paper_recipe/     the same architecture trained with the paper's SGD recipe
     DIR/cannon/                 The Cannon fitted on the labelled training stars (exact maximum
                                 likelihood; scored beside it: the same fit with TheCannon's search)
+    DIR/labels/                 a label model on the sVAE (Teff, log g, [Fe/H], [alpha/M])
     DIR/metrics.json            figures of all four on the benchmark test set, the paper's claims
     DIR/figures/*.png           learning curves, reconstructions, normalised errors, Figures 2 and 3
     DIR/report.md               what was trained on what, the table, the verdicts
@@ -25,16 +26,18 @@ from ..cannon import Cannon
 from ..core.constants import VERSION
 from ..core.files import METRICS_FILE, write_json
 from ..io.library import benchmark_split, library_path, load_apogee_library
+from ..labels import LabelHeadConfig
 from ..model.recipe import TrainConfig
 from ..svae import SVAE
 from .assess import assess, cannon_blocks
 from .figures import plot_history
+from .labels import assess_labels, write_label_figures
 from .report import REFERENCE, write_report
 
 
 def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int] = None,
              device: str = "cpu", paper_recipe: bool = True, progress: bool = True,
-             threads: int = 0) -> dict:
+             threads: int = 0, label_epochs: int = LabelHeadConfig.epochs) -> dict:
     """Train, evaluate and report on the embedded library (see module docstring).
 
     Args:
@@ -45,6 +48,7 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
         paper_recipe: also train the paper's SGD recipe for comparison.
         progress: show progress bars.
         threads: CPU threads for torch (0: torch's default).
+        label_epochs: epochs of the label heads (quick looks, tests).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -106,6 +110,14 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
             metrics["cannon_thecannon_search"] = cannon_blocks(model, grid_cannon, test,
                                                                outputs)[3]
             metrics["cannon_thecannon_search"]["fit"]["wall_time_s"] = grid_seconds
+            # Labels: a label model on the same sVAE, with its baselines (docs/labels.md).
+            metrics["labels"], label_model, predicted = assess_labels(
+                model, train, test, cannon=cannon,
+                config=LabelHeadConfig(threads=threads, epochs=label_epochs))
+            label_model.save(os.path.join(out_dir, "labels"))
+            no_fe = np.flatnonzero(~np.isfinite(np.asarray(library.labels["fe_h"], float)))
+            write_label_figures(os.path.join(out_dir, "figures"), predicted, test.labels,
+                                label_model.labels, label_model.predict(library.subset(no_fe)))
         else:
             result = assess(model, test, out_dir, figure_suffix=suffix,
                             progress_title=f"({recipe} recipe)")

@@ -6,6 +6,8 @@ import os
 from typing import Optional
 
 from ..core.files import REPORT_FILE, atomic_path
+from .label_report import CAPTIONS as LABEL_CAPTIONS
+from .label_report import labels_section
 
 #: The authors' public implementation, 11 minutes on 2 CPU cores, same split.
 REFERENCE = {"mean_nll": -1115.0, "std_r": 1.01, "frac_abs_r_gt_5": 0.0004, "train_minutes": 11}
@@ -167,10 +169,12 @@ def write_report(out_dir: str, metrics: dict) -> str:
         lines += _reference_section(metrics)
     if "claims" in metrics:
         lines += _claims_section(metrics)
+    if "labels" in metrics:
+        lines += labels_section(metrics["labels"])
     lines += ["## Figures", ""]
     fig_dir = os.path.join(out_dir, "figures")
     present = sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []
-    for pattern, caption in CAPTIONS.items():
+    for pattern, caption in {**CAPTIONS, **LABEL_CAPTIONS}.items():
         names = [n for n in present if n.startswith(pattern[:-1])] if pattern.endswith("*") \
             else [pattern] if pattern in present else []
         for name in names:

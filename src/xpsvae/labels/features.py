@@ -34,11 +34,9 @@ def svae_features(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> np.n
         outputs = []
         for layer in hidden_stack:
             t = layer(t)
-            if not isinstance(layer, torch.nn.Linear):  # after each activation (and norm)
-                outputs.append(t)
+            outputs.append(t)  # each layer's output: the linear maps' and the activations'
         mean, logvar = head(t).chunk(2, dim=-1)
-        return (torch.cat(outputs[1::2] if len(outputs) > len(model.config.hidden)
-                          else outputs, dim=1), mean, 0.5 * logvar)
+        return (torch.cat(outputs, dim=1), mean, 0.5 * logvar)
     hidden, mean, log_std = model.apply(fn, spectra, device)
     return np.concatenate([hidden, mean, log_std], axis=1).astype(np.float32)
 

@@ -165,7 +165,7 @@ class LabelHead:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 step += 1
             self.history.append({"member": k, "epoch": epoch + 1,
                                  "train_nll": loss_sum / steps_per_epoch})

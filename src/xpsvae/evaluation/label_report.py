@@ -1,0 +1,100 @@
+"""The labels section of report.md: figures per label and sub-population, the baselines,
+and the goals, each said reached or not with the figure."""
+
+from __future__ import annotations
+
+from typing import List
+
+#: Goals on the benchmark test split (robust sigma; [alpha/M] as RMSE on giants).
+GOALS = {"teff": ("robust_sigma", "test", 60.0, "K"), "logg": ("robust_sigma", "test", 0.15, "dex"),
+         "fe_h": ("robust_sigma", "test", 0.08, "dex"),
+         "alpha_m": ("rmse", "giants", 0.04, "dex")}
+NAMES = {"teff": "Teff", "logg": "log g", "fe_h": "[Fe/H]", "alpha_m": "[α/M]"}
+BASELINE_NAMES = {"mlp_spectrum": "supervised MLP on the spectrum", "pca6_head":
+                  "the same head on a 6-component PCA", "cannon": "the Cannon's test step",
+                  "alpha_from_fe_h": "[α/M] from APOGEE [Fe/H] alone"}
+CAPTIONS = {
+    "labels_vs_apogee.png": "The label model on the test stars: predicted against APOGEE "
+                            "(top) and the residual (bottom), density of stars (log).",
+    "labels_coverage.png": "Share of test stars whose |z| is below k, against the Gaussian's: "
+                           "a curve on the black one means honest uncertainties.",
+    "labels_kiel_unlabelled.png": "Kiel diagram of the library stars APOGEE gives no [Fe/H], "
+                                  "as the label model predicts them (flagged stars left out).",
+}
+
+
+def _f(value, digits=3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def labels_section(block: dict) -> List[str]:
+    labels = block["labels"]
+    ours = block["svae_label_model"]
+    side = ", ".join(block.get("side_columns") or []) or "none"
+    lines = ["## Labels", "",
+             f"A label model on the sVAE's encoder (its hidden layers and latent) with side "
+             f"columns {side}: an ensemble of {block.get('head', {}).get('members', '?')} MLPs, "
+             "Gaussian likelihood with APOGEE's error added in quadrature, the predicted σ "
+             "scaled per label on the validation share. z = (predicted − APOGEE) / "
+             "√(σ² + σ_APOGEE²).", ""]
+    for name in labels:
+        lines += [f"### {NAMES.get(name, name)}", "",
+                  "| stars | n | robust σ | RMSE | bias | std z | within 1σ | 2σ | 3σ |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for subset, m in ours.get(name, {}).items():
+            if not m.get("n_stars"):
+                continue
+            lines.append(f"| {subset} | {m['n_stars']:,} | {_f(m['robust_sigma'])} | "
+                         f"{_f(m['rmse'])} | {_f(m['bias'], 2)} | {_f(m.get('std_z'))} | "
+                         + " | ".join(f"{100 * m[f'coverage_{k}sigma']:.1f}%"
+                                      for k in (1, 2, 3)) + " |")
+        lines.append("")
+    if block.get("baselines"):
+        lines += ["### Beside the baselines (robust σ on the test stars)", "",
+                  "| model | " + " | ".join(NAMES.get(n, n) for n in labels) + " |",
+                  "| --- | " + " | ".join("---" for _ in labels) + " |",
+                  "| sVAE label model | " + " | ".join(
+                      _f(ours.get(n, {}).get("test", {}).get("robust_sigma")) for n in labels)
+                  + " |"]
+        for key, blocks in block["baselines"].items():
+            lines.append(f"| {BASELINE_NAMES.get(key, key)} | " + " | ".join(
+                _f(blocks.get(n, {}).get("test", {}).get("robust_sigma")) for n in labels)
+                + " |")
+        lines.append("")
+    lines += ["### Goals", ""]
+    for name, (figure, subset, goal, unit) in GOALS.items():
+        value = ours.get(name, {}).get(subset, {}).get(figure)
+        if value is None:
+            continue
+        verdict = "reached" if value <= goal else "**not reached**"
+        lines.append(f"- {NAMES[name]}: {figure.replace('_', ' ')} on {subset} {value:.3g} {unit} "
+                     f"against the goal {goal:g} {unit}: {verdict}.")
+    for name in labels:
+        t = ours.get(name, {}).get("test", {})
+        if "std_z" in t:
+            ok = 0.9 <= t["std_z"] <= 1.1 and all(
+                abs(100 * t[f"coverage_{k}sigma"] - ideal) <= 2
+                for k, ideal in ((1, 68.3), (2, 95.4), (3, 99.7)))
+            lines.append(f"- {NAMES.get(name, name)} calibration on the test stars: std z "
+                         f"{t['std_z']:.3f}, coverage {100 * t['coverage_1sigma']:.1f} / "
+                         f"{100 * t['coverage_2sigma']:.1f} / {100 * t['coverage_3sigma']:.1f}% "
+                         f"(goal 68.3 / 95.4 / 99.7 ± 2, std z 0.9–1.1): "
+                         + ("reached." if ok else "**not reached**."))
+    alpha = block.get("alpha_classes")
+    if alpha:
+        lines.append(f"- High/low α ({alpha['boundary']}), balanced accuracy over [Fe/H] −1 to "
+                     f"+0.5: label model {alpha['all_bins']['label_model']:.3f}, [Fe/H] alone "
+                     f"{alpha['all_bins']['fe_h_alone']:.3f} (goal 0.85: "
+                     + ("reached" if alpha["all_bins"]["label_model"] >= 0.85
+                        else "**not reached**") + "). Per bin: " + "; ".join(
+                         f"{b} {v['label_model']:.3f} vs {v['fe_h_alone']:.3f} "
+                         f"({v['n_high_alpha']} of {v['n_stars']} high-α)"
+                         for b, v in alpha["bins"].items()) + ".")
+    ood = block.get("ood")
+    if ood:
+        lines.append(f"- Out of distribution: {ood['n_flagged']} test stars flagged "
+                     f"({100 * ood['share_flagged']:.1f}%); median |z| flagged against not: "
+                     + "; ".join(f"{NAMES.get(n, n)} {_f(ood[n]['median_abs_z_flagged'])} vs "
+                                 f"{_f(ood[n]['median_abs_z_unflagged'])}"
+                                 for n in labels if n in ood) + ".")
+    return lines + [""]

@@ -1,0 +1,229 @@
+"""How well labels are known: a label model and its baselines on the held-out stars.
+
+For each label and each sub-population (``test``; ``giants``, log g < 3.5;
+``dwarfs``; ``metal_poor``, [Fe/H] < -1; ``cool``, Teff < 4000 K):
+``robust_sigma`` (1.4826 x the median absolute deviation of predicted - survey),
+``rmse``, ``bias`` (median residual), and, where the model gives an
+uncertainty, ``std_z`` and the shares of ``|z|`` within 1, 2 and 3, with
+``z = (predicted - survey) / sqrt(sigma^2 + sigma_survey^2)``.
+
+Baselines on the same split: the same head on the standardised spectrum (a
+supervised MLP), on a 6-component PCA of it, the Cannon's test step, and
+[alpha/M] from [Fe/H] alone (how much of the alpha information is real).
+
+High and low alpha: a star is high-alpha above the line
+``[alpha/M] = 0.10 - 0.10 [Fe/H]`` clipped to [0.06, 0.22] (:func:`high_alpha`),
+a line through the gap between the two sequences of the APOGEE disc.
+Balanced accuracy is given in [Fe/H] bins, for the label model and for a
+classifier that sees [Fe/H] alone.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..io.spectra import SpectraSet
+from ..labels import LabelHead, LabelHeadConfig, LabelModel
+from ..labels.features import side_columns
+from ..svae import SVAE
+
+#: Sub-populations of the label blocks: (column, "<" or ">=", cut).
+SUBSETS = {"giants": ("logg", "<", 3.5), "dwarfs": ("logg", ">=", 3.5),
+           "metal_poor": ("fe_h", "<", -1.0), "cool": ("teff", "<", 4000.0)}
+#: The demo's side columns: 2MASS J-H and J-K, and Gaia BP-RP.
+DEMO_SIDE = ("j-h", "j-k", "gaiaedr3_phot_bp_mean_mag-gaiaedr3_phot_rp_mean_mag")
+#: [Fe/H] bins of the high/low-alpha accuracy.
+FE_H_BINS = (-1.0, -0.5, 0.0, 0.5)
+
+
+def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
+                  truth_err: Optional[np.ndarray] = None) -> dict:
+    """The figures of one label on one set of stars (module docstring)."""
+    ok = np.isfinite(truth) & np.isfinite(predicted)
+    r = predicted[ok] - truth[ok]
+    if not len(r):
+        return {"n_stars": 0}
+    out = {"n_stars": int(len(r)), "robust_sigma": float(1.4826 * np.median(np.abs(r - np.median(r)))),
+           "rmse": float(np.sqrt(np.mean(r ** 2))), "bias": float(np.median(r))}
+    if sigma is not None:
+        err = np.zeros_like(r) if truth_err is None else np.nan_to_num(truth_err[ok])
+        z = r / np.sqrt(sigma[ok] ** 2 + err ** 2)
+        out.update({"std_z": float(np.std(z)),
+                    **{f"coverage_{k}sigma": float(np.mean(np.abs(z) < k)) for k in (1, 2, 3)}})
+    return out
+
+
+def subset_masks(table: pd.DataFrame) -> Dict[str, np.ndarray]:
+    """``test`` (every star) and the sub-populations of :data:`SUBSETS`, by survey labels."""
+    masks = {"test": np.ones(len(table), dtype=bool)}
+    for name, (column, op, cut) in SUBSETS.items():
+        if column in table:
+            values = np.asarray(table[column], dtype=np.float64)
+            masks[name] = np.isfinite(values) & ((values < cut) if op == "<" else (values >= cut))
+    return masks
+
+
+def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str]) -> dict:
+    """{label: {subset: label_metrics}} of a prediction table against the survey's labels."""
+    masks = subset_masks(truth)
+    out = {}
+    for name in labels:
+        if name not in predicted or name not in truth:
+            continue
+        p = np.asarray(predicted[name], dtype=np.float64)
+        s = np.asarray(predicted[f"{name}_err"], np.float64) if f"{name}_err" in predicted \
+            else None
+        t = np.asarray(truth[name], dtype=np.float64)
+        e = np.asarray(truth[f"{name}_err"], np.float64) if f"{name}_err" in truth else None
+        out[name] = {subset: label_metrics(p[m], t[m], None if s is None else s[m],
+                                           None if e is None else e[m])
+                     for subset, m in masks.items()}
+    return out
+
+
+def high_alpha(fe_h: np.ndarray, alpha_m: np.ndarray) -> np.ndarray:
+    """Whether a star lies above the line between the high- and low-alpha sequences."""
+    line = np.clip(0.10 - 0.10 * np.asarray(fe_h, dtype=np.float64), 0.06, 0.22)
+    return np.asarray(alpha_m, dtype=np.float64) > line
+
+
+def balanced_accuracy(truth: np.ndarray, guess: np.ndarray) -> float:
+    """The mean of the recalls of the two classes (NaN where a class is absent)."""
+    recalls = [np.mean(guess[truth == c] == c) for c in (True, False) if (truth == c).any()]
+    return float(np.mean(recalls)) if len(recalls) == 2 else float("nan")
+
+
+def alpha_classification(fe_h_true, alpha_true, fe_h_pred, alpha_pred,
+                         alpha_from_fe: np.ndarray) -> dict:
+    """Balanced accuracy of high/low alpha per [Fe/H] bin (by the survey's [Fe/H]): from the
+    predicted labels, and from [Fe/H] alone (``alpha_from_fe``: alpha predicted from the
+    survey's [Fe/H] by a model that sees nothing else)."""
+    ok = np.isfinite(fe_h_true) & np.isfinite(alpha_true)
+    truth = high_alpha(fe_h_true, alpha_true)
+    ours = high_alpha(fe_h_pred, alpha_pred)
+    fe_only = high_alpha(fe_h_true, alpha_from_fe)
+    out = {"boundary": "[alpha/M] = clip(0.10 - 0.10 [Fe/H], 0.06, 0.22)", "bins": {}}
+    for lo, hi in zip(FE_H_BINS[:-1], FE_H_BINS[1:]):
+        m = ok & (fe_h_true >= lo) & (fe_h_true < hi)
+        out["bins"][f"{lo:+.1f}..{hi:+.1f}"] = {
+            "n_stars": int(m.sum()), "n_high_alpha": int((truth & m).sum()),
+            "label_model": balanced_accuracy(truth[m], ours[m]),
+            "fe_h_alone": balanced_accuracy(truth[m], fe_only[m])}
+    m = ok & (fe_h_true >= FE_H_BINS[0]) & (fe_h_true < FE_H_BINS[-1])
+    out["all_bins"] = {"label_model": balanced_accuracy(truth[m], ours[m]),
+                       "fe_h_alone": balanced_accuracy(truth[m], fe_only[m])}
+    return out
+
+
+def _labels_of(stars: SpectraSet, labels: Sequence[str]):
+    y = np.column_stack([np.asarray(stars.labels[n], np.float64) for n in labels])
+    e = np.column_stack([np.asarray(stars.labels[f"{n}_err"], np.float64)
+                         if f"{n}_err" in stars.labels else np.zeros(len(stars)) for n in labels])
+    return y, e
+
+
+def _head_baseline(name: str, train_x, test_x, y, e, labels, config) -> pd.DataFrame:
+    head = LabelHead(config).fit(train_x, y, e)
+    mean, sigma = head.predict(test_x)
+    return pd.DataFrame({**{n: mean[:, j] for j, n in enumerate(labels)},
+                         **{f"{n}_err": sigma[:, j] for j, n in enumerate(labels)}})
+
+
+def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
+                  labels: Sequence[str] = ("teff", "logg", "fe_h", "alpha_m"),
+                  side: Sequence[str] = DEMO_SIDE, config: Optional[LabelHeadConfig] = None,
+                  cannon=None, baselines: bool = True) -> tuple:
+    """Fit a label model on ``train``, score it and the baselines on ``test``.
+
+    Returns:
+        (metrics ``labels`` block, the label model, its prediction for ``test``).
+    """
+    config = config or LabelHeadConfig()
+    start = time.perf_counter()
+    label_model = LabelModel.fit(model, train, labels, side, config)
+    fitted = time.perf_counter() - start
+    predicted = label_model.predict(test)
+    out = {"labels": list(labels), "side_columns": list(side),
+           "head": {"members": config.members, "epochs": config.epochs,
+                    "hidden": list(config.hidden), "fit_seconds": fitted,
+                    "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
+           "svae_label_model": label_blocks(predicted, test.labels, labels)}
+    out["ood"] = _ood_block(predicted, test.labels, labels)
+    if not baselines:
+        return out, label_model, predicted
+    y, e = _labels_of(train, labels)
+    single = LabelHeadConfig(**{**config.__dict__, "members": 1})
+    sides = [side_columns(s.labels, side, "library") for s in (train, test)]
+    spectra = [model.standardizer.transform(s.values) for s in (train, test)]
+    out["baselines"] = {}
+    out["baselines"]["mlp_spectrum"] = label_blocks(_head_baseline(
+        "mlp", np.hstack([spectra[0], sides[0]]), np.hstack([spectra[1], sides[1]]), y, e,
+        labels, single), test.labels, labels)
+    mean = spectra[0].mean(axis=0)
+    basis = np.linalg.svd(spectra[0] - mean, full_matrices=False)[2][:6].T
+    out["baselines"]["pca6_head"] = label_blocks(_head_baseline(
+        "pca", np.hstack([(spectra[0] - mean) @ basis, sides[0]]),
+        np.hstack([(spectra[1] - mean) @ basis, sides[1]]), y, e, labels, single),
+        test.labels, labels)
+    if cannon is not None:
+        inferred, _ = cannon.infer_labels(test)
+        out["baselines"]["cannon"] = label_blocks(pd.DataFrame(
+            inferred, columns=list(cannon.label_names)), test.labels, labels)
+    if "fe_h" in labels and "alpha_m" in labels:
+        fe = [np.asarray(s.labels["fe_h"], np.float64)[:, None] for s in (train, test)]
+        ja = labels.index("alpha_m")
+        alpha = _head_baseline("fe", fe[0], np.nan_to_num(fe[1], nan=0.0), y[:, [ja]],
+                               e[:, [ja]], ["alpha_m"], single)
+        alpha.loc[~np.isfinite(fe[1][:, 0]), "alpha_m"] = np.nan
+        out["baselines"]["alpha_from_fe_h"] = label_blocks(alpha, test.labels, ["alpha_m"])
+        out["alpha_classes"] = alpha_classification(
+            np.asarray(test.labels["fe_h"], np.float64), np.asarray(test.labels["alpha_m"], np.float64),
+            predicted["fe_h"].to_numpy(), predicted["alpha_m"].to_numpy(),
+            alpha["alpha_m"].to_numpy())
+    return out, label_model, predicted
+
+
+def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
+    """(``labels`` block, prediction) of a fitted label model on labelled ``test`` stars."""
+    predicted = label_model.predict(test)
+    labels = label_model.labels
+    return ({"labels": labels, "side_columns": label_model.side,
+             "svae_label_model": label_blocks(predicted, test.labels, labels),
+             "ood": _ood_block(predicted, test.labels, labels)}, predicted)
+
+
+def write_label_figures(fig_dir: str, predicted: pd.DataFrame, truth: pd.DataFrame,
+                        labels: Sequence[str], unlabelled: Optional[pd.DataFrame] = None
+                        ) -> None:
+    """``labels_vs_apogee.png``, ``labels_coverage.png`` and, given the prediction for
+    stars the survey has no [Fe/H] for, ``labels_kiel_unlabelled.png``."""
+    import os
+
+    from .label_figures import plot_coverage, plot_kiel, plot_predicted_vs_survey
+    plot_predicted_vs_survey(predicted, truth, labels, os.path.join(fig_dir,
+                                                                    "labels_vs_apogee.png"))
+    plot_coverage(predicted, truth, labels, os.path.join(fig_dir, "labels_coverage.png"))
+    if unlabelled is not None and len(unlabelled) and {"teff", "logg", "fe_h"} <= set(labels):
+        plot_kiel(unlabelled, os.path.join(fig_dir, "labels_kiel_unlabelled.png"),
+                  f"{len(unlabelled):,} library stars without APOGEE [Fe/H], as predicted")
+
+
+def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str]) -> dict:
+    """How many test stars are flagged, and whether their |z| is larger (it should be)."""
+    flagged = predicted["labels_ood"].to_numpy()
+    out = {"n_flagged": int(flagged.sum()), "share_flagged": float(flagged.mean())}
+    for name in labels:
+        t = np.asarray(truth[name], np.float64)
+        e = np.nan_to_num(np.asarray(truth[f"{name}_err"], np.float64)) \
+            if f"{name}_err" in truth else 0.0
+        z = np.abs(predicted[name].to_numpy() - t) / np.sqrt(
+            predicted[f"{name}_err"].to_numpy() ** 2 + e ** 2)
+        ok = np.isfinite(z)
+        out[name] = {"median_abs_z_flagged": float(np.median(z[ok & flagged]))
+                     if (ok & flagged).any() else None,
+                     "median_abs_z_unflagged": float(np.median(z[ok & ~flagged]))}
+    return out
