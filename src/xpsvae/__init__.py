@@ -10,6 +10,7 @@ keeps them so)::
     cli            the ``xpsvae`` command
     evaluation     metrics, the paper's claims, figures, the report, the demo
     catalog        encoding a store, in one process or on Dask
+    labels         stellar labels with calibrated uncertainties on the sVAE
     cannon         The Cannon, the supervised baseline
     svae           the SVAE facade: fit, encode, generate, save, load
     model          the network and its loss, pre-processing, the trainer, streaming
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # what an IDE or a type checker sees; at run time, __getattr_
     from .io.read import read_spectra
     from .io.spectra import RowAccounting, SpectraSet
     from .io.store import Store, open_store
+    from .labels import LabelHeadConfig, LabelModel
     from .model.network import ScatterVAE, SVAEConfig, svae_loss
     from .model.preprocess import Standardizer
     from .model.recipe import TrainConfig
@@ -54,12 +56,13 @@ _EXPORTS = {
     "load_apogee_library": "io.library",
     "read_spectra": "io.read", "RowAccounting": "io.spectra", "SpectraSet": "io.spectra",
     "Store": "io.store", "open_store": "io.store",
+    "LabelModel": "labels", "LabelHeadConfig": "labels",
     "ScatterVAE": "model.network", "SVAEConfig": "model.network", "svae_loss": "model.network",
     "Standardizer": "model.preprocess",
     "TrainConfig": "model.recipe", "Trainer": "model.trainer",
 }
 
-__all__ = ["Cannon", "ModelFileError", "RowAccounting", "SVAE", "SVAEConfig", "ScatterVAE",
+__all__ = ["Cannon", "LabelHeadConfig", "LabelModel", "ModelFileError", "RowAccounting", "SVAE", "SVAEConfig", "ScatterVAE",
            "SpectraError", "SpectraSet", "Standardizer", "Store", "TrainConfig", "Trainer",
            "TrainingDiverged", "XPParseError", "XPSampler", "__version__", "benchmark_split",
            "encode_store", "ingest", "library_path", "load_apogee_library", "open_store",

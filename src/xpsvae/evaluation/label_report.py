@@ -92,9 +92,18 @@ def labels_section(block: dict) -> List[str]:
                          for b, v in alpha["bins"].items()) + ".")
     ood = block.get("ood")
     if ood:
+        shown = [n for n in labels if n in ood]
+        larger = all((ood[n]["median_abs_z_flagged"] or 0) > ood[n]["median_abs_z_unflagged"]
+                     for n in shown)
         lines.append(f"- Out of distribution: {ood['n_flagged']} test stars flagged "
-                     f"({100 * ood['share_flagged']:.1f}%); median |z| flagged against not: "
-                     + "; ".join(f"{NAMES.get(n, n)} {_f(ood[n]['median_abs_z_flagged'])} vs "
-                                 f"{_f(ood[n]['median_abs_z_unflagged'])}"
-                                 for n in labels if n in ood) + ".")
+                     f"({100 * ood['share_flagged']:.1f}%). Median |predicted − APOGEE|, "
+                     "flagged against not: " + "; ".join(
+                         f"{NAMES.get(n, n)} {_f(ood[n].get('median_abs_residual_flagged'))} vs "
+                         f"{_f(ood[n].get('median_abs_residual_unflagged'))}" for n in shown)
+                     + ". Median |z|: " + "; ".join(
+                         f"{NAMES.get(n, n)} {_f(ood[n]['median_abs_z_flagged'])} vs "
+                         f"{_f(ood[n]['median_abs_z_unflagged'])}" for n in shown)
+                     + (". Flagged stars have larger |z| (the goal): reached." if larger else
+                        ". The goal, larger |z| for flagged stars, is **not reached**: their "
+                        "errors are larger, but the predicted σ already grows for them."))
     return lines + [""]

@@ -47,7 +47,8 @@ def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.n
     r = predicted[ok] - truth[ok]
     if not len(r):
         return {"n_stars": 0}
-    out = {"n_stars": int(len(r)), "robust_sigma": float(1.4826 * np.median(np.abs(r - np.median(r)))),
+    out = {"n_stars": int(len(r)),
+           "robust_sigma": float(1.4826 * np.median(np.abs(r - np.median(r)))),
            "rmse": float(np.sqrt(np.mean(r ** 2))), "bias": float(np.median(r))}
     if sigma is not None:
         err = np.zeros_like(r) if truth_err is None else np.nan_to_num(truth_err[ok])
@@ -180,9 +181,9 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
                                e[:, [ja]], ["alpha_m"], single)
         alpha.loc[~np.isfinite(fe[1][:, 0]), "alpha_m"] = np.nan
         out["baselines"]["alpha_from_fe_h"] = label_blocks(alpha, test.labels, ["alpha_m"])
+        truth = [np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")]
         out["alpha_classes"] = alpha_classification(
-            np.asarray(test.labels["fe_h"], np.float64), np.asarray(test.labels["alpha_m"], np.float64),
-            predicted["fe_h"].to_numpy(), predicted["alpha_m"].to_numpy(),
+            *truth, predicted["fe_h"].to_numpy(), predicted["alpha_m"].to_numpy(),
             alpha["alpha_m"].to_numpy())
     return out, label_model, predicted
 
@@ -220,10 +221,13 @@ def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
         t = np.asarray(truth[name], np.float64)
         e = np.nan_to_num(np.asarray(truth[f"{name}_err"], np.float64)) \
             if f"{name}_err" in truth else 0.0
-        z = np.abs(predicted[name].to_numpy() - t) / np.sqrt(
-            predicted[f"{name}_err"].to_numpy() ** 2 + e ** 2)
+        r = np.abs(predicted[name].to_numpy() - t)
+        z = r / np.sqrt(predicted[f"{name}_err"].to_numpy() ** 2 + e ** 2)
         ok = np.isfinite(z)
-        out[name] = {"median_abs_z_flagged": float(np.median(z[ok & flagged]))
-                     if (ok & flagged).any() else None,
-                     "median_abs_z_unflagged": float(np.median(z[ok & ~flagged]))}
+        some = (ok & flagged).any()
+        out[name] = {"median_abs_z_flagged": float(np.median(z[ok & flagged])) if some else None,
+                     "median_abs_z_unflagged": float(np.median(z[ok & ~flagged])),
+                     "median_abs_residual_flagged": float(np.median(r[ok & flagged]))
+                     if some else None,
+                     "median_abs_residual_unflagged": float(np.median(r[ok & ~flagged]))}
     return out

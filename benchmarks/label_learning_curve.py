@@ -1,0 +1,92 @@
+"""The semi-supervised claim: labels from the sVAE against supervised models, as the number
+of labelled stars grows.
+
+On the benchmark split of the embedded APOGEE library, one sVAE is trained on all the
+training stars' spectra (no labels: the default recipe, or ``--model DIR``). Then, for
+each number of labelled stars (500, 1k, 2k, 4k, 8k, 16k and all; ``--seeds`` draws of the
+labelled stars at the sizes up to 4k), side by side on the same labelled stars:
+
+* ``svae_label_model``: the label head on the sVAE's encoder features (xpsvae.labels);
+* ``mlp_spectrum``: the same head on the standardised spectrum (a supervised MLP);
+* ``cannon``: the Cannon (Teff, log g, [Fe/H]) fitted on those stars, its test step.
+
+Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. The side
+columns (J-H, J-K, BP-RP) go to both heads; ``--no-side`` leaves them out. One JSON line
+per size and seed as it goes, and the whole result last.
+
+    python benchmarks/label_learning_curve.py                 # ~25 min on 2 cores
+    python benchmarks/label_learning_curve.py --sizes 1000,4000 --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from xpsvae import SVAE, Cannon, TrainConfig, load_apogee_library
+from xpsvae.evaluation.labels import DEMO_SIDE, label_metrics
+from xpsvae.io.library import benchmark_split
+from xpsvae.labels import LabelHead, LabelHeadConfig
+from xpsvae.labels.features import side_columns, svae_features
+
+LABELS = ("teff", "logg", "fe_h", "alpha_m")
+
+
+def robust(predicted: np.ndarray, test, names) -> dict:
+    return {n: label_metrics(predicted[:, j], np.asarray(test.labels[n], float))["robust_sigma"]
+            for j, n in enumerate(names)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="an sVAE trained on the split's training stars")
+    p.add_argument("--sizes", default="500,1000,2000,4000,8000,16000,all")
+    p.add_argument("--seeds", type=int, default=3, help="draws at the sizes up to 4,000")
+    p.add_argument("--no-side", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    library = load_apogee_library()
+    train_idx, test_idx = benchmark_split(len(library))
+    train, test = library.subset(train_idx), library.subset(test_idx)
+    if args.model:
+        model = SVAE.load(args.model)
+    else:
+        model = SVAE(train_config=TrainConfig(threads=args.threads)).fit(train, progress=False)
+    side = () if args.no_side else DEMO_SIDE
+    features = {"svae_label_model": [svae_features(model, s) for s in (train, test)],
+                "mlp_spectrum": [model.standardizer.transform(s.values) for s in (train, test)]}
+    if side:
+        sides = [side_columns(s.labels, side, "library") for s in (train, test)]
+        features = {k: [np.hstack([f, c]) for f, c in zip(v, sides)] for k, v in features.items()}
+    y = np.column_stack([np.asarray(train.labels[n], float) for n in LABELS])
+    e = np.column_stack([np.asarray(train.labels[f"{n}_err"], float) for n in LABELS])
+    labelled = np.flatnonzero(np.isfinite(y).all(axis=1))
+    results = []
+    for size in args.sizes.split(","):
+        n = len(labelled) if size == "all" else int(size)
+        for seed in range(args.seeds if n <= 4000 else 1):
+            rows = np.random.default_rng(seed).choice(labelled, n, replace=False)
+            entry = {"n_labelled": n, "seed": seed}
+            config = LabelHeadConfig(seed=seed, threads=args.threads,
+                                     epochs=max(40, min(400, 40 * 16000 // n)))
+            for name, (f_train, f_test) in features.items():
+                start = time.perf_counter()
+                head = LabelHead(config).fit(f_train[rows], y[rows], e[rows])
+                entry[name] = robust(head.predict(f_test)[0], test, LABELS)
+                entry[name]["seconds"] = round(time.perf_counter() - start, 1)
+            start = time.perf_counter()
+            cannon = Cannon(("teff", "logg", "fe_h")).fit(train.subset(rows),
+                                                          standardizer=model.standardizer)
+            entry["cannon"] = robust(cannon.infer_labels(test)[0], test, cannon.label_names)
+            entry["cannon"]["seconds"] = round(time.perf_counter() - start, 1)
+            print(json.dumps(entry), flush=True)
+            results.append(entry)
+    print(json.dumps({"benchmark": "label_learning_curve", "side_columns": list(side),
+                      "results": results}))
+
+
+if __name__ == "__main__":
+    main()
