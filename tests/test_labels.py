@@ -159,6 +159,13 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     both = pd.read_parquet(encoded)
     np.testing.assert_array_equal(both["teff"], table["teff"])
     assert "latent_mean" in both and "labels_ood" in both
+    report = str(tmp_path / "report")  # the shipped sVAE was fitted on every library star
+    assert main(["--quiet", "evaluate", "builtin", test_file, "--labels", head, "--out", report,
+                 "--include-training-stars"]) == 0
+    metrics = json.load(open(os.path.join(report, "metrics.json")))
+    assert metrics["labels"]["svae_label_model"]["teff"]["test"]["n_stars"] == 200
+    assert "## Labels" in open(os.path.join(report, "report.md")).read()
+    assert os.path.exists(os.path.join(report, "figures", "labels_coverage.png"))
     meta = json.load(open(os.path.join(head, "head.json")))
     assert meta["labels"] == ["teff", "logg", "fe_h", "alpha_m"] and meta["side"] == ["j-h",
                                                                                       "j-k"]
@@ -177,3 +184,15 @@ def test_encode_refuses_a_label_model_of_another_svae(split, tmp_path):
     assert main(["--quiet", "encode", other, test_file, "--labels", head,
                  "--out", str(tmp_path / "e.parquet")]) == 2
     assert not os.path.exists(tmp_path / "e.parquet")
+
+
+def test_label_commands_tell_a_bad_argument_in_one_line(split, tmp_path, capsys):
+    train_file = _labelled_table(split[0].subset(np.arange(100)), tmp_path / "t.parquet")
+    assert main(["--quiet", "labels", "fit", "builtin", train_file, "--labels", "teff,vsini",
+                 "--out", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no label column 'vsini'" in err and "t.parquet" in err
+    assert main(["--quiet", "labels", "predict", str(tmp_path), train_file,
+                 "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "head.json: missing" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "h") and not os.path.exists(tmp_path / "p.parquet")

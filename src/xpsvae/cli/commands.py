@@ -274,6 +274,13 @@ def cmd_evaluate(args) -> int:
                "data": {"file": args.data, "accounting": spectra.accounting.to_dict(20),
                         "held_out": held_out}}
     metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
+    if args.labels:
+        from ..evaluation.labels import score_label_model, write_label_figures
+        from ..labels import LabelModel
+        label_model = LabelModel.load(args.labels)
+        metrics["labels"], predicted = score_label_model(label_model, spectra)
+        write_label_figures(os.path.join(args.out, "figures"), predicted, spectra.labels,
+                            label_model.labels)
     write_json(os.path.join(args.out, METRICS_FILE), metrics)
     print(f"report: {write_report(args.out, metrics)}")
     return 0

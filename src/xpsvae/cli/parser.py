@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cannon", help="a Cannon directory to compare with")
     v.add_argument("--out", required=True, help="report directory")
     v.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    v.add_argument("--labels", help="a label model (xpsvae labels fit) to score on the stars' "
+                                    "own label columns: the report's labels section")
     v.add_argument("--include-training-stars", action="store_true",
                    help="keep the model's own training stars (left out by default: figures on "
                         "them are not held-out figures)")

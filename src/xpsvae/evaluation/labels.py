@@ -217,7 +217,7 @@ def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
     """How many test stars are flagged, and whether their |z| is larger (it should be)."""
     flagged = predicted["labels_ood"].to_numpy()
     out = {"n_flagged": int(flagged.sum()), "share_flagged": float(flagged.mean())}
-    for name in labels:
+    for name in (n for n in labels if n in truth):
         t = np.asarray(truth[name], np.float64)
         e = np.nan_to_num(np.asarray(truth[f"{name}_err"], np.float64)) \
             if f"{name}_err" in truth else 0.0

@@ -41,7 +41,8 @@ class LabelHeadConfig:
     """How a label head is built and trained.
 
     Attributes:
-        hidden: widths of each member's hidden layers (GELU).
+        hidden: widths of each member's hidden layers (GELU). 256 wide, the demo's Teff
+            is 77 K; 128 wide, 100 K (docs/labels.md).
         members: MLPs in the ensemble, each from its own seed.
         epochs: passes over the training stars (AdamW, cosine-decayed rate).
         batch_size: stars per step.
@@ -52,7 +53,7 @@ class LabelHeadConfig:
         threads: CPU threads for torch (0: torch's default).
     """
 
-    hidden: Tuple[int, ...] = (128, 128)
+    hidden: Tuple[int, ...] = (256, 256)
     members: int = 4
     epochs: int = 40
     batch_size: int = 256
