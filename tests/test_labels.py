@@ -166,6 +166,10 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     assert metrics["labels"]["svae_label_model"]["teff"]["test"]["n_stars"] == 200
     assert "## Labels" in open(os.path.join(report, "report.md")).read()
     assert os.path.exists(os.path.join(report, "figures", "labels_coverage.png"))
+    from xpsvae.cli.describe import describe, format_description
+    described = describe(head)
+    assert described["what"] == "label model" and described["side"] == ["j-h", "j-k"]
+    assert "labels teff, logg, fe_h, alpha_m" in format_description(described)
     meta = json.load(open(os.path.join(head, "head.json")))
     assert meta["labels"] == ["teff", "logg", "fe_h", "alpha_m"] and meta["side"] == ["j-h",
                                                                                       "j-k"]

@@ -20,6 +20,9 @@ from ..core.files import (
     CONFIG_FILE,
     DATA_ACCOUNTING_FILE,
     HISTORY_NAME,
+    LABEL_HEAD_CONFIG,
+    LABEL_HEAD_WEIGHTS,
+    LABEL_SVAE_FOLDER,
     METRICS_FILE,
     MODEL_FILE,
     REPORT_FILE,
@@ -160,7 +163,7 @@ def _check_output(args) -> None:
         way = "add --overwrite to replace it, or give another --out"
     elif args.func in ("cannon_fit", "labels_fit"):
         names = (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE) if args.func == "cannon_fit" \
-            else ("head.json", "head.safetensors", "svae")
+            else (LABEL_HEAD_CONFIG, LABEL_HEAD_WEIGHTS, LABEL_SVAE_FOLDER)
         taken = [n for n in names if os.path.exists(os.path.join(out, n))]
         way = "add --overwrite to replace it, or give another --out"
     else:

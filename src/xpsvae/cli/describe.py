@@ -22,6 +22,8 @@ from ..core.files import (
     CANNON_CONFIG_FILE,
     CONFIG_FILE,
     HISTORY_NAME,
+    LABEL_HEAD_CONFIG,
+    LABEL_SVAE_FOLDER,
     MANIFEST,
     METRICS_FILE,
     MODEL_FILE,
@@ -59,11 +61,14 @@ def describe(path: str) -> dict:
             return _model(path)
         if os.path.exists(os.path.join(path, CANNON_CONFIG_FILE)):
             return _cannon(path)
+        if os.path.exists(os.path.join(path, LABEL_HEAD_CONFIG)):
+            return _label_model(path)
         if os.path.exists(os.path.join(path, METRICS_FILE)):
             return _report(path)
         raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue, "
-                           "model, Cannon or report (no manifest.json, _manifest.json, "
-                           "config.json, cannon.json or metrics.json)")
+                           "model, Cannon, label model or report (no manifest.json, "
+                           "_manifest.json, config.json, cannon.json, head.json or "
+                           "metrics.json)")
     if file_kind(path) == "parquet":
         meta = pq.read_metadata(path)
         return {"what": "table", "path": os.path.abspath(path), "rows": meta.num_rows,
@@ -160,6 +165,17 @@ def _cannon(path: str) -> dict:
             "fit": meta.get("fit", {})}
 
 
+def _label_model(path: str) -> dict:
+    with open(os.path.join(path, LABEL_HEAD_CONFIG)) as f:
+        meta = json.load(f)
+    return {"what": "label model", "path": os.path.abspath(path),
+            "labels": meta.get("labels"), "side": meta.get("side"),
+            "head": meta.get("config", {}), "ood": {k: v for k, v in meta.get("ood", {}).items()
+                                                   if k in ("quantile", "anomaly_score",
+                                                            "latent_distance")},
+            "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
+
+
 #: The models a report (``xpsvae demo``, ``xpsvae evaluate``) may compare.
 _REPORTED = ("svae", "svae_paper_recipe", "cannon", "cannon_thecannon_search")
 
@@ -238,6 +254,16 @@ def format_description(d: dict) -> str:
                      f"stars, {fit.get('n_stars_without_labels', 0):,} left out for lack of "
                      "a label" if isinstance(fit.get("n_stars_used"), int)
                      else f"  labels {', '.join(d['labels'] or [])}")
+    elif d["what"] == "label model":
+        h = d["head"]
+        lines.append(f"  labels {', '.join(d['labels'] or [])}; side columns "
+                     f"{', '.join(d['side']) or 'none'}; {h.get('members')} MLPs "
+                     f"{'-'.join(map(str, h.get('hidden', [])))}, {h.get('epochs')} epochs")
+        if d["ood"]:
+            lines.append(f"  flagged beyond {100 * d['ood']['quantile']:.0f}% of the training "
+                         f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
+                         f"distance {d['ood']['latent_distance']:.3g}")
+        lines.append("  its sVAE: " + format_description(d["svae"]).splitlines()[1].strip())
     elif d["what"] == "report":
         for name, t in d["test"].items():
             lines.append(f"  {name}: {_number(t['n_stars'], ',')} test stars, mean NLL "

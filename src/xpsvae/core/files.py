@@ -63,6 +63,11 @@ TRAINING_STARS_FILE = "training_stars.safetensors"
 CANNON_CONFIG_FILE = "cannon.json"
 CANNON_WEIGHTS_FILE = "cannon.safetensors"
 
+#: A label model (xpsvae.labels): its head's weights and JSON, and its copy of the sVAE.
+LABEL_HEAD_WEIGHTS = "head.safetensors"
+LABEL_HEAD_CONFIG = "head.json"
+LABEL_SVAE_FOLDER = "svae"
+
 #: The name by which every command and ``SVAE.load`` take the model shipped with the
 #: package (``SVAE.pretrained()``); a folder of that name in the working directory wins.
 BUILTIN_MODEL = "builtin"

@@ -30,10 +30,9 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from ..core.errors import ModelFileError
+from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
+from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
-
-HEAD_WEIGHTS = "head.safetensors"
-HEAD_CONFIG = "head.json"
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import SpectraError
+from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
 from ..core.files import model_folder
 from ..io.spectra import SpectraSet
 from ..svae import SVAE
@@ -32,7 +33,6 @@ from .head import LabelHead, LabelHeadConfig
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
 #: Share of the training stars inside the out-of-distribution thresholds.
 OOD_QUANTILE = 0.99
-SVAE_FOLDER = "svae"
 
 
 class LabelModel:
