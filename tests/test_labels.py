@@ -200,3 +200,20 @@ def test_label_commands_tell_a_bad_argument_in_one_line(split, tmp_path, capsys)
                  "--out", str(tmp_path / "p.parquet")]) == 2
     assert "head.json: missing" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "h") and not os.path.exists(tmp_path / "p.parquet")
+
+
+def test_a_store_is_encoded_with_labels_shard_by_shard(split, calspec_store, tmp_path):
+    """The 300 CALSPEC archive records (coefficients) through the shipped model of sampled
+    flux, with a label model of it: every shard gets the label columns."""
+    from xpsvae import encode_store
+    head = str(tmp_path / "head")
+    LabelModel.fit(SVAE.pretrained(), split[0].subset(np.arange(800)),
+                   config=LabelHeadConfig(members=1, epochs=3)).save(head)
+    out = str(tmp_path / "encoded")
+    manifest = encode_store("builtin", calspec_store, out, progress=False, labels_dir=head)
+    assert manifest["complete"] and manifest["rows"] == 300
+    table = pd.read_parquet(out)
+    assert len(table) == 300 and np.isfinite(table[["teff", "teff_err", "fe_h"]]).all().all()
+    assert table["labels_ood"].dtype == bool
+    # the hottest CALSPEC stars are white dwarfs and O/B stars: nothing like APOGEE's
+    assert table["labels_ood"].any()
