@@ -25,6 +25,7 @@ import torch
 
 from ..core.errors import SpectraError
 from ..io.spectra import SpectraSet
+from ..model.network import LOGVAR_BOUND
 from ..svae import SVAE
 
 
@@ -38,8 +39,9 @@ def svae_features(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> np.n
         for layer in hidden_stack:
             t = layer(t)
             outputs.append(t)  # each layer's output: the linear maps' and the activations'
-        mean, logvar = head(t).chunk(2, dim=-1)
-        return (torch.cat(outputs, dim=1), mean, 0.5 * logvar)
+        mean, logvar = head(t).chunk(2, dim=-1)  # as the network's encode() bounds it
+        return (torch.cat(outputs, dim=1), mean,
+                0.5 * logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
     hidden, mean, log_std = model.apply(fn, spectra, device)
     return np.concatenate([hidden, mean, log_std], axis=1).astype(np.float32)
 
