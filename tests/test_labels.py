@@ -217,3 +217,9 @@ def test_a_store_is_encoded_with_labels_shard_by_shard(split, calspec_store, tmp
     assert table["labels_ood"].dtype == bool
     # the hottest CALSPEC stars are white dwarfs and O/B stars: nothing like APOGEE's
     assert table["labels_ood"].any()
+    pytest.importorskip("dask.distributed", reason="the Dask path needs xpsvae[dask]")
+    on_dask = str(tmp_path / "on_dask")
+    encode_store("builtin", calspec_store, on_dask, scheduler="local", workers=2,
+                 progress=False, labels_dir=head)
+    # one thread per worker, as in process: the same numbers, row for row
+    pd.testing.assert_frame_equal(pd.read_parquet(on_dask), table)
