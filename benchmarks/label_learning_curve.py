@@ -29,7 +29,7 @@ import numpy as np
 from xpsvae import SVAE, Cannon, TrainConfig, load_apogee_library
 from xpsvae.evaluation.labels import DEMO_SIDE, label_metrics
 from xpsvae.io.library import benchmark_split
-from xpsvae.labels import LabelHead, LabelHeadConfig
+from xpsvae.labels import LabelHead, LabelHeadConfig, label_columns
 from xpsvae.labels.features import side_columns, svae_features
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -61,8 +61,7 @@ def main() -> None:
     if side:
         sides = [side_columns(s.labels, side, "library") for s in (train, test)]
         features = {k: [np.hstack([f, c]) for f, c in zip(v, sides)] for k, v in features.items()}
-    y = np.column_stack([np.asarray(train.labels[n], float) for n in LABELS])
-    e = np.column_stack([np.asarray(train.labels[f"{n}_err"], float) for n in LABELS])
+    y, e = label_columns(train.labels, LABELS)
     labelled = np.flatnonzero(np.isfinite(y).all(axis=1))
     results = []
     for size in args.sizes.split(","):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,20 +49,15 @@ def plot_predicted_vs_survey(predicted: pd.DataFrame, truth: pd.DataFrame,
 
 
 @_own_style
-def plot_coverage(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str],
-                  path: str) -> str:
-    """Share of stars with |z| < k against the Gaussian share, k from 0 to 3, per label."""
+def plot_coverage(z_by_label: Dict[str, np.ndarray], path: str) -> str:
+    """Share of stars with |z| < k against the Gaussian share, k from 0 to 3, per label
+    (``z``: NaN where a star lacks the label)."""
     from scipy.stats import norm
     k = np.linspace(0, 3, 61)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot(k, 2 * norm.cdf(k) - 1, color="black", lw=2, label="Gaussian (ideal)")
-    for name in labels:
-        t = np.asarray(truth[name], np.float64)
-        e = np.nan_to_num(np.asarray(truth[f"{name}_err"], np.float64)) \
-            if f"{name}_err" in truth else 0.0
-        z = np.abs(predicted[name].to_numpy() - t) / np.sqrt(
-            predicted[f"{name}_err"].to_numpy() ** 2 + e ** 2)
-        z = z[np.isfinite(z)]
+    for name, z in z_by_label.items():
+        z = np.abs(z[np.isfinite(z)])
         ax.plot(k, [(z < v).mean() for v in k], label=_title(name))
     ax.set_xlabel("k: |predicted − APOGEE| / √(σ² + σ_APOGEE²) below k")
     ax.set_ylabel("share of test stars")

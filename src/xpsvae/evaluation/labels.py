@@ -21,13 +21,13 @@ classifier that sees [Fe/H] alone.
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from ..io.spectra import SpectraSet
-from ..labels import LabelHead, LabelHeadConfig, LabelModel
+from ..labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
 from ..labels.features import side_columns
 from ..svae import SVAE
 
@@ -40,22 +40,42 @@ DEMO_SIDE = ("j-h", "j-k", "gaiaedr3_phot_bp_mean_mag-gaiaedr3_phot_rp_mean_mag"
 FE_H_BINS = (-1.0, -0.5, 0.0, 0.5)
 
 
+def residuals(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
+              truth_err: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(predicted - survey, z) per star, NaN where either label is missing; z only with a
+    predicted ``sigma``, the survey's error (0 where it gives none) added in quadrature."""
+    r = np.asarray(predicted, np.float64) - np.asarray(truth, np.float64)
+    if sigma is None:
+        return r, None
+    err = 0.0 if truth_err is None else np.nan_to_num(np.asarray(truth_err, np.float64))
+    return r, r / np.sqrt(np.asarray(sigma, np.float64) ** 2 + err ** 2)
+
+
 def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
                   truth_err: Optional[np.ndarray] = None) -> dict:
     """The figures of one label on one set of stars (module docstring)."""
-    ok = np.isfinite(truth) & np.isfinite(predicted)
-    r = predicted[ok] - truth[ok]
+    r, z = residuals(predicted, truth, sigma, truth_err)
+    ok = np.isfinite(r)
+    r = r[ok]
     if not len(r):
         return {"n_stars": 0}
     out = {"n_stars": int(len(r)),
            "robust_sigma": float(1.4826 * np.median(np.abs(r - np.median(r)))),
            "rmse": float(np.sqrt(np.mean(r ** 2))), "bias": float(np.median(r))}
-    if sigma is not None:
-        err = np.zeros_like(r) if truth_err is None else np.nan_to_num(truth_err[ok])
-        z = r / np.sqrt(sigma[ok] ** 2 + err ** 2)
+    if z is not None:
+        z = z[ok]
         out.update({"std_z": float(np.std(z)),
                     **{f"coverage_{k}sigma": float(np.mean(np.abs(z) < k)) for k in (1, 2, 3)}})
     return out
+
+
+def _columns(predicted: pd.DataFrame, truth: pd.DataFrame, name: str) -> tuple:
+    """(predicted, survey value, predicted sigma or None, survey error or None) of one
+    label: the arguments of :func:`residuals` and :func:`label_metrics`, in their order."""
+    return (np.asarray(predicted[name], np.float64), np.asarray(truth[name], np.float64),
+            np.asarray(predicted[f"{name}_err"], np.float64) if f"{name}_err" in predicted
+            else None,
+            np.asarray(truth[f"{name}_err"], np.float64) if f"{name}_err" in truth else None)
 
 
 def subset_masks(table: pd.DataFrame) -> Dict[str, np.ndarray]:
@@ -75,11 +95,7 @@ def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[
     for name in labels:
         if name not in predicted or name not in truth:
             continue
-        p = np.asarray(predicted[name], dtype=np.float64)
-        s = np.asarray(predicted[f"{name}_err"], np.float64) if f"{name}_err" in predicted \
-            else None
-        t = np.asarray(truth[name], dtype=np.float64)
-        e = np.asarray(truth[f"{name}_err"], np.float64) if f"{name}_err" in truth else None
+        p, t, s, e = _columns(predicted, truth, name)
         out[name] = {subset: label_metrics(p[m], t[m], None if s is None else s[m],
                                            None if e is None else e[m])
                      for subset, m in masks.items()}
@@ -120,13 +136,6 @@ def alpha_classification(fe_h_true, alpha_true, fe_h_pred, alpha_pred,
     return out
 
 
-def _labels_of(stars: SpectraSet, labels: Sequence[str]):
-    y = np.column_stack([np.asarray(stars.labels[n], np.float64) for n in labels])
-    e = np.column_stack([np.asarray(stars.labels[f"{n}_err"], np.float64)
-                         if f"{n}_err" in stars.labels else np.zeros(len(stars)) for n in labels])
-    return y, e
-
-
 def _head_baseline(name: str, train_x, test_x, y, e, labels, config) -> pd.DataFrame:
     head = LabelHead(config).fit(train_x, y, e)
     mean, sigma = head.predict(test_x)
@@ -156,7 +165,7 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     out["ood"] = _ood_block(predicted, test.labels, labels)
     if not baselines:
         return out, label_model, predicted
-    y, e = _labels_of(train, labels)
+    y, e = label_columns(train.labels, labels)
     single = LabelHeadConfig(**{**config.__dict__, "members": 1})
     sides = [side_columns(s.labels, side, "library") for s in (train, test)]
     spectra = [model.standardizer.transform(s.values) for s in (train, test)]
@@ -207,7 +216,8 @@ def write_label_figures(fig_dir: str, predicted: pd.DataFrame, truth: pd.DataFra
     from .label_figures import plot_coverage, plot_kiel, plot_predicted_vs_survey
     plot_predicted_vs_survey(predicted, truth, labels, os.path.join(fig_dir,
                                                                     "labels_vs_apogee.png"))
-    plot_coverage(predicted, truth, labels, os.path.join(fig_dir, "labels_coverage.png"))
+    plot_coverage({name: residuals(*_columns(predicted, truth, name))[1] for name in labels},
+                  os.path.join(fig_dir, "labels_coverage.png"))
     if unlabelled is not None and len(unlabelled) and {"teff", "logg", "fe_h"} <= set(labels):
         plot_kiel(unlabelled, os.path.join(fig_dir, "labels_kiel_unlabelled.png"),
                   f"{len(unlabelled):,} library stars without APOGEE [Fe/H], as predicted")
@@ -218,11 +228,7 @@ def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
     flagged = predicted["labels_ood"].to_numpy()
     out = {"n_flagged": int(flagged.sum()), "share_flagged": float(flagged.mean())}
     for name in (n for n in labels if n in truth):
-        t = np.asarray(truth[name], np.float64)
-        e = np.nan_to_num(np.asarray(truth[f"{name}_err"], np.float64)) \
-            if f"{name}_err" in truth else 0.0
-        r = np.abs(predicted[name].to_numpy() - t)
-        z = r / np.sqrt(predicted[f"{name}_err"].to_numpy() ** 2 + e ** 2)
+        r, z = (np.abs(a) for a in residuals(*_columns(predicted, truth, name)))
         ok = np.isfinite(z)
         some = (ok & flagged).any()
         out[name] = {"median_abs_z_flagged": float(np.median(z[ok & flagged])) if some else None,

@@ -16,7 +16,7 @@ side columns, thresholds of the flag).
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -73,10 +73,7 @@ class LabelModel:
         if missing:
             raise SpectraError(f"{source}: no label column {missing[0]!r}; columns present: "
                                f"{sorted(table.columns)[:20]}")
-        y = np.column_stack([np.asarray(table[name], dtype=np.float64) for name in labels])
-        y_err = np.column_stack([np.asarray(table[f"{name}_err"], dtype=np.float64)
-                                 if f"{name}_err" in table else np.zeros(len(table))
-                                 for name in labels])
+        y, y_err = label_columns(table, labels)
         labelled = np.isfinite(y).any(axis=1) & spectra.observed.all(axis=1)
         if labelled.sum() < 50:
             raise SpectraError(f"{source}: {int(labelled.sum())} complete stars have one of "
@@ -130,6 +127,16 @@ class LabelModel:
         head, meta = LabelHead.load(directory)
         svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
         return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"])
+
+
+def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """(values, errors), each (n, len(labels)) float64, of a table's label columns and
+    their ``<label>_err`` columns (0 where a label has none; NaN where a star lacks one)."""
+    y = np.column_stack([np.asarray(table[name], dtype=np.float64) for name in labels])
+    y_err = np.column_stack([np.asarray(table[f"{name}_err"], dtype=np.float64)
+                             if f"{name}_err" in table else np.zeros(len(table))
+                             for name in labels])
+    return y, y_err
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
