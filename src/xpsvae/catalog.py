@@ -140,10 +140,10 @@ def _load_labels(labels_dir: str) -> LabelModel:
     return LabelModel.load(labels_dir)  # once per worker process
 
 
-def check_labels_fit(model: SVAE, labels_dir: str) -> None:
-    """Refuse a label model fitted on another sVAE than ``model`` (its latents and its
-    labels would describe two models)."""
-    theirs = _load_labels(labels_dir).svae.network.state_dict()
+def check_labels_fit(model: SVAE, label_model: LabelModel, labels_dir: str) -> None:
+    """Refuse a label model (read from ``labels_dir``) fitted on another sVAE than ``model``
+    (its latents and its labels would describe two models)."""
+    theirs = label_model.svae.network.state_dict()
     ours = model.network.state_dict()
     if set(theirs) != set(ours) or any(not torch.equal(theirs[k], ours[k]) for k in ours):
         raise SpectraError(f"{labels_dir}: a label model of another sVAE than the one "
@@ -181,7 +181,7 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     _check_model_takes(model, model_dir, data, shards[0])
     if labels_dir:
         labels_dir = os.path.abspath(labels_dir)
-        check_labels_fit(model, labels_dir)
+        check_labels_fit(model, _load_labels(labels_dir), labels_dir)
     os.makedirs(out_dir, exist_ok=True)
     jobs = [(s, os.path.join(out_dir, shard_name(i))) for i, s in enumerate(shards)]
     todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped

@@ -33,6 +33,7 @@ from .core.errors import SpectraError
 from .core.files import MANIFEST, is_shard_name
 from .flux import XPSampler
 from .io.columns import column_to_1d, column_to_2d
+from .io.read import read_spectra
 from .io.spectra import SpectraSet
 from .io.store import Store
 from .io.tables import read_table_columns, spectra_from_columns
@@ -85,6 +86,15 @@ def read_for_model(path: str, wanted: dict) -> SpectraSet:
         raise SpectraError(f"{path}: {spectra.n_inputs} inputs, the model takes "
                            f"{wanted['n_inputs']}")
     return spectra
+
+
+def read_path_for_model(path: str, wanted: dict, progress: bool = False) -> SpectraSet:
+    """A table file or store shard made into the model's inputs (:func:`read_for_model`),
+    or a store folder read whole (:func:`~xpsvae.io.read.read_spectra`; its spectra must
+    already be of the model's kind and width, which the model checks)."""
+    if os.path.isdir(path):
+        return read_spectra(path, progress=progress)
+    return read_for_model(path, wanted)
 
 
 def as_spectra(spectra, errors=None, what: str = "training",

@@ -202,7 +202,8 @@ class SVAE:
                          "wavelength_nm": stream.wavelength_nm,
                          "input_names": stream.input_names})
         stream.standardizer = self.standardizer  # a resumed run's saved statistics
-        self.training_source_ids = training_stars_record(store_source_ids(store, MAX_RECORDED_STARS))
+        self.training_source_ids = training_stars_record(
+            store_source_ids(store, MAX_RECORDED_STARS))
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         if not resident:
             return self._train(trainer, out_dir, lambda: trainer.fit_stream(
@@ -298,7 +299,7 @@ class SVAE:
         """Apply ``fn`` to float32 chunks of ``array`` on ``device``; concatenate the outputs.
 
         A chunk with unmeasured inputs (NaN) reaches ``fn`` with them filled in by the
-        model (:func:`~xpsvae.model.network.impute`); a complete chunk as it is.
+        model (:func:`~xpsvae.model.partial.impute`); a complete chunk as it is.
         """
         dev = resolve_device(device)
         # The network stays where it last ran: a catalogue is encoded in many small calls
@@ -414,9 +415,9 @@ class SVAE:
         """Per star: latents, how well the model reconstructs it, and how unlike it is.
 
         ``anomaly_score`` is the star's negative log-likelihood under the model,
-        per measured input: the mean over its measured inputs of ``r^2/2 + ln(2 pi w)/2``, with ``w =
-        err^2 + scatter^2`` in standardised units and the reconstruction decoded
-        from the latent mean. Rare or broken spectra score high; the stars most
+        per measured input: the mean over its measured inputs of ``r^2/2 + ln(2 pi
+        w)/2``, with ``w = err^2 + scatter^2`` in standardised units and the
+        reconstruction decoded from the latent mean. Rare or broken spectra score high; the stars most
         unlike the others are ``np.argsort(-score(stars)["anomaly_score"])``.
 
         Args:

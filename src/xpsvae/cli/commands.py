@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..conform import contract, read_for_model
+from ..conform import contract, read_for_model, read_path_for_model
 from ..core import machine
 from ..core.errors import SpectraError
 from ..core.files import DATA_ACCOUNTING_FILE, METRICS_FILE, REPORT_FILE, atomic_path, write_json
@@ -129,13 +129,14 @@ def cmd_encode(args) -> int:
               f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
     model = SVAE.load(args.model)
-    if args.labels:
-        check_labels_fit(model, os.path.abspath(args.labels))
+    label_model = LabelModel.load(args.labels) if args.labels else None
+    if label_model is not None:
+        check_labels_fit(model, label_model, args.labels)
     spectra = read_for_model(args.data, contract(model.info, model.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
     table = encoded_table(model, spectra, device=args.device)
-    if args.labels:
-        table = with_labels(table, LabelModel.load(args.labels).predict(spectra, args.device))
+    if label_model is not None:
+        table = with_labels(table, label_model.predict(spectra, args.device))
     meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
             "accounting": spectra.accounting.to_dict(100)}
     _write_parquet(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)
@@ -257,8 +258,8 @@ def cmd_evaluate(args) -> int:
     from ..evaluation.report import write_report
     from ..svae import SVAE
     model = SVAE.load(args.model)
-    spectra = read_for_model(args.data, contract(model.info, model.config.input_dim)) \
-        if os.path.isfile(args.data) else read_spectra(args.data, progress=not args.quiet)
+    spectra = read_path_for_model(args.data, contract(model.info, model.config.input_dim),
+                                  progress=not args.quiet)
     print(spectra.accounting.summary(), file=sys.stderr)
     spectra, held_out = held_out_stars(model, spectra, args.include_training_stars)
     if held_out["training_stars_left_out"]:

@@ -6,9 +6,8 @@ import os
 import shutil
 import sys
 
-from ..conform import contract, read_for_model
+from ..conform import contract, read_for_model, read_path_for_model
 from ..core.files import atomic_path
-from ..io.read import read_spectra
 
 
 def cmd_labels_fit(args) -> int:
@@ -16,8 +15,7 @@ def cmd_labels_fit(args) -> int:
     from ..labels import LabelHeadConfig, LabelModel
     from ..svae import SVAE
     svae = SVAE.load(args.model)
-    spectra = read_for_model(args.data, contract(svae.info, svae.config.input_dim)) \
-        if os.path.isfile(args.data) else read_spectra(args.data)
+    spectra = read_path_for_model(args.data, contract(svae.info, svae.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
     extra = [name.strip() for name in args.extra.split(",") if name.strip()]
