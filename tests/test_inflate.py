@@ -102,8 +102,8 @@ def test_a_line_too_long_to_hold_is_dropped_as_it_is_read(tmp_path, final_newlin
         if len(line) <= max_line:
             assert got == line
         elif got != line:
-            assert inflate.long_line_length(got.decode()) == len(line)
-    assert inflate.long_line_length(out[1].decode()) == sizes[1]
-    assert inflate.long_line_length(out[-1].decode()) == sizes[-1]
+            assert inflate.too_long(got.decode()) == len(line)
+    assert inflate.too_long(out[1].decode()) == sizes[1]
+    assert inflate.too_long(out[-1].decode()) == sizes[-1]
     # what was held at once: no chunk holds more than a chunk, a block and max_line
     assert max(map(len, chunks)) <= (1 << 20) + inflate._BLOCK_BYTES + max_line

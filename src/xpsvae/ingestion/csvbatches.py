@@ -31,10 +31,8 @@ def csv_lines(lines: Iterable[str], header: List[str], first_number: int) -> Ite
     for number, line in enumerate(lines, start=first_number):
         if not line.strip():
             continue
-        # a line the reader dropped, or one that came whole inside a block: the same rule
-        dropped = inflate.long_line_length(line) or (
-            len(line) > inflate.MAX_LINE_BYTES and len(line.encode()))
-        if dropped and dropped > inflate.MAX_LINE_BYTES:
+        dropped = inflate.too_long(line)
+        if dropped is not None:
             yield number, None, XPParseError(
                 f"a line of {dropped:,} bytes, longer than the {inflate.MAX_LINE_BYTES >> 20} MB "
                 f"a row may hold (an XP row is ~40 kB); set aside unread")

@@ -114,14 +114,17 @@ def complete_line_chunks(path: str, chunk_bytes: int = CHUNK_BYTES,
 
 def long_line_mark(n_bytes: int) -> bytes:
     """The line that stands for a dropped line of ``n_bytes`` bytes (see
-    :func:`long_line_length`)."""
+    :func:`too_long`)."""
     return LONG_LINE_MARK + str(n_bytes).encode() + b"\n"
 
 
-def long_line_length(line: str) -> Optional[int]:
-    """The length of the dropped line that ``line`` stands for; None for any other line."""
+def too_long(line: str) -> Optional[int]:
+    """The length in bytes of a line past :data:`MAX_LINE_BYTES`: one the reader dropped
+    (``line`` is its mark), or one that lay whole inside a block; None for any other."""
     if line.startswith(LONG_LINE_MARK.decode()):
         return int(line[len(LONG_LINE_MARK):])
+    if len(line) > MAX_LINE_BYTES and len(line.encode()) > MAX_LINE_BYTES:
+        return len(line.encode())
     return None
 
 
