@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM, SAMPLED_COLUMNS
+from .core.constants import BANDS, GAIAXPY_DEFAULT_GRID_NM, SAMPLED_COLUMNS, no_band
 from .core.errors import SpectraError
 from .core.files import MANIFEST, is_shard_name
 from .flux import XPSampler
@@ -177,7 +177,7 @@ def _sampled_from_coefficients(path: str, wanted: dict, columns: dict) -> Spectr
     for band in BANDS:
         missing = column_to_1d(columns[f"{band}_missing"]).astype(bool) \
             if f"{band}_missing" in columns else np.zeros(n, bool)
-        absent.append((missing, f"no {band.upper()} spectrum"))
+        absent.append((missing, no_band(band)))
         bands.append(tuple(np.nan_to_num(column_to_2d(columns[f"{band}_{name}"], path,
                                                       f"{band}_{name}"))
                            for name in ("coefficients", "coefficient_errors",

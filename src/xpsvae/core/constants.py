@@ -13,6 +13,11 @@ import numpy as np
 
 #: The two XP bands, in the order xpsvae stacks them (BP first).
 BANDS = ("bp", "rp")
+
+
+def no_band(band: str) -> str:
+    """The reason a row with ``band`` missing whole is partial, in every account."""
+    return f"no {band.upper()} spectrum"
 #: Basis function set ids of Gaia DR3 (BP, RP); others are refused.
 DR3_BASIS_IDS = {"bp": {56}, "rp": {57}}
 #: GaiaXPy's default sampling: 336-1020 nm in 2 nm steps (343 samples).

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..core.constants import BANDS, no_band
 from ..core.errors import SpectraError, XPParseError
 from .accounting import FileAccount, SeenIds, duplicate_reason, row_of
 from .formats import file_batches
@@ -49,10 +50,10 @@ def normalise_batch(batch: Batch, account: "FileAccount",
     if grid is None and fast is not None and fast.num_rows:
         # The fast path keeps a row with a band missing whole (its other inputs all good):
         # partial. A row with any other missing input it leaves to the exact reader below.
-        for band in ("bp", "rp"):
+        for band in BANDS:
             n = int(pc.sum(fast.column(f"{band}_missing")).as_py() or 0)
             if n:
-                account.add_partial(f"no {band.upper()} spectrum", n)
+                account.add_partial(no_band(band), n)
     if grid is not None and fast is not None and fast.num_rows:
         # The fast path checked all but the grid's length, which the store decides.
         n_flux = pc.list_value_length(fast.column("flux")).to_numpy(zero_copy_only=False)

@@ -19,7 +19,13 @@ from typing import Callable, List, Optional
 import numpy as np
 import pyarrow as pa
 
-from ..core.constants import BANDS, DR3_BASIS_IDS, FLAT_COEFFICIENT, GAIAXPY_DEFAULT_GRID_NM
+from ..core.constants import (
+    BANDS,
+    DR3_BASIS_IDS,
+    FLAT_COEFFICIENT,
+    GAIAXPY_DEFAULT_GRID_NM,
+    no_band,
+)
 from ..core.errors import SpectraError, XPParseError
 
 _band_fields = []
@@ -259,7 +265,7 @@ def partial_reason(row: dict) -> Optional[str]:
     else:
         for band in BANDS:
             if row.get(f"{band}_missing"):
-                return f"no {band.upper()} spectrum"
+                return no_band(band)
         pairs = [(f"{b}_coefficients", f"{b}_coefficient_errors") for b in BANDS]
     for value, error in pairs:
         values = np.asarray(row[value], dtype=np.float64)

@@ -29,6 +29,7 @@ from ..core.constants import (
     SOURCE_ID_COLUMNS,
     TABLE_KINDS,
     file_kind,
+    no_band,
     suffixes_of,
 )
 from ..core.errors import SpectraError
@@ -129,7 +130,7 @@ def spectra_from_columns(columns: Dict[str, object], source: str = "<table>",
                 missing = column_to_1d(columns[f"{band}_missing"]).astype(bool)
                 band_inputs = np.zeros(values.shape, dtype=bool)
                 band_inputs[missing, k * half:(k + 1) * half] = True
-                input_problems.append((band_inputs, f"no {band.upper()} spectrum"))
+                input_problems.append((band_inputs, no_band(band)))
                 used.add(f"{band}_missing")
         for band_inputs, reason in input_problems:  # the synthetic G needs both bands
             row_problems.append((band_inputs.any(axis=1) & ~_has_g(columns),
