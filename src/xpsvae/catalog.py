@@ -44,6 +44,7 @@ from .core.files import MANIFEST as STORE_MANIFEST
 from .io.spectra import SpectraSet
 from .io.store import store_shards
 from .labels.model import LabelModel
+from .model.trainer import torch_threads
 from .svae import SVAE
 
 
@@ -89,9 +90,7 @@ def encode_shard(model_dir: str, shard: str, out_path: str,
     results whatever its machine's thread count. Of a store's shard only the
     columns the model needs are read (not the correlations, ~90% of the bytes).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model = _load_model(model_dir)
         try:
             spectra = read_for_model(shard, contract(model.info, model.config.input_dim))
@@ -103,8 +102,6 @@ def encode_shard(model_dir: str, shard: str, out_path: str,
             table = encoded_table_schema(
                 model, _load_labels(labels_dir).labels if labels_dir else ()).empty_table()
             accounting = {"source": shard, "error": str(exc)}
-    finally:
-        torch.set_num_threads(threads)
     meta = {**model_metadata(model_dir), "input": os.path.abspath(shard),
             "accounting": accounting}
     table = table.replace_schema_metadata({"xpsvae": json.dumps(meta)})

@@ -33,6 +33,7 @@ from ..core.errors import ModelFileError
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
+from ..model.trainer import torch_threads
 
 
 @dataclass
@@ -132,7 +133,7 @@ class LabelHead:
         val[np.random.default_rng(c.seed).permutation(len(y))[:int(c.val_fraction * len(y))]] = True
         tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
         has_t = torch.from_numpy(has)
-        with _threads(c.threads):
+        with torch_threads(c.threads):
             self.members = [self._train_member(k, *(t[~val] for t in tensors), has_t[~val])
                             for k in range(c.members)]
             mean, sigma = self._mixture(tensors[0][val])
@@ -195,7 +196,7 @@ class LabelHead:
         if not self.members:
             raise RuntimeError("the label head is not fitted: call fit() or load() first")
         x = torch.from_numpy(self._standardised(features).astype(np.float32))
-        with _threads(self.config.threads):
+        with torch_threads(self.config.threads):
             mean, sigma = self._mixture(x)
         return (mean * self.label_std + self.label_mean,
                 sigma * self.sigma_scale * self.label_std)
@@ -257,17 +258,3 @@ def _fit_scale(mean: np.ndarray, sigma: np.ndarray, y: np.ndarray, err: np.ndarr
         v = np.exp(2 * log_s) * s2 + e2
         return 0.5 * np.mean(r2 / v + np.log(v))
     return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
-
-
-class _threads:
-    """torch's CPU thread count set for a block (0: left as it is)."""
-
-    def __init__(self, n: int):
-        self.n, self.before = n, torch.get_num_threads()
-
-    def __enter__(self):
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)

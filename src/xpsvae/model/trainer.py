@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -40,6 +41,19 @@ def distributed_rank_world() -> tuple:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` for a block, and put back after it (0: left
+    as it is)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:
