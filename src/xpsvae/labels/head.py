@@ -42,7 +42,7 @@ class LabelHeadConfig:
 
     Attributes:
         hidden: widths of each member's hidden layers (GELU). 256 wide, the demo's Teff
-            is 77 K; 128 wide, 100 K (docs/labels.md).
+            is 75 K; 128 wide, 100 K (docs/labels.md).
         members: MLPs in the ensemble, each from its own seed.
         epochs: passes over the training stars (AdamW, cosine-decayed rate).
         batch_size: stars per step.
