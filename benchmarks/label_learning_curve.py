@@ -8,7 +8,9 @@ labelled stars at the sizes up to 4k), side by side on the same labelled stars:
 
 * ``svae_label_model``: the label head on the sVAE's encoder features (xpsvae.labels);
 * ``mlp_spectrum``: the same head on the standardised spectrum (a supervised MLP);
-* ``cannon``: the Cannon (Teff, log g, [Fe/H]) fitted on those stars, its test step.
+* ``cannon``: the Cannon (Teff, log g, [Fe/H]) fitted on those stars, its test step;
+* ``svae_joint_label_model`` (with ``--joint``): an sVAE trained semi-supervised, on all the
+  training spectra with the labels of those stars alone, and the same head on it.
 
 Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. The side
 columns (J-H, J-K, BP-RP) go to both heads; ``--no-side`` leaves them out. One JSON line
@@ -16,6 +18,7 @@ per size and seed as it goes, and the whole result last.
 
     python benchmarks/label_learning_curve.py                 # ~25 min on 2 cores
     python benchmarks/label_learning_curve.py --sizes 1000,4000 --seeds 1
+    python benchmarks/label_learning_curve.py --sizes 1000,4000,all --seeds 1 --joint
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="draws at the sizes up to 4,000")
     p.add_argument("--no-side", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--joint", action="store_true",
+                   help="also train an sVAE semi-supervised on each draw's labels (~35 s each)")
     args = p.parse_args()
     library = load_apogee_library()
     train_idx, test_idx = benchmark_split(len(library))
@@ -76,6 +81,19 @@ def main() -> None:
                 head = LabelHead(config).fit(f_train[rows], y[rows], e[rows])
                 entry[name] = robust(head.predict(f_test)[0], test, LABELS)
                 entry[name]["seconds"] = round(time.perf_counter() - start, 1)
+            if args.joint:
+                start = time.perf_counter()
+                only = train.subset(np.arange(len(train)))
+                unused = np.setdiff1d(np.arange(len(train)), rows)
+                only.labels.loc[unused, list(LABELS)] = np.nan  # these stars' labels unseen
+                joint = SVAE(train_config=TrainConfig(threads=args.threads)).fit(
+                    only, labels=LABELS, progress=False)
+                f = [svae_features(joint, s) for s in (train, test)]
+                if side:
+                    f = [np.hstack([a, c]) for a, c in zip(f, sides)]
+                head = LabelHead(config).fit(f[0][rows], y[rows], e[rows])
+                entry["svae_joint_label_model"] = robust(head.predict(f[1])[0], test, LABELS)
+                entry["svae_joint_label_model"]["seconds"] = round(time.perf_counter() - start, 1)
             start = time.perf_counter()
             cannon = Cannon(("teff", "logg", "fe_h")).fit(train.subset(rows),
                                                           standardizer=model.standardizer)

@@ -13,7 +13,8 @@ data description). Loading never unpickles anything.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import replace
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from .io.store import store_source_ids
 from .model.folder import (
     FORMAT_VERSION,
     MAX_RECORDED_STARS,
+    check_resumable,
     read_config,
     read_training_stars,
     read_weights,
@@ -47,6 +49,7 @@ from .model.partial import impute, median_scale
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.stream import StoreStream, refuse_a_part_too_large
+from .model.supervision import label_targets
 from .model.trainer import Trainer, distributed_rank_world, resolve_device
 
 #: Training options that may change when a run is resumed.
@@ -85,9 +88,9 @@ class SVAE:
         self.training_source_ids: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------ training
-    def fit(self, spectra, errors=None, *, out_dir: Optional[str] = None, resume: bool = False,
-            progress: bool = True, on_epoch_end: Optional[Callable[[Trainer], None]] = None
-            ) -> "SVAE":
+    def fit(self, spectra, errors=None, *, labels: Sequence[str] = (),
+            out_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
+            on_epoch_end: Optional[Callable[[Trainer], None]] = None) -> "SVAE":
         """Fit standardisation and network on the given (training) stars.
 
         A validation share (``train_config.val_fraction``) is drawn from them
@@ -100,6 +103,9 @@ class SVAE:
             spectra: a :class:`SpectraSet`, or an array (n_stars, n_inputs)
                 with ``errors`` of the same shape.
             errors: errors when ``spectra`` is an array.
+            labels: label columns of ``spectra`` (with ``<label>_err``) that the latent
+                learns too: semi-supervised, weighted by ``train_config.label_weight``
+                (docs/labels.md). Stars without them still train the sVAE.
             out_dir: model directory: receives ``config.json`` before
                 training, a checkpoint and ``history.csv`` after every epoch,
                 and the final model.
@@ -138,7 +144,7 @@ class SVAE:
                         lambda: Standardizer.fit(spectra.values, train_idx),
                         {"kind": spectra.kind, "normalisation": spectra.normalisation,
                          "wavelength_nm": spectra.wavelength_nm,
-                         "input_names": spectra.input_names()})
+                         "input_names": spectra.input_names()}, labels)
 
         # Under torchrun each rank trains on every world-th training star; the
         # standardisation above saw them all, so it is the same on every rank.
@@ -148,11 +154,16 @@ class SVAE:
         x, err = self.standardizer.transform(spectra.values, spectra.errors,
                                              rows=np.concatenate([local, val_idx]))
         x, err = torch.from_numpy(x), torch.from_numpy(err)
-        n_local = len(local)
+        n_local, targets = len(local), None
+        if self.config.labels:
+            targets, mean, std = label_targets(spectra.labels, self.config.labels, local,
+                                               data_description["source"] or "the input")
+            for name, value in (("label_mean", mean), ("label_std", std)):
+                getattr(self.network.label_head, name).copy_(torch.from_numpy(value))
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         return self._train(trainer, out_dir, lambda: trainer.fit(
             x[:n_local], err[:n_local], x[n_local:], err[n_local:], resume=resume,
-            on_epoch_end=on_epoch_end))
+            on_epoch_end=on_epoch_end, labels=targets))
 
     def fit_store(self, store: str, *, out_dir: Optional[str] = None, resume: bool = False,
                   progress: bool = True, buffer_shards: int = 4,
@@ -201,6 +212,9 @@ class SVAE:
                         {"kind": stream.kind, "normalisation": stream.normalisation,
                          "wavelength_nm": stream.wavelength_nm,
                          "input_names": stream.input_names})
+        if self.config.labels:
+            raise ValueError("a model with labels learns them from a table in memory "
+                             "(fit, xpsvae train TABLE --labels), not from a store")
         stream.standardizer = self.standardizer  # a resumed run's saved statistics
         self.training_source_ids = training_stars_record(
             store_source_ids(store, MAX_RECORDED_STARS))
@@ -228,15 +242,23 @@ class SVAE:
 
     def _start_run(self, out_dir: Optional[str], resume: bool, data_description: dict,
                    n_inputs: int, fit_standardizer: Callable[[], Standardizer],
-                   info: dict) -> None:
-        """Adopt the saved run to resume, or set up a new one: architecture,
-        standardisation, what the inputs are, and ``config.json`` (rank 0)."""
+                   info: dict, labels: Sequence[str] = ()) -> None:
+        """Adopt the saved run to resume, or set up a new one: architecture (with the
+        label head for ``labels``), standardisation, what the inputs are, and
+        ``config.json`` (rank 0)."""
         saved = os.path.join(out_dir, CONFIG_FILE) if out_dir else None
         if resume and saved and os.path.exists(saved):
-            self._adopt_saved_run(out_dir, data_description)
+            saved = check_resumable(out_dir, self.train_config, data_description,
+                                    RESUMABLE_CHANGES, labels)
+            self.config = SVAEConfig.from_dict(saved["model"])
+            self.standardizer = Standardizer.from_dict(saved["preprocessing"])
+            self.info = saved["info"]
+            self.network = self._build_network()
             return
         if self.config is None:
             self.config = SVAEConfig.preset(self.arch, n_inputs)
+        if labels:
+            self.config = replace(self.config, labels=tuple(labels))
         if self.config.input_dim != n_inputs:
             raise SpectraError(f"{data_description['source']}: {n_inputs} inputs per spectrum, "
                                f"but the architecture expects {self.config.input_dim}")
@@ -253,25 +275,6 @@ class SVAE:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.train_config.seed)
             return ScatterVAE(self.config)
-
-    def _adopt_saved_run(self, out_dir: str, data_description: dict) -> None:
-        saved = read_config(out_dir)
-        old_tc = TrainConfig.from_dict(saved["training"])
-        changed = {k: (getattr(old_tc, k), getattr(self.train_config, k))
-                   for k in old_tc.to_dict() if k not in RESUMABLE_CHANGES
-                   and getattr(old_tc, k) != getattr(self.train_config, k)}
-        if changed:
-            raise ValueError(f"{out_dir}: cannot resume with a different recipe; changed options "
-                             f"(saved, now): {changed}. Only {RESUMABLE_CHANGES} may change.")
-        old_data = saved["info"]["data"]
-        if (old_data["n_stars"], old_data["checksum"]) != (data_description["n_stars"],
-                                                           data_description["checksum"]):
-            raise ValueError(f"{out_dir}: the run was started on other data ({old_data['n_stars']} "
-                             f"stars from {old_data['source']}); resume needs the same data")
-        self.config = SVAEConfig.from_dict(saved["model"])
-        self.standardizer = Standardizer.from_dict(saved["preprocessing"])
-        self.info = saved["info"]
-        self.network = self._build_network()
 
     # ------------------------------------------------------------------ inference
     def _require_trained(self) -> None:

@@ -78,6 +78,9 @@ def cmd_train(args) -> int:
         raise SpectraError("--streaming and --resident are two ways to train on a store: "
                            "give one")
     from_store = args.streaming or args.resident
+    if from_store and args.labels:
+        raise SpectraError("--labels learns labels from a table in memory; --streaming and "
+                           "--resident read a store, which holds no labels")
     if from_store:
         if not os.path.isdir(args.data):
             option = "--streaming" if args.streaming else "--resident"
@@ -102,7 +105,8 @@ def cmd_train(args) -> int:
                         buffer_shards=args.buffer_shards, cache_dir=args.cache_dir,
                         resident=args.resident)
     else:
-        model.fit(spectra, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+        model.fit(spectra, labels=args.labels.split(",") if args.labels else (), out_dir=args.out,
+                  resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 writes the files and reports
     write_json(os.path.join(args.out, DATA_ACCOUNTING_FILE),
@@ -111,8 +115,10 @@ def cmd_train(args) -> int:
     last, tc = model.history[-1], model.train_config
     phases = f" ({tc.epochs}, then {tc.calibrate_epochs} calibrating the scatter head)" \
         if tc.calibrate_epochs and last["epoch"] > tc.epochs else ""
+    labels = f"; label term {last['train_label']:.3f}" if "train_label" in last else ""
     print(f"trained {last['epoch']} epochs{phases} in {last['seconds']:.1f} s; "
-          f"validation loss {last.get('val_loss', float('nan')):.4f}; model in {args.out}")
+          f"validation loss {last.get('val_loss', float('nan')):.4f}{labels}; "
+          f"model in {args.out}")
     return 0
 
 

@@ -146,6 +146,7 @@ def _model(path: str) -> dict:
            "recipe": {k: training.get(k) for k in (
                "optimizer", "lr", "batch_size", "epochs", "calibrate_epochs", "loss_form",
                "seed") if k in training},
+           "label_weight": training.get("label_weight"),
            "data": info.get("data", {})}
     history = _history(os.path.join(path, HISTORY_NAME))
     if history:
@@ -235,6 +236,9 @@ def format_description(d: dict) -> str:
                      + (f"; ITS WEIGHTS CANNOT BE READ: {d['weights_problem']}"
                         if d.get("weights_problem") else ""))
         lines.append("  recipe: " + ", ".join(f"{k} {v}" for k, v in d["recipe"].items()))
+        if a.get("labels"):
+            lines.append(f"  semi-supervised: the latent also learnt {', '.join(a['labels'])} "
+                         f"(label weight {d['label_weight']})")
         data = d["data"]
         if isinstance(data.get("n_stars"), int):
             lines.append(f"  trained on {data['n_stars']:,} stars ({data.get('n_train', '?')} "

@@ -11,7 +11,8 @@ TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int
                  "weight_decay": float, "momentum": float, "lr_decay": float,
                  "loss_form": str, "seed": int, "val_fraction": float, "device": str,
                  "grad_clip": float, "threads": int, "calibrate_epochs": int,
-                 "lr_scaling": str, "lr_reference_batch": int, "mask_fraction": float}
+                 "lr_scaling": str, "lr_reference_batch": int, "mask_fraction": float,
+                 "label_weight": float}
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="train on spectra with about this share of their inputs masked at "
                         "random or at one end, so that the encoder learns partial spectra "
                         "(0: off, the default; docs/model.md)")
+    g.add_argument("--label-weight", type=float,
+                   help="with --labels: weight of the labels' likelihood in the loss "
+                        "(default 50; docs/labels.md)")
     g.add_argument("--calibrate-epochs", type=int,
                    help="final epochs training only the scatter head on latent-mean "
                         "reconstructions (0: off)")
@@ -105,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", help="with --streaming (or --resident): keep the checked "
                                        "training rows there as float32 .npy files and read "
                                        "epochs from them")
+    t.add_argument("--labels", help="label columns of the table, comma separated (e.g. "
+                                    "teff,logg,fe_h,alpha_m): the latent learns them too, "
+                                    "semi-supervised (docs/labels.md)")
     _add_training_options(t)
     _add_overwrite(t)
     t.set_defaults(func="train")

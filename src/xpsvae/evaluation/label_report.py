@@ -10,7 +10,8 @@ GOALS = {"teff": ("robust_sigma", "test", 60.0, "K"), "logg": ("robust_sigma", "
          "fe_h": ("robust_sigma", "test", 0.08, "dex"),
          "alpha_m": ("rmse", "giants", 0.04, "dex")}
 NAMES = {"teff": "Teff", "logg": "log g", "fe_h": "[Fe/H]", "alpha_m": "[α/M]"}
-BASELINE_NAMES = {"mlp_spectrum": "supervised MLP on the spectrum", "pca6_head":
+BASELINE_NAMES = {"head_on_unsupervised_svae": "the same head on the unsupervised sVAE",
+                  "mlp_spectrum": "supervised MLP on the spectrum", "pca6_head":
                   "the same head on a 6-component PCA", "cannon": "the Cannon's test step",
                   "alpha_from_fe_h": "[α/M] from APOGEE [Fe/H] alone"}
 CAPTIONS = {
@@ -37,6 +38,16 @@ def labels_section(block: dict) -> List[str]:
              "Gaussian likelihood with APOGEE's error added in quadrature, the predicted σ "
              "scaled per label on the validation share. z = (predicted − APOGEE) / "
              "√(σ² + σ_APOGEE²).", ""]
+    generative = block.get("svae")
+    if generative:
+        lines += [f"The sVAE it reads was trained semi-supervised: the same recipe, with the "
+                  f"latent also learning the labels of the training stars (label weight "
+                  f"{generative['training']['label_weight']:g}, "
+                  f"{generative['training']['wall_time_s']:.0f} s). As a generative model of "
+                  f"the test spectra: mean NLL {generative['test']['mean_nll']:.1f} and std r "
+                  f"{generative['test']['std_r']:.3f}, against "
+                  f"{generative['unsupervised_test']['mean_nll']:.1f} and "
+                  f"{generative['unsupervised_test']['std_r']:.3f} unsupervised.", ""]
     for name in labels:
         lines += [f"### {NAMES.get(name, name)}", "",
                   "| stars | n | robust σ | RMSE | bias | std z | within 1σ | 2σ | 3σ |",
@@ -69,6 +80,14 @@ def labels_section(block: dict) -> List[str]:
         verdict = "reached" if value <= goal else "**not reached**"
         lines.append(f"- {NAMES[name]}: {figure.replace('_', ' ')} on {subset} {value:.3g} {unit} "
                      f"against the goal {goal:g} {unit}: {verdict}.")
+    if generative:
+        nll, ref = generative["test"]["mean_nll"], generative["unsupervised_test"]["mean_nll"]
+        std_r = generative["test"]["std_r"]
+        ok = nll <= ref + 0.02 * abs(ref) and abs(std_r - 1) <= 0.05
+        lines.append(f"- The generative model with the labels: test NLL {nll:.1f} against "
+                     f"{ref:.1f} unsupervised ({100 * (nll - ref) / abs(ref):+.2f}%; goal within "
+                     f"2%), std r {std_r:.3f} (goal within 0.05 of 1): "
+                     + ("reached." if ok else "**not reached**."))
     for name in labels:
         t = ours.get(name, {}).get("test", {})
         if "std_z" in t:

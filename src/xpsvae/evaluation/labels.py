@@ -146,8 +146,12 @@ def _head_baseline(name: str, train_x, test_x, y, e, labels, config) -> pd.DataF
 def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
                   labels: Sequence[str] = ("teff", "logg", "fe_h", "alpha_m"),
                   side: Sequence[str] = DEMO_SIDE, config: Optional[LabelHeadConfig] = None,
-                  cannon=None, baselines: bool = True) -> tuple:
+                  cannon=None, baselines: bool = True, unsupervised: Optional[SVAE] = None
+                  ) -> tuple:
     """Fit a label model on ``train``, score it and the baselines on ``test``.
+
+    ``model`` may be a semi-supervised sVAE (fitted with ``labels``); ``unsupervised``,
+    the same recipe without them, then gets the same head as a baseline.
 
     Returns:
         (metrics ``labels`` block, the label model, its prediction for ``test``).
@@ -170,6 +174,9 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     sides = [side_columns(s.labels, side, "library") for s in (train, test)]
     spectra = [model.standardizer.transform(s.values) for s in (train, test)]
     out["baselines"] = {}
+    if unsupervised is not None:
+        out["baselines"]["head_on_unsupervised_svae"] = label_blocks(LabelModel.fit(
+            unsupervised, train, labels, side, config).predict(test), test.labels, labels)
     out["baselines"]["mlp_spectrum"] = label_blocks(_head_baseline(
         "mlp", np.hstack([spectra[0], sides[0]]), np.hstack([spectra[1], sides[1]]), y, e,
         labels, single), test.labels, labels)

@@ -33,6 +33,7 @@ from ..core.errors import ModelFileError
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
+from ..model.network import label_nll
 from ..model.trainer import torch_threads
 
 
@@ -84,9 +85,7 @@ def _member(n_in: int, n_labels: int, hidden: Tuple[int, ...]) -> nn.Sequential:
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, y: torch.Tensor,
                  y_var: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
     """The head's loss (module docstring), averaged over the stars' labels that exist."""
-    var = log_var.exp() + y_var
-    term = 0.5 * ((y - mean) ** 2 / var + var.log())
-    return torch.where(has, term, torch.zeros_like(term)).sum() / has.sum().clamp(min=1)
+    return label_nll(mean, log_var, y, y_var, has).sum() / has.sum().clamp(min=1)
 
 
 @dataclass

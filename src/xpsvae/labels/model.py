@@ -16,7 +16,7 @@ side columns, thresholds of the flag).
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from ..core.errors import SpectraError
 from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
 from ..core.files import model_folder
 from ..io.spectra import SpectraSet
+from ..model.supervision import label_columns
 from ..svae import SVAE
 from .features import side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
@@ -127,16 +128,6 @@ class LabelModel:
         head, meta = LabelHead.load(directory)
         svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
         return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"])
-
-
-def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-    """(values, errors), each (n, len(labels)) float64, of a table's label columns and
-    their ``<label>_err`` columns (0 where a label has none; NaN where a star lacks one)."""
-    y = np.column_stack([np.asarray(table[name], dtype=np.float64) for name in labels])
-    y_err = np.column_stack([np.asarray(table[f"{name}_err"], dtype=np.float64)
-                             if f"{name}_err" in table else np.zeros(len(table))
-                             for name in labels])
-    return y, y_err
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:

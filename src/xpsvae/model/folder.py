@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,30 @@ FORMAT_VERSION = 1
 #: The most training stars recorded by their source_id (8 bytes each: 40 MB). A model
 #: fitted on more records their count alone.
 MAX_RECORDED_STARS = 5_000_000
+
+
+def check_resumable(directory: str, train_config, data_description: dict,
+                    resumable: Sequence[str], labels: Sequence[str] = ()) -> dict:
+    """The saved ``config.json`` of a run to resume, once it is shown to be the same run:
+    the same recipe but for the ``resumable`` options, the same data and labels."""
+    saved = read_config(directory)
+    old = type(train_config).from_dict(saved["training"])
+    changed = {k: (getattr(old, k), getattr(train_config, k)) for k in old.to_dict()
+               if k not in resumable and getattr(old, k) != getattr(train_config, k)}
+    if changed:
+        raise ValueError(f"{directory}: cannot resume with a different recipe; changed options "
+                         f"(saved, now): {changed}. Only {tuple(resumable)} may change.")
+    old_data = saved["info"]["data"]
+    if (old_data["n_stars"], old_data["checksum"]) != (data_description["n_stars"],
+                                                       data_description["checksum"]):
+        raise ValueError(f"{directory}: the run was started on other data "
+                         f"({old_data['n_stars']} stars from {old_data['source']}); resume "
+                         "needs the same data")
+    saved_labels = tuple(saved["model"].get("labels", ()))
+    if labels and tuple(labels) != saved_labels:
+        raise ValueError(f"{directory}: the run was started with labels {list(saved_labels)}, "
+                         f"not {list(labels)}; resume with the same labels")
+    return saved
 
 
 def read_config(directory: str) -> dict:

@@ -9,6 +9,12 @@ The network has three parts that share one latent space (the paper's Section 2.2
   the same ``z`` to a positive per-input intrinsic scatter ``s_s``.
 
 The loss (the paper's eqs 1-5) lives in :func:`svae_loss`.
+
+Beyond the paper, a model may be fitted semi-supervised: a small label head
+(:class:`LatentLabels`) reads each star's latent mean and predicts its labels,
+and its Gaussian likelihood (:func:`label_nll`), over the labels a star has,
+joins the loss with a weight. The latent then has to carry the labels as well
+as the spectrum; the decoder and the scatter head are as in the paper.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
 
 ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh)))
 LOGVAR_BOUND = 30.0
+LABEL_LOGVAR_BOUND = 12.0  # a label's predicted variance lies in [e^-12, e^6] label variances
 
 
 @dataclass
@@ -40,6 +47,9 @@ class SVAEConfig:
             ``batch`` or ``layer``.
         scatter_map: map that makes the scatter head's output positive:
             ``softplus`` (default), ``exp`` or ``sigmoid`` (later public code).
+        labels: label columns learnt from the latent in semi-supervised training
+            (empty: the paper's unsupervised model, no label head).
+        label_hidden: widths of the label head's hidden layers.
     """
 
     input_dim: int = 110
@@ -48,9 +58,17 @@ class SVAEConfig:
     activation: str = "gelu"
     norm: str = "none"
     scatter_map: str = "softplus"
+    labels: Sequence[str] = ()
+    label_hidden: Sequence[int] = (64, 64)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.labels = tuple(str(name) for name in self.labels)
+        self.label_hidden = tuple(int(h) for h in self.label_hidden)
+        if len(set(self.labels)) != len(self.labels) or \
+                not all(h >= 1 for h in self.label_hidden):
+            raise ValueError(f"labels must be distinct and label_hidden widths positive, got "
+                             f"{self.labels}, {self.label_hidden}")
         if self.input_dim < 1 or self.latent_dim < 1 or any(h < 1 for h in self.hidden):
             raise ValueError(f"widths must be positive, got input_dim={self.input_dim}, "
                              f"latent_dim={self.latent_dim}, hidden={self.hidden}")
@@ -84,6 +102,10 @@ class SVAEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        if not self.labels:  # an unsupervised model's file is as before
+            del d["labels"], d["label_hidden"]
+        else:
+            d["labels"], d["label_hidden"] = list(self.labels), list(self.label_hidden)
         return d
 
     @classmethod
@@ -122,6 +144,8 @@ class ScatterVAE(nn.Module):
                                      nn.Linear(config.hidden[0], config.input_dim))
         self.scatter_head = nn.Sequential(_mlp(dec_widths, config),
                                           nn.Linear(config.hidden[0], config.input_dim))
+        if config.labels:
+            self.label_head = LatentLabels(config)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent mean and log-variance, each of shape (batch, latent_dim)."""
@@ -160,8 +184,53 @@ class ScatterVAE(nn.Module):
                              f"got {tuple(x.shape)}")
         latent_mean, latent_logvar = self.encode(x)
         z = latent_mean if noise is None else latent_mean + torch.exp(0.5 * latent_logvar) * noise
-        return {"x_hat": self.decode(z), "scatter": self.intrinsic_scatter(z),
-                "latent_mean": latent_mean, "latent_logvar": latent_logvar}
+        out = {"x_hat": self.decode(z), "scatter": self.intrinsic_scatter(z),
+               "latent_mean": latent_mean, "latent_logvar": latent_logvar}
+        if self.config.labels:  # inside forward, so that DDP averages its gradients too
+            out["label_mean"], out["label_logvar"] = self.label_head(latent_mean)
+        return out
+
+
+class LatentLabels(nn.Module):
+    """The label head of semi-supervised training: from a star's latent mean to, per
+    label, a mean and a log-variance in standardised label units.
+
+    The labels' training mean and standard deviation are buffers, so that the
+    model file carries them: label = mean * label_std + label_mean.
+    """
+
+    def __init__(self, config: SVAEConfig):
+        super().__init__()
+        n_labels = len(config.labels)
+        widths = (config.latent_dim, *config.label_hidden)
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(w_in, w_out), ACTIVATIONS[config.activation]()]
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 2 * n_labels))
+        self.register_buffer("label_mean", torch.zeros(n_labels, dtype=torch.float64))
+        self.register_buffer("label_std", torch.ones(n_labels, dtype=torch.float64))
+
+    def forward(self, latent_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.net(latent_mean).chunk(2, dim=-1)
+        return mean, logvar.clamp(-LABEL_LOGVAR_BOUND, LABEL_LOGVAR_BOUND / 2)
+
+
+def label_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, y_var: torch.Tensor,
+              has: torch.Tensor) -> torch.Tensor:
+    """Per star and label, the Gaussian negative log-likelihood of a survey label
+    (no 2 pi term), 0 where the star lacks that label::
+
+        L_y = 1/2 [ (y - mu)^2 / (sigma^2 + e^2) + ln(sigma^2 + e^2) ]
+
+    with ``mu``, ``ln sigma^2`` the prediction and ``e`` the survey's own error,
+    added in quadrature: the prediction's variance is the spread the survey's
+    errors do not explain. All in standardised label units, shape (batch, L).
+    Semi-supervised training adds ``label_weight * sum_labels L_y``, averaged
+    over the batch's stars (labelled or not), to :func:`svae_loss`.
+    """
+    var = logvar.exp() + y_var
+    term = 0.5 * ((y - mean) ** 2 / var + var.log())
+    return torch.where(has, term, torch.zeros_like(term))
 
 
 def svae_loss(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Tensor,
@@ -223,5 +292,6 @@ def gaussian_nll_per_star(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Ten
     return 0.5 * ((x - x_hat) ** 2 / w + torch.log(w)).sum(dim=-1)
 
 
-__all__ = ["SVAEConfig", "ScatterVAE", "svae_loss", "gaussian_nll_per_star", "LOSS_FORMS",
+__all__ = ["SVAEConfig", "ScatterVAE", "LatentLabels", "svae_loss", "label_nll",
+           "gaussian_nll_per_star", "LOSS_FORMS",
            "SCATTER_MAPS", "NORMS", "ACTIVATIONS"]

@@ -51,6 +51,12 @@ class TrainConfig:
             2 mask_fraction)), filled in by one round of the model's own
             imputation and left out of the likelihood. 0 (off) is the default
             (docs/model.md, "Partial spectra", says why).
+        label_weight: weight of the label term when the model is fitted with labels
+            (semi-supervised: ``SVAE.fit(..., labels=...)``, ``xpsvae train --labels``):
+            the loss gains ``label_weight`` times the labels' Gaussian NLL per star
+            (:func:`xpsvae.model.network.label_nll`). The default, 50, was chosen by
+            measurement (docs/labels.md): the labels improve and the test NLL does not
+            move. Unused without labels.
         cuda_graph: capture each training step (batch copy aside) once as a
             CUDA graph and replay it: one launch per step instead of about a
             hundred, which is what limits a GPU at the paper's small network
@@ -92,6 +98,7 @@ class TrainConfig:
     compile: bool = False
     cuda_graph: bool = False
     mask_fraction: float = 0.0
+    label_weight: float = 50.0
     sync_batchnorm: bool = True
     lr_scaling: str = "none"
     lr_reference_batch: int = 256
@@ -114,6 +121,8 @@ class TrainConfig:
         if self.mask_fraction and self.cuda_graph:
             raise ValueError("mask_fraction draws masks outside the captured step: leave "
                              "cuda_graph off to train with masks")
+        if not self.label_weight >= 0.0:
+            raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
 

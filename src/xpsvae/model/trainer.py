@@ -16,7 +16,7 @@ import os
 import time
 from contextlib import contextmanager
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -29,11 +29,14 @@ from ..core import machine
 from ..core.errors import ModelFileError, TrainingDiverged
 from ..core.files import CHECKPOINT_NAME, HISTORY_NAME, atomic_path
 from .graphstep import GraphedStep
-from .network import ScatterVAE, svae_loss
+from .network import ScatterVAE, label_nll, svae_loss
 from .partial import draw_observed, impute
 from .recipe import TrainConfig
 
 TERMS = ("loss", "chi2", "penalty", "kl")
+#: Labels of a batch in semi-supervised training: standardised labels, their survey
+#: variances and whether each star has each label, each (batch, L).
+LabelBatch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def distributed_rank_world() -> tuple:
@@ -99,6 +102,7 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.history: List[Dict[str, float]] = []
+        self.terms = TERMS  # the loss terms the history keeps (fit with labels adds one)
         self.epoch = 0  # epochs completed
         # Each rank draws its own shuffles and latent noise.
         self.generator = torch.Generator(device=self.device).manual_seed(
@@ -119,9 +123,11 @@ class Trainer:
         return module
 
     def _batch_loss(self, x: torch.Tensor, err: torch.Tensor, noise: Optional[torch.Tensor],
-                    use_amp: bool) -> Dict[str, torch.Tensor]:
+                    use_amp: bool, labels: Optional[LabelBatch] = None
+                    ) -> Dict[str, torch.Tensor]:
         """Forward pass and loss terms of one batch (compiled as one graph with ``compile``,
-        so the loss's element-wise work fuses with the heads' last layers)."""
+        so the loss's element-wise work fuses with the heads' last layers); with
+        ``labels``, the label term of semi-supervised training joins the loss."""
         # no autocast weight cache: a CUDA graph must not capture a cache that empties
         observed = None
         if self.config.mask_fraction:  # a partial spectrum, filled in as encoding fills it
@@ -131,9 +137,15 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp,
                             cache_enabled=not self.config.cuda_graph):
             out = self.forward(x, noise)
-        return svae_loss(x, err, out["x_hat"].float(), out["scatter"].float(),
-                         out["latent_mean"].float(), out["latent_logvar"].float(),
-                         self.config.loss_form, observed)
+        terms = svae_loss(x, err, out["x_hat"].float(), out["scatter"].float(),
+                          out["latent_mean"].float(), out["latent_logvar"].float(),
+                          self.config.loss_form, observed)
+        if labels is not None:
+            per_star = label_nll(out["label_mean"].float(), out["label_logvar"].float(),
+                                 *labels).sum(dim=-1).mean()
+            terms["label"] = per_star
+            terms["loss"] = terms["loss"] + self.config.label_weight * per_star
+        return terms
 
     # ------------------------------------------------------------------ recipe
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -179,7 +191,8 @@ class Trainer:
     def fit(self, x_train: torch.Tensor, err_train: torch.Tensor,
             x_val: Optional[torch.Tensor] = None, err_val: Optional[torch.Tensor] = None,
             resume: bool = False,
-            on_epoch_end: Optional[Callable[["Trainer"], None]] = None) -> List[Dict[str, float]]:
+            on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
+            labels: Optional[LabelBatch] = None) -> List[Dict[str, float]]:
         """Train for ``config.epochs`` epochs (continuing from a checkpoint if ``resume``).
 
         Args:
@@ -187,6 +200,10 @@ class Trainer:
             x_val, err_val: validation stars, or None.
             resume: continue from ``out_dir/checkpoint.safetensors`` if present.
             on_epoch_end: called after each epoch's checkpoint is written.
+            labels: semi-supervised training (a model with a label head): the
+                training stars' standardised labels, their survey variances and
+                whether each star has each label, each (n_train, L); the history
+                gains the ``label`` term.
 
         Returns:
             The history: one dict per epoch with the learning rate, each loss
@@ -196,7 +213,16 @@ class Trainer:
             TrainingDiverged: the loss became NaN or inf; the model is restored
                 to the last good checkpoint, which stays on disk.
         """
-        x_train, err_train = x_train.to(self.device), err_train.to(self.device)
+        tensors = [t.to(self.device) for t in (x_train, err_train, *(labels or ()))]
+        if labels is not None:
+            self.terms = TERMS + ("label",)
+            if not hasattr(self.model, "label_head") or any(len(t) != len(x_train)
+                                                             for t in tensors):
+                raise ValueError("labels need a model with a label head (SVAEConfig.labels) "
+                                 "and one row per training star")
+            if self.config.cuda_graph:
+                raise ValueError("the captured step has no label term: leave cuda_graph off "
+                                 "to train with labels")
         n = x_train.shape[0]
         batch_size = self.rank_batch_size
 
@@ -205,7 +231,7 @@ class Trainer:
             for b in range(n_batches):
                 idx = perm[b * batch_size:(b + 1) * batch_size]
                 # index_select is ~3x faster than x_train[idx] for a row gather on CPU
-                yield x_train.index_select(0, idx), err_train.index_select(0, idx)
+                yield tuple(t.index_select(0, idx) for t in tensors)
         # drop the ragged tail: BatchNorm-safe
         return self._loop(batches, max(1, n // batch_size), x_val, err_val, resume, on_epoch_end)
 
@@ -268,8 +294,8 @@ class Trainer:
         for epoch in range(self.epoch, all_epochs):
             calibrating = epoch >= c.epochs
             self._set_phase(calibrating)
-            sums = torch.zeros(len(TERMS), device=self.device)
-            for b, (x, err) in enumerate(batches(epoch, batches_per_epoch)):
+            sums = torch.zeros(len(self.terms), device=self.device)
+            for b, (x, err, *labels) in enumerate(batches(epoch, batches_per_epoch)):
                 step = epoch * batches_per_epoch + b
                 lr = self.learning_rate(step, total_steps, epoch)
                 noise = None if calibrating else torch.randn(
@@ -282,7 +308,7 @@ class Trainer:
                 else:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    self._train_step(x, err, noise, sums, use_amp)
+                    self._train_step(x, err, noise, sums, use_amp, tuple(labels) or None)
                 bar.update(1)
             if calibrating in self.graphed:  # the graphed step summed the loss terms itself
                 sums = self.graphed[calibrating].take_sums()
@@ -292,7 +318,7 @@ class Trainer:
                 sums /= self.world
             row = {"epoch": epoch + 1, "phase": "calibrate" if calibrating else "train", "lr": lr}
             row.update({f"train_{t}": v / batches_per_epoch
-                        for t, v in zip(TERMS, sums.tolist())})
+                        for t, v in zip(self.terms, sums.tolist())})
             if has_val:
                 row.update({f"val_{t}": v for t, v in self.evaluate_loss(x_val, err_val).items()})
                 if self.world > 1:  # ranks that stream hold different validation stars
@@ -318,15 +344,16 @@ class Trainer:
         return self.history
 
     def _train_step(self, x: torch.Tensor, err: torch.Tensor, noise: Optional[torch.Tensor],
-                    sums: torch.Tensor, use_amp: bool) -> None:
+                    sums: torch.Tensor, use_amp: bool, labels: Optional[LabelBatch] = None
+                    ) -> None:
         """One optimiser step on a batch; adds its loss terms to ``sums`` (no host sync)."""
-        terms = self.batch_loss(x, err, noise, use_amp)
+        terms = self.batch_loss(x, err, noise, use_amp, labels)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
-        sums += torch.stack([terms[t].detach() for t in TERMS])
+        sums += torch.stack([terms[t].detach() for t in self.terms])
 
     def _graphed_step(self, batch_size: int, with_noise: bool, use_amp: bool) -> GraphedStep:
         """The step of :meth:`_train_step` on fixed buffers, for capture as a CUDA graph."""

@@ -1,0 +1,67 @@
+"""Labels for semi-supervised training: survey label columns as training targets.
+
+A model fitted with labels (``SVAE.fit(..., labels=[...])``) learns them from
+its latent mean through a label head (:class:`xpsvae.model.network.LatentLabels`).
+Here the table's label columns and their ``<label>_err`` become the trainer's
+targets: standardised by the mean and standard deviation of the training
+stars that have each label, with the survey's variance in the same units and
+a mask of the labels each star has. A star without any label still trains
+the sVAE; it adds nothing to the label term.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..core.errors import SpectraError
+
+
+def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """(values, errors), each (n, len(labels)) float64, of a table's label columns and
+    their ``<label>_err`` columns (0 where a label has none; NaN where a star lacks one)."""
+    y = np.column_stack([np.asarray(table[name], dtype=np.float64) for name in labels])
+    y_err = np.column_stack([np.asarray(table[f"{name}_err"], dtype=np.float64)
+                             if f"{name}_err" in table else np.zeros(len(table))
+                             for name in labels])
+    return y, y_err
+
+
+def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
+                  source: str, min_stars: int = 10
+                  ) -> Tuple[Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                             np.ndarray, np.ndarray]:
+    """The trainer's label targets for the training stars ``rows`` of ``table``.
+
+    Returns:
+        ``(y, y_var, has)`` float32/float32/bool tensors (len(rows), L) in standardised
+        label units (0 where a star lacks a label), and the labels' mean and standard
+        deviation over the stars that have them.
+
+    Raises:
+        SpectraError: a label column is absent, or fewer than ``min_stars`` training
+            stars have a label.
+    """
+    if table is None or any(name not in table for name in labels):
+        present = [] if table is None else sorted(table.columns)[:20]
+        missing = [name for name in labels if table is None or name not in table]
+        raise SpectraError(f"{source}: no label column {missing[0]!r} to train with; "
+                           f"columns present: {present}")
+    y, y_err = label_columns(table.iloc[rows], labels)
+    y_err = np.where(np.isfinite(y_err), y_err, 0.0)  # a label without an error: error 0
+    has = np.isfinite(y)
+    counts = has.sum(axis=0)
+    if (counts < min_stars).any():
+        thin = [name for name, k in zip(labels, counts) if k < min_stars]
+        raise SpectraError(f"{source}: only {dict(zip(labels, counts.tolist()))} training "
+                           f"stars have each label; {thin} need at least {min_stars}")
+    mean = np.array([y[has[:, j], j].mean() for j in range(y.shape[1])])
+    std = np.array([y[has[:, j], j].std() for j in range(y.shape[1])])
+    std[~(std > 0)] = 1.0
+    ys = np.where(has, (y - mean) / std, 0.0)
+    var = (y_err / std) ** 2
+    return ((torch.from_numpy(ys.astype(np.float32)), torch.from_numpy(var.astype(np.float32)),
+             torch.from_numpy(has)), mean, std)
