@@ -45,7 +45,7 @@ from .model.folder import (
     write_weights,
 )
 from .model.network import ScatterVAE, SVAEConfig
-from .model.partial import impute, median_scale
+from .model.partial import SPREAD_DRAWS, imputation_variance, impute, median_scale
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.stream import StoreStream, refuse_a_part_too_large
@@ -93,11 +93,9 @@ class SVAE:
             on_epoch_end: Optional[Callable[[Trainer], None]] = None) -> "SVAE":
         """Fit standardisation and network on the given (training) stars.
 
-        A validation share (``train_config.val_fraction``) is drawn from them
-        with ``train_config.seed``; the standardisation is fitted on the rest.
-        Partial spectra (some inputs unmeasured) are left out, and counted in the
-        model's data description: the model learns from complete spectra and
-        fills the holes of partial ones when it encodes them.
+        A validation share (``train_config.val_fraction``, ``train_config.seed``) is
+        held out; the standardisation is fitted on the rest. Partial spectra are left
+        out (and counted): the model fills their holes when it encodes them.
 
         Args:
             spectra: a :class:`SpectraSet`, or an array (n_stars, n_inputs)
@@ -106,11 +104,10 @@ class SVAE:
             labels: label columns of ``spectra`` (with ``<label>_err``) that the latent
                 learns too: semi-supervised, weighted by ``train_config.label_weight``
                 (docs/labels.md). Stars without them still train the sVAE.
-            out_dir: model directory: receives ``config.json`` before
-                training, a checkpoint and ``history.csv`` after every epoch,
-                and the final model.
-            resume: continue from ``out_dir``'s checkpoint (same data, same
-                recipe; only ``epochs``, ``device``, ``amp``, ``threads`` may change).
+            out_dir: model directory: ``config.json`` first, a checkpoint and
+                ``history.csv`` after every epoch, and the final model.
+            resume: continue from ``out_dir``'s checkpoint (same data and recipe but
+                for :data:`RESUMABLE_CHANGES`).
             progress: show a progress bar.
             on_epoch_end: callback after each epoch's checkpoint.
 
@@ -171,27 +168,19 @@ class SVAE:
                   on_epoch_end: Optional[Callable[[Trainer], None]] = None) -> "SVAE":
         """Fit on a store written by ``xpsvae ingest``, streamed shard by shard.
 
-        For stores larger than memory: only ``buffer_shards`` shards (plus one
-        read ahead) are in memory at a time, rows are shuffled across them, and
-        shards come in a new random order every epoch (:mod:`xpsvae.stream`).
-        Validation stars are picked by a hash of source_id
-        (``train_config.val_fraction`` of them, at most 65,536 kept). Under
-        ``torchrun`` each rank reads only its own shards.
-
-        With ``resident`` the training stars are read once, after the scan,
-        and kept on the training device, batches drawn there by index as for
-        a table in memory: each rank holds only its own shards' stars, so a
-        store too large for one GPU fits in several (~8 bytes an input a star
-        per rank). A part that would not fit is refused before it is read.
+        For stores larger than memory: ``buffer_shards`` shards at a time, rows
+        shuffled across them, shards in a new order each epoch (:mod:`xpsvae.stream`);
+        validation stars picked by a hash of source_id; under ``torchrun`` each rank
+        reads only its own shards. With ``resident`` the training stars are read once
+        and kept on the device, each rank its own shards (docs/scaling.md).
 
         Args:
             store: the store folder.
             out_dir, resume, progress, on_epoch_end: as for :meth:`fit`.
             buffer_shards: shards shuffled together in memory.
-            cache_dir: write the checked training rows there as float32
-                ``.npy`` files during the first pass, and read the epochs from
-                them (much less work per epoch than decoding Parquet; costs
-                ~8 bytes per input per star of disk).
+            cache_dir: keep the checked training rows there as float32 ``.npy`` files
+                from the first pass, and read the epochs from them (~8 bytes per input
+                per star of disk).
             resident: keep this rank's training stars on the device (above).
 
         Returns:
@@ -305,9 +294,7 @@ class SVAE:
         model (:func:`~xpsvae.model.partial.impute`); a complete chunk as it is.
         """
         dev = resolve_device(device)
-        # The network stays where it last ran: a catalogue is encoded in many small calls
-        # (one per shard), and moving the weights there and back each time costs more than
-        # a small shard's forward pass.
+        # The network stays where it last ran: a catalogue is encoded shard by shard.
         if next(self.network.parameters()).device != dev:
             self.network.to(dev)
         self.network.eval()
@@ -330,8 +317,17 @@ class SVAE:
             device: where to run.
 
         Returns:
-            (latent_mean, latent_std), each (n_stars, latent_dim).
+            (latent_mean, latent_std), each (n_stars, latent_dim). A partial spectrum's
+            std, given its errors, includes what its holes leave unknown
+            (:func:`~xpsvae.model.partial.imputation_variance`), as in :meth:`score`.
         """
+        if isinstance(spectra, (str, os.PathLike)):
+            spectra = as_spectra(spectra, what="encode",
+                                 wanted=contract(self.info, self.config.input_dim))
+        if isinstance(spectra, SpectraSet) and not spectra.observed.all():
+            out = self.standardised_outputs(spectra, device)
+            return out["latent_mean"], out["latent_std"]
+
         def fn(t):
             mean, logvar = self.network.encode(t)
             return mean, torch.exp(0.5 * logvar)
@@ -348,8 +344,7 @@ class SVAE:
 
     def _rescaled(self, values: np.ndarray, errors: Optional[np.ndarray], device: str
                   ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Partial spectra, for a model of spectra divided by their median flux, divided
-        by the median of the whole spectrum, holes filled (:func:`median_scale`)."""
+        """Partial spectra divided by their whole median, holes filled (:func:`median_scale`)."""
         if self.info.get("normalisation") not in MEDIAN_NAMES or np.isfinite(values).all():
             return values, errors
 
@@ -411,6 +406,13 @@ class SVAE:
             return (out["x_hat"], out["scatter"], out["latent_mean"],
                     torch.exp(0.5 * out["latent_logvar"]))
         x_hat, scatter, mean, std = self._run(fn, x, device)
+        observed = np.isfinite(x) & np.isfinite(err)
+        rows = np.flatnonzero(~observed.all(axis=1))
+        if len(rows):  # a partial star's latent is less certain: multiple imputation
+            var = imputation_variance(lambda a: self._run(lambda t: (
+                self.network.encode(t)[0],), a, device)[0], x[rows], err[rows], x_hat[rows],
+                scatter[rows], observed[rows])
+            std[rows] = np.sqrt(std[rows] ** 2 + (1 + 1 / SPREAD_DRAWS) * var)
         return {"x": x, "err": err, "x_hat": x_hat, "scatter": scatter, "latent_mean": mean,
                 "latent_std": std}
 
@@ -418,10 +420,9 @@ class SVAE:
         """Per star: latents, how well the model reconstructs it, and how unlike it is.
 
         ``anomaly_score`` is the star's negative log-likelihood under the model,
-        per measured input: the mean over its measured inputs of ``r^2/2 + ln(2 pi
-        w)/2``, with ``w = err^2 + scatter^2`` in standardised units and the
-        reconstruction decoded from the latent mean. Rare or broken spectra score high; the stars most
-        unlike the others are ``np.argsort(-score(stars)["anomaly_score"])``.
+        per measured input: the mean of ``r^2/2 + ln(2 pi w)/2``, ``w = err^2 +
+        scatter^2`` (standardised units, decoded from the latent mean). Rare or broken
+        spectra score high: ``np.argsort(-score(stars)["anomaly_score"])``.
 
         Args:
             spectra: a :class:`SpectraSet` (``read_spectra``), an array
@@ -432,11 +433,11 @@ class SVAE:
             device: where to run.
 
         Returns:
-            dict of arrays, one row per star: ``latent_mean``, ``latent_std``
-            (n, latent_dim), ``reconstruction_chi2_per_dof`` (the mean of r^2
-            over the measured inputs), ``anomaly_score`` and ``n_observed`` (the
-            measured inputs; fewer than all for a partial spectrum, whose holes
-            the model fills to encode it and leaves out of both figures) (n,).
+            dict of arrays, one row per star: ``latent_mean``, ``latent_std`` (n,
+            latent_dim; widened by a partial star's holes, :meth:`encode`),
+            ``reconstruction_chi2_per_dof`` (the mean of r^2 over the measured
+            inputs), ``anomaly_score`` and ``n_observed`` (the measured inputs; fewer
+            for a partial spectrum, whose holes both figures leave out) (n,).
         """
         given = spectra
         spectra = as_spectra(spectra, errors, "scoring",
