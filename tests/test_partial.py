@@ -204,3 +204,36 @@ def test_holes_widen_the_latent_std_by_what_they_leave_unknown(builtin, library)
     # the complete star's latent lies within what the partial one says it knows: the
     # goals of docs/model.md (1 and 2); the benchmark split gives 0.70 and 1.38
     assert shifts[0.1] < 1.0 and shifts[0.3] < 2.0
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_partial_row_set_aside_as_a_duplicate_is_not_counted_partial(tmp_path, jobs):
+    """Partial rows are kept rows: a partial row whose source_id came before (in its own
+    file, or in an earlier file) is set aside as a duplicate and counted there alone, in
+    the one-at-a-time ingest and in parallel jobs alike."""
+    import pyarrow.parquet as pq
+
+    from xpsvae.ingestion.pipeline import ingest
+    rng = np.random.default_rng(4)
+
+    def table(ids, missing_bp):
+        n = len(ids)
+        columns = {"source_id": np.asarray(ids, dtype=np.int64),
+                   "bp_missing": np.asarray(missing_bp, bool)}
+        for band in ("bp", "rp"):
+            columns[f"{band}_coefficients"] = list(rng.normal(size=(n, 55)))
+            columns[f"{band}_coefficient_errors"] = list(np.full((n, 55), 0.1))
+        for i in np.flatnonzero(missing_bp):
+            columns["bp_coefficients"][i] = np.full(55, np.nan)
+        return pa.table(columns)
+    # file a: 1..10, star 3 without BP, then star 3 again without BP (a duplicate)
+    pq.write_table(table(list(range(1, 11)) + [3], [i in (2, 10) for i in range(11)]),
+                   tmp_path / "a.parquet")
+    # file b: 11..15 and star 5 again without BP (a duplicate of file a's row)
+    pq.write_table(table([11, 12, 13, 14, 15, 5], [False] * 5 + [True]),
+                   tmp_path / "b.parquet")
+    manifest = ingest([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")],
+                      str(tmp_path / "store"), progress=False, jobs=jobs)
+    total = manifest["total"]
+    assert (total["rows_read"], total["rows_kept"], total["rows_set_aside"]) == (17, 15, 2)
+    assert total["rows_partial"] == 1 and sum(total["partial_reasons"].values()) == 1

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -41,6 +42,7 @@ from .accounting import FileAccount, SeenIds, duplicate_reason, row_of
 from .formats import file_batches
 from .gflux import G_FLUX_ARRAYS
 from .readfile import agree_with_store, ingest_file, raw_text
+from .records import partial_reason
 from .writer import write_shard
 
 _job_state: dict = {}  # in a job process: the G-flux arrays, the queue for row counts
@@ -152,7 +154,9 @@ def _add_to_store(name: str, source, account: "FileAccount", shards: List[str],
             names.append(shard_name(first_shard + k))
             os.replace(path, os.path.join(store, names[-1]))
     else:
-        names = _rewrite_without(shards, ~again, store, first_shard, rows_per_shard)
+        names, dropped = _rewrite_without(shards, ~again, store, first_shard, rows_per_shard)
+        account.partial.subtract(dropped)  # a duplicate set aside is no partial row kept
+        account.partial = +account.partial
         raw = _raw_lines(source, set(rows[again].tolist()))
         renamed = {}  # a duplicate within the file names the earlier file's row instead
         for i in np.flatnonzero(again):
@@ -167,16 +171,20 @@ def _add_to_store(name: str, source, account: "FileAccount", shards: List[str],
 
 
 def _rewrite_without(shards: List[str], keep: np.ndarray, store: str, first_shard: int,
-                     rows_per_shard: int) -> List[str]:
-    """The shards' rows where ``keep``, as the store's shards from number ``first_shard``."""
-    table = pa.concat_tables([pq.read_table(p) for p in shards]).filter(pa.array(keep))
+                     rows_per_shard: int) -> Tuple[List[str], Counter]:
+    """The shards' rows where ``keep``, as the store's shards from number ``first_shard``;
+    and the partial reasons of the rows left out."""
+    table = pa.concat_tables([pq.read_table(p) for p in shards])
+    dropped = Counter(filter(None, map(partial_reason, table.filter(pa.array(~keep))
+                                       .to_pylist())))
+    table = table.filter(pa.array(keep))
     names = []
     for start in range(0, table.num_rows, rows_per_shard):
         names.append(write_shard(store, first_shard + len(names),
                                  table.slice(start, rows_per_shard)))
     for path in shards:
         os.remove(path)
-    return names
+    return names, dropped
 
 
 def _raw_lines(source, rows: set) -> Dict[int, Optional[str]]:

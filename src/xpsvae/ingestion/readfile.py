@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -39,21 +39,24 @@ def raw_text(batch: Batch, row: int) -> Optional[str]:
     return next((r for n, r, _ in batch.records if n == row), None) or batch.raw_line(row)
 
 
-def normalise_batch(batch: Batch, account: "FileAccount",
-                     grid: Optional[np.ndarray] = None) -> pa.Table:
-    """The batch's good rows as one table (in row order); bad rows set aside.
+def normalise_batch(batch: Batch, account: "FileAccount", grid: Optional[np.ndarray] = None
+                    ) -> Tuple[pa.Table, Dict[int, str]]:
+    """The batch's good rows as one table (in row order), bad rows set aside; and the
+    partial ones among them, input row to reason, for the caller to count once it knows
+    which rows it keeps (a duplicate is set aside, not counted partial).
 
     Coefficients (BATCH_SCHEMA), or sampled spectra on ``grid`` (SAMPLED_BATCH_SCHEMA).
     """
+    partial: Dict[int, str] = {}
     schema = BATCH_SCHEMA if grid is None else SAMPLED_BATCH_SCHEMA
     fast = batch.table
     if grid is None and fast is not None and fast.num_rows:
         # The fast path keeps a row with a band missing whole (its other inputs all good):
         # partial. A row with any other missing input it leaves to the exact reader below.
-        for band in BANDS:
-            n = int(pc.sum(fast.column(f"{band}_missing")).as_py() or 0)
-            if n:
-                account.add_partial(no_band(band), n)
+        rows = fast.column("input_row").to_numpy()
+        for band in reversed(BANDS):  # the first band missing names the reason
+            missing = fast.column(f"{band}_missing").to_numpy(zero_copy_only=False)
+            partial.update(dict.fromkeys(rows[missing.astype(bool)].tolist(), no_band(band)))
     if grid is not None and fast is not None and fast.num_rows:
         # The fast path checked all but the grid's length, which the store decides.
         n_flux = pc.list_value_length(fast.column("flux")).to_numpy(zero_copy_only=False)
@@ -76,14 +79,15 @@ def normalise_batch(batch: Batch, account: "FileAccount",
         row["input_row"] = number
         why = partial_reason(row)
         if why:
-            account.add_partial(why)
+            partial[number] = why
         rows.append(row)
     tables = [t for t in (fast, pa.Table.from_pylist(rows, schema=schema) if rows
                           else None) if t is not None and t.num_rows]
     if not tables:
-        return schema.empty_table()
+        return schema.empty_table(), partial
     table = pa.concat_tables(tables)
-    return table.take(pc.sort_indices(table.column("input_row"))) if len(tables) > 1 else table
+    return (table.take(pc.sort_indices(table.column("input_row"))) if len(tables) > 1
+            else table), partial
 
 
 
@@ -133,10 +137,13 @@ def ingest_file(name: str, source, shard_dir: str, first_shard: int, rows_per_sh
         for batch in itertools.chain([first_batch] if first_batch else [], batches):
             account.rows_read += batch.rows
             on_rows(batch.rows)
-            table = normalise_batch(batch, account, grid)
+            table, partial = normalise_batch(batch, account, grid)
             keep = drop_duplicates(table, batch, seen, name, account)
             if not keep.all():  # a filter copies every column, correlations too
+                for row in table.column("input_row").to_numpy()[~keep].tolist():
+                    partial.pop(row, None)
                 table = table.filter(pa.array(keep))
+            account.partial.update(partial.values())
             seen.add(table.column("source_id").to_numpy(), name,
                      table.column("input_row").to_numpy())
             pending.append(join_g_flux(table, name, *g_flux, grid))
