@@ -151,3 +151,21 @@ def test_the_train_command_learns_labels_and_info_says_so(small_library, tmp_pat
     assert main(["--quiet", "train", table, "--labels", "teff,vsini", "--epochs", "1",
                  "--out", str(tmp_path / "m2")]) == 2
     assert "no label column 'vsini'" in capsys.readouterr().err
+
+
+def test_every_rank_standardises_the_labels_by_all_the_training_stars(small_library):
+    """Under torchrun each rank trains on every world-th star; the labels' statistics come
+    from all the training stars, so both ranks of two share them."""
+    from xpsvae.model.supervision import label_targets
+    every = np.arange(len(small_library))
+    stats = [label_targets(small_library.labels, LABELS, every[rank::2], "library", every)[1:]
+             for rank in (0, 1)]
+    for a, b in zip(*stats):
+        np.testing.assert_array_equal(a, b)
+    teff = small_library.labels["teff"].to_numpy(float)
+    # the mean of the same numbers two ways (float64 sums of 3,000 terms): ~1e-12 relative
+    assert stats[0][0][0] == pytest.approx(np.nanmean(teff), rel=1e-10)
+    (y, y_var, has), mean, std = label_targets(small_library.labels, LABELS, every[1::2],
+                                               "library", every)
+    assert y.shape == (len(every[1::2]), 4) and has.dtype == torch.bool
+    assert float(y[has].mean()) == pytest.approx(0.0, abs=0.1)  # half the stars: near 0

@@ -154,7 +154,8 @@ class SVAE:
         n_local, targets = len(local), None
         if self.config.labels:
             targets, mean, std = label_targets(spectra.labels, self.config.labels, local,
-                                               data_description["source"] or "the input")
+                                               data_description["source"] or "the input",
+                                               train_idx)
             for name, value in (("label_mean", mean), ("label_std", std)):
                 getattr(self.network.label_head, name).copy_(torch.from_numpy(value))
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)

@@ -31,10 +31,12 @@ def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarra
 
 
 def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
-                  source: str, min_stars: int = 10
+                  source: str, all_rows: np.ndarray, min_stars: int = 10
                   ) -> Tuple[Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                              np.ndarray, np.ndarray]:
-    """The trainer's label targets for the training stars ``rows`` of ``table``.
+    """The trainer's label targets for the stars ``rows`` of ``table``, standardised by
+    the statistics of ``all_rows`` (every rank's training stars, under torchrun, so that
+    all ranks share them).
 
     Returns:
         ``(y, y_var, has)`` float32/float32/bool tensors (len(rows), L) in standardised
@@ -50,17 +52,18 @@ def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
         missing = [name for name in labels if table is None or name not in table]
         raise SpectraError(f"{source}: no label column {missing[0]!r} to train with; "
                            f"columns present: {present}")
-    y, y_err = label_columns(table.iloc[rows], labels)
-    y_err = np.where(np.isfinite(y_err), y_err, 0.0)  # a label without an error: error 0
-    has = np.isfinite(y)
-    counts = has.sum(axis=0)
+    every, _ = label_columns(table.iloc[all_rows], labels)
+    counts = np.isfinite(every).sum(axis=0)
     if (counts < min_stars).any():
         thin = [name for name, k in zip(labels, counts) if k < min_stars]
         raise SpectraError(f"{source}: only {dict(zip(labels, counts.tolist()))} training "
                            f"stars have each label; {thin} need at least {min_stars}")
-    mean = np.array([y[has[:, j], j].mean() for j in range(y.shape[1])])
-    std = np.array([y[has[:, j], j].std() for j in range(y.shape[1])])
+    known = [every[np.isfinite(every[:, j]), j] for j in range(every.shape[1])]
+    mean, std = np.array([k.mean() for k in known]), np.array([k.std() for k in known])
     std[~(std > 0)] = 1.0
+    y, y_err = label_columns(table.iloc[rows], labels)
+    y_err = np.where(np.isfinite(y_err), y_err, 0.0)  # a label without an error: error 0
+    has = np.isfinite(y)
     ys = np.where(has, (y - mean) / std, 0.0)
     var = (y_err / std) ** 2
     return ((torch.from_numpy(ys.astype(np.float32)), torch.from_numpy(var.astype(np.float32)),
