@@ -123,3 +123,28 @@ def test_a_part_too_large_on_one_rank_stops_every_rank(tmp_path, calspec_store):
         refusal = tmp_path / f"rank{rank}.txt"
         assert refusal.exists(), done.stderr[-2000:]
         assert "rank 1 of 2 holds" in refusal.read_text()
+
+
+def test_two_processes_learn_labels_as_one_does(tmp_path, small_library):
+    """Semi-supervised under torchrun: the label head is inside the model's forward, so DDP
+    averages its gradients too, and both ranks standardise the labels by all the training
+    stars. One process and two agree on the validation loss as above, and on the labels'
+    statistics to the bit; both learn the labels. The label term's last value itself
+    spreads from -0.5 to -1.2 between single-process seeds here, so it is not compared."""
+    from safetensors.numpy import load_file
+    stars = small_library.subset(np.arange(3000))
+    path = str(tmp_path / "labelled.parquet")
+    pq.write_table(pa.table({"source_id": stars.source_id,
+                             "flux": list(stars.values.astype(np.float64)),
+                             "flux_error": list(stars.errors.astype(np.float64)),
+                             "teff": stars.labels["teff"].to_numpy(float),
+                             "logg": stars.labels["logg"].to_numpy(float)}), path)
+    common = [path, "--labels", "teff,logg", "--epochs", "25", "--calibrate-epochs", "0",
+              "--batch-size", "256", "--threads", "1", "--device", "cpu"]
+    _one_and_two_processes_agree(common, tmp_path)
+    for run in ("one", "two"):
+        label = pd.read_csv(tmp_path / run / "history.csv").train_label
+        assert label.iloc[-1] < label.iloc[0] - 1.0, (run, label.tolist())
+    weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in ("one", "two")]
+    for name in ("label_head.label_mean", "label_head.label_std"):
+        np.testing.assert_array_equal(weights[0][name], weights[1][name])
