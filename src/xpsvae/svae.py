@@ -117,14 +117,13 @@ class SVAE:
         spectra = as_spectra(spectra, errors)
         complete = spectra.complete()  # a partial spectrum is scored, not learnt from
         n_partial, spectra = len(spectra) - len(complete), complete
-        tc = self.train_config
-        n = len(spectra)
+        tc, n = self.train_config, len(spectra)
+        source = spectra.accounting.source if spectra.accounting else "the input"
         n_val = int(tc.val_fraction * n)
         if n - n_val < 2:
             raise SpectraError(f"need at least 2 training stars after the validation split, got "
                                f"{n - n_val} of {n}")
         if tc.val_fraction > 0 and n_val < 1:
-            source = spectra.accounting.source if spectra.accounting else "the input"
             raise SpectraError(f"{source}: {n} stars leave no validation star at val_fraction "
                                f"{tc.val_fraction} (the validation loss would be NaN); give "
                                f"at least {int(np.ceil(1 / tc.val_fraction))} stars")
@@ -154,8 +153,7 @@ class SVAE:
         n_local, targets = len(local), None
         if self.config.labels:
             targets, mean, std = label_targets(spectra.labels, self.config.labels, local,
-                                               data_description["source"] or "the input",
-                                               train_idx)
+                                               source, train_idx)
             for name, value in (("label_mean", mean), ("label_std", std)):
                 getattr(self.network.label_head, name).copy_(torch.from_numpy(value))
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
