@@ -33,7 +33,7 @@ from ..core.errors import ModelFileError
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
-from ..model.network import label_nll
+from ..model.network import hidden_layers, label_nll
 from ..model.trainer import torch_threads
 
 
@@ -76,10 +76,8 @@ class LabelHeadConfig:
 
 
 def _member(n_in: int, n_labels: int, hidden: Tuple[int, ...]) -> nn.Sequential:
-    layers: List[nn.Module] = []
-    for w_in, w_out in zip((n_in,) + hidden[:-1], hidden):
-        layers += [nn.Linear(w_in, w_out), nn.GELU()]
-    return nn.Sequential(*layers, nn.Linear(hidden[-1], 2 * n_labels))
+    return nn.Sequential(*hidden_layers((n_in,) + hidden, "gelu"),
+                         nn.Linear(hidden[-1], 2 * n_labels))
 
 
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, y: torch.Tensor,

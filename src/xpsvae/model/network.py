@@ -117,17 +117,23 @@ class SVAEConfig:
         return cls(**d)
 
 
-def _mlp(widths: Sequence[int], cfg: SVAEConfig) -> nn.Sequential:
-    """Hidden stack: Linear (+ norm) + activation for each consecutive pair of widths."""
+def hidden_layers(widths: Sequence[int], activation: str, norm: str = "none"
+                  ) -> list[nn.Module]:
+    """Linear (+ norm) + activation for each consecutive pair of widths."""
     layers: list[nn.Module] = []
     for w_in, w_out in zip(widths[:-1], widths[1:]):
         layers.append(nn.Linear(w_in, w_out))
-        if cfg.norm == "batch":
+        if norm == "batch":
             layers.append(nn.BatchNorm1d(w_out))
-        elif cfg.norm == "layer":
+        elif norm == "layer":
             layers.append(nn.LayerNorm(w_out))
-        layers.append(ACTIVATIONS[cfg.activation]())
-    return nn.Sequential(*layers)
+        layers.append(ACTIVATIONS[activation]())
+    return layers
+
+
+def _mlp(widths: Sequence[int], cfg: SVAEConfig) -> nn.Sequential:
+    """The hidden stack of the encoder, decoder or scatter head."""
+    return nn.Sequential(*hidden_layers(widths, cfg.activation, cfg.norm))
 
 
 class ScatterVAE(nn.Module):
@@ -203,10 +209,8 @@ class LatentLabels(nn.Module):
         super().__init__()
         n_labels = len(config.labels)
         widths = (config.latent_dim, *config.label_hidden)
-        layers: list[nn.Module] = []
-        for w_in, w_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(w_in, w_out), ACTIVATIONS[config.activation]()]
-        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 2 * n_labels))
+        self.net = nn.Sequential(*hidden_layers(widths, config.activation),
+                                 nn.Linear(widths[-1], 2 * n_labels))
         self.register_buffer("label_mean", torch.zeros(n_labels, dtype=torch.float64))
         self.register_buffer("label_std", torch.ones(n_labels, dtype=torch.float64))
 
@@ -292,6 +296,6 @@ def gaussian_nll_per_star(x: torch.Tensor, x_err: torch.Tensor, x_hat: torch.Ten
     return 0.5 * ((x - x_hat) ** 2 / w + torch.log(w)).sum(dim=-1)
 
 
-__all__ = ["SVAEConfig", "ScatterVAE", "LatentLabels", "svae_loss", "label_nll",
+__all__ = ["SVAEConfig", "ScatterVAE", "LatentLabels", "hidden_layers", "svae_loss", "label_nll",
            "gaussian_nll_per_star", "LOSS_FORMS",
            "SCATTER_MAPS", "NORMS", "ACTIVATIONS"]
