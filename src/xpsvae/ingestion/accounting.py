@@ -31,9 +31,6 @@ class FileAccount:
     #: Rows kept with some inputs unmeasured, by reason (a band missing, NaN inputs).
     partial: Counter = field(default_factory=Counter)
 
-    def add_partial(self, reason: str, rows: int = 1) -> None:
-        self.partial[reason] += rows
-
     def add_set_aside(self, row: int, reason: str, raw: Optional[str] = None) -> None:
         self.set_aside.append({"input_file": self.path, "input_row": row,
                                "raw_text": raw, "reason": reason})
