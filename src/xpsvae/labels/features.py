@@ -1,9 +1,10 @@
 """What a label model sees of a star: the sVAE's view of its spectrum, and side columns.
 
-The latent (six numbers) holds far less about a star's labels than its
-spectrum does: gradient-boosted trees on the latent means reach 236 K in
-Teff, a plain MLP on the spectrum 62 K. The encoder's hidden layers hold
-more (80, 50 and 30 units, learnt without labels from every star). So the
+The latent of an unsupervised sVAE (six numbers) holds far less about a
+star's labels than its spectrum does: gradient-boosted trees on the latent
+means reach 236 K in Teff, a plain MLP on the spectrum 62 K. The encoder's
+hidden layers hold more (80, 50 and 30 units, learnt from every star; an sVAE
+trained with labels, ``SVAE.fit(..., labels=...)``, puts more in both). So the
 features are the output of every module of the encoder's hidden stack on the
 star's spectrum (each linear map and each activation; holes filled in as for
 encoding), the latent mean and the log of the latent standard deviation: 332
