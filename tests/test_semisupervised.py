@@ -169,3 +169,17 @@ def test_every_rank_standardises_the_labels_by_all_the_training_stars(small_libr
                                                "library", every)
     assert y.shape == (len(every[1::2]), 4) and has.dtype == torch.bool
     assert float(y[has].mean()) == pytest.approx(0.0, abs=0.1)  # half the stars: near 0
+
+
+def test_the_train_command_refuses_labels_it_cannot_learn(tmp_path, capsys):
+    """Before any data is read: labels with a store read shard by shard, and a negative
+    label weight, each refused with exit 2 and a message saying why."""
+    store = tmp_path / "store"
+    store.mkdir()
+    assert main(["--quiet", "train", str(store), "--streaming", "--labels", "teff",
+                 "--out", str(tmp_path / "m1")]) == 2
+    assert "a store, which holds no labels" in capsys.readouterr().err
+    assert main(["--quiet", "train", str(store), "--labels", "teff", "--label-weight", "-1",
+                 "--out", str(tmp_path / "m2")]) == 2
+    assert "label_weight must be >= 0" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "m1") and not os.path.exists(tmp_path / "m2")
