@@ -100,7 +100,7 @@ def encode_shard(model_dir: str, shard: str, out_path: str,
             accounting = spectra.accounting.to_dict(max_rows_listed=100)
         except SpectraError as exc:  # e.g. every row of the shard set aside
             table = encoded_table_schema(
-                model, _load_labels(labels_dir).labels if labels_dir else ()).empty_table()
+                model, _load_labels(labels_dir).columns() if labels_dir else ()).empty_table()
             accounting = {"source": shard, "error": str(exc)}
     meta = {**model_metadata(model_dir), "input": os.path.abspath(shard),
             "accounting": accounting}
@@ -111,16 +111,16 @@ def encode_shard(model_dir: str, shard: str, out_path: str,
             "accounting": accounting}
 
 
-def encoded_table_schema(model: SVAE, labels: Sequence[str] = ()) -> pa.Schema:
+def encoded_table_schema(model: SVAE, label_columns: Sequence[str] = ()) -> pa.Schema:
+    """The columns of :func:`encoded_table`, then ``label_columns`` (``LabelModel.columns``)."""
     d = model.config.latent_dim
     return pa.schema([("source_id", pa.int64()), ("input_row", pa.int64()),
                       ("latent_mean", pa.list_(pa.float32(), d)),
                       ("latent_std", pa.list_(pa.float32(), d)),
                       ("reconstruction_chi2_per_dof", pa.float64()),
                       ("anomaly_score", pa.float64()), ("n_observed", pa.int32())]
-                     + [(f"{name}{suffix}", pa.float64()) for name in labels
-                        for suffix in ("", "_err")]
-                     + ([("labels_ood", pa.bool_())] if labels else []))
+                     + [(name, pa.bool_() if name == "labels_ood" else pa.float64())
+                        for name in label_columns])
 
 
 def with_labels(table: pa.Table, labels: pd.DataFrame) -> pa.Table:

@@ -174,6 +174,8 @@ def _label_model(path: str) -> dict:
             "head": meta.get("config", {}), "ood": {k: v for k, v in meta.get("ood", {}).items()
                                                    if k in ("quantile", "anomaly_score",
                                                             "latent_distance")},
+            "high_alpha": {k: v for k, v in meta.get("high_alpha", {}).items()
+                           if k in ("prior", "boundary")},
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
 
 
@@ -267,6 +269,9 @@ def format_description(d: dict) -> str:
             lines.append(f"  flagged beyond {100 * d['ood']['quantile']:.0f}% of the training "
                          f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
                          f"distance {d['ood']['latent_distance']:.3g}")
+        if d.get("high_alpha"):
+            lines.append(f"  high_alpha_prob: above {d['high_alpha']['boundary']}; "
+                         f"{100 * d['high_alpha']['prior']:.1f}% of the training stars")
         lines.append("  its sVAE: " + format_description(d["svae"]).splitlines()[1].strip())
     elif d["what"] == "report":
         for name, t in d["test"].items():

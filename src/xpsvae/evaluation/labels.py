@@ -12,15 +12,19 @@ supervised MLP), on a 6-component PCA of it, the Cannon's test step, and
 [alpha/M] from [Fe/H] alone (how much of the alpha information is real).
 
 High and low alpha: a star is high-alpha above the line
-``[alpha/M] = 0.10 - 0.10 [Fe/H]`` clipped to [0.06, 0.22] (:func:`high_alpha`),
-a line through the gap between the two sequences of the APOGEE disc.
-Balanced accuracy is given in [Fe/H] bins, for the label model and for a
-classifier that sees [Fe/H] alone.
+``[alpha/M] = 0.10 - 0.10 [Fe/H]`` clipped to [0.06, 0.22]
+(:func:`xpsvae.labels.classes.high_alpha`), a line through the gap between
+the two sequences of the APOGEE disc. Balanced accuracy is given in [Fe/H]
+bins for the label model's classifier (``high_alpha_prob`` beyond the
+training share of high-alpha stars), for its predicted labels set against
+the line, and for the same classifier fitted on the survey's labels alone:
+[Fe/H], and Teff, log g and [Fe/H].
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,6 +32,7 @@ import pandas as pd
 
 from ..io.spectra import SpectraSet
 from ..labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
+from ..labels.classes import HIGH_ALPHA_BOUNDARY, HIGH_ALPHA_COLUMN, ClassHead, high_alpha
 from ..labels.features import side_columns
 from ..svae import SVAE
 
@@ -38,6 +43,9 @@ SUBSETS = {"giants": ("logg", "<", 3.5), "dwarfs": ("logg", ">=", 3.5),
 DEMO_SIDE = ("j-h", "j-k", "gaiaedr3_phot_bp_mean_mag-gaiaedr3_phot_rp_mean_mag")
 #: [Fe/H] bins of the high/low-alpha accuracy.
 FE_H_BINS = (-1.0, -0.5, 0.0, 0.5)
+#: Hidden widths of the baselines that see [Fe/H] alone: a function of one number needs no
+#: wider network, and the demo's time is spent where it tells more.
+ONE_INPUT_HIDDEN = (64, 64)
 
 
 def residuals(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
@@ -102,38 +110,53 @@ def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[
     return out
 
 
-def high_alpha(fe_h: np.ndarray, alpha_m: np.ndarray) -> np.ndarray:
-    """Whether a star lies above the line between the high- and low-alpha sequences."""
-    line = np.clip(0.10 - 0.10 * np.asarray(fe_h, dtype=np.float64), 0.06, 0.22)
-    return np.asarray(alpha_m, dtype=np.float64) > line
-
-
 def balanced_accuracy(truth: np.ndarray, guess: np.ndarray) -> float:
     """The mean of the recalls of the two classes (NaN where a class is absent)."""
     recalls = [np.mean(guess[truth == c] == c) for c in (True, False) if (truth == c).any()]
     return float(np.mean(recalls)) if len(recalls) == 2 else float("nan")
 
 
-def alpha_classification(fe_h_true, alpha_true, fe_h_pred, alpha_pred,
-                         alpha_from_fe: np.ndarray) -> dict:
-    """Balanced accuracy of high/low alpha per [Fe/H] bin (by the survey's [Fe/H]): from the
-    predicted labels, and from [Fe/H] alone (``alpha_from_fe``: alpha predicted from the
-    survey's [Fe/H] by a model that sees nothing else)."""
+def alpha_classification(fe_h_true: np.ndarray, alpha_true: np.ndarray,
+                         guesses: Dict[str, np.ndarray]) -> dict:
+    """Balanced accuracy of high/low alpha per [Fe/H] bin (by the survey's [Fe/H]) of each
+    guess (``{name: bool per star}``), and over all the bins."""
     ok = np.isfinite(fe_h_true) & np.isfinite(alpha_true)
     truth = high_alpha(fe_h_true, alpha_true)
-    ours = high_alpha(fe_h_pred, alpha_pred)
-    fe_only = high_alpha(fe_h_true, alpha_from_fe)
-    out = {"boundary": "[alpha/M] = clip(0.10 - 0.10 [Fe/H], 0.06, 0.22)", "bins": {}}
+    out = {"boundary": HIGH_ALPHA_BOUNDARY, "bins": {}}
     for lo, hi in zip(FE_H_BINS[:-1], FE_H_BINS[1:]):
         m = ok & (fe_h_true >= lo) & (fe_h_true < hi)
         out["bins"][f"{lo:+.1f}..{hi:+.1f}"] = {
             "n_stars": int(m.sum()), "n_high_alpha": int((truth & m).sum()),
-            "label_model": balanced_accuracy(truth[m], ours[m]),
-            "fe_h_alone": balanced_accuracy(truth[m], fe_only[m])}
+            **{name: balanced_accuracy(truth[m], guess[m]) for name, guess in guesses.items()}}
     m = ok & (fe_h_true >= FE_H_BINS[0]) & (fe_h_true < FE_H_BINS[-1])
-    out["all_bins"] = {"label_model": balanced_accuracy(truth[m], ours[m]),
-                       "fe_h_alone": balanced_accuracy(truth[m], fe_only[m])}
+    out["all_bins"] = {name: balanced_accuracy(truth[m], guess[m])
+                       for name, guess in guesses.items()}
     return out
+
+
+def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: SpectraSet,
+                   test: SpectraSet, config: LabelHeadConfig,
+                   unsupervised: Optional[Tuple[LabelModel, pd.DataFrame]] = None
+                   ) -> Dict[str, np.ndarray]:
+    """High-alpha or not per test star: from the label model's classifier and its labels
+    (and the unsupervised sVAE's classifier, given it), and from the classifier fitted on
+    the survey's labels alone."""
+    guesses = {}
+    for name, (model, table) in (("label_model", (label_model, predicted)),
+                                 ("unsupervised_svae", unsupervised or (None, None))):
+        if model is not None and model.classifier is not None:
+            guesses[name] = table[HIGH_ALPHA_COLUMN].to_numpy() > model.classifier.prior
+    guesses["label_model_labels"] = high_alpha(predicted["fe_h"], predicted["alpha_m"])
+    single = replace(config, high_alpha_members=1)
+    y_train = label_columns(train.labels, ("teff", "logg", "fe_h", "alpha_m"))[0]
+    y_test = label_columns(test.labels, ("teff", "logg", "fe_h"))[0]
+    both = np.isfinite(y_train[:, 2]) & np.isfinite(y_train[:, 3])
+    truth = high_alpha(y_train[both, 2], y_train[both, 3])
+    for name, columns in (("fe_h_alone", [2]), ("teff_logg_fe_h_alone", [0, 1, 2])):
+        recipe = single if len(columns) > 1 else replace(single, hidden=ONE_INPUT_HIDDEN)
+        guesses[name] = ClassHead(recipe).fit(y_train[both][:, columns], truth).classify(
+            y_test[:, columns])
+    return guesses
 
 
 def _head_baseline(name: str, train_x, test_x, y, e, labels, config) -> pd.DataFrame:
@@ -170,13 +193,16 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     if not baselines:
         return out, label_model, predicted
     y, e = label_columns(train.labels, labels)
-    single = LabelHeadConfig(**{**config.__dict__, "members": 1})
+    single = replace(config, members=1)
     sides = [side_columns(s.labels, side, "library") for s in (train, test)]
     spectra = [model.standardizer.transform(s.values) for s in (train, test)]
     out["baselines"] = {}
+    unsupervised_fit = None
     if unsupervised is not None:
-        out["baselines"]["head_on_unsupervised_svae"] = label_blocks(LabelModel.fit(
-            unsupervised, train, labels, side, config).predict(test), test.labels, labels)
+        unsupervised_model = LabelModel.fit(unsupervised, train, labels, side, config)
+        unsupervised_fit = (unsupervised_model, unsupervised_model.predict(test))
+        out["baselines"]["head_on_unsupervised_svae"] = label_blocks(
+            unsupervised_fit[1], test.labels, labels)
     out["baselines"]["mlp_spectrum"] = label_blocks(_head_baseline(
         "mlp", np.hstack([spectra[0], sides[0]]), np.hstack([spectra[1], sides[1]]), y, e,
         labels, single), test.labels, labels)
@@ -194,13 +220,12 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
         fe = [np.asarray(s.labels["fe_h"], np.float64)[:, None] for s in (train, test)]
         ja = labels.index("alpha_m")
         alpha = _head_baseline("fe", fe[0], np.nan_to_num(fe[1], nan=0.0), y[:, [ja]],
-                               e[:, [ja]], ["alpha_m"], single)
+                               e[:, [ja]], ["alpha_m"], replace(single, hidden=ONE_INPUT_HIDDEN))
         alpha.loc[~np.isfinite(fe[1][:, 0]), "alpha_m"] = np.nan
         out["baselines"]["alpha_from_fe_h"] = label_blocks(alpha, test.labels, ["alpha_m"])
         truth = [np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")]
-        out["alpha_classes"] = alpha_classification(
-            *truth, predicted["fe_h"].to_numpy(), predicted["alpha_m"].to_numpy(),
-            alpha["alpha_m"].to_numpy())
+        out["alpha_classes"] = alpha_classification(*truth, _alpha_guesses(
+            label_model, predicted, train, test, config, unsupervised_fit))
     return out, label_model, predicted
 
 

@@ -21,7 +21,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ class LabelHeadConfig:
         val_fraction: share of the labelled stars held out to fit the variance scale.
         seed: seed of the split and of the first member.
         threads: CPU threads for torch (0: torch's default).
+        high_alpha_members: members of the high/low-alpha classifier a label model fits
+            where its labels include [Fe/H] and [alpha/M] (:mod:`xpsvae.labels.classes`;
+            0: none).
     """
 
     hidden: Tuple[int, ...] = (256, 256)
@@ -63,6 +66,7 @@ class LabelHeadConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 0
+    high_alpha_members: int = 1
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -71,13 +75,72 @@ class LabelHeadConfig:
         if self.members < 1 or self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ValueError("need members >= 1, epochs >= 1, batch_size >= 2 and lr > 0; got "
                              f"{self.members}, {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.high_alpha_members < 0:
+            raise ValueError(f"high_alpha_members must be >= 0, got {self.high_alpha_members}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
 
 
-def _member(n_in: int, n_labels: int, hidden: Tuple[int, ...]) -> nn.Sequential:
-    return nn.Sequential(*hidden_layers((n_in,) + hidden, "gelu"),
-                         nn.Linear(hidden[-1], 2 * n_labels))
+def _loss(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has: torch.Tensor
+          ) -> torch.Tensor:
+    """:func:`gaussian_nll` of a member's output (means, then log variances)."""
+    mean, log_var = out.chunk(2, dim=1)
+    return gaussian_nll(mean, log_var.clamp(-12, 6), y, var, has)
+
+
+def mlp(n_in: int, hidden: Tuple[int, ...], n_out: int) -> nn.Sequential:
+    """A member: GELU hidden layers of widths ``hidden``, then a linear map to ``n_out``."""
+    return nn.Sequential(*hidden_layers((n_in,) + hidden, "gelu"), nn.Linear(hidden[-1], n_out))
+
+
+def train_member(config: LabelHeadConfig, k: int, n_out: int, loss: Callable, x: torch.Tensor,
+                 *targets: torch.Tensor, history: Optional[list] = None) -> nn.Sequential:
+    """Member ``k`` of an ensemble: an MLP of ``config.hidden`` from ``x`` to ``n_out``
+    numbers, trained on ``loss(out, *targets)`` over batches (AdamW, cosine-decayed rate)
+    from its own seed; ``history`` gains its mean loss per epoch."""
+    c = config
+    generator = torch.Generator().manual_seed(c.seed + 7919 * k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c.seed + 7919 * k)
+        member = mlp(x.shape[1], c.hidden, n_out)
+    optimizer = torch.optim.AdamW(member.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x) / c.batch_size))
+    total = steps_per_epoch * c.epochs
+    step = 0
+    for epoch in range(c.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        shuffled = [t[order] for t in (x,) + targets]  # one gather an epoch; batches are views
+        loss_sum = 0.0
+        for start in range(0, len(x), c.batch_size):
+            batch = [t[start:start + c.batch_size] for t in shuffled]
+            for group in optimizer.param_groups:
+                group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            value = loss(member(batch[0]), *batch[1:])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            loss_sum += float(value.detach())
+            step += 1
+        if history is not None:
+            history.append({"member": k, "epoch": epoch + 1,
+                            "train_loss": loss_sum / steps_per_epoch})
+    member.eval()
+    return member
+
+
+def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation (1 where a column is constant), NaN ignored."""
+    mean = np.nanmean(features, axis=0)
+    std = np.nanstd(features, axis=0)
+    std[~(std > 0)] = 1.0
+    return mean, std
+
+
+def standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """float32 ``(features - mean) / std``; a missing value (NaN side column) becomes the
+    training mean."""
+    x = (np.asarray(features, dtype=np.float64) - mean) / std
+    return np.nan_to_num(x, nan=0.0).astype(np.float32)
 
 
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, y: torch.Tensor,
@@ -117,9 +180,7 @@ class LabelHead:
         if (has.sum(axis=0) < 10).any():
             raise ValueError(f"each label needs at least 10 stars that have it; got "
                              f"{has.sum(axis=0).tolist()}")
-        self.feature_mean = np.nanmean(features, axis=0)
-        self.feature_std = np.nanstd(features, axis=0)
-        self.feature_std[~(self.feature_std > 0)] = 1.0
+        self.feature_mean, self.feature_std = feature_statistics(features)
         self.label_mean = np.nanmean(y, axis=0)
         self.label_std = np.nanstd(y, axis=0)
         self.label_std[~(self.label_std > 0)] = 1.0
@@ -131,7 +192,8 @@ class LabelHead:
         tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
         has_t = torch.from_numpy(has)
         with torch_threads(c.threads):
-            self.members = [self._train_member(k, *(t[~val] for t in tensors), has_t[~val])
+            self.members = [train_member(c, k, 2 * y.shape[1], _loss, *(t[~val] for t in tensors),
+                                         has_t[~val], history=self.history)
                             for k in range(c.members)]
             mean, sigma = self._mixture(tensors[0][val])
         self.sigma_scale = np.array([
@@ -139,41 +201,9 @@ class LabelHead:
             for j in range(y.shape[1])])
         return self
 
-    def _train_member(self, k: int, x: torch.Tensor, y: torch.Tensor, var: torch.Tensor,
-                      has: torch.Tensor) -> nn.Sequential:
-        c = self.config
-        generator = torch.Generator().manual_seed(c.seed + 7919 * k)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.seed + 7919 * k)
-            member = _member(x.shape[1], y.shape[1], c.hidden)
-        optimizer = torch.optim.AdamW(member.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        steps_per_epoch = max(1, math.ceil(len(x) / c.batch_size))
-        total = steps_per_epoch * c.epochs
-        step = 0
-        for epoch in range(c.epochs):
-            order = torch.randperm(len(x), generator=generator)
-            loss_sum = 0.0
-            for start in range(0, len(x), c.batch_size):
-                rows = order[start:start + c.batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                out = member(x[rows])
-                mean, log_var = out.chunk(2, dim=1)
-                loss = gaussian_nll(mean, log_var.clamp(-12, 6), y[rows], var[rows], has[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach())
-                step += 1
-            self.history.append({"member": k, "epoch": epoch + 1,
-                                 "train_nll": loss_sum / steps_per_epoch})
-        member.eval()
-        return member
-
     # ------------------------------------------------------------------ predicting
     def _standardised(self, features: np.ndarray) -> np.ndarray:
-        x = (np.asarray(features, dtype=np.float64) - self.feature_mean) / self.feature_std
-        return np.nan_to_num(x, nan=0.0)  # a missing side value: the training mean
+        return standardise(features, self.feature_mean, self.feature_std)
 
     @torch.no_grad()
     def _mixture(self, x: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
@@ -192,18 +222,19 @@ class LabelHead:
         calibrated uncertainty (add the survey's error in quadrature to compare with it)."""
         if not self.members:
             raise RuntimeError("the label head is not fitted: call fit() or load() first")
-        x = torch.from_numpy(self._standardised(features).astype(np.float32))
+        x = torch.from_numpy(self._standardised(features))
         with torch_threads(self.config.threads):
             mean, sigma = self._mixture(x)
         return (mean * self.label_std + self.label_mean,
                 sigma * self.sigma_scale * self.label_std)
 
     # ------------------------------------------------------------------ files
-    def save(self, directory: str, meta: Optional[dict] = None) -> None:
-        """``head.safetensors`` (weights and statistics) and ``head.json`` (config, ``meta``)."""
+    def save(self, directory: str, meta: Optional[dict] = None,
+             extra: Optional[Dict[str, np.ndarray]] = None) -> None:
+        """``head.safetensors`` (weights and statistics, and the ``extra`` arrays) and
+        ``head.json`` (config, ``meta``)."""
         os.makedirs(directory, exist_ok=True)
-        arrays = {f"member{k}.{name}": p.detach().numpy().copy()
-                  for k, m in enumerate(self.members) for name, p in m.state_dict().items()}
+        arrays = {**member_arrays(self.members, ""), **(extra or {})}
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
         with atomic_path(os.path.join(directory, HEAD_WEIGHTS)) as tmp:
@@ -212,8 +243,8 @@ class LabelHead:
                    {"format_version": 1, "config": asdict(self.config), **(meta or {})})
 
     @classmethod
-    def load(cls, directory: str) -> Tuple["LabelHead", dict]:
-        """(head, the ``meta`` saved with it)."""
+    def load(cls, directory: str) -> Tuple["LabelHead", dict, Dict[str, np.ndarray]]:
+        """(head, the ``meta`` saved with it, every array of its file)."""
         config_path = os.path.join(directory, HEAD_CONFIG)
         weights_path = os.path.join(directory, HEAD_WEIGHTS)
         for path in (config_path, weights_path):
@@ -233,14 +264,27 @@ class LabelHead:
         head = cls(LabelHeadConfig(**meta.pop("config")))
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             setattr(head, name, arrays[name])
-        n_in, n_labels = len(head.feature_mean), len(head.label_mean)
-        for k in range(head.config.members):
-            member = _member(n_in, n_labels, head.config.hidden)
-            member.load_state_dict({name: torch.from_numpy(arrays[f"member{k}.{name}"])
-                                    for name in member.state_dict()})
-            member.eval()
-            head.members.append(member)
-        return head, meta
+        head.members = load_members(arrays, "", head.config.members, len(head.feature_mean),
+                                    head.config.hidden, 2 * len(head.label_mean))
+        return head, meta, arrays
+
+
+def member_arrays(members: List[nn.Sequential], prefix: str) -> Dict[str, np.ndarray]:
+    """The members' weights for a safetensors file: ``<prefix>member<k>.<parameter>``."""
+    return {f"{prefix}member{k}.{name}": p.detach().numpy().copy()
+            for k, m in enumerate(members) for name, p in m.state_dict().items()}
+
+
+def load_members(arrays: Dict[str, np.ndarray], prefix: str, count: int, n_in: int,
+                 hidden: Tuple[int, ...], n_out: int) -> List[nn.Sequential]:
+    """The ``count`` members :func:`member_arrays` wrote, ready to predict."""
+    members = []
+    for k in range(count):
+        member = mlp(n_in, hidden, n_out)
+        member.load_state_dict({name: torch.from_numpy(arrays[f"{prefix}member{k}.{name}"])
+                                for name in member.state_dict()})
+        members.append(member.eval())
+    return members
 
 
 def _fit_scale(mean: np.ndarray, sigma: np.ndarray, y: np.ndarray, err: np.ndarray,

@@ -3,20 +3,23 @@
 It trains on the stars that have a label and predicts for every star:
 ``teff``, ``logg``, ``fe_h``, ``alpha_m`` (or any label columns), each with
 ``<label>_err``, the head's calibrated uncertainty, and ``labels_ood``, a
-flag where the model is guessing. A star is flagged when its anomaly score
+flag where the model is guessing. Where the labels include ``fe_h`` and
+``alpha_m``, also ``high_alpha_prob``, the probability that the star is on
+the high-alpha sequence (:mod:`xpsvae.labels.classes`). A star is flagged when its anomaly score
 (the sVAE's NLL per measured input) or its latent's Mahalanobis distance from
 the training stars' latents is beyond that of 99% of the training stars:
 its spectrum is unlike those the labels were learnt from.
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
-side columns, thresholds of the flag).
+side columns, thresholds of the flag; the classifier's weights share the
+weights file).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +30,7 @@ from ..core.files import model_folder
 from ..io.spectra import SpectraSet
 from ..model.supervision import label_columns
 from ..svae import SVAE
+from .classes import HIGH_ALPHA_COLUMN, ClassHead, high_alpha
 from .features import side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 
@@ -34,6 +38,8 @@ from .head import LabelHead, LabelHeadConfig
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
 #: Share of the training stars inside the out-of-distribution thresholds.
 OOD_QUANTILE = 0.99
+#: Prefix of the high/low-alpha classifier's arrays in the weights file.
+_CLASS_PREFIX = "high_alpha."
 
 
 class LabelModel:
@@ -48,8 +54,9 @@ class LabelModel:
     """
 
     def __init__(self, svae: SVAE, head: LabelHead, labels: Sequence[str],
-                 side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None):
-        self.svae, self.head = svae, head
+                 side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None,
+                 classifier: Optional[ClassHead] = None):
+        self.svae, self.head, self.classifier = svae, head, classifier
         self.labels, self.side = list(labels), list(side)
         self.ood = ood or {}
 
@@ -81,9 +88,15 @@ class LabelModel:
                                f"{list(labels)}; a label model needs at least 50")
         stars = spectra.subset(np.flatnonzero(labelled))
         features = cls._features(svae, stars, side, source, device)
-        head = LabelHead(config or LabelHeadConfig()).fit(features, y[labelled],
-                                                          y_err[labelled])
-        return cls(svae, head, labels, side, _ood_thresholds(svae, stars, device))
+        config = config or LabelHeadConfig()
+        head = LabelHead(config).fit(features, y[labelled], y_err[labelled])
+        classifier = None
+        if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha_members:
+            fe_h, alpha_m = (y[labelled, list(labels).index(n)] for n in ("fe_h", "alpha_m"))
+            both = np.isfinite(fe_h) & np.isfinite(alpha_m)
+            classifier = ClassHead(config).fit(features[both],
+                                               high_alpha(fe_h[both], alpha_m[both]))
+        return cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
 
     @staticmethod
     def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
@@ -97,16 +110,23 @@ class LabelModel:
         return np.hstack([features, side_columns(spectra.labels, side, source)])
 
     def predict(self, spectra: SpectraSet, device: str = "cpu") -> pd.DataFrame:
-        """Per star: ``source_id``, ``input_row``, each label and its ``_err``, and
-        ``labels_ood``."""
+        """Per star: ``source_id``, ``input_row``, each label and its ``_err``,
+        ``high_alpha_prob`` where the model has the classifier, and ``labels_ood``."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         features = self._features(self.svae, spectra, self.side, source, device)
         mean, sigma = self.head.predict(features)
         out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
         for j, name in enumerate(self.labels):
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
+        if self.classifier is not None:
+            out[HIGH_ALPHA_COLUMN] = self.classifier.probability(features)
         out["labels_ood"] = self.out_of_distribution(spectra, device)
         return pd.DataFrame(out)
+
+    def columns(self) -> List[str]:
+        """The columns :meth:`predict` adds to ``source_id`` and ``input_row``."""
+        return [f"{name}{suffix}" for name in self.labels for suffix in ("", "_err")] + \
+            ([HIGH_ALPHA_COLUMN] if self.classifier is not None else []) + ["labels_ood"]
 
     def out_of_distribution(self, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
         """Per star, whether its anomaly score or its latent's Mahalanobis distance is
@@ -121,13 +141,20 @@ class LabelModel:
     def save(self, directory: str) -> None:
         """The folder: ``svae/`` (the sVAE, copied), ``head.safetensors``, ``head.json``."""
         self.svae.save(os.path.join(directory, SVAE_FOLDER))
-        self.head.save(directory, {"labels": self.labels, "side": self.side, "ood": self.ood})
+        meta = {"labels": self.labels, "side": self.side, "ood": self.ood}
+        extra = {}
+        if self.classifier is not None:
+            meta["high_alpha"] = self.classifier.meta()
+            extra = self.classifier.arrays(_CLASS_PREFIX)
+        self.head.save(directory, meta, extra)
 
     @classmethod
     def load(cls, directory: str) -> "LabelModel":
-        head, meta = LabelHead.load(directory)
+        head, meta, arrays = LabelHead.load(directory)
         svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
-        return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"])
+        classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
+            if "high_alpha" in meta else None
+        return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier)
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
