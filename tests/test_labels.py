@@ -177,23 +177,28 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     assert main(["--quiet", "labels", "predict", head, test_file, "--out", out]) == 0
     table = pd.read_parquet(out)
     assert len(table) == 200 and np.isfinite(table["fe_h"]).all()
+    assert table["high_alpha_prob"].between(0, 1).all()
     encoded = str(tmp_path / "encoded.parquet")
     assert main(["--quiet", "encode", "builtin", test_file, "--labels", head,
                  "--out", encoded]) == 0
     both = pd.read_parquet(encoded)
-    np.testing.assert_array_equal(both["teff"], table["teff"])
+    for column in ("teff", "high_alpha_prob"):
+        np.testing.assert_array_equal(both[column], table[column])
     assert "latent_mean" in both and "labels_ood" in both
     report = str(tmp_path / "report")  # the shipped sVAE was fitted on every library star
     assert main(["--quiet", "evaluate", "builtin", test_file, "--labels", head, "--out", report,
                  "--include-training-stars"]) == 0
     metrics = json.load(open(os.path.join(report, "metrics.json")))
     assert metrics["labels"]["svae_label_model"]["teff"]["test"]["n_stars"] == 200
-    assert "## Labels" in open(os.path.join(report, "report.md")).read()
+    assert set(metrics["labels"]["alpha_classes"]["all_bins"]) == {"label_model",
+                                                                   "label_model_labels"}
+    assert "### High and low α" in open(os.path.join(report, "report.md")).read()
     assert os.path.exists(os.path.join(report, "figures", "labels_coverage.png"))
     from xpsvae.cli.describe import describe, format_description
     described = describe(head)
     assert described["what"] == "label model" and described["side"] == ["j-h", "j-k"]
     assert "labels teff, logg, fe_h, alpha_m" in format_description(described)
+    assert "high_alpha_prob: above [alpha/M] = clip" in format_description(described)
     meta = json.load(open(os.path.join(head, "head.json")))
     assert meta["labels"] == ["teff", "logg", "fe_h", "alpha_m"] and meta["side"] == ["j-h",
                                                                                       "j-k"]
@@ -239,6 +244,10 @@ def test_a_store_is_encoded_with_labels_shard_by_shard(split, calspec_store, tmp
     table = pd.read_parquet(out)
     assert len(table) == 300 and np.isfinite(table[["teff", "teff_err", "fe_h"]]).all().all()
     assert table["labels_ood"].dtype == bool
+    # a shard whose every row is set aside gets the same columns, empty
+    from xpsvae.catalog import encoded_table_schema
+    assert encoded_table_schema(SVAE.pretrained(), LabelModel.load(head).columns()).names == \
+        list(table.columns)
     # the hottest CALSPEC stars are white dwarfs and O/B stars: nothing like APOGEE's
     assert table["labels_ood"].any()
     pytest.importorskip("dask.distributed", reason="the Dask path needs xpsvae[dask]")

@@ -134,6 +134,17 @@ def alpha_classification(fe_h_true: np.ndarray, alpha_true: np.ndarray,
     return out
 
 
+def _model_guesses(label_model: LabelModel, predicted: pd.DataFrame) -> Dict[str, np.ndarray]:
+    """High-alpha or not per star from a label model's prediction: by its classifier (where it
+    has one), and by its predicted [Fe/H] and [alpha/M] set against the line."""
+    guesses = {}
+    if label_model.classifier is not None:
+        guesses["label_model"] = predicted[HIGH_ALPHA_COLUMN].to_numpy() \
+            > label_model.classifier.prior
+    guesses["label_model_labels"] = high_alpha(predicted["fe_h"], predicted["alpha_m"])
+    return guesses
+
+
 def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: SpectraSet,
                    test: SpectraSet, config: LabelHeadConfig,
                    unsupervised: Optional[Tuple[LabelModel, pd.DataFrame]] = None
@@ -141,12 +152,9 @@ def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: Spec
     """High-alpha or not per test star: from the label model's classifier and its labels
     (and the unsupervised sVAE's classifier, given it), and from the classifier fitted on
     the survey's labels alone."""
-    guesses = {}
-    for name, (model, table) in (("label_model", (label_model, predicted)),
-                                 ("unsupervised_svae", unsupervised or (None, None))):
-        if model is not None and model.classifier is not None:
-            guesses[name] = table[HIGH_ALPHA_COLUMN].to_numpy() > model.classifier.prior
-    guesses["label_model_labels"] = high_alpha(predicted["fe_h"], predicted["alpha_m"])
+    guesses = _model_guesses(label_model, predicted)
+    if unsupervised is not None and unsupervised[0].classifier is not None:
+        guesses["unsupervised_svae"] = _model_guesses(*unsupervised)["label_model"]
     single = replace(config, high_alpha_members=1)
     y_train = label_columns(train.labels, ("teff", "logg", "fe_h", "alpha_m"))[0]
     y_test = label_columns(test.labels, ("teff", "logg", "fe_h"))[0]
@@ -233,9 +241,14 @@ def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
     """(``labels`` block, prediction) of a fitted label model on labelled ``test`` stars."""
     predicted = label_model.predict(test)
     labels = label_model.labels
-    return ({"labels": labels, "side_columns": label_model.side,
+    block = {"labels": labels, "side_columns": label_model.side,
              "svae_label_model": label_blocks(predicted, test.labels, labels),
-             "ood": _ood_block(predicted, test.labels, labels)}, predicted)
+             "ood": _ood_block(predicted, test.labels, labels)}
+    if {"fe_h", "alpha_m"} <= set(labels) <= set(test.labels.columns):
+        block["alpha_classes"] = alpha_classification(
+            *(np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")),
+            _model_guesses(label_model, predicted))
+    return block, predicted
 
 
 def write_label_figures(fig_dir: str, predicted: pd.DataFrame, truth: pd.DataFrame,
