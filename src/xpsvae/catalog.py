@@ -48,11 +48,14 @@ from .model.trainer import torch_threads
 from .svae import SVAE
 
 
-def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.Table:
-    """:meth:`SVAE.score` of every star as a table, with ``source_id`` and ``input_row``."""
+def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu",
+                  label_model: Optional[LabelModel] = None) -> pa.Table:
+    """:meth:`SVAE.score` of every star as a table, with ``source_id`` and ``input_row``;
+    with ``label_model``, a label model of this sVAE (:func:`check_labels_fit`), its columns
+    after them (:func:`with_labels`; its flag reads the same scores)."""
     scores = model.score(spectra, device=device)
     d = model.config.latent_dim
-    return pa.table({
+    table = pa.table({
         "source_id": spectra.source_id,
         "input_row": spectra.input_row,
         "latent_mean": pa.FixedSizeListArray.from_arrays(
@@ -63,6 +66,9 @@ def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> pa.T
         "anomaly_score": scores["anomaly_score"],
         "n_observed": scores["n_observed"].astype(np.int32),
     })
+    if label_model is not None:
+        table = with_labels(table, label_model.predict(spectra, device, scores=scores))
+    return table
 
 
 def model_metadata(model_dir: str) -> dict:
@@ -94,9 +100,8 @@ def encode_shard(model_dir: str, shard: str, out_path: str,
         model = _load_model(model_dir)
         try:
             spectra = read_for_model(shard, contract(model.info, model.config.input_dim))
-            table = encoded_table(model, spectra)
-            if labels_dir:
-                table = with_labels(table, _load_labels(labels_dir).predict(spectra))
+            table = encoded_table(model, spectra,
+                                  label_model=_load_labels(labels_dir) if labels_dir else None)
             accounting = spectra.accounting.to_dict(max_rows_listed=100)
         except SpectraError as exc:  # e.g. every row of the shard set aside
             table = encoded_table_schema(

@@ -124,7 +124,7 @@ def cmd_train(args) -> int:
 
 def cmd_encode(args) -> int:
     # PyTorch, imported only by the commands that use it:
-    from ..catalog import check_labels_fit, encode_store, encoded_table, model_metadata, with_labels
+    from ..catalog import check_labels_fit, encode_store, encoded_table, model_metadata
     from ..labels import LabelModel
     from ..svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
@@ -140,9 +140,7 @@ def cmd_encode(args) -> int:
         check_labels_fit(model, label_model, args.labels)
     spectra = read_for_model(args.data, contract(model.info, model.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
-    table = encoded_table(model, spectra, device=args.device)
-    if label_model is not None:
-        table = with_labels(table, label_model.predict(spectra, args.device))
+    table = encoded_table(model, spectra, device=args.device, label_model=label_model)
     meta = {**model_metadata(args.model), "input": os.path.abspath(args.data),
             "accounting": spectra.accounting.to_dict(100)}
     _write_parquet(table.replace_schema_metadata({"xpsvae": json.dumps(meta)}), args.out)

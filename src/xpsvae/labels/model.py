@@ -109,9 +109,13 @@ class LabelModel:
                                "has no columns besides the spectra")
         return np.hstack([features, side_columns(spectra.labels, side, source)])
 
-    def predict(self, spectra: SpectraSet, device: str = "cpu") -> pd.DataFrame:
+    def predict(self, spectra: SpectraSet, device: str = "cpu",
+                scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
         """Per star: ``source_id``, ``input_row``, each label and its ``_err``,
-        ``high_alpha_prob`` where the model has the classifier, and ``labels_ood``."""
+        ``high_alpha_prob`` where the model has the classifier, and ``labels_ood``.
+
+        ``scores``: this sVAE's :meth:`SVAE.score` of the same stars, where the caller has
+        it already (the flag needs it; a catalogue saves a pass of the sVAE)."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         features = self._features(self.svae, spectra, self.side, source, device)
         mean, sigma = self.head.predict(features)
@@ -120,7 +124,7 @@ class LabelModel:
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
         if self.classifier is not None:
             out[HIGH_ALPHA_COLUMN] = self.classifier.probability(features)
-        out["labels_ood"] = self.out_of_distribution(spectra, device)
+        out["labels_ood"] = self.out_of_distribution(spectra, device, scores)
         return pd.DataFrame(out)
 
     def columns(self) -> List[str]:
@@ -128,10 +132,13 @@ class LabelModel:
         return [f"{name}{suffix}" for name in self.labels for suffix in ("", "_err")] + \
             ([HIGH_ALPHA_COLUMN] if self.classifier is not None else []) + ["labels_ood"]
 
-    def out_of_distribution(self, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
+    def out_of_distribution(self, spectra: SpectraSet, device: str = "cpu",
+                            scores: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
         """Per star, whether its anomaly score or its latent's Mahalanobis distance is
-        beyond :data:`OOD_QUANTILE` of the training stars'."""
-        scores = self.svae.score(spectra, device=device)
+        beyond :data:`OOD_QUANTILE` of the training stars' (``scores``: as for
+        :meth:`predict`)."""
+        if scores is None:
+            scores = self.svae.score(spectra, device=device)
         distance = _mahalanobis(scores["latent_mean"], np.asarray(self.ood["latent_mean"]),
                                 np.asarray(self.ood["latent_precision"]))
         return (scores["anomaly_score"] > self.ood["anomaly_score"]) | \
