@@ -202,6 +202,14 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     meta = json.load(open(os.path.join(head, "head.json")))
     assert meta["labels"] == ["teff", "logg", "fe_h", "alpha_m"] and meta["side"] == ["j-h",
                                                                                       "j-k"]
+    # without the classifier: no high_alpha_prob, in the file or the table
+    bare = str(tmp_path / "bare")
+    assert main(["--quiet", "labels", "fit", "builtin", train_file, "--members", "1",
+                 "--epochs", "2", "--high-alpha-members", "0", "--out", bare]) == 0
+    assert "high_alpha" not in json.load(open(os.path.join(bare, "head.json")))
+    assert main(["--quiet", "labels", "predict", bare, test_file, "--out", out,
+                 "--overwrite"]) == 0
+    assert "high_alpha_prob" not in pd.read_parquet(out)
 
 
 def test_encode_refuses_a_label_model_of_another_svae(split, tmp_path):

@@ -20,14 +20,16 @@ def cmd_labels_fit(args) -> int:
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
     extra = [name.strip() for name in args.extra.split(",") if name.strip()]
     config = LabelHeadConfig(members=args.members, epochs=args.epochs, seed=args.seed,
-                             threads=args.threads)
+                             threads=args.threads, high_alpha_members=args.high_alpha_members)
     model = LabelModel.fit(svae, spectra, labels, extra, config, device=args.device)
     if args.overwrite and os.path.isdir(os.path.join(args.out, "svae")):
         shutil.rmtree(os.path.join(args.out, "svae"))
     model.save(args.out)
     scale = ", ".join(f"{n} {s:.2f}" for n, s in zip(labels, model.head.sigma_scale))
+    classes = "" if model.classifier is None else \
+        f"; high_alpha_prob from a classifier ({100 * model.classifier.prior:.1f}% high-alpha)"
     print(f"fitted a label model of {labels} on the labelled stars of {args.data} "
-          f"(sigma scale on the validation share: {scale}); in {args.out}")
+          f"(sigma scale on the validation share: {scale}{classes}); in {args.out}")
     return 0
 
 
