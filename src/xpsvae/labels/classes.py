@@ -32,7 +32,7 @@ from .head import (
     load_members,
     member_arrays,
     standardise,
-    train_member,
+    train_members,
 )
 
 #: The column of a label model's prediction that holds the probability.
@@ -78,8 +78,8 @@ class ClassHead:
         x = torch.from_numpy(standardise(features, self.feature_mean, self.feature_std))
         t = torch.from_numpy(truth.astype(np.float32))
         with torch_threads(self.config.threads):
-            self.members = [train_member(self.config, k, 1, _loss, x, t, history=self.history)
-                            for k in range(max(1, self.config.high_alpha_members))]
+            self.members = train_members(self.config, max(1, self.config.high_alpha_members),
+                                         1, _loss, x, t, history=self.history)
         return self
 
     @torch.no_grad()

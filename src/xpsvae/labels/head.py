@@ -17,6 +17,7 @@ most likely to be standard normal there.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from scipy.optimize import minimize_scalar
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from ..core.errors import ModelFileError
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
@@ -93,39 +95,57 @@ def mlp(n_in: int, hidden: Tuple[int, ...], n_out: int) -> nn.Sequential:
     return nn.Sequential(*hidden_layers((n_in,) + hidden, "gelu"), nn.Linear(hidden[-1], n_out))
 
 
-def train_member(config: LabelHeadConfig, k: int, n_out: int, loss: Callable, x: torch.Tensor,
-                 *targets: torch.Tensor, history: Optional[list] = None) -> nn.Sequential:
-    """Member ``k`` of an ensemble: an MLP of ``config.hidden`` from ``x`` to ``n_out``
-    numbers, trained on ``loss(out, *targets)`` over batches (AdamW, cosine-decayed rate)
-    from its own seed; ``history`` gains its mean loss per epoch."""
+def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callable,
+                  x: torch.Tensor, *targets: torch.Tensor, history: Optional[list] = None
+                  ) -> List[nn.Sequential]:
+    """``count`` members of an ensemble, trained side by side: MLPs of ``config.hidden``
+    from ``x`` to ``n_out`` numbers, each on ``loss(out, *targets)`` over its own batches
+    (AdamW, cosine-decayed rate). Member k starts from seed ``config.seed + 7919 k`` and
+    draws its batches from a generator of the same seed, as if trained alone.
+
+    The members' weights are stacked and one batched forward pass (``torch.func.vmap``)
+    serves all of them: AdamW acts on each number alone, so this is the same training as
+    one member after the other, in fewer, larger matrix products (1.2-1.3x faster on two
+    cores for four members; docs/benchmarks.md). ``history`` gains each member's mean
+    loss per epoch."""
     c = config
-    generator = torch.Generator().manual_seed(c.seed + 7919 * k)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(c.seed + 7919 * k)
-        member = mlp(x.shape[1], c.hidden, n_out)
-    optimizer = torch.optim.AdamW(member.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    members, generators = [], []
+    for k in range(count):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed + 7919 * k)
+            members.append(mlp(x.shape[1], c.hidden, n_out))
+        generators.append(torch.Generator().manual_seed(c.seed + 7919 * k))
+    params, buffers = stack_module_state(members)
+    template = copy.deepcopy(members[0]).to("meta")
+    forward = vmap(lambda p, b, rows: functional_call(template, (p, b), (rows,)))
+    optimizer = torch.optim.AdamW(list(params.values()), lr=c.lr, weight_decay=c.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(x) / c.batch_size))
     total = steps_per_epoch * c.epochs
     step = 0
     for epoch in range(c.epochs):
-        order = torch.randperm(len(x), generator=generator)
-        shuffled = [t[order] for t in (x,) + targets]  # one gather an epoch; batches are views
-        loss_sum = 0.0
+        orders = torch.stack([torch.randperm(len(x), generator=g) for g in generators])
+        loss_sum = torch.zeros(count, dtype=torch.float64)
         for start in range(0, len(x), c.batch_size):
-            batch = [t[start:start + c.batch_size] for t in shuffled]
+            rows = orders[:, start:start + c.batch_size]  # (count, batch): each member's own
             for group in optimizer.param_groups:
                 group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            value = loss(member(batch[0]), *batch[1:])
+            out = forward(params, buffers, x[rows])
+            values = torch.stack([loss(out[k], *(t[rows[k]] for t in targets))
+                                  for k in range(count)])
             optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            values.sum().backward()  # each member's gradient is its own loss's
             optimizer.step()
-            loss_sum += float(value.detach())
+            loss_sum += values.detach().double()
             step += 1
         if history is not None:
-            history.append({"member": k, "epoch": epoch + 1,
-                            "train_loss": loss_sum / steps_per_epoch})
-    member.eval()
-    return member
+            history.extend({"member": k, "epoch": epoch + 1,
+                            "train_loss": float(loss_sum[k]) / steps_per_epoch}
+                           for k in range(count))
+    with torch.no_grad():
+        for k, member in enumerate(members):
+            for name, parameter in member.named_parameters():
+                parameter.copy_(params[name][k])
+    return [member.eval() for member in members]
 
 
 def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -192,9 +212,9 @@ class LabelHead:
         tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
         has_t = torch.from_numpy(has)
         with torch_threads(c.threads):
-            self.members = [train_member(c, k, 2 * y.shape[1], _loss, *(t[~val] for t in tensors),
-                                         has_t[~val], history=self.history)
-                            for k in range(c.members)]
+            self.members = train_members(c, c.members, 2 * y.shape[1], _loss,
+                                         *(t[~val] for t in tensors), has_t[~val],
+                                         history=self.history)
             mean, sigma = self._mixture(tensors[0][val])
         self.sigma_scale = np.array([
             _fit_scale(mean[:, j], sigma[:, j], ys[val, j], np.sqrt(var[val, j]), has[val, j])

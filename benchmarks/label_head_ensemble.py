@@ -1,0 +1,85 @@
+"""A label head's ensemble trained side by side (one batched pass) against one member at a time.
+
+The features of the shipped sVAE for the embedded library's training stars (the
+benchmark split) and their four APOGEE labels; the head's recipe (two layers of 256,
+``--epochs``). ``train_members`` trains ``--members`` MLPs at once, stacked under
+``torch.func.vmap``; the same function called once per member is the one-at-a-time
+way. Both run here, interleaved, and give the same members up to float rounding: the
+last epoch's mean losses are printed side by side. The last line is a JSON object.
+
+    python benchmarks/label_head_ensemble.py
+    python benchmarks/label_head_ensemble.py --members 4 --epochs 5 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--members", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hidden", default="256,256")
+    args = p.parse_args()
+    import torch
+
+    from xpsvae import SVAE, benchmark_split, load_apogee_library
+    from xpsvae.labels import DEFAULT_LABELS, LabelHeadConfig, label_columns
+    from xpsvae.labels.features import svae_features
+    from xpsvae.labels.head import _loss, feature_statistics, standardise, train_members
+    torch.set_num_threads(args.threads)
+    library = load_apogee_library()
+    train = library.subset(benchmark_split(len(library))[0])
+    features = svae_features(SVAE.pretrained(), train)
+    x = torch.from_numpy(standardise(features, *feature_statistics(features)))
+    y, e = label_columns(train.labels, DEFAULT_LABELS)
+    has = np.isfinite(y)
+    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    ys = torch.from_numpy(np.where(has, (y - mean) / std, 0.0).astype(np.float32))
+    var = torch.from_numpy((np.nan_to_num(e) / std).astype(np.float32) ** 2)
+    config = LabelHeadConfig(hidden=tuple(int(h) for h in args.hidden.split(",")),
+                             epochs=args.epochs, threads=args.threads)
+    n_out = 2 * y.shape[1]
+
+    def together():
+        history = []
+        train_members(config, args.members, n_out, _loss, x, ys, var,
+                      torch.from_numpy(has), history=history)
+        return [h["train_loss"] for h in history[-args.members:]]
+
+    def one_at_a_time():
+        losses = []
+        for k in range(args.members):  # member k alone: the same seeds as in the ensemble
+            history = []
+            alone = LabelHeadConfig(**{**config.__dict__, "seed": config.seed + 7919 * k})
+            train_members(alone, 1, n_out, _loss, x, ys, var, torch.from_numpy(has),
+                          history=history)
+            losses.append(history[-1]["train_loss"])
+        return losses
+
+    seconds = {"one_at_a_time": [], "together": []}
+    losses = {}
+    for _ in range(args.repeats):  # interleaved, so that both see the same machine
+        for name, fn in (("one_at_a_time", one_at_a_time), ("together", together)):
+            start = time.perf_counter()
+            losses[name] = fn()
+            seconds[name].append(time.perf_counter() - start)
+    best = {k: min(v) for k, v in seconds.items()}
+    for k, v in best.items():
+        print(f"{k}: {v:.2f} s best of {args.repeats}; last epoch's losses "
+              f"{np.round(losses[k], 4).tolist()}")
+    print(json.dumps({"stars": len(x), "members": args.members, "epochs": args.epochs,
+                      "hidden": list(config.hidden), "threads": args.threads,
+                      "seconds_best": best, "speedup": best["one_at_a_time"] / best["together"],
+                      "last_epoch_losses": losses}))
+
+
+if __name__ == "__main__":
+    main()
