@@ -3,8 +3,9 @@
 The features of the shipped sVAE for the embedded library's training stars (the
 benchmark split) and their four APOGEE labels; the head's recipe (two layers of 256,
 ``--epochs``). ``train_members`` trains ``--members`` MLPs at once, stacked under
-``torch.func.vmap``; the same function called once per member is the one-at-a-time
-way. Both run here, interleaved, and give the same members up to float rounding: the
+``torch.func.vmap``. The one-at-a-time way is the plain loop the head had before
+(:func:`one_member`, here): each member alone, its batches drawn from one shuffle an
+epoch. Both run here, interleaved, and give the same members up to float rounding: the
 last epoch's mean losses are printed side by side. The last line is a JSON object.
 
     python benchmarks/label_head_ensemble.py
@@ -18,6 +19,37 @@ import json
 import time
 
 import numpy as np
+
+
+def one_member(config, k, n_out, loss, x, *targets):
+    """Member ``k`` trained alone: the same seeds, batches and AdamW steps as in
+    ``train_members``, in a plain loop over one ``nn.Sequential``."""
+    import torch
+
+    from xpsvae.labels.head import mlp
+    c = config
+    generator = torch.Generator().manual_seed(c.seed + 7919 * k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c.seed + 7919 * k)
+        member = mlp(x.shape[1], c.hidden, n_out)
+    optimizer = torch.optim.AdamW(member.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    steps_per_epoch = -(-len(x) // c.batch_size)
+    total, step = steps_per_epoch * c.epochs, 0
+    for _ in range(c.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        shuffled = [t[order] for t in (x,) + targets]
+        loss_sum = 0.0
+        for start in range(0, len(x), c.batch_size):
+            batch = [t[start:start + c.batch_size] for t in shuffled]
+            for group in optimizer.param_groups:
+                group["lr"] = c.lr * 0.5 * (1 + np.cos(np.pi * step / total))
+            value = loss(member(batch[0]), *batch[1:])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            loss_sum += float(value.detach())
+            step += 1
+    return loss_sum / steps_per_epoch
 
 
 def main() -> None:
@@ -55,14 +87,8 @@ def main() -> None:
         return [h["train_loss"] for h in history[-args.members:]]
 
     def one_at_a_time():
-        losses = []
-        for k in range(args.members):  # member k alone: the same seeds as in the ensemble
-            history = []
-            alone = LabelHeadConfig(**{**config.__dict__, "seed": config.seed + 7919 * k})
-            train_members(alone, 1, n_out, _loss, x, ys, var, torch.from_numpy(has),
-                          history=history)
-            losses.append(history[-1]["train_loss"])
-        return losses
+        return [one_member(config, k, n_out, _loss, x, ys, var, torch.from_numpy(has))
+                for k in range(args.members)]
 
     seconds = {"one_at_a_time": [], "together": []}
     losses = {}

@@ -44,8 +44,9 @@ class LabelHeadConfig:
     """How a label head is built and trained.
 
     Attributes:
-        hidden: widths of each member's hidden layers (GELU). 256 wide, the demo's Teff
-            is 75 K; 128 wide, 100 K (docs/labels.md).
+        hidden: widths of each member's hidden layers (GELU). Three of 256 give the
+            demo's labels 2-6% better than two, for 50% more time, which the demo's
+            five minutes do not allow; 512 wide, worse (docs/labels.md).
         members: MLPs in the ensemble, each from its own seed.
         epochs: passes over the training stars (AdamW, cosine-decayed rate).
         batch_size: stars per step.
@@ -105,7 +106,7 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
 
     The members' weights are stacked and one batched forward pass (``torch.func.vmap``)
     serves all of them: AdamW acts on each number alone, so this is the same training as
-    one member after the other, in fewer, larger matrix products (1.2-1.3x faster on two
+    one member after the other, in fewer, larger matrix products (1.37x faster on two
     cores for four members; docs/benchmarks.md). ``history`` gains each member's mean
     loss per epoch."""
     c = config
