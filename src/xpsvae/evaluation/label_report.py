@@ -136,8 +136,8 @@ def labels_section(block: dict) -> List[str]:
 ALPHA_MIN_STARS = 50
 #: Who guesses high or low alpha in the metrics' ``alpha_classes`` block.
 ALPHA_GUESSERS = {"label_model": "the label model's classifier",
-                  "unsupervised_svae": "the same on the unsupervised sVAE",
-                  "label_model_labels": "its predicted labels against the line",
+                  "unsupervised_svae": "the same classifier on the unsupervised sVAE",
+                  "label_model_labels": "the label model's [Fe/H] and [α/M] against the line",
                   "fe_h_alone": "a classifier on APOGEE [Fe/H] alone",
                   "teff_logg_fe_h_alone": "a classifier on APOGEE Teff, log g, [Fe/H]"}
 

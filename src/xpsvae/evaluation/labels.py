@@ -154,7 +154,8 @@ def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: Spec
     the survey's labels alone."""
     guesses = _model_guesses(label_model, predicted)
     if unsupervised is not None and unsupervised[0].classifier is not None:
-        guesses["unsupervised_svae"] = _model_guesses(*unsupervised)["label_model"]
+        guesses = {"label_model": guesses.pop("label_model"),
+                   "unsupervised_svae": _model_guesses(*unsupervised)["label_model"], **guesses}
     single = replace(config, high_alpha_members=1)
     y_train = label_columns(train.labels, ("teff", "logg", "fe_h", "alpha_m"))[0]
     y_test = label_columns(test.labels, ("teff", "logg", "fe_h"))[0]
