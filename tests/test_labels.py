@@ -166,6 +166,18 @@ def test_the_high_alpha_classifier_separates_the_two_sequences(label_model, spli
     assert abs(p.mean() - truth.mean()) < 0.05
 
 
+def test_a_label_model_without_enough_of_a_class_leaves_the_classifier_out(split):
+    train, _ = split
+    fe, alpha = (np.asarray(train.labels[n], float) for n in ("fe_h", "alpha_m"))
+    rich = np.flatnonzero((fe > 0.2) & np.isfinite(alpha))[:80]
+    assert high_alpha(fe[rich], alpha[rich]).sum() < 10  # the premise: few high-alpha stars
+    with pytest.warns(UserWarning, match="no high_alpha_prob: .* the classifier needs 10"):
+        model = LabelModel.fit(SVAE.pretrained(), train.subset(rich),
+                               config=LabelHeadConfig(members=1, epochs=2))
+    assert model.classifier is None
+    assert "high_alpha_prob" not in model.predict(train.subset(rich[:5]))
+
+
 def test_a_classifier_needs_both_classes():
     with pytest.raises(ValueError, match="at least 10 stars of each class"):
         ClassHead(QUICK).fit(np.zeros((100, 3)), np.arange(100) < 5)

@@ -37,6 +37,9 @@ from .head import (
 
 #: The column of a label model's prediction that holds the probability.
 HIGH_ALPHA_COLUMN = "high_alpha_prob"
+#: Stars of each class a classifier needs (a label model leaves it out, and says so, with
+#: fewer).
+MIN_CLASS_STARS = 10
 #: The boundary, as the docs and metrics state it.
 HIGH_ALPHA_BOUNDARY = "[alpha/M] = clip(0.10 - 0.10 [Fe/H], 0.06, 0.22)"
 
@@ -70,8 +73,9 @@ class ClassHead:
     def fit(self, features: np.ndarray, truth: np.ndarray) -> "ClassHead":
         """Fit on ``features`` (n, F) and the class of each star, ``truth`` (n,) bool."""
         truth = np.asarray(truth, dtype=bool)
-        if min(truth.sum(), (~truth).sum()) < 10:
-            raise ValueError(f"a classifier needs at least 10 stars of each class; got "
+        if min(truth.sum(), (~truth).sum()) < MIN_CLASS_STARS:
+            raise ValueError(f"a classifier needs at least {MIN_CLASS_STARS} stars of each "
+                             f"class; got "
                              f"{int(truth.sum())} in it and {int((~truth).sum())} not")
         self.prior = float(truth.mean())
         self.feature_mean, self.feature_std = feature_statistics(features)

@@ -19,6 +19,7 @@ weights file).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ from ..core.files import model_folder
 from ..io.spectra import SpectraSet
 from ..model.supervision import label_columns
 from ..svae import SVAE
-from .classes import HIGH_ALPHA_COLUMN, ClassHead, high_alpha
+from .classes import HIGH_ALPHA_COLUMN, MIN_CLASS_STARS, ClassHead, high_alpha
 from .features import side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 
@@ -94,8 +95,14 @@ class LabelModel:
         if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha_members:
             fe_h, alpha_m = (y[labelled, list(labels).index(n)] for n in ("fe_h", "alpha_m"))
             both = np.isfinite(fe_h) & np.isfinite(alpha_m)
-            classifier = ClassHead(config).fit(features[both],
-                                               high_alpha(fe_h[both], alpha_m[both]))
+            truth = high_alpha(fe_h[both], alpha_m[both])
+            if min(truth.sum(), (~truth).sum()) >= MIN_CLASS_STARS:
+                classifier = ClassHead(config).fit(features[both], truth)
+            else:
+                warnings.warn(f"{source}: no high_alpha_prob: {int(truth.sum())} high-alpha and "
+                              f"{int((~truth).sum())} low-alpha stars have [Fe/H] and "
+                              f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
+                              stacklevel=2)
         return cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
 
     @staticmethod
