@@ -123,6 +123,11 @@ def test_the_flag_marks_stars_unlike_the_training_stars(label_model, split):
     broken.values = broken.values.copy()
     broken.values[:, 150:160] *= 5  # a strong emission feature near 640 nm: no such star
     assert label_model.out_of_distribution(broken).all()
+    # a partial spectrum: its labels rest on the model's filling of the holes
+    holed = test.subset(np.arange(30))
+    holed.values = holed.values.copy()
+    holed.values[:, :3] = np.nan
+    assert label_model.out_of_distribution(holed).all()
 
 
 def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, split, tmp_path):

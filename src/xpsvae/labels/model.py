@@ -5,10 +5,14 @@ It trains on the stars that have a label and predicts for every star:
 ``<label>_err``, the head's calibrated uncertainty, and ``labels_ood``, a
 flag where the model is guessing. Where the labels include ``fe_h`` and
 ``alpha_m``, also ``high_alpha_prob``, the probability that the star is on
-the high-alpha sequence (:mod:`xpsvae.labels.classes`). A star is flagged when its anomaly score
-(the sVAE's NLL per measured input) or its latent's Mahalanobis distance from
-the training stars' latents is beyond that of 99% of the training stars:
-its spectrum is unlike those the labels were learnt from.
+the high-alpha sequence (:mod:`xpsvae.labels.classes`). A star is flagged
+when its anomaly score (the sVAE's NLL per measured input) or its latent's
+Mahalanobis distance from the training stars' latents is beyond that of 99%
+of the training stars: its spectrum is unlike those the labels were learnt
+from. A partial spectrum (any input unmeasured) is flagged too: the model
+fills its holes, and its labels rest on that filling, whose error their
+``_err`` does not hold (measured: with the bluest 10% of the inputs missing,
+the Teff error grows by a fifth while ``teff_err`` stays; docs/labels.md).
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
@@ -142,14 +146,15 @@ class LabelModel:
     def out_of_distribution(self, spectra: SpectraSet, device: str = "cpu",
                             scores: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
         """Per star, whether its anomaly score or its latent's Mahalanobis distance is
-        beyond :data:`OOD_QUANTILE` of the training stars' (``scores``: as for
-        :meth:`predict`)."""
+        beyond :data:`OOD_QUANTILE` of the training stars', or its spectrum is partial
+        (module docstring; ``scores``: as for :meth:`predict`)."""
         if scores is None:
             scores = self.svae.score(spectra, device=device)
         distance = _mahalanobis(scores["latent_mean"], np.asarray(self.ood["latent_mean"]),
                                 np.asarray(self.ood["latent_precision"]))
         return (scores["anomaly_score"] > self.ood["anomaly_score"]) | \
-            (distance > self.ood["latent_distance"])
+            (distance > self.ood["latent_distance"]) | \
+            (scores["n_observed"] < spectra.n_inputs)
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str) -> None:
