@@ -10,9 +10,13 @@ when its anomaly score (the sVAE's NLL per measured input) or its latent's
 Mahalanobis distance from the training stars' latents is beyond that of 99%
 of the training stars: its spectrum is unlike those the labels were learnt
 from. A partial spectrum (any input unmeasured) is flagged too: the model
-fills its holes, and its labels rest on that filling, whose error their
-``_err`` does not hold (measured: with the bluest 10% of the inputs missing,
-the Teff error grows by a fifth while ``teff_err`` stays; docs/labels.md).
+fills its holes, and its labels rest on that filling. Its ``_err`` holds
+what the filling may have got wrong, measured when the model is fitted: the
+inputs are cut into :data:`HOLE_BLOCKS` blocks, each block in turn is taken
+out of up to :data:`HOLE_STARS` labelled spectra, and the mean square of the
+change it makes to each label is kept. A partial star's variance gains, per
+block, the share of that block it misses times that mean square
+(docs/labels.md measures how honest that makes it).
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
@@ -22,6 +26,7 @@ weights file).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -43,6 +48,10 @@ from .head import LabelHead, LabelHeadConfig
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
 #: Share of the training stars inside the out-of-distribution thresholds.
 OOD_QUANTILE = 0.99
+#: Blocks of adjacent inputs whose loss is measured for partial spectra, and the most
+#: labelled stars measured (module docstring).
+HOLE_BLOCKS = 10
+HOLE_STARS = 500
 #: Prefix of the high/low-alpha classifier's arrays in the weights file.
 _CLASS_PREFIX = "high_alpha."
 
@@ -60,10 +69,12 @@ class LabelModel:
 
     def __init__(self, svae: SVAE, head: LabelHead, labels: Sequence[str],
                  side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None,
-                 classifier: Optional[ClassHead] = None):
+                 classifier: Optional[ClassHead] = None,
+                 hole_variance: Optional[np.ndarray] = None):
         self.svae, self.head, self.classifier = svae, head, classifier
         self.labels, self.side = list(labels), list(side)
         self.ood = ood or {}
+        self.hole_variance = None if hole_variance is None else np.asarray(hole_variance)
 
     @classmethod
     def fit(cls, svae: SVAE, spectra: SpectraSet, labels: Sequence[str] = DEFAULT_LABELS,
@@ -107,7 +118,26 @@ class LabelModel:
                               f"{int((~truth).sum())} low-alpha stars have [Fe/H] and "
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
-        return cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
+        model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
+        model.hole_variance = model._hole_variance(stars.subset(np.arange(min(HOLE_STARS,
+                                                                              len(stars)))),
+                                                   source, device)
+        return model
+
+    def _hole_variance(self, stars: SpectraSet, source: str, device: str) -> np.ndarray:
+        """(HOLE_BLOCKS, labels): the mean square change of each label when one block of
+        inputs is missing from complete ``stars`` (module docstring)."""
+        base = self.head.predict(self._features(self.svae, stars, self.side, source,
+                                                device))[0]
+        out = []
+        for block in _blocks(stars.n_inputs):
+            values, errors = stars.values.copy(), stars.errors.copy()
+            values[:, block], errors[:, block] = np.nan, np.nan
+            holed = dataclasses.replace(stars, values=values, errors=errors)
+            mean = self.head.predict(self._features(self.svae, holed, self.side, source,
+                                                    device))[0]
+            out.append(np.nanmean((mean - base) ** 2, axis=0))
+        return np.array(out)
 
     @staticmethod
     def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
@@ -130,6 +160,11 @@ class LabelModel:
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         features = self._features(self.svae, spectra, self.side, source, device)
         mean, sigma = self.head.predict(features)
+        missing = ~(spectra.observed & np.isfinite(spectra.errors))
+        if self.hole_variance is not None and missing.any():
+            shares = np.stack([missing[:, block].mean(axis=1)
+                               for block in _blocks(spectra.n_inputs)], axis=1)
+            sigma = np.sqrt(sigma ** 2 + shares @ self.hole_variance)
         out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
         for j, name in enumerate(self.labels):
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
@@ -161,6 +196,8 @@ class LabelModel:
         """The folder: ``svae/`` (the sVAE, copied), ``head.safetensors``, ``head.json``."""
         self.svae.save(os.path.join(directory, SVAE_FOLDER))
         meta = {"labels": self.labels, "side": self.side, "ood": self.ood}
+        if self.hole_variance is not None:
+            meta["hole_variance"] = self.hole_variance.tolist()
         extra = {}
         if self.classifier is not None:
             meta["high_alpha"] = self.classifier.meta()
@@ -173,7 +210,14 @@ class LabelModel:
         svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
         classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
             if "high_alpha" in meta else None
-        return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier)
+        return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
+                   meta.get("hole_variance"))
+
+
+def _blocks(n_inputs: int) -> List[slice]:
+    """:data:`HOLE_BLOCKS` runs of adjacent inputs that cover all ``n_inputs``."""
+    edges = np.linspace(0, n_inputs, HOLE_BLOCKS + 1).astype(int)
+    return [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
