@@ -119,16 +119,17 @@ class LabelModel:
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
         model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
-        model.hole_variance = model._hole_variance(stars.subset(np.arange(min(HOLE_STARS,
-                                                                              len(stars)))),
+        measured = np.arange(min(HOLE_STARS, len(stars)))
+        model.hole_variance = model._hole_variance(stars.subset(measured), features[measured],
                                                    source, device)
         return model
 
-    def _hole_variance(self, stars: SpectraSet, source: str, device: str) -> np.ndarray:
+    def _hole_variance(self, stars: SpectraSet, features: np.ndarray, source: str,
+                       device: str) -> np.ndarray:
         """(HOLE_BLOCKS, labels): the mean square change of each label when one block of
-        inputs is missing from complete ``stars`` (module docstring)."""
-        base = self.head.predict(self._features(self.svae, stars, self.side, source,
-                                                device))[0]
+        inputs is missing from complete ``stars``, whose ``features`` are given (module
+        docstring)."""
+        base = self.head.predict(features)[0]
         out = []
         for block in _blocks(stars.n_inputs):
             values, errors = stars.values.copy(), stars.errors.copy()
