@@ -245,7 +245,7 @@ def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
     block = {"labels": labels, "side_columns": label_model.side,
              "svae_label_model": label_blocks(predicted, test.labels, labels),
              "ood": _ood_block(predicted, test.labels, labels)}
-    if {"fe_h", "alpha_m"} <= set(labels) <= set(test.labels.columns):
+    if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):
         block["alpha_classes"] = alpha_classification(
             *(np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")),
             _model_guesses(label_model, predicted))
