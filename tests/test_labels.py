@@ -305,6 +305,9 @@ def test_label_commands_tell_a_bad_argument_in_one_line(split, tmp_path, capsys)
     assert main(["--quiet", "labels", "predict", str(tmp_path), train_file,
                  "--out", str(tmp_path / "p.parquet")]) == 2
     assert "head.json: missing" in capsys.readouterr().err
+    assert main(["--quiet", "labels", "fit", "builtin", train_file, "--high-alpha-members", "-1",
+                 "--out", str(tmp_path / "h")]) == 2
+    assert "high_alpha_members must be >= 0, got -1" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "h") and not os.path.exists(tmp_path / "p.parquet")
 
 
