@@ -14,13 +14,14 @@ def cmd_labels_fit(args) -> int:
     # PyTorch, imported only by the commands that use it:
     from ..labels import LabelHeadConfig, LabelModel
     from ..svae import SVAE
+    # the recipe first: a bad option is refused before the sVAE and the table are read
+    config = LabelHeadConfig(members=args.members, epochs=args.epochs, seed=args.seed,
+                             threads=args.threads, high_alpha_members=args.high_alpha_members)
     svae = SVAE.load(args.model)
     spectra = read_path_for_model(args.data, contract(svae.info, svae.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
     extra = [name.strip() for name in args.extra.split(",") if name.strip()]
-    config = LabelHeadConfig(members=args.members, epochs=args.epochs, seed=args.seed,
-                             threads=args.threads, high_alpha_members=args.high_alpha_members)
     model = LabelModel.fit(svae, spectra, labels, extra, config, device=args.device)
     if args.overwrite and os.path.isdir(os.path.join(args.out, "svae")):
         shutil.rmtree(os.path.join(args.out, "svae"))

@@ -208,7 +208,8 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     out["baselines"] = {}
     unsupervised_fit = None
     if unsupervised is not None:
-        unsupervised_model = LabelModel.fit(unsupervised, train, labels, side, config)
+        unsupervised_model = LabelModel.fit(unsupervised, train, labels, side, config,
+                                            holes=False)  # no partial stars here
         unsupervised_fit = (unsupervised_model, unsupervised_model.predict(test))
         out["baselines"]["head_on_unsupervised_svae"] = label_blocks(
             unsupervised_fit[1], test.labels, labels)

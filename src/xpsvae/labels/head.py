@@ -208,8 +208,7 @@ class LabelHead:
         x = self._standardised(features)
         ys = np.where(has, (y - self.label_mean) / self.label_std, 0.0)
         var = (y_err / self.label_std) ** 2
-        val = np.zeros(len(y), dtype=bool)
-        val[np.random.default_rng(c.seed).permutation(len(y))[:int(c.val_fraction * len(y))]] = True
+        val = self.validation(len(y))
         tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
         has_t = torch.from_numpy(has)
         with torch_threads(c.threads):
@@ -221,6 +220,14 @@ class LabelHead:
             _fit_scale(mean[:, j], sigma[:, j], ys[val, j], np.sqrt(var[val, j]), has[val, j])
             for j in range(y.shape[1])])
         return self
+
+    def validation(self, n: int) -> np.ndarray:
+        """Which of the ``n`` stars given to :meth:`fit` it holds out (bool): the
+        validation share, drawn from the config's seed."""
+        val = np.zeros(n, dtype=bool)
+        c = self.config
+        val[np.random.default_rng(c.seed).permutation(n)[:int(c.val_fraction * n)]] = True
+        return val
 
     # ------------------------------------------------------------------ predicting
     def _standardised(self, features: np.ndarray) -> np.ndarray:

@@ -11,12 +11,8 @@ Mahalanobis distance from the training stars' latents is beyond that of 99%
 of the training stars: its spectrum is unlike those the labels were learnt
 from. A partial spectrum (any input unmeasured) is flagged too: the model
 fills its holes, and its labels rest on that filling. Its ``_err`` holds
-what the filling may have got wrong, measured when the model is fitted: the
-inputs are cut into :data:`HOLE_BLOCKS` blocks, each block in turn is taken
-out of up to :data:`HOLE_STARS` labelled spectra, and the mean square of the
-change it makes to each label is kept. A partial star's variance gains, per
-block, the share of that block it misses times that mean square
-(docs/labels.md measures how honest that makes it).
+what the filling may have got wrong, measured when the model is fitted
+(:mod:`xpsvae.labels.holes`) (docs/labels.md measures how honest that makes it).
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
@@ -26,7 +22,6 @@ weights file).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -43,15 +38,12 @@ from ..svae import SVAE
 from .classes import HIGH_ALPHA_COLUMN, MIN_CLASS_STARS, ClassHead, high_alpha
 from .features import side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
+from .holes import HOLE_STARS, HoleCost
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
 #: Share of the training stars inside the out-of-distribution thresholds.
 OOD_QUANTILE = 0.99
-#: Blocks of adjacent inputs whose loss is measured for partial spectra, and the most
-#: labelled stars measured (module docstring).
-HOLE_BLOCKS = 10
-HOLE_STARS = 500
 #: Prefix of the high/low-alpha classifier's arrays in the weights file.
 _CLASS_PREFIX = "high_alpha."
 
@@ -70,16 +62,16 @@ class LabelModel:
     def __init__(self, svae: SVAE, head: LabelHead, labels: Sequence[str],
                  side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None,
                  classifier: Optional[ClassHead] = None,
-                 hole_variance: Optional[np.ndarray] = None):
+                 holes: Optional[HoleCost] = None):
         self.svae, self.head, self.classifier = svae, head, classifier
         self.labels, self.side = list(labels), list(side)
         self.ood = ood or {}
-        self.hole_variance = None if hole_variance is None else np.asarray(hole_variance)
+        self.holes = holes
 
     @classmethod
     def fit(cls, svae: SVAE, spectra: SpectraSet, labels: Sequence[str] = DEFAULT_LABELS,
             side: Sequence[str] = (), config: Optional[LabelHeadConfig] = None,
-            device: str = "cpu") -> "LabelModel":
+            device: str = "cpu", holes: bool = True) -> "LabelModel":
         """Fit a head on the stars of ``spectra`` that have at least one of ``labels``.
 
         Args:
@@ -90,6 +82,9 @@ class LabelModel:
             side: optional side columns (``j-h``: a difference of two columns).
             config: the head's recipe.
             device: where the sVAE runs.
+            holes: measure what a partial spectrum's holes cost its labels
+                (:mod:`xpsvae.labels.holes`; ~10 s on two cores). Without it, a
+                partial star is still flagged, but its sigma is the head's alone.
         """
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         table = spectra.labels if spectra.labels is not None else pd.DataFrame(index=range(0))
@@ -119,26 +114,12 @@ class LabelModel:
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
         model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
-        measured = np.arange(min(HOLE_STARS, len(stars)))
-        model.hole_variance = model._hole_variance(stars.subset(measured), features[measured],
-                                                   source, device)
+        if holes:
+            measured = np.flatnonzero(head.validation(len(stars)))[:HOLE_STARS]
+            model.holes = HoleCost.measure(
+                lambda holed: head.predict(cls._features(svae, holed, side, source, device)),
+                stars.subset(measured), y[labelled][measured], y_err[labelled][measured])
         return model
-
-    def _hole_variance(self, stars: SpectraSet, features: np.ndarray, source: str,
-                       device: str) -> np.ndarray:
-        """(HOLE_BLOCKS, labels): the mean square change of each label when one block of
-        inputs is missing from complete ``stars``, whose ``features`` are given (module
-        docstring)."""
-        base = self.head.predict(features)[0]
-        out = []
-        for block in _blocks(stars.n_inputs):
-            values, errors = stars.values.copy(), stars.errors.copy()
-            values[:, block], errors[:, block] = np.nan, np.nan
-            holed = dataclasses.replace(stars, values=values, errors=errors)
-            mean = self.head.predict(self._features(self.svae, holed, self.side, source,
-                                                    device))[0]
-            out.append(np.nanmean((mean - base) ** 2, axis=0))
-        return np.array(out)
 
     @staticmethod
     def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
@@ -162,10 +143,8 @@ class LabelModel:
         features = self._features(self.svae, spectra, self.side, source, device)
         mean, sigma = self.head.predict(features)
         missing = ~(spectra.observed & np.isfinite(spectra.errors))
-        if self.hole_variance is not None and missing.any():
-            shares = np.stack([missing[:, block].mean(axis=1)
-                               for block in _blocks(spectra.n_inputs)], axis=1)
-            sigma = np.sqrt(sigma ** 2 + shares @ self.hole_variance)
+        if self.holes is not None and missing.any():
+            sigma = np.sqrt(sigma ** 2 + self.holes.variance(missing))
         out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
         for j, name in enumerate(self.labels):
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
@@ -197,8 +176,8 @@ class LabelModel:
         """The folder: ``svae/`` (the sVAE, copied), ``head.safetensors``, ``head.json``."""
         self.svae.save(os.path.join(directory, SVAE_FOLDER))
         meta = {"labels": self.labels, "side": self.side, "ood": self.ood}
-        if self.hole_variance is not None:
-            meta["hole_variance"] = self.hole_variance.tolist()
+        if self.holes is not None:
+            meta["hole_variance"] = self.holes.to_json()
         extra = {}
         if self.classifier is not None:
             meta["high_alpha"] = self.classifier.meta()
@@ -212,13 +191,8 @@ class LabelModel:
         classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
             if "high_alpha" in meta else None
         return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
-                   meta.get("hole_variance"))
-
-
-def _blocks(n_inputs: int) -> List[slice]:
-    """:data:`HOLE_BLOCKS` runs of adjacent inputs that cover all ``n_inputs``."""
-    edges = np.linspace(0, n_inputs, HOLE_BLOCKS + 1).astype(int)
-    return [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+                   HoleCost.from_json(meta["hole_variance"]) if "hole_variance" in meta
+                   else None)
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
