@@ -166,6 +166,39 @@ def test_a_star_without_bp_or_rp_gets_errors_that_hold_what_its_hole_may_hide(la
                                   bare.predict(whole)["teff_err"])
 
 
+def test_the_archive_star_without_bp_gets_labels_flagged_and_widened(split, tmp_path):
+    """Gaia's own record of a source without a BP spectrum, ingested into a store and given
+    to ``labels predict`` with a label model of the shipped sVAE (no side columns: a store
+    has no 2MASS): its labels are finite and flagged, and its errors are wider than the
+    head's sigma alone by the measured cost of a missing BP."""
+    import copy
+
+    from xpsvae.conform import contract, read_for_model
+    from xpsvae.io.store import store_shards
+
+    from .conftest import shared_file
+    path = shared_file("gaia_dr3_xp", "XP_CONTINUOUS_RAW_with_missing_BP.csv")
+    store, head, out = (str(tmp_path / name) for name in ("store", "head", "labels.parquet"))
+    assert main(["--quiet", "ingest", path, "--out", store]) == 0
+    model = LabelModel.fit(SVAE.pretrained(), split[0], config=QUICK)
+    model.save(head)
+    shard = store_shards(store)[0]
+    assert main(["--quiet", "labels", "predict", head, shard, "--out", out]) == 0
+    table = pd.read_parquet(out)
+    stars = read_for_model(shard, contract(model.svae.info, model.svae.config.input_dim))
+    partial = ~stars.observed.all(axis=1)
+    assert partial.sum() == 1 and table["labels_ood"][partial].all()
+    bare = copy.copy(model)
+    bare.holes = None
+    narrow = bare.predict(stars)
+    for name in model.labels:
+        assert np.isfinite(table[name]).all() and np.isfinite(table[f"{name}_err"]).all()
+        assert (table[f"{name}_err"][partial] >= narrow[f"{name}_err"][partial]).all()
+        np.testing.assert_array_equal(table[f"{name}_err"][~partial],
+                                      narrow[f"{name}_err"][~partial])
+    assert (table["teff_err"][partial] > narrow["teff_err"][partial]).all()
+
+
 def test_a_holes_cost_is_read_by_where_the_inputs_are_missing():
     """Runs at either end take the measured cost of a run that long, linear between whole
     blocks; holes inside add each block's cost times the share of it missing. Exact
