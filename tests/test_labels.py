@@ -334,6 +334,10 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     assert described["what"] == "label model" and described["side"] == ["j-h", "j-k"]
     assert "labels teff, logg, fe_h, alpha_m" in format_description(described)
     assert "high_alpha_prob: above [alpha/M] = clip" in format_description(described)
+    for end in ("bluest", "reddest"):  # what a band missing costs, read off head.json
+        assert f"the {end} half of the inputs missing (a band) adds sigma teff" in \
+            format_description(described)
+    assert len(described["half_missing"]["blue"]) == 4
     meta = json.load(open(os.path.join(head, "head.json")))
     assert meta["labels"] == ["teff", "logg", "fe_h", "alpha_m"] and meta["side"] == ["j-h",
                                                                                       "j-k"]

@@ -176,7 +176,18 @@ def _label_model(path: str) -> dict:
                                                             "latent_distance")},
             "high_alpha": {k: v for k, v in meta.get("high_alpha", {}).items()
                            if k in ("prior", "boundary")},
+            "half_missing": _half_missing(meta),
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
+
+
+def _half_missing(meta: dict) -> Dict[str, List[float]]:
+    """Per end, the sigma a label model adds to each label of a star missing that half of
+    its inputs (about a band: xpsvae.labels.holes); empty for a model without end runs."""
+    holes = meta.get("hole_variance")
+    if not isinstance(holes, dict):
+        return {}
+    return {end: [value ** 0.5 for value in holes[end][len(holes[end]) // 2]]
+            for end in ("blue", "red")}
 
 
 #: The models a report (``xpsvae demo``, ``xpsvae evaluate``) may compare.
@@ -272,6 +283,11 @@ def format_description(d: dict) -> str:
         if d.get("high_alpha"):
             lines.append(f"  high_alpha_prob: above {d['high_alpha']['boundary']}; "
                          f"{100 * d['high_alpha']['prior']:.1f}% of the training stars")
+        for end, sigma in d.get("half_missing", {}).items():
+            which = "bluest" if end == "blue" else "reddest"
+            lines.append(f"  the {which} half of the inputs missing (a band) adds sigma " +
+                         ", ".join(f"{name} {value:.3g}" for name, value in
+                                   zip(d["labels"], sigma)))
         lines.append("  its sVAE: " + format_description(d["svae"]).splitlines()[1].strip())
     elif d["what"] == "report":
         for name, t in d["test"].items():
