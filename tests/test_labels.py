@@ -268,14 +268,18 @@ def test_the_high_alpha_classifier_separates_the_two_sequences(label_model, spli
     assert abs(p.mean() - truth.mean()) < 0.05
 
 
-def test_a_label_model_without_enough_of_a_class_leaves_the_classifier_out(split):
+def test_a_label_model_of_few_stars_leaves_out_the_classifier_and_the_hole_costs(split):
     train, _ = split
     fe, alpha = (np.asarray(train.labels[n], float) for n in ("fe_h", "alpha_m"))
     rich = np.flatnonzero((fe > 0.2) & np.isfinite(alpha))[:80]
     assert high_alpha(fe[rich], alpha[rich]).sum() < 10  # the premise: few high-alpha stars
-    with pytest.warns(UserWarning, match="no high_alpha_prob: .* the classifier needs 10"):
+    with pytest.warns(UserWarning) as caught:
         model = LabelModel.fit(SVAE.pretrained(), train.subset(rich),
                                config=LabelHeadConfig(members=1, epochs=2))
+    said = " | ".join(str(w.message) for w in caught)
+    assert "no high_alpha_prob: " in said and "the classifier needs 10" in said
+    # 80 stars hold 8 validation stars: too few to measure what holes cost, and it says so
+    assert "errors are not widened for their holes: 8 validation stars" in said
     assert model.classifier is None
     assert "high_alpha_prob" not in model.predict(train.subset(rich[:5]))
 

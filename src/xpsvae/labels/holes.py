@@ -42,6 +42,8 @@ from ..io.spectra import SpectraSet
 #: Blocks of adjacent inputs whose loss is measured, and the most labelled stars measured.
 HOLE_BLOCKS = 10
 HOLE_STARS = 300
+#: Fewest stars with a label that a hole's cost is measured on (fewer: 0).
+MIN_HOLE_STARS = 10
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _missed_variance(residual: np.ndarray, variance: np.ndarray) -> float:
     """The c >= 0 with mean(residual^2 / (variance + c)) = 1 over the stars with a label."""
     ok = np.isfinite(residual)
     r2, v = residual[ok] ** 2, variance[ok]
-    if len(r2) < 10 or np.mean(r2 / v) <= 1.0:
+    if len(r2) < MIN_HOLE_STARS or np.mean(r2 / v) <= 1.0:
         return 0.0
     return float(brentq(lambda c: np.mean(r2 / (v + c)) - 1.0, 0.0, float(np.max(r2))))
 
@@ -138,4 +140,5 @@ def _end_run(missing: np.ndarray) -> np.ndarray:
     return np.where(missing.all(axis=1), missing.shape[1], missing.argmin(axis=1))
 
 
-__all__: List[str] = ["HOLE_BLOCKS", "HOLE_STARS", "HoleCost", "block_edges"]
+__all__: List[str] = ["HOLE_BLOCKS", "HOLE_STARS", "MIN_HOLE_STARS", "HoleCost",
+                       "block_edges"]

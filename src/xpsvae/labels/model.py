@@ -38,7 +38,7 @@ from ..svae import SVAE
 from .classes import HIGH_ALPHA_COLUMN, MIN_CLASS_STARS, ClassHead, high_alpha
 from .features import side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
-from .holes import HOLE_STARS, HoleCost
+from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -116,6 +116,11 @@ class LabelModel:
         model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
         if holes:
             measured = np.flatnonzero(head.validation(len(stars)))[:HOLE_STARS]
+            if len(measured) < MIN_HOLE_STARS:
+                warnings.warn(f"{source}: partial spectra's errors are not widened for their "
+                              f"holes: {len(measured)} validation stars, where measuring "
+                              f"that takes {MIN_HOLE_STARS}; fit on more labelled stars",
+                              stacklevel=2)
             model.holes = HoleCost.measure(
                 lambda holed: head.predict(cls._features(svae, holed, side, source, device)),
                 stars.subset(measured), y[labelled][measured], y_err[labelled][measured])
