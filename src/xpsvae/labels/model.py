@@ -12,7 +12,7 @@ of the training stars: its spectrum is unlike those the labels were learnt
 from. A partial spectrum (any input unmeasured) is flagged too: the model
 fills its holes, and its labels rest on that filling. Its ``_err`` holds
 what the filling may have got wrong, measured when the model is fitted
-(:mod:`xpsvae.labels.holes`) (docs/labels.md measures how honest that makes it).
+(:mod:`xpsvae.labels.holes`; docs/labels.md measures how honest that makes it).
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
