@@ -219,11 +219,29 @@ def test_a_holes_cost_is_read_by_where_the_inputs_are_missing():
     missing[4, :10] = missing[4, 30:40] = missing[4, 70:] = True  # 100 + 4 + 3000
     expected = [200.0, 250.0, 1000.0, 3.0, 3104.0]
     np.testing.assert_allclose(cost.variance(missing)[:, 0], expected, rtol=1e-12)
-    blocks_only = HoleCost.from_json(blocks[:, 0:1].tolist())  # a label model from before
+    blocks_only = HoleCost.from_json(blocks[:, 0:1].tolist(), 1)  # a label model from before
     assert blocks_only.blue is None
     np.testing.assert_allclose(blocks_only.variance(missing[:1])[:, 0], [3.0], rtol=1e-12)
-    again = HoleCost.from_json(cost.to_json())
+    again = HoleCost.from_json(cost.to_json(), 1)
     np.testing.assert_array_equal(again.variance(missing), cost.variance(missing))
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda v: v.pop("blocks"), "expected {'blocks'"),
+    (lambda v: v.update(red=v["red"][:-1]), "'red' must be 9 rows of 1 variances"),
+    (lambda v: v.update(blue=[["x"]] * 9), "'blue' must be 9 rows"),
+    (lambda v: v["blocks"][3].__setitem__(0, -1.0), "'blocks' must be 10 rows"),
+])
+def test_a_malformed_hole_cost_is_named_with_its_fix(change, says):
+    from xpsvae.core.errors import ModelFileError
+    from xpsvae.labels.holes import HoleCost
+    value = HoleCost(np.ones((10, 1)), np.ones((9, 1)), np.ones((9, 1))).to_json()
+    change(value)
+    with pytest.raises(ModelFileError, match="refit the label model") as raised:
+        HoleCost.from_json(value, 1, "m/head.json: hole_variance")
+    assert str(raised.value).startswith("m/head.json: hole_variance: ") and says in str(raised.value)
+    with pytest.raises(ModelFileError, match="'blocks' must be 10 rows of 2 variances"):
+        HoleCost.from_json(np.ones((10, 1)).tolist(), 2)  # a model of two labels
 
 
 def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, split, tmp_path):
@@ -379,6 +397,16 @@ def test_label_commands_tell_a_bad_argument_in_one_line(split, tmp_path, capsys)
     assert main(["--quiet", "labels", "predict", str(tmp_path), train_file,
                  "--out", str(tmp_path / "p.parquet")]) == 2
     assert "head.json: missing" in capsys.readouterr().err
+    head = str(tmp_path / "broken")
+    LabelModel.fit(SVAE.pretrained(), split[0].subset(np.arange(300)),
+                   config=LabelHeadConfig(members=1, epochs=1)).save(head)
+    meta = json.load(open(os.path.join(head, "head.json")))
+    meta["hole_variance"]["red"] = meta["hole_variance"]["red"][:3]  # an edited file
+    json.dump(meta, open(os.path.join(head, "head.json"), "w"))
+    assert main(["--quiet", "labels", "predict", head, train_file,
+                 "--out", str(tmp_path / "p.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "head.json: hole_variance: 'red' must be 9 rows" in err[0]
     assert main(["--quiet", "labels", "fit", "builtin", train_file, "--high-alpha-members", "-1",
                  "--out", str(tmp_path / "h")]) == 2
     assert "high_alpha_members must be >= 0, got -1" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 from scipy.optimize import brentq
 
+from ..core.errors import ModelFileError
 from ..io.spectra import SpectraSet
 
 #: Blocks of adjacent inputs whose loss is measured, and the most labelled stars measured.
@@ -112,13 +113,31 @@ class HoleCost:
         return {name: getattr(self, name).tolist() for name in ("blocks", "blue", "red")}
 
     @classmethod
-    def from_json(cls, value) -> "HoleCost":
+    def from_json(cls, value, n_labels: int, source: str = "hole_variance") -> "HoleCost":
         """From :meth:`to_json`, or the list of block costs alone that label models wrote
-        before the end runs were measured."""
+        before the end runs were measured. ``n_labels``: the label model's labels;
+        ``source`` names the file and key in the error a malformed value raises."""
+        fix = "refit the label model (xpsvae labels fit) to write it again"
         if isinstance(value, list):
-            return cls(np.asarray(value, dtype=np.float64))
-        return cls(*(np.asarray(value[name], dtype=np.float64) for name in
-                     ("blocks", "blue", "red")))
+            value = {"blocks": value}
+        elif not isinstance(value, dict) or "blocks" not in value:
+            raise ModelFileError(f"{source}: expected {{'blocks': ..., 'blue': ..., 'red': "
+                                 f"...}} or a list of block costs, got {str(value)[:80]}; {fix}")
+        rows = {"blocks": HOLE_BLOCKS, "blue": HOLE_BLOCKS - 1, "red": HOLE_BLOCKS - 1}
+        arrays = {}
+        for name in ("blocks", "blue", "red"):
+            if name not in value:
+                continue
+            try:
+                array = np.asarray(value[name], dtype=np.float64)
+            except (TypeError, ValueError):
+                array = None
+            if array is None or array.shape != (rows[name], n_labels) or \
+                    not (np.isfinite(array) & (array >= 0)).all():
+                raise ModelFileError(f"{source}: {name!r} must be {rows[name]} rows of "
+                                     f"{n_labels} variances >= 0 (one per label); {fix}")
+            arrays[name] = array
+        return cls(**arrays)
 
 
 def block_edges(n_inputs: int) -> np.ndarray:

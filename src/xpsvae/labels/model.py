@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import SpectraError
+from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
 from ..core.files import model_folder
 from ..io.spectra import SpectraSet
@@ -195,9 +196,11 @@ class LabelModel:
         svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
         classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
             if "high_alpha" in meta else None
+        holes = HoleCost.from_json(meta["hole_variance"], len(meta["labels"]),
+                                   f"{os.path.join(directory, HEAD_CONFIG)}: hole_variance") \
+            if "hole_variance" in meta else None
         return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
-                   HoleCost.from_json(meta["hole_variance"]) if "hole_variance" in meta
-                   else None)
+                   holes)
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
