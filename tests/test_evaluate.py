@@ -7,6 +7,7 @@ from xpsvae.evaluation.metrics import (
     edge_comparison,
     edge_inputs,
     latent_volume_gain,
+    occupied_cells,
     reconstruction_metrics,
 )
 
@@ -36,6 +37,21 @@ def test_uniform_cloud_fills_its_box():
     rng = np.random.default_rng(2)
     cloud = rng.uniform(0, 1, (100000, 3)) * [1.0, 2.0, 0.5]  # box volume 1
     assert _volume(cloud, np.zeros(3), 0.1) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_occupied_cells_are_the_distinct_rows():
+    """The cells, keyed one integer each, are exactly numpy's distinct rows, in the same
+    order; where the grid has too many cells for one integer, the rows themselves."""
+    rng = np.random.default_rng(4)
+    cloud = rng.normal(size=(5000, 6)) * [1, 3, 0.2, 1, 1, 5]
+    for width in (0.05, 0.5, 4.0):
+        cells = np.floor((cloud + 20) / width).astype(np.int64)
+        assert np.array_equal(occupied_cells(cloud, np.full(6, -20.0), width),
+                              np.unique(cells, axis=0))
+    far = np.array([[0.0, 0.0], [3e9, 3e9], [0.0, 0.0]])  # (3e9)^2 cells: past 2^62
+    assert np.array_equal(occupied_cells(far, np.zeros(2), 1.0),
+                          np.unique(np.floor(far).astype(np.int64), axis=0))
+    assert occupied_cells(np.zeros((0, 3)), np.zeros(3), 1.0).shape == (0, 3)
 
 
 def test_latent_volume_gain_of_known_clouds():

@@ -128,7 +128,15 @@ def edge_comparison(r_svae: np.ndarray, r_cannon: np.ndarray, kind: str) -> Dict
 def occupied_cells(points: np.ndarray, origin: np.ndarray, width: float) -> np.ndarray:
     """Distinct grid cells (rows of integer cell indices) holding at least one point."""
     cells = np.floor((points - origin) / width).astype(np.int64)
-    return np.unique(cells, axis=0)
+    if len(cells) == 0:
+        return cells
+    low = cells.min(axis=0)
+    shape = cells.max(axis=0) - low + 1
+    if np.prod(shape.astype(np.float64)) >= 2.0 ** 62:  # too many cells for one int64 key
+        return np.unique(cells, axis=0)
+    # One integer per cell: unique over a flat array is ~20x faster than over rows.
+    keys = np.unique(np.ravel_multi_index(tuple((cells - low).T), tuple(shape)))
+    return np.column_stack(np.unravel_index(keys, tuple(shape))) + low
 
 
 def _volume(points: np.ndarray, origin: np.ndarray, width: float) -> float:

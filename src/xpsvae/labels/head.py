@@ -22,6 +22,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -36,7 +37,7 @@ from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
 from ..model.network import hidden_layers, label_nll
-from ..model.trainer import torch_threads
+from ..model.trainer import fused_optimizer, torch_threads
 
 
 @dataclass
@@ -105,10 +106,10 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
     draws its batches from a generator of the same seed, as if trained alone.
 
     The members' weights are stacked and one batched forward pass (``torch.func.vmap``)
-    serves all of them: AdamW acts on each number alone, so this is the same training as
-    one member after the other, in fewer, larger matrix products (1.37x faster on two
-    cores for four members; docs/benchmarks.md). ``history`` gains each member's mean
-    loss per epoch."""
+    serves all of them, and one batched loss: AdamW acts on each number alone, so this is
+    the same training as one member after the other, in fewer, larger matrix products
+    (docs/benchmarks.md). AdamW is the fused kernel where the build has it. ``history``
+    gains each member's mean loss per epoch."""
     c = config
     members, generators = [], []
     for k in range(count):
@@ -119,7 +120,9 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
     params, buffers = stack_module_state(members)
     template = copy.deepcopy(members[0]).to("meta")
     forward = vmap(lambda p, b, rows: functional_call(template, (p, b), (rows,)))
-    optimizer = torch.optim.AdamW(list(params.values()), lr=c.lr, weight_decay=c.weight_decay)
+    optimizer = fused_optimizer(partial(torch.optim.AdamW, lr=c.lr, weight_decay=c.weight_decay),
+                                list(params.values()))
+    losses = vmap(loss)  # member k's loss on its own output and batch, all members at once
     steps_per_epoch = max(1, math.ceil(len(x) / c.batch_size))
     total = steps_per_epoch * c.epochs
     step = 0
@@ -131,8 +134,7 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
             for group in optimizer.param_groups:
                 group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             out = forward(params, buffers, x[rows])
-            values = torch.stack([loss(out[k], *(t[rows[k]] for t in targets))
-                                  for k in range(count)])
+            values = losses(out, *(t[rows] for t in targets))
             optimizer.zero_grad(set_to_none=True)
             values.sum().backward()  # each member's gradient is its own loss's
             optimizer.step()

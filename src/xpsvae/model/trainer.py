@@ -46,6 +46,20 @@ def distributed_rank_world() -> tuple:
     return 0, 1
 
 
+def fused_optimizer(make: Callable[..., torch.optim.Optimizer], params: list,
+                    required: bool = False) -> torch.optim.Optimizer:
+    """``make(params, fused=True)``: one fused kernel per step instead of a dozen per-tensor
+    loops. Small models spend ~10% of a CPU step in the optimizer otherwise
+    (benchmarks/optimizer_step.py). Where the device or build has no fused kernels, the
+    plain optimizer, unless ``required``."""
+    try:
+        return make(params, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        if required:
+            raise
+        return make(params)
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's CPU thread count set to ``n`` for a block, and put back after it (0: left
@@ -163,14 +177,9 @@ class Trainer:
             extra["lr"] = torch.tensor(c.scaled_lr, dtype=dtype, device=self.device)
             if c.optimizer == "adamw" and self.device.type == "cuda":
                 extra["capturable"] = True
-        try:
-            # One fused kernel per step instead of a dozen per-tensor loops: the model is
-            # small, so the optimizer's overhead is ~10% of a CPU step (benchmarks/optimizer_step.py).
-            return make(self.model.parameters(), fused=True, **extra)
-        except (RuntimeError, ValueError, TypeError):  # a device or build without fused kernels
-            if c.cuda_graph:
-                raise
-            return make(self.model.parameters())
+        # A CUDA graph needs the fused kernels: without them, say so rather than fall back.
+        return fused_optimizer(partial(make, **extra), list(self.model.parameters()),
+                               required=c.cuda_graph)
 
     def learning_rate(self, step: int, total_steps: int, epoch: int) -> float:
         """The rate at a global step: a pure function, so resuming needs no scheduler state."""
