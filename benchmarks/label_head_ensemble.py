@@ -22,8 +22,8 @@ import numpy as np
 
 
 def one_member(config, k, n_out, loss, x, *targets):
-    """Member ``k`` trained alone: the same seeds, batches and AdamW steps as in
-    ``train_members``, in a plain loop over one ``nn.Sequential``."""
+    """Member ``k`` trained alone: the same seeds, batches, gradient bound and AdamW steps
+    as in ``train_members``, in a plain loop over one ``nn.Sequential``."""
     import torch
 
     from xpsvae.labels.head import mlp
@@ -46,6 +46,8 @@ def one_member(config, k, n_out, loss, x, *targets):
             value = loss(member(batch[0]), *batch[1:])
             optimizer.zero_grad(set_to_none=True)
             value.backward()
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(member.parameters(), c.grad_clip)
             optimizer.step()
             loss_sum += float(value.detach())
             step += 1

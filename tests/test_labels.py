@@ -3,6 +3,7 @@ library stars, its files, the out-of-distribution flag, and the commands."""
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -67,14 +68,18 @@ def test_members_trained_together_are_those_trained_one_at_a_time(split):
     x = torch.from_numpy(standardise(features, *feature_statistics(features)))
     y = torch.from_numpy(np.nan_to_num(np.asarray(stars.labels["logg"], np.float32))[:, None])
     has = torch.from_numpy(np.isfinite(np.asarray(stars.labels["logg"], float))[:, None])
-    config = LabelHeadConfig(hidden=(32, 32), epochs=3, threads=1)
+    # a bound on the gradient norm that binds: each member's own, not the pair's
+    config = LabelHeadConfig(hidden=(32, 32), epochs=3, threads=1, grad_clip=0.05)
     together = train_members(config, 2, 2, _loss, x, y, torch.zeros_like(y), has)
+    unbounded = train_members(replace(config, grad_clip=0.0), 2, 2, _loss, x, y,
+                              torch.zeros_like(y), has)
     for k in range(2):
-        alone = train_members(LabelHeadConfig(**{**config.__dict__, "seed": 7919 * k}), 1, 2,
+        alone = train_members(replace(config, seed=7919 * k), 1, 2,
                               _loss, x, y, torch.zeros_like(y), has)[0]
         with torch.no_grad():
             np.testing.assert_allclose(together[k](x).numpy(), alone(x).numpy(), rtol=1e-4,
                                        atol=1e-5)
+            assert np.abs(together[k](x).numpy() - unbounded[k](x).numpy()).max() > 1e-3
 
 
 def test_features_are_the_encoders_hidden_layers_and_latent(split):
@@ -88,6 +93,24 @@ def test_features_are_the_encoders_hidden_layers_and_latent(split):
     # the same network, the same float32 input: the latent columns are encode's
     np.testing.assert_allclose(features[:, -2 * d:-d], mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.exp(features[:, -d:]), std, rtol=1e-4)
+
+
+def test_noise_features_are_the_median_signal_to_noise_overall_and_per_half():
+    """Six inputs, the blue three at S/N 100 and the red three at 10; medians of exact
+    values, compared to float32 rounding of their log10."""
+    from xpsvae.io.spectra import SpectraSet
+    from xpsvae.labels.features import NOISE_FEATURES, noise_features
+    values = np.array([[100.0, -200.0, 300.0, 1.0, 2.0, 3.0]] * 3)
+    errors = np.array([[1.0, 2.0, 3.0, 0.1, 0.2, 0.3]] * 3)
+    values[1, :3] = np.nan  # no blue half: overall is the red half's
+    errors[2, 1] = 0.0      # an error of 0 is no measurement
+    stars = SpectraSet.from_arrays(values, errors)
+    out = noise_features(stars)
+    assert out.shape == (3, len(NOISE_FEATURES)) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], np.log10([55.0, 100.0, 10.0]), rtol=1e-6)
+    np.testing.assert_allclose(out[1, [0, 2]], np.log10([10.0, 10.0]), rtol=1e-6)
+    assert np.isnan(out[1, 1])
+    np.testing.assert_allclose(out[2], np.log10([10.0, 100.0, 10.0]), rtol=1e-6)
 
 
 def test_side_columns_take_differences_and_name_a_missing_column():
@@ -254,6 +277,12 @@ def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, sp
     assert list(predicted.columns[2:]) == again.columns()
     assert again.classifier.prior == label_model.classifier.prior
     assert again.holes.to_json() == label_model.holes.to_json()
+    assert again.noise and label_model.head.feature_mean.shape[0] == \
+        len(feature_names(label_model.svae)) + 3 + len(label_model.side)  # + noise features
+    meta = json.load(open(tmp_path / "labels" / "head.json"))
+    del meta["noise_features"]  # a label model from before them: its head does not read them
+    json.dump(meta, open(tmp_path / "labels" / "head.json", "w"))
+    assert not LabelModel.load(str(tmp_path / "labels")).noise
 
 
 def test_high_alpha_classes_and_balanced_accuracy():

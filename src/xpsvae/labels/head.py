@@ -59,6 +59,12 @@ class LabelHeadConfig:
         high_alpha_members: members of the high/low-alpha classifier a label model fits
             where its labels include [Fe/H] and [alpha/M] (:mod:`xpsvae.labels.classes`;
             0: none).
+        grad_clip: the most a member's gradient norm may be in one step (0: no bound).
+            Early on, a member whose variance has shrunk meets a batch with a loss in
+            the hundreds; unbounded, that gradient swells AdamW's second moment and the
+            member learns little for many steps after. Bounded at 10, the demo's labels
+            are 2-6% better and the head on the unsupervised sVAE 23% better in Teff
+            (docs/labels.md).
     """
 
     hidden: Tuple[int, ...] = (256, 256)
@@ -71,6 +77,7 @@ class LabelHeadConfig:
     seed: int = 0
     threads: int = 0
     high_alpha_members: int = 1
+    grad_clip: float = 10.0
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -79,6 +86,8 @@ class LabelHeadConfig:
         if self.members < 1 or self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ValueError("need members >= 1, epochs >= 1, batch_size >= 2 and lr > 0; got "
                              f"{self.members}, {self.epochs}, {self.batch_size}, {self.lr}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0 (0: no bound), got {self.grad_clip}")
         if self.high_alpha_members < 0:
             raise ValueError(f"high_alpha_members must be >= 0, got {self.high_alpha_members}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -108,7 +117,8 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
     The members' weights are stacked and one batched forward pass (``torch.func.vmap``)
     serves all of them, and one batched loss: AdamW acts on each number alone, so this is
     the same training as one member after the other, in fewer, larger matrix products
-    (docs/benchmarks.md). AdamW is the fused kernel where the build has it. ``history``
+    (docs/benchmarks.md). AdamW is the fused kernel where the build has it; each
+    member's gradient norm is bounded by ``config.grad_clip`` on its own. ``history``
     gains each member's mean loss per epoch."""
     c = config
     members, generators = [], []
@@ -137,6 +147,8 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
             values = losses(out, *(t[rows] for t in targets))
             optimizer.zero_grad(set_to_none=True)
             values.sum().backward()  # each member's gradient is its own loss's
+            if c.grad_clip > 0:
+                _clip_each(list(params.values()), c.grad_clip)
             optimizer.step()
             loss_sum += values.detach().double()
             step += 1
@@ -149,6 +161,19 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
             for name, parameter in member.named_parameters():
                 parameter.copy_(params[name][k])
     return [member.eval() for member in members]
+
+
+@torch.no_grad()
+def _clip_each(stacked: List[torch.Tensor], max_norm: float) -> None:
+    """Scale each member's gradient (row k of every stacked parameter) down to a norm of
+    at most ``max_norm``, as ``clip_grad_norm_`` would for that member alone."""
+    count = stacked[0].shape[0]
+    norm = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(p.grad.reshape(count, -1), dim=1) for p in stacked]), dim=0)
+    factor = (max_norm / (norm + 1e-6)).clamp_(max=1.0)
+    if bool((factor < 1.0).any()):  # most steps, once training has settled, none is
+        for p in stacked:
+            p.grad.mul_(factor.view(-1, *([1] * (p.grad.dim() - 1))))
 
 
 def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

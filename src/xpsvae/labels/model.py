@@ -37,7 +37,7 @@ from ..io.spectra import SpectraSet
 from ..model.supervision import label_columns
 from ..svae import SVAE
 from .classes import HIGH_ALPHA_COLUMN, MIN_CLASS_STARS, ClassHead, high_alpha
-from .features import side_columns, svae_features
+from .features import noise_features, side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 
@@ -63,11 +63,12 @@ class LabelModel:
     def __init__(self, svae: SVAE, head: LabelHead, labels: Sequence[str],
                  side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None,
                  classifier: Optional[ClassHead] = None,
-                 holes: Optional[HoleCost] = None):
+                 holes: Optional[HoleCost] = None, noise: bool = True):
         self.svae, self.head, self.classifier = svae, head, classifier
         self.labels, self.side = list(labels), list(side)
         self.ood = ood or {}
         self.holes = holes
+        self.noise = noise  # the head reads noise_features (label models from before: not)
 
     @classmethod
     def fit(cls, svae: SVAE, spectra: SpectraSet, labels: Sequence[str] = DEFAULT_LABELS,
@@ -99,7 +100,7 @@ class LabelModel:
             raise SpectraError(f"{source}: {int(labelled.sum())} complete stars have one of "
                                f"{list(labels)}; a label model needs at least 50")
         stars = spectra.subset(np.flatnonzero(labelled))
-        features = cls._features(svae, stars, side, source, device)
+        features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
         head = LabelHead(config).fit(features, y[labelled], y_err[labelled])
         classifier = None
@@ -114,7 +115,8 @@ class LabelModel:
                               f"{int((~truth).sum())} low-alpha stars have [Fe/H] and "
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
-        model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier)
+        model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier,
+                    noise=True)
         if holes:
             measured = np.flatnonzero(head.validation(len(stars)))[:HOLE_STARS]
             if len(measured) < MIN_HOLE_STARS:
@@ -123,14 +125,17 @@ class LabelModel:
                               f"that takes {MIN_HOLE_STARS}; fit on more labelled stars",
                               stacklevel=2)
             model.holes = HoleCost.measure(
-                lambda holed: head.predict(cls._features(svae, holed, side, source, device)),
+                lambda holed: head.predict(cls._features(svae, holed, side, source, device,
+                                                         noise=True)),
                 stars.subset(measured), y[labelled][measured], y_err[labelled][measured])
         return model
 
     @staticmethod
     def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
-                  device: str) -> np.ndarray:
+                  device: str, noise: bool) -> np.ndarray:
         features = svae_features(svae, spectra, device)
+        if noise:
+            features = np.hstack([features, noise_features(spectra)])
         if not side:
             return features
         if spectra.labels is None:
@@ -146,7 +151,7 @@ class LabelModel:
         ``scores``: this sVAE's :meth:`SVAE.score` of the same stars, where the caller has
         it already (the flag needs it; a catalogue saves a pass of the sVAE)."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
-        features = self._features(self.svae, spectra, self.side, source, device)
+        features = self._features(self.svae, spectra, self.side, source, device, self.noise)
         mean, sigma = self.head.predict(features)
         missing = ~(spectra.observed & np.isfinite(spectra.errors))
         if self.holes is not None and missing.any():
@@ -181,7 +186,8 @@ class LabelModel:
     def save(self, directory: str) -> None:
         """The folder: ``svae/`` (the sVAE, copied), ``head.safetensors``, ``head.json``."""
         self.svae.save(os.path.join(directory, SVAE_FOLDER))
-        meta = {"labels": self.labels, "side": self.side, "ood": self.ood}
+        meta = {"labels": self.labels, "side": self.side, "ood": self.ood,
+                "noise_features": self.noise}
         if self.holes is not None:
             meta["hole_variance"] = self.holes.to_json()
         extra = {}
@@ -200,7 +206,7 @@ class LabelModel:
                                    f"{os.path.join(directory, HEAD_CONFIG)}: hole_variance") \
             if "hole_variance" in meta else None
         return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
-                   holes)
+                   holes, bool(meta.get("noise_features", False)))
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
