@@ -17,22 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import numpy as np
 
 
 def one_member(config, k, n_out, loss, x, *targets):
-    """Member ``k`` trained alone: the same seeds, batches, gradient bound and AdamW steps
-    as in ``train_members``, in a plain loop over one ``nn.Sequential``."""
+    """Member ``k`` trained alone: the same seeds, batches, gradient bound and (fused)
+    AdamW steps as in ``train_members``, in a plain loop over one ``nn.Sequential``."""
     import torch
 
     from xpsvae.labels.head import mlp
+    from xpsvae.model.trainer import fused_optimizer
     c = config
     generator = torch.Generator().manual_seed(c.seed + 7919 * k)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed + 7919 * k)
         member = mlp(x.shape[1], c.hidden, n_out)
-    optimizer = torch.optim.AdamW(member.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    optimizer = fused_optimizer(partial(torch.optim.AdamW, lr=c.lr, weight_decay=c.weight_decay),
+                                list(member.parameters()))
     steps_per_epoch = -(-len(x) // c.batch_size)
     total, step = steps_per_epoch * c.epochs, 0
     for _ in range(c.epochs):
