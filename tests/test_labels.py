@@ -384,6 +384,7 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     described = describe(head)
     assert described["what"] == "label model" and described["side"] == ["j-h", "j-k"]
     assert "labels teff, logg, fe_h, alpha_m" in format_description(described)
+    assert "epochs, reading each spectrum's signal-to-noise" in format_description(described)
     assert "high_alpha_prob: above [alpha/M] = clip" in format_description(described)
     for end in ("bluest", "reddest"):  # what a band missing costs, read off head.json
         assert f"the {end} half of the inputs missing (a band) adds sigma teff" in \

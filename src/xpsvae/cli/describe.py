@@ -171,6 +171,7 @@ def _label_model(path: str) -> dict:
         meta = json.load(f)
     return {"what": "label model", "path": os.path.abspath(path),
             "labels": meta.get("labels"), "side": meta.get("side"),
+            "noise_features": bool(meta.get("noise_features", False)),
             "head": meta.get("config", {}), "ood": {k: v for k, v in meta.get("ood", {}).items()
                                                    if k in ("quantile", "anomaly_score",
                                                             "latent_distance")},
@@ -275,7 +276,9 @@ def format_description(d: dict) -> str:
         h = d["head"]
         lines.append(f"  labels {', '.join(d['labels'] or [])}; side columns "
                      f"{', '.join(d['side']) or 'none'}; {h.get('members')} MLPs "
-                     f"{'-'.join(map(str, h.get('hidden', [])))}, {h.get('epochs')} epochs")
+                     f"{'-'.join(map(str, h.get('hidden', [])))}, {h.get('epochs')} epochs"
+                     + (", reading each spectrum's signal-to-noise" if d["noise_features"]
+                        else ""))
         if d["ood"]:
             lines.append(f"  flagged beyond {100 * d['ood']['quantile']:.0f}% of the training "
                          f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
