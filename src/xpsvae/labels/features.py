@@ -18,7 +18,7 @@ how noisy the spectrum is (:func:`noise_features`): the log10 of the median
 signal-to-noise ratio |value| / error over the measured inputs, over the
 bluest half and over the reddest half (about BP and RP). They let the head's
 sigma grow for a faint star; on the demo's split they bring the share of
-test stars within 1 sigma 1-5 points nearer 68.3% and leave the robust
+test stars within 1 sigma up to 5 points nearer 68.3% and leave the robust
 sigma as it was (docs/labels.md).
 
 Side columns are optional (an archive store has no 2MASS): any per-star
