@@ -26,6 +26,7 @@ import torch
 
 from xpsvae import Standardizer, benchmark_split, load_apogee_library
 from xpsvae.cannon import Cannon
+from xpsvae.evaluation.labels import label_metrics
 from xpsvae.evaluation.metrics import reconstruction_metrics, tail_masks
 
 LABELS = ("teff", "logg", "fe_h")
@@ -37,10 +38,10 @@ BLUE_OF_970NM = slice(0, 318)
 SCATTER_FACTOR = 1.05
 
 
-def robust_sigma(residual: np.ndarray) -> list:
-    """1.4826 x the median absolute deviation, per column."""
-    centred = residual - np.median(residual, axis=0)
-    return [round(float(v), 4) for v in 1.4826 * np.median(np.abs(centred), axis=0)]
+def robust_sigma(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Per label, the label evaluation's robust sigma of predicted - truth."""
+    return {name: round(label_metrics(predicted[:, j], truth[:, j])["robust_sigma"], 4)
+            for j, name in enumerate(LABELS)}
 
 
 def figures(y, err, prediction, scatter, labels, inputs=slice(None)) -> dict:
@@ -111,9 +112,9 @@ def main() -> None:
         "thecannon_mode_scatter_ratio_max_dev": float(np.max(np.abs(ours_grid.scatter / ref_scatter - 1))),
         "thecannon_mode_prediction_diff_over_sigma_max": float(grid_diff.max()),
         "test_step_robust_sigma": {
-            "ours": dict(zip(LABELS, robust_sigma(our_inferred - te_labels[te_keep]))),
-            "thecannon": dict(zip(LABELS, robust_sigma(ref_inferred - te_labels[te_keep]))),
-            "ours_minus_thecannon": dict(zip(LABELS, robust_sigma(our_inferred - ref_inferred)))},
+            "ours": robust_sigma(our_inferred, te_labels[te_keep]),
+            "thecannon": robust_sigma(ref_inferred, te_labels[te_keep]),
+            "ours_minus_thecannon": robust_sigma(our_inferred, ref_inferred)},
         "ours": figures(y_te, e_te, our_prediction, ours.scatter, test_labels),
         "ours_thecannon_mode": figures(y_te, e_te, grid_prediction, ours_grid.scatter,
                                        test_labels),
