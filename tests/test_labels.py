@@ -113,6 +113,12 @@ def test_noise_features_are_the_median_signal_to_noise_overall_and_per_half():
     np.testing.assert_allclose(out[2], np.log10([10.0, 100.0, 10.0]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_a_gradient_bound_below_zero_or_not_a_number_is_refused(bad):
+    with pytest.raises(ValueError, match=r"grad_clip must be >= 0 \(0: no bound\)"):
+        LabelHeadConfig(grad_clip=bad)
+
+
 def test_side_columns_take_differences_and_name_a_missing_column():
     table = pd.DataFrame({"j": [10.0, 11.0], "h": [9.5, np.nan]})
     out = side_columns(table, ["j-h", "j"], "t.parquet")
