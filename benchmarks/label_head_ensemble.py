@@ -84,15 +84,16 @@ def main() -> None:
     config = LabelHeadConfig(hidden=tuple(int(h) for h in args.hidden.split(",")),
                              epochs=args.epochs, threads=args.threads)
     n_out = 2 * y.shape[1]
+    loss = partial(_loss, dof=config.dof)  # the head's own likelihood
 
     def together():
         history = []
-        train_members(config, args.members, n_out, _loss, x, ys, var,
+        train_members(config, args.members, n_out, loss, x, ys, var,
                       torch.from_numpy(has), history=history)
         return [h["train_loss"] for h in history[-args.members:]]
 
     def one_at_a_time():
-        return [one_member(config, k, n_out, _loss, x, ys, var, torch.from_numpy(has))
+        return [one_member(config, k, n_out, loss, x, ys, var, torch.from_numpy(has))
                 for k in range(args.members)]
 
     seconds = {"one_at_a_time": [], "together": []}

@@ -18,7 +18,7 @@ from xpsvae.evaluation.labels import alpha_classification, balanced_accuracy, la
 from xpsvae.labels import LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import ClassHead, high_alpha
 from xpsvae.labels.features import feature_names, side_columns, svae_features
-from xpsvae.labels.head import _fit_scale, gaussian_nll
+from xpsvae.labels.head import LabelHead, _fit_scale, head_nll
 
 QUICK = LabelHeadConfig(members=2, epochs=15, threads=2)
 
@@ -42,7 +42,35 @@ def test_the_head_likelihood_is_the_gaussian_with_the_survey_error_in_quadrature
     y_var = torch.tensor([[0.75, 1.0]], dtype=torch.float64)
     has = torch.tensor([[True, False]])
     # the first label alone: var 0.25 + 0.75 = 1, residual 0.5 -> (0.25 + ln 1) / 2; float64
-    assert gaussian_nll(mean, log_var, y, y_var, has).item() == pytest.approx(0.125, rel=1e-12)
+    assert head_nll(mean, log_var, y, y_var, has).item() == pytest.approx(0.125, rel=1e-12)
+
+
+def test_the_head_likelihood_is_the_student_t_with_the_survey_error_in_the_scale():
+    from scipy.stats import t as student_t
+    rng = np.random.default_rng(1)
+    mean, y = (torch.from_numpy(rng.normal(size=(50, 4))) for _ in range(2))
+    log_var = torch.from_numpy(rng.normal(-1.0, 1.0, size=(50, 4)))
+    y_var = torch.from_numpy(rng.uniform(0.0, 0.5, size=(50, 4)))
+    has = torch.from_numpy(rng.uniform(size=(50, 4)) < 0.8)
+    v = (log_var.exp() + y_var).numpy()
+    for dof in (2.5, 4.0, 30.0):
+        logpdf = student_t.logpdf(y.numpy(), dof, loc=mean.numpy(), scale=np.sqrt(v))
+        # scipy's log density less the terms in nu alone (the loss drops them), per label
+        # a star has; float64 sums of 200 terms of size ~1: 1e-12 relative is 1e4 eps
+        constant = (student_t.logpdf(0.0, dof))
+        expected = -(logpdf - constant)[has.numpy()].sum() / has.sum().item()
+        assert head_nll(mean, log_var, y, y_var, has, dof).item() == \
+            pytest.approx(expected, rel=1e-12)
+    # nu -> infinity is the Gaussian: the two differ by O(r^4 / nu), 1e-7 at nu = 1e8
+    gaussian = head_nll(mean, log_var, y, y_var, has).item()
+    assert head_nll(mean, log_var, y, y_var, has, 1e8).item() == pytest.approx(gaussian,
+                                                                              rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1.0, 2.0, -3.0, float("nan")])
+def test_a_t_likelihood_without_a_variance_is_refused(bad):
+    with pytest.raises(ValueError, match=r"dof must be above 2 .* or 0 \(Gaussian\)"):
+        LabelHeadConfig(dof=bad)
 
 
 def test_the_variance_scale_makes_the_validation_residuals_standard_normal():
@@ -289,6 +317,21 @@ def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, sp
     del meta["noise_features"]  # a label model from before them: its head does not read them
     json.dump(meta, open(tmp_path / "labels" / "head.json", "w"))
     assert not LabelModel.load(str(tmp_path / "labels")).noise
+    # a head from before the t likelihood was Gaussian: it loads so, its sigma the t's
+    # over sqrt(nu / (nu - 2)) (the same weights, read as Gaussian variances)
+    del meta["config"]["dof"]
+    json.dump(meta, open(tmp_path / "labels" / "head.json", "w"))
+    old = LabelHead.load(str(tmp_path / "labels"))[0]
+    assert old.config.dof == 0 and label_model.head.config.dof == 4
+    features = np.random.default_rng(2).normal(size=(20, len(old.feature_mean)))
+    t_mean, t_sigma = label_model.head.predict(features)
+    g_mean, g_sigma = old.predict(features)
+    np.testing.assert_array_equal(g_mean, t_mean)
+    # only the members' own variances change (x nu/(nu - 2) = 2), not the spread of their
+    # means: sigma^2 grows from A + E to 2A + E, a ratio within [1, sqrt(2)] (float64)
+    ratio = t_sigma / g_sigma
+    # members' own variances are never nil (ln var >= -12), so the ratio is above 1
+    assert (ratio <= np.sqrt(2) * (1 + 1e-12)).all() and (ratio > 1).all()
 
 
 def test_high_alpha_classes_and_balanced_accuracy():
@@ -390,7 +433,8 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     described = describe(head)
     assert described["what"] == "label model" and described["side"] == ["j-h", "j-k"]
     assert "labels teff, logg, fe_h, alpha_m" in format_description(described)
-    assert "epochs, reading each spectrum's signal-to-noise" in format_description(described)
+    assert "epochs, Student-t likelihood (nu = 4), reading each spectrum's signal-to-noise" \
+        in format_description(described)
     assert "high_alpha_prob: above [alpha/M] = clip" in format_description(described)
     for end in ("bluest", "reddest"):  # what a band missing costs, read off head.json
         assert f"the {end} half of the inputs missing (a band) adds sigma teff" in \

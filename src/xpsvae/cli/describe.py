@@ -276,7 +276,9 @@ def format_description(d: dict) -> str:
         h = d["head"]
         lines.append(f"  labels {', '.join(d['labels'] or [])}; side columns "
                      f"{', '.join(d['side']) or 'none'}; {h.get('members')} MLPs "
-                     f"{'-'.join(map(str, h.get('hidden', [])))}, {h.get('epochs')} epochs"
+                     f"{'-'.join(map(str, h.get('hidden', [])))}, {h.get('epochs')} epochs, "
+                     + (f"Student-t likelihood (nu = {h['dof']:g})" if h.get("dof")
+                        else "Gaussian likelihood")
                      + (", reading each spectrum's signal-to-noise" if d["noise_features"]
                         else ""))
         if d["ood"]:
