@@ -427,7 +427,9 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     assert metrics["labels"]["svae_label_model"]["teff"]["test"]["n_stars"] == 200
     assert set(metrics["labels"]["alpha_classes"]["all_bins"]) == {"label_model",
                                                                    "label_model_labels"}
-    assert "### High and low α" in open(os.path.join(report, "report.md")).read()
+    text = open(os.path.join(report, "report.md")).read()
+    assert "### High and low α" in text
+    assert "MLPs, a Student-t likelihood (4 degrees of freedom) with APOGEE's error" in text
     assert os.path.exists(os.path.join(report, "figures", "labels_coverage.png"))
     from xpsvae.cli.describe import describe, format_description
     described = describe(head)
@@ -518,3 +520,11 @@ def test_a_store_is_encoded_with_labels_shard_by_shard(split, calspec_store, tmp
                  progress=False, labels_dir=head)
     # one thread per worker, as in process: the same numbers, row for row
     pd.testing.assert_frame_equal(pd.read_parquet(on_dask), table)
+
+
+def test_the_report_says_what_limits_a_calibration_with_heavy_tails():
+    from xpsvae.evaluation.label_report import _tails
+    heavy = {"coverage_1sigma": 0.87, "coverage_2sigma": 0.98, "coverage_3sigma": 0.994}
+    assert "0.6% of the stars lie beyond 3σ, where a Gaussian puts 0.27%" in _tails(heavy)
+    assert _tails({**heavy, "coverage_1sigma": 0.69}) == ""  # the core is right
+    assert _tails({**heavy, "coverage_3sigma": 0.996}) == ""  # tails a Gaussian's, near enough

@@ -28,14 +28,27 @@ def _f(value, digits=3) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
 
+def _tails(t: dict) -> str:
+    """What limits the calibration where the core is over-covered and the tails heavy."""
+    beyond = 1 - t["coverage_3sigma"]
+    if t["coverage_1sigma"] <= 0.703 or beyond <= 2 * GAUSSIAN_BEYOND_3:
+        return ""
+    return (f" What limits it: {100 * beyond:.1f}% of the stars lie beyond 3σ, where a "
+            f"Gaussian puts {100 * GAUSSIAN_BEYOND_3:.2f}%; with tails that heavy, no σ gives "
+            "both std z 1 and 68.3% within 1σ (docs/labels.md).")
+
+
 def labels_section(block: dict) -> List[str]:
     labels = block["labels"]
     ours = block["svae_label_model"]
     side = ", ".join(block.get("side_columns") or []) or "none"
+    head = block.get("head", {})
+    likelihood = (f"a Student-t likelihood ({head['dof']:g} degrees of freedom)"
+                  if head.get("dof") else "a Gaussian likelihood")
     lines = ["## Labels", "",
              f"A label model on the sVAE's encoder (its hidden layers and latent) with side "
-             f"columns {side}: an ensemble of {block.get('head', {}).get('members', '?')} MLPs, "
-             "Gaussian likelihood with APOGEE's error added in quadrature, the predicted σ "
+             f"columns {side}: an ensemble of {head.get('members', '?')} MLPs, "
+             f"{likelihood} with APOGEE's error added in quadrature, the predicted σ "
              "scaled per label on the validation share. z = (predicted − APOGEE) / "
              "√(σ² + σ_APOGEE²).", ""]
     generative = block.get("svae")
@@ -98,7 +111,8 @@ def labels_section(block: dict) -> List[str]:
                          f"{t['std_z']:.3f}, coverage {100 * t['coverage_1sigma']:.1f} / "
                          f"{100 * t['coverage_2sigma']:.1f} / {100 * t['coverage_3sigma']:.1f}% "
                          f"(goal 68.3 / 95.4 / 99.7 ± 2, std z 0.9–1.1): "
-                         + ("reached." if ok else "**not reached**."))
+                         + ("reached." if ok else "**not reached**.")
+                         + _tails(t))
     alpha = block.get("alpha_classes")
     if alpha and alpha["all_bins"].get("label_model") is not None:
         judged = {b: v["label_model"] for b, v in alpha["bins"].items()
@@ -131,6 +145,8 @@ def labels_section(block: dict) -> List[str]:
     return lines + (_alpha_table(alpha) if alpha else [])
 
 
+#: The share of a Gaussian beyond 3 sigma.
+GAUSSIAN_BEYOND_3 = 0.0027
 #: A bin's balanced accuracy is judged against the goal only with this many high-alpha stars
 #: in it: with fewer, the recall of the class has a standard error of 0.06 or more.
 ALPHA_MIN_STARS = 50

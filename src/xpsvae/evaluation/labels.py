@@ -203,7 +203,7 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     predicted = label_model.predict(test)
     out = {"labels": list(labels), "side_columns": list(side),
            "head": {"members": config.members, "epochs": config.epochs,
-                    "hidden": list(config.hidden), "fit_seconds": fitted,
+                    "hidden": list(config.hidden), "dof": config.dof, "fit_seconds": fitted,
                     "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
            "svae_label_model": label_blocks(predicted, test.labels, labels)}
     out["ood"] = _ood_block(predicted, test.labels, labels)
@@ -251,7 +251,10 @@ def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
     """(``labels`` block, prediction) of a fitted label model on labelled ``test`` stars."""
     predicted = label_model.predict(test)
     labels = label_model.labels
+    c = label_model.head.config
     block = {"labels": labels, "side_columns": label_model.side,
+             "head": {"members": c.members, "epochs": c.epochs, "hidden": list(c.hidden),
+                      "dof": c.dof},
              "svae_label_model": label_blocks(predicted, test.labels, labels),
              "ood": _ood_block(predicted, test.labels, labels)}
     if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):

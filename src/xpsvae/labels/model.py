@@ -85,7 +85,7 @@ class LabelModel:
             config: the head's recipe.
             device: where the sVAE runs.
             holes: measure what a partial spectrum's holes cost its labels
-                (:mod:`xpsvae.labels.holes`; ~10 s on two cores). Without it, a
+                (:mod:`xpsvae.labels.holes`; a few passes of the sVAE more). Without it, a
                 partial star is still flagged, but its sigma is the head's alone.
         """
         source = spectra.accounting.source if spectra.accounting else "the stars given"

@@ -141,8 +141,8 @@ class TrainConfig:
 
         ``fast`` (the default, the field defaults of this class): AdamW, peak
         rate 3e-3, batch 256, cosine decay over 60 epochs, summed-ELBO loss,
-        then 10 scatter-calibration epochs; about 80 s on 2 CPU cores for the
-        36,204 training stars of the library (see the README for why).
+        then 10 scatter-calibration epochs (the README's results table gives
+        its time on the library's 36,204 training stars, and why this recipe).
         ``paper``: SGD with momentum 0.9, batch 1024, initial rate 0.1 decayed
         by 0.96 per epoch, 100 epochs (paper §2.3; momentum and decay are our
         choice, the paper gives neither).
