@@ -171,6 +171,12 @@ def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: Spec
     return guesses
 
 
+def _head_block(config: LabelHeadConfig) -> dict:
+    """The head's recipe, as the ``labels`` block and the report give it."""
+    return {"members": config.members, "epochs": config.epochs,
+            "hidden": list(config.hidden), "dof": config.dof}
+
+
 def _one_input(config: LabelHeadConfig) -> LabelHeadConfig:
     """The recipe of a baseline that sees one number (:data:`ONE_INPUT_HIDDEN`)."""
     return replace(config, hidden=ONE_INPUT_HIDDEN, batch_size=ONE_INPUT_BATCH)
@@ -202,8 +208,7 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     fitted = time.perf_counter() - start
     predicted = label_model.predict(test)
     out = {"labels": list(labels), "side_columns": list(side),
-           "head": {"members": config.members, "epochs": config.epochs,
-                    "hidden": list(config.hidden), "dof": config.dof, "fit_seconds": fitted,
+           "head": {**_head_block(config), "fit_seconds": fitted,
                     "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
            "svae_label_model": label_blocks(predicted, test.labels, labels)}
     out["ood"] = _ood_block(predicted, test.labels, labels)
@@ -251,10 +256,8 @@ def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
     """(``labels`` block, prediction) of a fitted label model on labelled ``test`` stars."""
     predicted = label_model.predict(test)
     labels = label_model.labels
-    c = label_model.head.config
     block = {"labels": labels, "side_columns": label_model.side,
-             "head": {"members": c.members, "epochs": c.epochs, "hidden": list(c.hidden),
-                      "dof": c.dof},
+             "head": _head_block(label_model.head.config),
              "svae_label_model": label_blocks(predicted, test.labels, labels),
              "ood": _ood_block(predicted, test.labels, labels)}
     if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):

@@ -209,11 +209,7 @@ def head_nll(mean: torch.Tensor, log_var: torch.Tensor, y: torch.Tensor,
              y_var: torch.Tensor, has: torch.Tensor, dof: float = 0.0) -> torch.Tensor:
     """The head's loss (module docstring), averaged over the stars' labels that exist;
     ``log_var`` is ln sigma^2, ``dof`` the t's ``nu`` (0: Gaussian)."""
-    if not dof:
-        return label_nll(mean, log_var, y, y_var, has).sum() / has.sum().clamp(min=1)
-    v = log_var.exp() + y_var
-    term = 0.5 * (dof + 1) * torch.log1p((y - mean) ** 2 / (dof * v)) + 0.5 * v.log()
-    return torch.where(has, term, torch.zeros_like(term)).sum() / has.sum().clamp(min=1)
+    return label_nll(mean, log_var, y, y_var, has, dof).sum() / has.sum().clamp(min=1)
 
 
 @dataclass

@@ -220,11 +220,16 @@ class LatentLabels(nn.Module):
 
 
 def label_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, y_var: torch.Tensor,
-              has: torch.Tensor) -> torch.Tensor:
+              has: torch.Tensor, dof: float = 0.0) -> torch.Tensor:
     """Per star and label, the Gaussian negative log-likelihood of a survey label
     (no 2 pi term), 0 where the star lacks that label::
 
         L_y = 1/2 [ (y - mu)^2 / (sigma^2 + e^2) + ln(sigma^2 + e^2) ]
+
+    or, with ``dof`` = nu > 0, a Student t's of squared scale sigma^2 + e^2 (terms in
+    nu alone dropped; the label head's, :mod:`xpsvae.labels.head`)::
+
+        L_y = (nu + 1)/2 ln(1 + (y - mu)^2 / (nu (sigma^2 + e^2))) + 1/2 ln(sigma^2 + e^2)
 
     with ``mu``, ``ln sigma^2`` the prediction and ``e`` the survey's own error,
     added in quadrature: the prediction's variance is the spread the survey's
@@ -233,7 +238,10 @@ def label_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, y_var: 
     over the batch's stars (labelled or not), to :func:`svae_loss`.
     """
     var = logvar.exp() + y_var
-    term = 0.5 * ((y - mean) ** 2 / var + var.log())
+    if dof:
+        term = 0.5 * (dof + 1) * torch.log1p((y - mean) ** 2 / (dof * var)) + 0.5 * var.log()
+    else:
+        term = 0.5 * ((y - mean) ** 2 / var + var.log())
     return torch.where(has, term, torch.zeros_like(term))
 
 
