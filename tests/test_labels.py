@@ -18,7 +18,7 @@ from xpsvae.evaluation.labels import alpha_classification, balanced_accuracy, la
 from xpsvae.labels import LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import ClassHead, high_alpha
 from xpsvae.labels.features import feature_names, side_columns, svae_features
-from xpsvae.labels.head import LabelHead, _fit_scale, head_nll
+from xpsvae.labels.head import LabelHead, _fit_scale, _loss, _loss_with_class, head_nll
 
 QUICK = LabelHeadConfig(members=2, epochs=15, threads=2)
 
@@ -65,6 +65,24 @@ def test_the_head_likelihood_is_the_student_t_with_the_survey_error_in_the_scale
     gaussian = head_nll(mean, log_var, y, y_var, has).item()
     assert head_nll(mean, log_var, y, y_var, has, 1e8).item() == pytest.approx(gaussian,
                                                                               rel=1e-6)
+
+
+def test_a_class_output_adds_its_cross_entropy_as_one_label_more():
+    rng = np.random.default_rng(3)
+    out = torch.from_numpy(rng.normal(size=(40, 9)))  # 4 labels' means and log sigma^2, a logit
+    y = torch.from_numpy(rng.normal(size=(40, 4)))
+    y_var = torch.from_numpy(rng.uniform(0.0, 0.5, size=(40, 4)))
+    has = torch.from_numpy(rng.uniform(size=(40, 4)) < 0.8)
+    truth = torch.from_numpy(np.where(rng.uniform(size=40) < 0.3, np.nan,
+                                      rng.uniform(size=40) < 0.4))
+    known = np.isfinite(truth.numpy())
+    p = 1 / (1 + np.exp(-out[:, 8].numpy()))
+    t = np.nan_to_num(truth.numpy())
+    entropy = -(t * np.log(p) + (1 - t) * np.log(1 - p))[known].mean()
+    for dof in (0.0, 4.0):
+        # float64 sums of ~40 terms of size ~1: 1e-12 relative is 1e4 eps
+        assert _loss_with_class(out, y, y_var, has, truth, dof).item() == pytest.approx(
+            _loss(out[:, :8], y, y_var, has, dof).item() + entropy / 4, rel=1e-12)
 
 
 @pytest.mark.parametrize("bad", [1.0, 2.0, -3.0, float("nan")])
@@ -334,6 +352,30 @@ def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, sp
     assert (ratio <= np.sqrt(2) * (1 + 1e-12)).all() and (ratio > 1).all()
 
 
+def test_a_label_model_whose_classifier_was_an_ensemble_of_its_own_loads(split, tmp_path):
+    """Label models written before the head learnt the class kept a ClassHead beside it,
+    its recipe the head's with ``high_alpha_members`` members: one reads back as written."""
+    stars = split[0].subset(np.arange(600))
+    bare = LabelModel.fit(SVAE.pretrained(), stars, holes=False,
+                          config=LabelHeadConfig(members=1, epochs=1, high_alpha=False))
+    assert bare.classifier is None and bare.head.class_prior is None
+    features = LabelModel._features(bare.svae, stars, (), "", "cpu", noise=True)
+    fe, alpha = (np.asarray(stars.labels[n], float) for n in ("fe_h", "alpha_m"))
+    both = np.isfinite(fe) & np.isfinite(alpha)
+    own = ClassHead(LabelHeadConfig(members=1, epochs=1)).fit(features[both],
+                                                              high_alpha(fe[both], alpha[both]))
+    LabelModel(bare.svae, bare.head, bare.labels, (), bare.ood, own).save(str(tmp_path / "m"))
+    meta = json.load(open(tmp_path / "m" / "head.json"))
+    meta["high_alpha"]["config"].update(members=3, high_alpha_members=1)  # as then written
+    del meta["config"]["high_alpha"]
+    meta["config"]["high_alpha_members"] = 1
+    json.dump(meta, open(tmp_path / "m" / "head.json", "w"))
+    again = LabelModel.load(str(tmp_path / "m"))
+    assert isinstance(again.classifier, ClassHead) and len(again.classifier.members) == 1
+    np.testing.assert_array_equal(again.predict(stars.subset(np.arange(30)))["high_alpha_prob"],
+                                  own.probability(features[:30]))
+
+
 def test_high_alpha_classes_and_balanced_accuracy():
     fe = np.array([-0.5, -0.5, 0.2, 0.2])
     alpha = np.array([0.25, 0.05, 0.12, 0.0])
@@ -348,7 +390,7 @@ def test_high_alpha_classes_and_balanced_accuracy():
 
 
 def test_the_high_alpha_classifier_separates_the_two_sequences(label_model, split):
-    """The label model's classifier on 1,000 real test stars of [Fe/H] -1 to +0.5 (about
+    """The label model's class output on 1,000 real test stars of [Fe/H] -1 to +0.5 (about
     165 high-alpha): a balanced accuracy far above chance (0.5) and the probabilities
     near the share of the class. Two seeds give 0.79; with 165 stars of the class its
     standard error is ~0.02, so 0.70 leaves four of them for another machine's rounding."""
@@ -448,7 +490,7 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     # without the classifier: no high_alpha_prob, in the file or the table
     bare = str(tmp_path / "bare")
     assert main(["--quiet", "labels", "fit", "builtin", train_file, "--members", "1",
-                 "--epochs", "2", "--high-alpha-members", "0", "--out", bare]) == 0
+                 "--epochs", "2", "--no-high-alpha", "--out", bare]) == 0
     assert "high_alpha" not in json.load(open(os.path.join(bare, "head.json")))
     assert main(["--quiet", "labels", "predict", bare, test_file, "--out", out,
                  "--overwrite"]) == 0
@@ -489,9 +531,9 @@ def test_label_commands_tell_a_bad_argument_in_one_line(split, tmp_path, capsys)
                  "--out", str(tmp_path / "p.parquet")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "head.json: hole_variance: 'red' must be 9 rows" in err[0]
-    assert main(["--quiet", "labels", "fit", "builtin", train_file, "--high-alpha-members", "-1",
+    assert main(["--quiet", "labels", "fit", "builtin", train_file, "--members", "0",
                  "--out", str(tmp_path / "h")]) == 2
-    assert "high_alpha_members must be >= 0, got -1" in capsys.readouterr().err
+    assert "need members >= 1" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "h") and not os.path.exists(tmp_path / "p.parquet")
 
 

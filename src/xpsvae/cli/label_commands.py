@@ -16,7 +16,7 @@ def cmd_labels_fit(args) -> int:
     from ..svae import SVAE
     # the recipe first: a bad option is refused before the sVAE and the table are read
     config = LabelHeadConfig(members=args.members, epochs=args.epochs, seed=args.seed,
-                             threads=args.threads, high_alpha_members=args.high_alpha_members)
+                             threads=args.threads, high_alpha=args.high_alpha)
     svae = SVAE.load(args.model)
     spectra = read_path_for_model(args.data, contract(svae.info, svae.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
@@ -28,7 +28,8 @@ def cmd_labels_fit(args) -> int:
     model.save(args.out)
     scale = ", ".join(f"{n} {s:.2f}" for n, s in zip(labels, model.head.sigma_scale))
     classes = "" if model.classifier is None else \
-        f"; high_alpha_prob from a classifier ({100 * model.classifier.prior:.1f}% high-alpha)"
+        f"; high_alpha_prob learnt beside them ({100 * model.classifier.prior:.1f}% " \
+        "high-alpha)"
     print(f"fitted a label model of {labels} on the labelled stars of {args.data} "
           f"(sigma scale on the validation share: {scale}{classes}); in {args.out}")
     return 0

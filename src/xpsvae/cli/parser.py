@@ -219,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="side columns, comma separated; a-b is a difference, e.g. j-h,j-k")
     lf.add_argument("--members", type=int, default=4, help="MLPs in the ensemble")
     lf.add_argument("--epochs", type=int, default=40)
-    lf.add_argument("--high-alpha-members", type=int, default=1,
-                    help="MLPs of the high/low-alpha classifier, fitted where the labels "
-                         "include fe_h and alpha_m (0: none; default 1)")
+    lf.add_argument("--no-high-alpha", dest="high_alpha", action="store_false",
+                    help="no high_alpha_prob: the head does not learn the high/low-alpha class "
+                         "(learnt by default where the labels include fe_h and alpha_m)")
     lf.add_argument("--seed", type=int, default=0)
     lf.add_argument("--threads", type=int, default=0)
     lf.add_argument("--out", required=True, help="label model directory")

@@ -118,7 +118,7 @@ def labels_section(block: dict) -> List[str]:
         judged = {b: v["label_model"] for b, v in alpha["bins"].items()
                   if v["n_high_alpha"] >= ALPHA_MIN_STARS}
         ok = bool(judged) and min(judged.values()) >= 0.85
-        lines.append(f"- High/low α: balanced accuracy of the label model's classifier within "
+        lines.append(f"- High/low α: balanced accuracy of the label model's high_alpha_prob within "
                      "the [Fe/H] bins that hold at least "
                      f"{ALPHA_MIN_STARS} high-α stars, " + ", ".join(
                          f"{v:.3f} for {b}" for b, v in judged.items())
@@ -151,8 +151,8 @@ GAUSSIAN_BEYOND_3 = 0.0027
 #: in it: with fewer, the recall of the class has a standard error of 0.06 or more.
 ALPHA_MIN_STARS = 50
 #: Who guesses high or low alpha in the metrics' ``alpha_classes`` block.
-ALPHA_GUESSERS = {"label_model": "the label model's classifier",
-                  "unsupervised_svae": "the same classifier on the unsupervised sVAE",
+ALPHA_GUESSERS = {"label_model": "the label model's high_alpha_prob",
+                  "unsupervised_svae": "the same head on the unsupervised sVAE",
                   "label_model_labels": "the label model's [Fe/H] and [α/M] against the line",
                   "fe_h_alone": "a classifier on APOGEE [Fe/H] alone",
                   "teff_logg_fe_h_alone": "a classifier on APOGEE Teff, log g, [Fe/H]"}

@@ -15,10 +15,10 @@ High and low alpha: a star is high-alpha above the line
 ``[alpha/M] = 0.10 - 0.10 [Fe/H]`` clipped to [0.06, 0.22]
 (:func:`xpsvae.labels.classes.high_alpha`), a line through the gap between
 the two sequences of the APOGEE disc. Balanced accuracy is given in [Fe/H]
-bins for the label model's classifier (``high_alpha_prob`` beyond the
+bins for the label model's class output (``high_alpha_prob`` beyond the
 training share of high-alpha stars), for its predicted labels set against
-the line, and for the same classifier fitted on the survey's labels alone:
-[Fe/H], and Teff, log g and [Fe/H].
+the line, and for a classifier of the same recipe fitted on the survey's
+labels alone: [Fe/H], and Teff, log g and [Fe/H].
 """
 
 from __future__ import annotations
@@ -152,14 +152,14 @@ def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: Spec
                    test: SpectraSet, config: LabelHeadConfig,
                    unsupervised: Optional[Tuple[LabelModel, pd.DataFrame]] = None
                    ) -> Dict[str, np.ndarray]:
-    """High-alpha or not per test star: from the label model's classifier and its labels
-    (and the unsupervised sVAE's classifier, given it), and from the classifier fitted on
+    """High-alpha or not per test star: from the label model's class output and its labels
+    (and the unsupervised sVAE's, given it), and from a classifier fitted on
     the survey's labels alone."""
     guesses = _model_guesses(label_model, predicted)
     if unsupervised is not None and unsupervised[0].classifier is not None:
         guesses = {"label_model": guesses.pop("label_model"),
                    "unsupervised_svae": _model_guesses(*unsupervised)["label_model"], **guesses}
-    single = replace(config, high_alpha_members=1)
+    single = replace(config, members=1)
     y_train = label_columns(train.labels, ("teff", "logg", "fe_h", "alpha_m"))[0]
     y_test = label_columns(test.labels, ("teff", "logg", "fe_h"))[0]
     both = np.isfinite(y_train[:, 2]) & np.isfinite(y_train[:, 3])

@@ -27,7 +27,9 @@ from torch import nn
 
 from ..model.trainer import torch_threads
 from .head import (
+    LabelHead,
     LabelHeadConfig,
+    config_from_json,
     feature_statistics,
     load_members,
     member_arrays,
@@ -58,9 +60,8 @@ def _loss(out: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 class ClassHead:
     """An ensemble of MLP classifiers: features in, the probability of a class out.
 
-    ``config.high_alpha_members`` members (at least one), each of ``config``'s
-    recipe (hidden widths, epochs, rate) from its own seed; the probability is
-    the members' mean.
+    ``config.members`` members, each of ``config``'s recipe (hidden widths,
+    epochs, rate) from its own seed; the probability is the members' mean.
     """
 
     config: LabelHeadConfig = field(default_factory=LabelHeadConfig)
@@ -82,8 +83,8 @@ class ClassHead:
         x = torch.from_numpy(standardise(features, self.feature_mean, self.feature_std))
         t = torch.from_numpy(truth.astype(np.float32))
         with torch_threads(self.config.threads):
-            self.members = train_members(self.config, max(1, self.config.high_alpha_members),
-                                         1, _loss, x, t, history=self.history)
+            self.members = train_members(self.config, self.config.members, 1, _loss, x, t,
+                                         history=self.history)
         return self
 
     @torch.no_grad()
@@ -118,9 +119,34 @@ class ClassHead:
     def from_arrays(cls, meta: dict, arrays: Dict[str, np.ndarray], prefix: str
                     ) -> "ClassHead":
         """The classifier :meth:`arrays` and :meth:`meta` describe."""
-        head = cls(LabelHeadConfig(**meta["config"]), prior=float(meta["prior"]))
+        config = dict(meta["config"])
+        if "high_alpha_members" in config:  # kept beside a label head: its count was this
+            config["members"] = max(1, config["high_alpha_members"])
+        head = cls(config_from_json(config), prior=float(meta["prior"]))
         head.feature_mean = arrays[f"{prefix}feature_mean"]
         head.feature_std = arrays[f"{prefix}feature_std"]
-        head.members = load_members(arrays, prefix, max(1, head.config.high_alpha_members),
+        head.members = load_members(arrays, prefix, head.config.members,
                                     len(head.feature_mean), head.config.hidden, 1)
         return head
+
+
+class HeadClass:
+    """The class a :class:`~xpsvae.labels.head.LabelHead` learnt beside its labels, read
+    as a :class:`ClassHead` is: ``prior``, ``probability`` and ``classify``."""
+
+    def __init__(self, head: LabelHead):
+        if head.class_prior is None:
+            raise ValueError("the label head learnt no class (fit it with classes=)")
+        self.head = head
+
+    @property
+    def prior(self) -> float:
+        return float(self.head.class_prior)
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """(n,) float64: the probability that each star is of the class."""
+        return self.head.class_probability(features)
+
+    def classify(self, features: np.ndarray) -> np.ndarray:
+        """(n,) bool: as :meth:`ClassHead.classify`."""
+        return self.probability(features) > self.prior

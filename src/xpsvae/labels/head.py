@@ -13,7 +13,14 @@ e^2``, per label a star has (a missing label carries no weight)::
 ``1/2 [(y - mu)^2 / v + ln v]``. Survey labels have a few per cent of stars
 far off any smooth relation (binaries, failed fits); a Gaussian lets them pull
 the means and inflate every star's variance, the t's heavier tails let them go.
-A member's variance is the t's, ``sigma^2 nu/(nu - 2)``. The ensemble's
+A member's variance is the t's, ``sigma^2 nu/(nu - 2)``.
+
+A head may learn a class beside the labels (:mod:`xpsvae.labels.classes`:
+high or low alpha): one more output per member, a logit, whose
+cross-entropy over the stars of known class, divided by the number of
+labels, joins the loss, so the class weighs as one label more. The members
+share what they learn, and the classifier costs no training of its own. The
+ensemble's probability is the members' mean. The ensemble's
 prediction is the mixture's mean and variance (the members' variances
 averaged, plus the spread of their means). A per-label scale of the predicted
 sigma is then fitted on the validation share, never on test stars: the factor
@@ -62,9 +69,13 @@ class LabelHeadConfig:
         val_fraction: share of the labelled stars held out to fit the variance scale.
         seed: seed of the split and of the first member.
         threads: CPU threads for torch (0: torch's default).
-        high_alpha_members: members of the high/low-alpha classifier a label model fits
-            where its labels include [Fe/H] and [alpha/M] (:mod:`xpsvae.labels.classes`;
-            0: none).
+        high_alpha: whether a label model whose labels include [Fe/H] and [alpha/M]
+            learns high or low alpha as one more output of the head (module docstring,
+            :mod:`xpsvae.labels.classes`). On the demo's sVAE trained with the labels,
+            that classes stars as well as a classifier of its own, in one training; on
+            an unsupervised sVAE, 0.02 worse in balanced accuracy (docs/labels.md).
+            A :class:`~xpsvae.labels.classes.ClassHead` of this recipe has ``members``
+            members.
         grad_clip: the most a member's gradient norm may be in one step (0: no bound).
             Early on, a member whose variance has shrunk meets a batch with a loss in
             the hundreds; unbounded, that gradient swells AdamW's second moment and the
@@ -86,7 +97,7 @@ class LabelHeadConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 0
-    high_alpha_members: int = 1
+    high_alpha: bool = True
     grad_clip: float = 10.0
     dof: float = 4.0
 
@@ -102,8 +113,6 @@ class LabelHeadConfig:
         if not (self.dof == 0 or self.dof > 2):
             raise ValueError(f"dof must be above 2 (the Student t's variance exists) or 0 "
                              f"(Gaussian), got {self.dof}")
-        if self.high_alpha_members < 0:
-            raise ValueError(f"high_alpha_members must be >= 0, got {self.high_alpha_members}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
 
@@ -113,6 +122,19 @@ def _loss(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has: torch.Tens
     """:func:`head_nll` of a member's output (means, then log squared scales)."""
     mean, log_var = out.chunk(2, dim=1)
     return head_nll(mean, log_var.clamp(-12, 6), y, var, has, dof)
+
+
+def _loss_with_class(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has: torch.Tensor,
+                     truth: torch.Tensor, dof: float = 0.0) -> torch.Tensor:
+    """:func:`_loss` of the label outputs, plus the last output's (a logit) cross-entropy
+    averaged over the stars whose class is known (``truth`` 1 or 0; NaN: unknown) and
+    divided by the number of labels (module docstring)."""
+    known = torch.isfinite(truth)
+    entropy = nn.functional.binary_cross_entropy_with_logits(
+        out[:, -1], torch.nan_to_num(truth), reduction="none")
+    n_labels = y.shape[1]
+    return _loss(out[:, :-1], y, var, has, dof) + \
+        (entropy * known).sum() / known.sum().clamp(min=1) / n_labels
 
 
 def mlp(n_in: int, hidden: Tuple[int, ...], n_out: int) -> nn.Sequential:
@@ -228,13 +250,15 @@ class LabelHead:
     label_mean: Optional[np.ndarray] = None
     label_std: Optional[np.ndarray] = None
     sigma_scale: Optional[np.ndarray] = None  # per label, fitted on the validation share
+    class_prior: Optional[float] = None  # with a class output: the training share of the class
     history: List[dict] = field(default_factory=list)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, features: np.ndarray, y: np.ndarray, y_err: Optional[np.ndarray] = None
-            ) -> "LabelHead":
+    def fit(self, features: np.ndarray, y: np.ndarray, y_err: Optional[np.ndarray] = None,
+            classes: Optional[np.ndarray] = None) -> "LabelHead":
         """Fit on ``features`` (n, F) and labels ``y`` (n, L), NaN where a star lacks one,
-        with the survey's errors ``y_err`` (n, L; None: taken as 0)."""
+        with the survey's errors ``y_err`` (n, L; None: taken as 0), and, given ``classes``
+        (n,: 1, 0, or NaN where unknown), a class output beside them (module docstring)."""
         c = self.config
         y = np.asarray(y, dtype=np.float64)
         y_err = np.zeros_like(y) if y_err is None else np.nan_to_num(
@@ -252,11 +276,16 @@ class LabelHead:
         var = (y_err / self.label_std) ** 2
         val = self.validation(len(y))
         tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
-        has_t = torch.from_numpy(has)
+        targets = [t[~val] for t in tensors[1:]] + [torch.from_numpy(has[~val])]
+        loss = partial(_loss, dof=c.dof)
+        if classes is not None:
+            classes = np.asarray(classes, dtype=np.float64)
+            self.class_prior = float(np.nanmean(classes[~val]))
+            targets.append(torch.from_numpy(classes[~val].astype(np.float32)))
+            loss = partial(_loss_with_class, dof=c.dof)
         with torch_threads(c.threads):
-            self.members = train_members(c, c.members, 2 * y.shape[1],
-                                         partial(_loss, dof=c.dof),
-                                         *(t[~val] for t in tensors), has_t[~val],
+            self.members = train_members(c, c.members, 2 * y.shape[1] + (classes is not None),
+                                         loss, tensors[0][~val], *targets,
                                          history=self.history)
             mean, sigma = self._mixture(tensors[0][val])
         self.sigma_scale = np.array([
@@ -281,7 +310,7 @@ class LabelHead:
         """The ensemble's mean and standard deviation, standardised label units."""
         means, variances = [], []
         for member in self.members:
-            mean, log_var = member(x).chunk(2, dim=1)
+            mean, log_var = member(x)[:, :2 * len(self.label_mean)].chunk(2, dim=1)
             means.append(mean.double())
             variances.append(log_var.clamp(-12, 6).double().exp() * self._t_variance)
         means_t = torch.stack(means)
@@ -305,6 +334,16 @@ class LabelHead:
         return (mean * self.label_std + self.label_mean,
                 sigma * self.sigma_scale * self.label_std)
 
+    @torch.no_grad()
+    def class_probability(self, features: np.ndarray) -> np.ndarray:
+        """(n,) float64: the probability of the class a head learnt beside its labels."""
+        if self.class_prior is None:
+            raise RuntimeError("this head learnt no class: fit it with classes=")
+        x = torch.from_numpy(self._standardised(features))
+        with torch_threads(self.config.threads):
+            p = torch.stack([torch.sigmoid(m(x)[:, -1]).double() for m in self.members])
+        return p.mean(0).numpy()
+
     # ------------------------------------------------------------------ files
     def save(self, directory: str, meta: Optional[dict] = None,
              extra: Optional[Dict[str, np.ndarray]] = None) -> None:
@@ -316,8 +355,9 @@ class LabelHead:
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
         with atomic_path(os.path.join(directory, HEAD_WEIGHTS)) as tmp:
             save_file(arrays, tmp)
+        own = {} if self.class_prior is None else {"class_prior": self.class_prior}
         write_json(os.path.join(directory, HEAD_CONFIG),
-                   {"format_version": 1, "config": asdict(self.config), **(meta or {})})
+                   {"format_version": 1, "config": asdict(self.config), **own, **(meta or {})})
 
     @classmethod
     def load(cls, directory: str) -> Tuple["LabelHead", dict, Dict[str, np.ndarray]]:
@@ -338,14 +378,23 @@ class LabelHead:
         except Exception as exc:  # safetensors' own error type: a cut or garbled file
             raise ModelFileError(f"{weights_path}: not a readable safetensors file ({exc}); "
                                  "fit the label model again, or copy it whole") from None
-        config = meta.pop("config")
-        config.setdefault("dof", 0.0)  # heads from before the t likelihood were Gaussian
-        head = cls(LabelHeadConfig(**config))
+        head = cls(config_from_json(meta.pop("config")),
+                   class_prior=meta.pop("class_prior", None))
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             setattr(head, name, arrays[name])
         head.members = load_members(arrays, "", head.config.members, len(head.feature_mean),
-                                    head.config.hidden, 2 * len(head.label_mean))
+                                    head.config.hidden,
+                                    2 * len(head.label_mean) + (head.class_prior is not None))
         return head, meta, arrays
+
+
+def config_from_json(config: dict) -> LabelHeadConfig:
+    """The recipe a ``head.json`` holds, as it was meant when written: heads from before
+    the t likelihood were Gaussian, and their classifier (``high_alpha_members``) was an
+    ensemble of its own (:class:`~xpsvae.labels.classes.ClassHead` reads that)."""
+    config = {"dof": 0.0, **config}
+    config.pop("high_alpha_members", None)
+    return LabelHeadConfig(**config)
 
 
 def member_arrays(members: List[nn.Sequential], prefix: str) -> Dict[str, np.ndarray]:

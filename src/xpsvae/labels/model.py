@@ -16,8 +16,7 @@ what the filling may have got wrong, measured when the model is fitted
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
-side columns, thresholds of the flag; the classifier's weights share the
-weights file).
+side columns, thresholds of the flag, and the share of high-alpha stars).
 """
 
 from __future__ import annotations
@@ -36,7 +35,14 @@ from ..core.files import model_folder
 from ..io.spectra import SpectraSet
 from ..model.supervision import label_columns
 from ..svae import SVAE
-from .classes import HIGH_ALPHA_COLUMN, MIN_CLASS_STARS, ClassHead, high_alpha
+from .classes import (
+    HIGH_ALPHA_BOUNDARY,
+    HIGH_ALPHA_COLUMN,
+    MIN_CLASS_STARS,
+    ClassHead,
+    HeadClass,
+    high_alpha,
+)
 from .features import noise_features, side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
@@ -45,7 +51,8 @@ from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
 #: Share of the training stars inside the out-of-distribution thresholds.
 OOD_QUANTILE = 0.99
-#: Prefix of the high/low-alpha classifier's arrays in the weights file.
+#: Prefix of a high/low-alpha classifier's arrays in the weights file (label models written
+#: when the classifier was an ensemble of its own).
 _CLASS_PREFIX = "high_alpha."
 
 
@@ -64,7 +71,10 @@ class LabelModel:
                  side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None,
                  classifier: Optional[ClassHead] = None,
                  holes: Optional[HoleCost] = None, noise: bool = True):
-        self.svae, self.head, self.classifier = svae, head, classifier
+        self.svae, self.head = svae, head
+        # high_alpha_prob: the class the head learnt, or (label models from before) a
+        # classifier of its own
+        self.classifier = HeadClass(head) if head.class_prior is not None else classifier
         self.labels, self.side = list(labels), list(side)
         self.ood = ood or {}
         self.holes = holes
@@ -102,21 +112,20 @@ class LabelModel:
         stars = spectra.subset(np.flatnonzero(labelled))
         features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
-        head = LabelHead(config).fit(features, y[labelled], y_err[labelled])
-        classifier = None
-        if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha_members:
+        classes = None
+        if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha:
             fe_h, alpha_m = (y[labelled, list(labels).index(n)] for n in ("fe_h", "alpha_m"))
             both = np.isfinite(fe_h) & np.isfinite(alpha_m)
             truth = high_alpha(fe_h[both], alpha_m[both])
             if min(truth.sum(), (~truth).sum()) >= MIN_CLASS_STARS:
-                classifier = ClassHead(config).fit(features[both], truth)
+                classes = np.where(both, high_alpha(fe_h, alpha_m), np.nan)
             else:
                 warnings.warn(f"{source}: no high_alpha_prob: {int(truth.sum())} high-alpha and "
                               f"{int((~truth).sum())} low-alpha stars have [Fe/H] and "
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
-        model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), classifier,
-                    noise=True)
+        head = LabelHead(config).fit(features, y[labelled], y_err[labelled], classes)
+        model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), noise=True)
         if holes:
             measured = np.flatnonzero(head.validation(len(stars)))[:HOLE_STARS]
             if len(measured) < MIN_HOLE_STARS:
@@ -191,9 +200,11 @@ class LabelModel:
         if self.holes is not None:
             meta["hole_variance"] = self.holes.to_json()
         extra = {}
-        if self.classifier is not None:
+        if isinstance(self.classifier, ClassHead):
             meta["high_alpha"] = self.classifier.meta()
             extra = self.classifier.arrays(_CLASS_PREFIX)
+        elif self.classifier is not None:
+            meta["high_alpha"] = {"prior": self.classifier.prior, "boundary": HIGH_ALPHA_BOUNDARY}
         self.head.save(directory, meta, extra)
 
     @classmethod
@@ -201,7 +212,7 @@ class LabelModel:
         head, meta, arrays = LabelHead.load(directory)
         svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
         classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
-            if "high_alpha" in meta else None
+            if "config" in meta.get("high_alpha", {}) else None  # one of its own
         holes = HoleCost.from_json(meta["hole_variance"], len(meta["labels"]),
                                    f"{os.path.join(directory, HEAD_CONFIG)}: hole_variance") \
             if "hole_variance" in meta else None
