@@ -109,3 +109,82 @@ def test_sampled_spectra_on_another_grid_are_refused_by_name(small_library, tmp_
                           text=True, timeout=120)
     assert done.returncode == 2 and "another grid" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "x.parquet")
+
+
+# ---------------------------------------------------------------------- the shipped label model
+#: robust sigma of predicted - APOGEE on the 4,022 held-out stars, the shipped label model's
+#: recipe fitted on the benchmark split's training stars (benchmarks/pretrained_labels.py,
+#: docs/pretrained.md)
+HELD_OUT_ROBUST_SIGMA = {"teff": 80.0, "logg": 0.21, "fe_h": 0.13, "alpha_m": 0.039}
+
+
+def test_the_shipped_label_model_is_safetensors_and_json():
+    from xpsvae.core.files import BUILTIN_LABEL_MODEL_DIR
+    files = [os.path.join(root, n) for root, _, names in os.walk(BUILTIN_LABEL_MODEL_DIR)
+             for n in names]
+    assert {os.path.basename(f) for f in files} >= {"head.json", "head.safetensors",
+                                                     CONFIG_FILE, MODEL_FILE}
+    assert not [f for f in files if f.endswith((".pkl", ".pt", ".pth"))]
+    assert sum(os.path.getsize(f) for f in files) < 4 * 2**20  # package data: small
+
+
+def test_the_shipped_label_model_matches_its_recorded_recipe_and_data(library):
+    from xpsvae.pretrained import shipped_label_model_differences
+    assert shipped_label_model_differences() == []
+
+
+def test_the_shipped_label_model_labels_library_stars(small_library):
+    """Stars it learnt from are labelled at least about as well as held-out ones are: the
+    bound is 1.5x the held-out robust sigma, where the robust sigma of 1,000 stars has a
+    sampling error of ~4% (MAD's efficiency 0.37: 1/sqrt(0.74 n)); a label mixed up, or a
+    head misread, misses it many times over."""
+    from xpsvae.labels import LabelModel, label_columns
+    model = LabelModel.pretrained()
+    assert model.side == [] and model.classifier is not None
+    stars = small_library.subset(np.arange(1000))
+    predicted = model.predict(stars)
+    truth, _ = label_columns(stars.labels, model.labels)
+    for j, name in enumerate(model.labels):
+        r = predicted[name].to_numpy() - truth[:, j]
+        r = r[np.isfinite(r)]
+        robust = 1.4826 * np.median(np.abs(r - np.median(r)))
+        assert robust < 1.5 * HELD_OUT_ROBUST_SIGMA[name], (name, robust)
+        assert (predicted[f"{name}_err"] > 0).all()
+    assert predicted["labels_ood"].mean() < 0.05  # its own training stars, by its 99% cut
+
+
+def test_the_label_commands_take_the_shipped_label_model_by_name(calspec_store, tmp_path):
+    """`labels predict builtin` and `encode builtin --labels builtin` on the CALSPEC archive
+    records: one label table, the same from both, every star with its labels and errors."""
+    import pandas as pd
+
+    from xpsvae.io.store import store_shards
+    run = [sys.executable, "-m", "xpsvae", "--quiet"]
+    shard = store_shards(calspec_store)[0]
+    alone = tmp_path / "labels.parquet"
+    done = subprocess.run(run + ["labels", "predict", "builtin", shard, "--out", str(alone)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    encoded = tmp_path / "encoded.parquet"
+    done = subprocess.run(run + ["encode", "builtin", shard, "--labels", "builtin",
+                                 "--out", str(encoded)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    labels, both = pd.read_parquet(alone), pd.read_parquet(encoded)
+    assert len(labels) == len(both) > 0
+    for column in ("teff", "teff_err", "alpha_m", "high_alpha_prob", "labels_ood"):
+        np.testing.assert_array_equal(both[column], labels[column])
+    assert np.isfinite(labels[["teff", "logg", "fe_h", "alpha_m"]]).all().all()
+    assert (labels["teff_err"] > 0).all() and labels["high_alpha_prob"].between(0, 1).all()
+
+
+def test_a_label_model_fitted_on_other_stars_is_told_from_the_shipped_one(small_library,
+                                                                          tmp_path):
+    from xpsvae.pretrained import build_pretrained_labels, shipped_label_model_differences
+    folder = str(tmp_path / "labels")
+    build_pretrained_labels(folder, svae=SVAE.pretrained(), stars=small_library.subset(
+        np.arange(600)))
+    differences = shipped_label_model_differences(folder)
+    assert len(differences) == 2  # its stars' source is not named as the library's
+    assert "head fitted on 600 stars, the library has 40226 complete stars with a label" in \
+        differences[1]

@@ -9,16 +9,30 @@ divided by its median flux. ``xpsvae pretrained --out DIR`` trains it again
 the same way; its ``config.json``, ``model.safetensors``, ``history.csv`` and
 ``training_stars.safetensors`` copied into ``src/xpsvae/resources/builtin/`` ship it. Where it should not be
 trusted is in docs/pretrained.md.
+
+A label model ships beside it (``LabelModel.pretrained()``, or ``builtin`` in
+``xpsvae labels predict`` and ``xpsvae encode --labels``): Teff, log g,
+[Fe/H] and [alpha/M] with their uncertainties, the high-alpha probability and
+the out-of-distribution flag, from the spectrum alone (no side columns: an
+archive's records have no 2MASS). It is the default label head fitted on the
+shipped sVAE's features of every labelled library star, so that one
+``xpsvae encode builtin STARS --labels builtin`` gives latents and labels
+together. ``xpsvae pretrained --labels --out DIR`` fits it again; the folder
+copied whole into ``src/xpsvae/resources/builtin_labels/`` ships it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, replace
+from typing import Optional
 
 import numpy as np
 
-from .core.files import BUILTIN_MODEL_DIR, CHECKPOINT_NAME
+from .core.files import BUILTIN_LABEL_MODEL_DIR, BUILTIN_MODEL_DIR, CHECKPOINT_NAME
 from .io.library import load_apogee_library
+from .io.spectra import SpectraSet
+from .labels import DEFAULT_LABELS, LabelHeadConfig, LabelModel, label_columns
 from .model.recipe import TrainConfig
 from .svae import SVAE
 
@@ -42,6 +56,50 @@ def build_pretrained(out_dir: str, progress: bool = True, threads: int = 0) -> S
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
     return model
+
+
+def build_pretrained_labels(out_dir: str, threads: int = 0, svae: Optional[SVAE] = None,
+                            stars: Optional[SpectraSet] = None) -> LabelModel:
+    """Fit the shipped label model again into ``out_dir`` (module docstring): the default
+    label head on the shipped sVAE, from every labelled library star. ``svae`` and
+    ``stars``: fit on these instead (the same recipe on the benchmark split's training
+    stars is how docs/pretrained.md measured it: ``benchmarks/pretrained_labels.py``)."""
+    if stars is None:
+        stars = load_apogee_library()
+        stars.accounting.source = LIBRARY_NAME  # as for the shipped sVAE
+    model = LabelModel.fit(svae or SVAE.pretrained(), stars, DEFAULT_LABELS, (),
+                           LabelHeadConfig(threads=threads))
+    model.save(out_dir)
+    return model
+
+
+def shipped_label_model_differences(directory: str = BUILTIN_LABEL_MODEL_DIR) -> list:
+    """How a label model folder's recipe and data differ from the shipped label model's
+    (module docstring): its sVAE as :func:`shipped_model_differences` has it, its labels,
+    side columns and head recipe. [] if none."""
+    model = LabelModel.load(directory)
+    differences = [f"sVAE: {d}" for d in shipped_model_differences(os.path.join(directory,
+                                                                               "svae"))]
+    shipped = SVAE.pretrained().network.state_dict()
+    ours = model.svae.network.state_dict()
+    if set(ours) != set(shipped) or any(not np.array_equal(ours[k], shipped[k]) for k in ours):
+        differences.append("its sVAE is not the shipped sVAE")
+    if model.labels != list(DEFAULT_LABELS) or model.side:
+        differences.append(f"labels {model.labels} with side columns {model.side}; the "
+                           f"shipped model has {list(DEFAULT_LABELS)} and none")
+    library = load_apogee_library()
+    labelled = np.isfinite(label_columns(library.labels, DEFAULT_LABELS)[0]).any(axis=1)
+    n_stars = int((labelled & library.observed.all(axis=1)).sum())  # as LabelModel.fit takes
+    if model.data.get("source") != LIBRARY_NAME:
+        differences.append(f"head fitted on {model.data.get('source')!r}, not {LIBRARY_NAME!r}")
+    if model.data.get("n_stars") != n_stars:
+        differences.append(f"head fitted on {model.data.get('n_stars')} stars, the library "
+                           f"has {n_stars} complete stars with a label")
+    recipe = asdict(replace(LabelHeadConfig(), threads=model.head.config.threads))
+    for key, value in asdict(model.head.config).items():
+        if recipe[key] != value:
+            differences.append(f"head {key}: {value!r}, the default {recipe[key]!r}")
+    return differences
 
 
 def shipped_model_differences(directory: str = BUILTIN_MODEL_DIR) -> list:

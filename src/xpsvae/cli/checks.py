@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import TYPE_CHECKING, Optional
 
 from safetensors import safe_open
@@ -152,7 +153,8 @@ def _check_output(args) -> None:
         return  # ingest adds to a store by design; info writes nothing
     if args.func == "encode" and os.path.isdir(args.data):
         return  # an encoded store's folder is picked up where it stopped
-    if args.func in ("train", "pretrained"):
+    shipped_labels = args.func == "pretrained" and args.labels  # a label model's folder
+    if args.func in ("train", "pretrained") and not shipped_labels:
         taken = [n for n in _MODEL_FILES if os.path.exists(os.path.join(out, n))]
         if getattr(args, "resume", False):
             return
@@ -161,7 +163,7 @@ def _check_output(args) -> None:
     elif args.func in ("demo", "evaluate"):
         taken = [n for n in (METRICS_FILE, REPORT_FILE) if os.path.exists(os.path.join(out, n))]
         way = "add --overwrite to replace it, or give another --out"
-    elif args.func in ("cannon_fit", "labels_fit"):
+    elif args.func in ("cannon_fit", "labels_fit") or shipped_labels:
         names = (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE) if args.func == "cannon_fit" \
             else (LABEL_HEAD_CONFIG, LABEL_HEAD_WEIGHTS, LABEL_SVAE_FOLDER)
         taken = [n for n in names if os.path.exists(os.path.join(out, n))]
@@ -186,6 +188,9 @@ def clear_old_run(args) -> None:
     if not args.overwrite or getattr(args, "resume", False) or \
             int(os.environ.get("RANK", "0")) != 0:
         return
+    if args.func == "labels_fit" or (args.func == "pretrained" and args.labels):
+        shutil.rmtree(os.path.join(args.out, LABEL_SVAE_FOLDER), ignore_errors=True)
+        return  # the head's two files are replaced whole when written
     for name in _MODEL_FILES:
         try:
             os.remove(os.path.join(args.out, name))

@@ -188,8 +188,13 @@ def _read_latent(path: str, latent_dim: int) -> np.ndarray:
 
 
 def cmd_pretrained(args) -> int:
-    from ..pretrained import build_pretrained  # PyTorch: only here
+    from ..pretrained import build_pretrained, build_pretrained_labels  # PyTorch: only here
     clear_old_run(args)
+    if args.labels:
+        labels = build_pretrained_labels(args.out, threads=args.threads)
+        print(f"label model of {labels.labels} in {args.out} (copy the folder whole to "
+              "src/xpsvae/resources/builtin_labels/ to ship it)")
+        return 0
     model = build_pretrained(args.out, progress=not args.quiet, threads=args.threads)
     print(f"trained {model.history[-1]['epoch']} epochs on {model.info['data']['n_stars']:,} "
           f"stars; model in {args.out} (copy its files into src/xpsvae/resources/builtin/ "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 
 from ..conform import contract, read_for_model, read_path_for_model
 from ..core.files import atomic_path
+from .checks import clear_old_run
 
 
 def cmd_labels_fit(args) -> int:
@@ -23,8 +22,7 @@ def cmd_labels_fit(args) -> int:
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
     extra = [name.strip() for name in args.extra.split(",") if name.strip()]
     model = LabelModel.fit(svae, spectra, labels, extra, config, device=args.device)
-    if args.overwrite and os.path.isdir(os.path.join(args.out, "svae")):
-        shutil.rmtree(os.path.join(args.out, "svae"))
+    clear_old_run(args)  # the old sVAE copy goes only now, when the new model is fitted
     model.save(args.out)
     scale = ", ".join(f"{n} {s:.2f}" for n, s in zip(labels, model.head.sigma_scale))
     classes = "" if model.classifier is None else \

@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0,
                    help="processes of the local cluster (default: one per core, at most one "
                         "per shard and one per GB of memory)")
-    e.add_argument("--labels", help="a label model of the same sVAE (xpsvae labels fit): add "
-                                    "its labels, their errors and labels_ood")
+    e.add_argument("--labels", help="a label model (xpsvae labels fit; builtin: the shipped "
+                                    "one): add its labels, their errors and labels_ood")
     _add_overwrite(e)
     e.set_defaults(func="encode")
 
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrained", help="train the model shipped with the package again "
                                            "(the default recipe on the whole embedded library)")
     pt.add_argument("--out", required=True, help="model directory")
+    pt.add_argument("--labels", action="store_true",
+                    help="the shipped label model instead: a label head of Teff, log g, [Fe/H] "
+                         "and [alpha/M] on the shipped sVAE (docs/pretrained.md)")
     pt.add_argument("--threads", type=int, default=0)
     _add_overwrite(pt)
     pt.set_defaults(func="pretrained")
@@ -229,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(lf)
     lf.set_defaults(func="labels_fit")
     lp = lsub.add_parser("predict", help="labels, errors and the out-of-distribution flag")
-    lp.add_argument("labels_model", help="label model directory (xpsvae labels fit)")
+    lp.add_argument("labels_model", help="label model directory (xpsvae labels fit), or "
+                                         "builtin: the one shipped with the package")
     lp.add_argument("data", help="table of spectra, or a store's shard")
     lp.add_argument("--out", required=True, help="output Parquet file")
     lp.add_argument("--device", default="cpu", help="where the sVAE runs")

@@ -71,15 +71,21 @@ LABEL_SVAE_FOLDER = "svae"
 #: The name by which every command and ``SVAE.load`` take the model shipped with the
 #: package (``SVAE.pretrained()``); a folder of that name in the working directory wins.
 BUILTIN_MODEL = "builtin"
-BUILTIN_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "resources", "builtin")
+_RESOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "resources")
+BUILTIN_MODEL_DIR = os.path.join(_RESOURCES, "builtin")
+#: The label model shipped with the package (``LabelModel.pretrained()``), which the label
+#: commands take by the same name.
+BUILTIN_LABEL_MODEL_DIR = os.path.join(_RESOURCES, "builtin_labels")
 
 
-def model_folder(name: str) -> str:
-    """The folder a model name means: ``builtin`` is the shipped model, anything else a path."""
+def model_folder(name: str, shipped: str = BUILTIN_MODEL_DIR) -> str:
+    """The folder a model name means: ``builtin`` is the shipped model (``shipped``: the
+    sVAE's, or :data:`BUILTIN_LABEL_MODEL_DIR` where a label model is meant), anything
+    else a path."""
     name = os.fspath(name)
     if name == BUILTIN_MODEL and not os.path.exists(name):
-        return BUILTIN_MODEL_DIR
+        return shipped
     return name
 
 

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import SpectraError
+from ..core.files import BUILTIN_LABEL_MODEL_DIR, BUILTIN_MODEL, model_folder
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
-from ..core.files import model_folder
 from ..io.spectra import SpectraSet
 from ..model.supervision import label_columns
 from ..svae import SVAE
@@ -79,6 +79,8 @@ class LabelModel:
         self.ood = ood or {}
         self.holes = holes
         self.noise = noise  # the head reads noise_features (label models from before: not)
+        #: what it was fitted on: the table, its stars with a label, and per label how many
+        self.data: Dict[str, object] = {}
 
     @classmethod
     def fit(cls, svae: SVAE, spectra: SpectraSet, labels: Sequence[str] = DEFAULT_LABELS,
@@ -126,6 +128,8 @@ class LabelModel:
                               stacklevel=2)
         head = LabelHead(config).fit(features, y[labelled], y_err[labelled], classes)
         model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), noise=True)
+        model.data = {"source": source, "n_stars": len(stars), "n_with_label": {
+            name: int(np.isfinite(y[labelled, j]).sum()) for j, name in enumerate(labels)}}
         if holes:
             measured = np.flatnonzero(head.validation(len(stars)))[:HOLE_STARS]
             if len(measured) < MIN_HOLE_STARS:
@@ -195,7 +199,7 @@ class LabelModel:
     def save(self, directory: str) -> None:
         """The folder: ``svae/`` (the sVAE, copied), ``head.safetensors``, ``head.json``."""
         self.svae.save(os.path.join(directory, SVAE_FOLDER))
-        meta = {"labels": self.labels, "side": self.side, "ood": self.ood,
+        meta = {"labels": self.labels, "side": self.side, "ood": self.ood, "data": self.data,
                 "noise_features": self.noise}
         if self.holes is not None:
             meta["hole_variance"] = self.holes.to_json()
@@ -208,16 +212,27 @@ class LabelModel:
         self.head.save(directory, meta, extra)
 
     @classmethod
+    def pretrained(cls) -> "LabelModel":
+        """The label model shipped with the package: Teff, log g, [Fe/H] and [alpha/M] from
+        the spectrum alone, learnt from every labelled star of the embedded APOGEE library
+        (docs/pretrained.md says how well, and where not to trust it)."""
+        return cls.load(BUILTIN_MODEL)
+
+    @classmethod
     def load(cls, directory: str) -> "LabelModel":
+        """A folder :meth:`save` wrote, or ``builtin``: the shipped label model."""
+        directory = model_folder(directory, BUILTIN_LABEL_MODEL_DIR)
         head, meta, arrays = LabelHead.load(directory)
-        svae = SVAE.load(model_folder(os.path.join(directory, SVAE_FOLDER)))
+        svae = SVAE.load(os.path.join(directory, SVAE_FOLDER))
         classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
             if "config" in meta.get("high_alpha", {}) else None  # one of its own
         holes = HoleCost.from_json(meta["hole_variance"], len(meta["labels"]),
                                    f"{os.path.join(directory, HEAD_CONFIG)}: hole_variance") \
             if "hole_variance" in meta else None
-        return cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
-                   holes, bool(meta.get("noise_features", False)))
+        model = cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
+                    holes, bool(meta.get("noise_features", False)))
+        model.data = meta.get("data", {})  # label models from before: not recorded
+        return model
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:

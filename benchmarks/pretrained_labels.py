@@ -1,0 +1,63 @@
+"""How well the shipped label model's recipe knows each label, on stars it has not seen.
+
+The shipped label model (``LabelModel.pretrained()``) has seen every labelled
+library star, so it has no held-out figures of its own. This fits the same
+recipe on the benchmark split's training stars: the shipped sVAE's recipe
+trained on them (or ``--model``, an sVAE of that recipe already trained on
+them: the demo's ``model/``), then the default label head on its features, no
+side columns (``xpsvae.pretrained.build_pretrained_labels``). It scores the
+4,022 test stars as ``xpsvae evaluate --labels`` does: per label and
+sub-population robust sigma, std z and coverage, the high/low-alpha balanced
+accuracy, and the out-of-distribution flag. The last line is a JSON object.
+
+    python benchmarks/pretrained_labels.py                     # ~3 min on 2 cores
+    python benchmarks/pretrained_labels.py --model DEMO_OUT/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="an sVAE of the shipped recipe trained on the benchmark "
+                                   "split's training stars (default: train it here)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    from xpsvae import SVAE, benchmark_split, load_apogee_library
+    from xpsvae.evaluation.labels import score_label_model
+    from xpsvae.model.recipe import TrainConfig
+    from xpsvae.pretrained import RECIPE, build_pretrained_labels
+    library = load_apogee_library()
+    train_idx, test_idx = benchmark_split(len(library))
+    train, test = library.subset(train_idx), library.subset(test_idx)
+    start = time.perf_counter()
+    svae = SVAE.load(args.model) if args.model else SVAE(
+        train_config=TrainConfig.preset(RECIPE, device="cpu", threads=args.threads)).fit(train)
+    svae_seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        model = build_pretrained_labels(folder, threads=args.threads, svae=svae, stars=train)
+        fit_seconds = time.perf_counter() - start
+    block, _ = score_label_model(model, test)
+    print(f"{'label':8s} {'subset':11s} {'robust σ':>9s} {'std z':>6s} {'1σ/2σ/3σ':>15s}")
+    for name in model.labels:
+        for subset, m in block["svae_label_model"][name].items():
+            cover = "/".join(f"{100 * m[f'coverage_{k}sigma']:.0f}" for k in (1, 2, 3))
+            print(f"{name:8s} {subset:11s} {m['robust_sigma']:9.4g} {m['std_z']:6.2f} "
+                  f"{cover:>15s}")
+    if "alpha_classes" in block:
+        bins = block["alpha_classes"]["bins"]
+        print("high/low alpha balanced accuracy: " + ", ".join(
+            f"{b} {v['label_model']:.3f}" for b, v in bins.items()))
+    print(json.dumps({"benchmark": "pretrained_labels", "svae_seconds": svae_seconds,
+                      "trained_here": not args.model, "label_fit_seconds": fit_seconds,
+                      **block}))
+
+
+if __name__ == "__main__":
+    main()
