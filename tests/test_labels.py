@@ -480,6 +480,7 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     assert "epochs, Student-t likelihood (nu = 4), reading each spectrum's signal-to-noise" \
         in format_description(described)
     assert "high_alpha_prob: above [alpha/M] = clip" in format_description(described)
+    assert "fitted on 1,500 stars of" in format_description(described)  # head.json's data
     for end in ("bluest", "reddest"):  # what a band missing costs, read off head.json
         assert f"the {end} half of the inputs missing (a band) adds sigma teff" in \
             format_description(described)

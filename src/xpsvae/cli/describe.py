@@ -177,7 +177,7 @@ def _label_model(path: str) -> dict:
                                                             "latent_distance")},
             "high_alpha": {k: v for k, v in meta.get("high_alpha", {}).items()
                            if k in ("prior", "boundary")},
-            "half_missing": _half_missing(meta),
+            "half_missing": _half_missing(meta), "data": meta.get("data", {}),
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
 
 
@@ -281,6 +281,11 @@ def format_description(d: dict) -> str:
                         else "Gaussian likelihood")
                      + (", reading each spectrum's signal-to-noise" if d["noise_features"]
                         else ""))
+        if d.get("data"):
+            lines.append(f"  fitted on {d['data']['n_stars']:,} stars of {d['data']['source']}"
+                         " (with each label: " + ", ".join(
+                             f"{name} {n:,}" for name, n in d["data"]["n_with_label"].items())
+                         + ")")
         if d["ood"]:
             lines.append(f"  flagged beyond {100 * d['ood']['quantile']:.0f}% of the training "
                          f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
