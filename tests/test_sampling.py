@@ -144,3 +144,24 @@ def test_store_flux_without_correlations_names_the_star(tmp_path, capsys):
     assert "part-00000.parquet" in err and "coefficient_correlations is missing" in err \
         and "input row 0" in err
     assert not os.path.exists(tmp_path / "f.parquet.tmp")  # no half-written file left
+
+
+def test_encoding_coefficients_without_correlations_names_file_row_and_column(tmp_path,
+                                                                              capsys):
+    """The same flattened table, encoded by the shipped model of sampled spectra (and
+    labelled by the shipped label model): refused in one line that says why and what to do,
+    not a bare 'no arrays'."""
+    from astropy.table import Table
+    table = Table.read(shared_file("xp_coefficients_2000", "xp_continuous_combined_chunk0.fits"))
+    table.meta["name"] = "flattened"
+    store = str(tmp_path / "store")
+    ingest([table[:20]], store, progress=False)
+    for command in (["encode", "builtin", store], ["labels", "predict", "builtin",
+                                                   os.path.join(store, "part-00000.parquet")]):
+        out = str(tmp_path / "out.parquet")
+        assert main(["--quiet", *command, "--out", out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "part-00000.parquet: input row 0, column " \
+            "bp_coefficient_correlations: empty (its input file gave no correlations; 20 of " \
+            "20 rows lack them)" in err[0] and "ingest the archive's full records" in err[0]
+        assert not os.path.exists(out)

@@ -178,6 +178,16 @@ def _sampled_from_coefficients(path: str, wanted: dict, columns: dict) -> Spectr
         missing = column_to_1d(columns[f"{band}_missing"]).astype(bool) \
             if f"{band}_missing" in columns else np.zeros(n, bool)
         absent.append((missing, no_band(band)))
+        name = f"{band}_coefficient_correlations"
+        lacking = np.flatnonzero(_null_rows(columns[name]) & ~missing)
+        if len(lacking):  # the band measured, its correlations not given (a flattened table)
+            row = int(column_to_1d(columns["input_row"])[lacking[0]]) \
+                if "input_row" in columns else int(lacking[0])
+            raise SpectraError(f"{path}: input row {row}, column {name}: empty (its input "
+                               f"file gave no correlations; {len(lacking)} of {n} rows "
+                               "lack them), so the flux errors cannot be propagated from "
+                               "the coefficients; ingest the archive's full records (they "
+                               "carry them)")
         bands.append(tuple(np.nan_to_num(column_to_2d(columns[f"{band}_{name}"], path,
                                                       f"{band}_{name}"))
                            for name in ("coefficients", "coefficient_errors",
@@ -206,6 +216,14 @@ def _sampled_from_coefficients(path: str, wanted: dict, columns: dict) -> Spectr
                                   column_to_1d(columns["source_id"]), "sampled", grid,
                                   None, path, normalisation, problems, allow_empty=True,
                                   input_problems=unmeasured)
+
+
+def _null_rows(column) -> np.ndarray:
+    """(n,) bool: the rows of a column of arrays that hold none (null)."""
+    if hasattr(column, "is_null"):  # pyarrow
+        return np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return np.array([r is None for r in column], dtype=bool) \
+        if getattr(column, "dtype", object) == object else np.zeros(len(column), bool)
 
 
 def _median_of_measured(values: np.ndarray) -> np.ndarray:
