@@ -68,7 +68,10 @@ def noise_features(spectra: SpectraSet) -> np.ndarray:
     half = spectra.n_inputs // 2
     out = np.full((len(spectra), len(NOISE_FEATURES)), np.nan)
     for j, part in enumerate((slice(None), slice(0, half), slice(half, None))):
-        some = np.isfinite(ratio[:, part]).any(axis=1)
+        finite = np.isfinite(ratio[:, part])
+        whole = finite.all(axis=1)  # most stars: the plain median, a few times faster
+        out[whole, j] = np.log10(np.median(ratio[whole, part], axis=1))
+        some = finite.any(axis=1) & ~whole
         out[some, j] = np.log10(np.nanmedian(ratio[some, part], axis=1))
     return out.astype(np.float32)
 
