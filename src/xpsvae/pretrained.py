@@ -29,7 +29,12 @@ from typing import Optional
 
 import numpy as np
 
-from .core.files import BUILTIN_LABEL_MODEL_DIR, BUILTIN_MODEL_DIR, CHECKPOINT_NAME
+from .core.files import (
+    BUILTIN_LABEL_MODEL_DIR,
+    BUILTIN_MODEL_DIR,
+    CHECKPOINT_NAME,
+    LABEL_SVAE_FOLDER,
+)
 from .io.library import load_apogee_library
 from .io.spectra import SpectraSet
 from .labels import DEFAULT_LABELS, LabelHeadConfig, LabelModel, label_columns
@@ -78,8 +83,8 @@ def shipped_label_model_differences(directory: str = BUILTIN_LABEL_MODEL_DIR) ->
     (module docstring): its sVAE as :func:`shipped_model_differences` has it, its labels,
     side columns and head recipe. [] if none."""
     model = LabelModel.load(directory)
-    differences = [f"sVAE: {d}" for d in shipped_model_differences(os.path.join(directory,
-                                                                               "svae"))]
+    differences = [f"sVAE: {d}" for d in shipped_model_differences(
+        os.path.join(directory, LABEL_SVAE_FOLDER))]
     shipped = SVAE.pretrained().network.state_dict()
     ours = model.svae.network.state_dict()
     if set(ours) != set(shipped) or any(not np.array_equal(ours[k], shipped[k]) for k in ours):
