@@ -154,8 +154,9 @@ def test_the_shipped_label_model_labels_library_stars(small_library):
 
 
 def test_the_label_commands_take_the_shipped_label_model_by_name(calspec_store, tmp_path):
-    """`labels predict builtin` and `encode builtin --labels builtin` on the CALSPEC archive
-    records: one label table, the same from both, every star with its labels and errors."""
+    """`labels predict builtin` (of the store's shard, and of the store folder) and `encode
+    builtin --labels builtin` on the CALSPEC archive records: one label table, the same
+    from all three, every star with its labels and errors."""
     import pandas as pd
 
     from xpsvae.io.store import store_shards
@@ -170,10 +171,19 @@ def test_the_label_commands_take_the_shipped_label_model_by_name(calspec_store, 
                                  "--out", str(encoded)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    folder = tmp_path / "store_labels"
+    done = subprocess.run(run + ["labels", "predict", "builtin", calspec_store, "--out",
+                                 str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     labels, both = pd.read_parquet(alone), pd.read_parquet(encoded)
-    assert len(labels) == len(both) > 0
+    of_store = pd.read_parquet(folder)  # its shards as one table, the first shard first
+    assert f"labels of {len(of_store)} stars" in done.stdout
+    assert len(labels) == len(both) > 0 and len(of_store) >= len(labels)
+    of_store = of_store.iloc[:len(labels)]
+    np.testing.assert_array_equal(of_store["source_id"], labels["source_id"])
     for column in ("teff", "teff_err", "alpha_m", "high_alpha_prob", "labels_ood"):
         np.testing.assert_array_equal(both[column], labels[column])
+        np.testing.assert_array_equal(of_store[column], labels[column])
     assert np.isfinite(labels[["teff", "logg", "fe_h", "alpha_m"]]).all().all()
     assert (labels["teff_err"] > 0).all() and labels["high_alpha_prob"].between(0, 1).all()
 

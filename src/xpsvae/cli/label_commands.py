@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..conform import contract, read_for_model, read_path_for_model
-from ..core.files import atomic_path
+from ..core.files import BUILTIN_LABEL_MODEL_DIR, LABEL_SVAE_FOLDER, atomic_path, model_folder
 from .checks import clear_old_run
 
 
@@ -34,6 +35,18 @@ def cmd_labels_fit(args) -> int:
 
 
 def cmd_labels_predict(args) -> int:
+    if os.path.isdir(args.data):  # a store: as xpsvae encode SVAE STORE --labels HEAD does it
+        from ..catalog import encode_store  # PyTorch: only here
+        from ..labels import LabelModel
+        directory = model_folder(args.labels_model, BUILTIN_LABEL_MODEL_DIR)
+        LabelModel.load(directory)  # refused with the label model's own message, before any work
+        manifest = encode_store(os.path.join(directory, LABEL_SVAE_FOLDER), args.data,
+                                args.out, scheduler=args.scheduler, workers=args.workers,
+                                progress=not args.quiet, labels_dir=directory)
+        print(f"labels of {manifest['rows']} stars, with their latents, in "
+              f"{len(manifest['shards'])} shards to {args.out}"
+              + ("" if manifest["complete"] else " (incomplete: run again)"))
+        return 0
     from ..labels import LabelModel  # PyTorch: only here
     model = LabelModel.load(args.labels_model)
     svae = model.svae

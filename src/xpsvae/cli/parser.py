@@ -15,6 +15,15 @@ TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int
                  "label_weight": float}
 
 
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    """Where a store's shards are encoded (encode, labels predict)."""
+    p.add_argument("--scheduler", help="for a store: 'local' (a Dask LocalCluster) or a Dask "
+                                       "scheduler address; default: this process")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes of the local cluster (default: one per core, at most one "
+                        "per shard and one per GB of memory)")
+
+
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace what --out already holds (refused without it)")
@@ -122,11 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True,
                    help="output Parquet file (a table) or folder of shards (a store)")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    e.add_argument("--scheduler", help="for a store: 'local' (a Dask LocalCluster) or a Dask "
-                                       "scheduler address; default: this process")
-    e.add_argument("--workers", type=int, default=0,
-                   help="processes of the local cluster (default: one per core, at most one "
-                        "per shard and one per GB of memory)")
+    _add_store_options(e)
     e.add_argument("--labels", help="a label model (xpsvae labels fit; builtin: the shipped "
                                     "one): add its labels, their errors and labels_ood")
     _add_overwrite(e)
@@ -234,9 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     lp = lsub.add_parser("predict", help="labels, errors and the out-of-distribution flag")
     lp.add_argument("labels_model", help="label model directory (xpsvae labels fit), or "
                                          "builtin: the one shipped with the package")
-    lp.add_argument("data", help="table of spectra, or a store's shard")
-    lp.add_argument("--out", required=True, help="output Parquet file")
+    lp.add_argument("data", help="table of spectra, a store's shard, or a store folder "
+                                 "(shard by shard: its catalogue, latents and labels)")
+    lp.add_argument("--out", required=True,
+                    help="output Parquet file (a table) or folder of shards (a store)")
     lp.add_argument("--device", default="cpu", help="where the sVAE runs")
+    _add_store_options(lp)
     _add_overwrite(lp)
     lp.set_defaults(func="labels_predict")
 
