@@ -9,6 +9,7 @@ import numpy as np
 
 from xpsvae import SVAE
 from xpsvae.core.files import BUILTIN_MODEL_DIR, CONFIG_FILE, MODEL_FILE
+from xpsvae.labels import DEFAULT_LABELS
 from xpsvae.pretrained import shipped_model_differences
 
 
@@ -38,7 +39,14 @@ def test_every_command_takes_the_shipped_model_by_name(small_library, tmp_path):
     info = subprocess.run(run + ["info", "builtin", "--json"], capture_output=True, text=True,
                           timeout=120)
     assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["what"] == "model"
+    described = json.loads(info.stdout)
+    assert described["what"] == "model"
+    # the label model shipped beside it is named, with its folder, for `info` of that
+    shipped = described["shipped_label_model"]
+    assert shipped["what"] == "label model" and shipped["labels"] == list(DEFAULT_LABELS)
+    text = subprocess.run(run + ["info", "builtin"], capture_output=True, text=True,
+                          timeout=120)
+    assert text.returncode == 0 and shipped["path"] in text.stdout, text.stderr
     out = tmp_path / "drawn.parquet"
     done = subprocess.run(run + ["generate", "builtin", "--n", "3", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)

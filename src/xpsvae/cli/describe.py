@@ -19,6 +19,8 @@ from safetensors import safe_open
 from ..core.constants import file_kind
 from ..core.errors import SpectraError
 from ..core.files import (
+    BUILTIN_LABEL_MODEL_DIR,
+    BUILTIN_MODEL,
     CANNON_CONFIG_FILE,
     CONFIG_FILE,
     HISTORY_NAME,
@@ -40,7 +42,9 @@ def describe(path: str) -> dict:
     Args:
         path: a store (``xpsvae ingest``), an encoded catalogue (``xpsvae
             encode`` of a store), a model folder, a Cannon folder, a report
-            folder (``xpsvae demo``, ``xpsvae evaluate``), or a Parquet table.
+            folder (``xpsvae demo``, ``xpsvae evaluate``), or a Parquet table;
+            ``builtin``: the shipped sVAE, with the label model shipped beside it
+            (``shipped_label_model``).
 
     Returns:
         A dictionary whose ``"what"`` says which, with that kind's facts.
@@ -48,7 +52,10 @@ def describe(path: str) -> dict:
     Raises:
         SpectraError: none of these (or no such path).
     """
-    path = model_folder(path)  # "builtin": the model shipped with the package
+    if os.fspath(path) == BUILTIN_MODEL and not os.path.exists(path):
+        # the model shipped with the package, and the label model shipped beside it
+        return {**_model(model_folder(path)),
+                "shipped_label_model": _label_model(BUILTIN_LABEL_MODEL_DIR)}
     if not os.path.exists(path):
         raise SpectraError(f"{path}: no such file or folder")
     if os.path.isdir(path):
@@ -265,6 +272,11 @@ def format_description(d: dict) -> str:
             lines.append(f"  {d['epochs_run']} epochs run; last: "
                          + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
         lines.append(f"  format {d['format_version']}, xpsvae {d['xpsvae_version']}")
+        if "shipped_label_model" in d:
+            shipped = d["shipped_label_model"]
+            lines.append(f"  shipped beside it: a label model of {', '.join(shipped['labels'])} "
+                         "on this sVAE (labels predict builtin, encode builtin --labels "
+                         f"builtin; xpsvae info {shipped['path']} says more)")
     elif d["what"] == "Cannon":
         fit = d["fit"]
         lines.append(f"  labels {', '.join(d['labels'] or [])} ({d['kind']}, scatter by "
