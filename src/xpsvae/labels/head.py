@@ -287,7 +287,7 @@ class LabelHead:
             self.members = train_members(c, c.members, 2 * y.shape[1] + (classes is not None),
                                          loss, tensors[0][~val], *targets,
                                          history=self.history)
-            mean, sigma = self._mixture(tensors[0][val])
+            mean, sigma = self._mixture(self._outputs(tensors[0][val]))
         self.sigma_scale = np.array([
             _fit_scale(mean[:, j], sigma[:, j], ys[val, j], np.sqrt(var[val, j]), has[val, j])
             for j in range(y.shape[1])])
@@ -306,11 +306,16 @@ class LabelHead:
         return standardise(features, self.feature_mean, self.feature_std)
 
     @torch.no_grad()
-    def _mixture(self, x: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    def _outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Each member's outputs: per label a mean and a log variance, then the class logit
+        where the head learnt one."""
+        return [member(x) for member in self.members]
+
+    def _mixture(self, outputs: List[torch.Tensor]) -> Tuple[np.ndarray, np.ndarray]:
         """The ensemble's mean and standard deviation, standardised label units."""
         means, variances = [], []
-        for member in self.members:
-            mean, log_var = member(x)[:, :2 * len(self.label_mean)].chunk(2, dim=1)
+        for out in outputs:
+            mean, log_var = out[:, :2 * len(self.label_mean)].chunk(2, dim=1)
             means.append(mean.double())
             variances.append(log_var.clamp(-12, 6).double().exp() * self._t_variance)
         means_t = torch.stack(means)
@@ -326,23 +331,29 @@ class LabelHead:
     def predict(self, features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(labels, sigma), each (n, L), in the labels' units; sigma is the head's own
         calibrated uncertainty (add the survey's error in quadrature to compare with it)."""
-        if not self.members:
-            raise RuntimeError("the label head is not fitted: call fit() or load() first")
-        x = torch.from_numpy(self._standardised(features))
-        with torch_threads(self.config.threads):
-            mean, sigma = self._mixture(x)
-        return (mean * self.label_std + self.label_mean,
-                sigma * self.sigma_scale * self.label_std)
+        labels, sigma, _ = self.predict_with_class(features, with_class=False)
+        return labels, sigma
 
-    @torch.no_grad()
     def class_probability(self, features: np.ndarray) -> np.ndarray:
         """(n,) float64: the probability of the class a head learnt beside its labels."""
         if self.class_prior is None:
             raise RuntimeError("this head learnt no class: fit it with classes=")
+        return self.predict_with_class(features)[2]
+
+    def predict_with_class(self, features: np.ndarray, with_class: bool = True
+                           ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """:meth:`predict` and :meth:`class_probability` from one pass of the ensemble
+        (the probability None where the head learnt no class, or ``with_class`` is off)."""
+        if not self.members:
+            raise RuntimeError("the label head is not fitted: call fit() or load() first")
         x = torch.from_numpy(self._standardised(features))
         with torch_threads(self.config.threads):
-            p = torch.stack([torch.sigmoid(m(x)[:, -1]).double() for m in self.members])
-        return p.mean(0).numpy()
+            outputs = self._outputs(x)
+            mean, sigma = self._mixture(outputs)
+            p = None if self.class_prior is None or not with_class else \
+                torch.stack([torch.sigmoid(o[:, -1]).double() for o in outputs]).mean(0).numpy()
+        return (mean * self.label_std + self.label_mean,
+                sigma * self.sigma_scale * self.label_std, p)
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str, meta: Optional[dict] = None,

@@ -165,7 +165,8 @@ class LabelModel:
         it already (the flag needs it; a catalogue saves a pass of the sVAE)."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         features = self._features(self.svae, spectra, self.side, source, device, self.noise)
-        mean, sigma = self.head.predict(features)
+        # the head's class (high_alpha_prob) from the same pass of its ensemble
+        mean, sigma, probability = self.head.predict_with_class(features)
         missing = ~(spectra.observed & np.isfinite(spectra.errors))
         if self.holes is not None and missing.any():
             sigma = np.sqrt(sigma ** 2 + self.holes.variance(missing))
@@ -173,7 +174,8 @@ class LabelModel:
         for j, name in enumerate(self.labels):
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
         if self.classifier is not None:
-            out[HIGH_ALPHA_COLUMN] = self.classifier.probability(features)
+            out[HIGH_ALPHA_COLUMN] = probability if probability is not None else \
+                self.classifier.probability(features)  # a classifier of its own
         out["labels_ood"] = self.out_of_distribution(spectra, device, scores)
         return pd.DataFrame(out)
 
