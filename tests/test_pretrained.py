@@ -159,6 +159,16 @@ def test_the_shipped_label_model_labels_library_stars(small_library):
         assert robust < 1.5 * HELD_OUT_ROBUST_SIGMA[name], (name, robust)
         assert (predicted[f"{name}_err"] > 0).all()
     assert predicted["labels_ood"].mean() < 0.05  # its own training stars, by its 99% cut
+    # the labels, sigma and high_alpha_prob come from one pass of the head's ensemble; the
+    # head's two passes give the same to float32 rounding (sums of 256 terms: ~16 eps of
+    # the largest, well inside 1e-5 relative)
+    features = model._features(model.svae, stars, model.side, "", "cpu", model.noise)
+    mean, sigma = model.head.predict(features)
+    np.testing.assert_allclose(predicted[model.labels].to_numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(predicted[[f"{n}_err" for n in model.labels]].to_numpy(),
+                               sigma, rtol=1e-5)
+    np.testing.assert_allclose(predicted["high_alpha_prob"],
+                               model.head.class_probability(features), rtol=1e-5, atol=1e-7)
 
 
 def test_the_label_commands_take_the_shipped_label_model_by_name(calspec_store, tmp_path):
