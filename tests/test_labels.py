@@ -571,3 +571,32 @@ def test_the_report_says_what_limits_a_calibration_with_heavy_tails():
     assert "0.6% of the stars lie beyond 3σ, where a Gaussian puts 0.27%" in _tails(heavy)
     assert _tails({**heavy, "coverage_1sigma": 0.69}) == ""  # the core is right
     assert _tails({**heavy, "coverage_3sigma": 0.996}) == ""  # tails a Gaussian's, near enough
+
+
+def test_the_report_says_what_limits_an_accuracy_goal_not_reached():
+    """Each goal missed is told with the same run's figure that limits it; one reached, not."""
+    from xpsvae.evaluation.label_report import labels_section
+    bins = {"-1.0..-0.5": {"n_stars": 767, "n_high_alpha": 356, "label_model": 0.843,
+                           "teff_logg_fe_h_alone": 0.82},
+            "-0.5..+0.0": {"n_stars": 1594, "n_high_alpha": 265, "label_model": 0.815,
+                           "teff_logg_fe_h_alone": 0.833},
+            "+0.0..+0.5": {"n_stars": 822, "n_high_alpha": 11, "label_model": 0.67}}
+    block = {"labels": ["teff", "alpha_m"],
+             "svae_label_model": {"teff": {"test": {"robust_sigma": 60.7}},
+                                  "alpha_m": {"test": {"robust_sigma": 0.034},
+                                              "giants": {"rmse": 0.063,
+                                                         "robust_sigma": 0.0342}}},
+             "baselines": {"mlp_spectrum": {"teff": {"test": {"robust_sigma": 68.4}}}},
+             "alpha_classes": {"boundary": "the line", "bins": bins,
+                               "all_bins": {"label_model": 0.866}}}
+    goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
+    assert "supervised MLP on the whole spectrum, trained on the same stars, gives 68.4 K" in \
+        goals["- Teff"]
+    assert "the robust σ on giants is 0.0342 dex" in goals["- [α/M]"]
+    # 0.5 sqrt(0.815 x 0.185 (1/265 + 1/1329)) = 0.013; (0.85 - 0.815) / 0.013 = 2.7
+    alpha = goals["- High/low α"]
+    assert "-0.5..+0.0 is 2.7 standard errors (±0.013, 265 high-α stars)" in alpha
+    assert "gives 0.833 there" in alpha
+    block["svae_label_model"]["teff"]["test"]["robust_sigma"] = 59.0
+    goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
+    assert goals["- Teff"].endswith("reached.") and "limits" not in goals["- Teff"]
