@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
+import sys
 from functools import partial
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from side_by_side import interleaved  # noqa: E402
 
 
 def one_member(config, k, n_out, loss, x, *targets):
@@ -96,13 +101,7 @@ def main() -> None:
         return [one_member(config, k, n_out, loss, x, ys, var, torch.from_numpy(has))
                 for k in range(args.members)]
 
-    seconds = {"one_at_a_time": [], "together": []}
-    losses = {}
-    for _ in range(args.repeats):  # interleaved, so that both see the same machine
-        for name, fn in (("one_at_a_time", one_at_a_time), ("together", together)):
-            start = time.perf_counter()
-            losses[name] = fn()
-            seconds[name].append(time.perf_counter() - start)
+    seconds, losses = interleaved({"one_at_a_time": one_at_a_time, "together": together}, args.repeats)
     best = {k: min(v) for k, v in seconds.items()}
     for k, v in best.items():
         print(f"{k}: {v:.2f} s best of {args.repeats}; last epoch's losses "

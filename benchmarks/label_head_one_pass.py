@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from side_by_side import interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -42,12 +47,7 @@ def main() -> None:
 
     # float32 through two layers of 256: ~16 eps of the largest term, 1e-5 relative covers it
     assert all(np.allclose(a, b, rtol=1e-5, atol=0) for a, b in zip(two_passes(), one_pass()))
-    seconds = {"two_passes": [], "one_pass": []}
-    for _ in range(args.repeats):  # interleaved, so that both see the same machine
-        for name, fn in (("two_passes", two_passes), ("one_pass", one_pass)):
-            start = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - start)
+    seconds, _ = interleaved({"two_passes": two_passes, "one_pass": one_pass}, args.repeats)
     best = {k: min(v) for k, v in seconds.items()}
     for k, v in best.items():
         print(f"{k}: {v:.3f} s best of {args.repeats}, {args.stars / v:,.0f} stars/s")
