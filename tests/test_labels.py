@@ -18,7 +18,14 @@ from xpsvae.evaluation.labels import alpha_classification, balanced_accuracy, la
 from xpsvae.labels import LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import ClassHead, high_alpha
 from xpsvae.labels.features import feature_names, side_columns, svae_features
-from xpsvae.labels.head import LabelHead, _fit_scale, _loss, _loss_with_class, head_nll
+from xpsvae.labels.head import (
+    LabelHead,
+    _fit_interval,
+    _fit_scale,
+    _loss,
+    _loss_with_class,
+    head_nll,
+)
 
 QUICK = LabelHeadConfig(members=2, epochs=15, threads=2)
 
@@ -101,6 +108,24 @@ def test_the_variance_scale_makes_the_validation_residuals_standard_normal():
     # relative, 0.5%; 3% is six of it
     assert _fit_scale(r, sigma, np.zeros_like(r), err, np.ones_like(r, bool)) == \
         pytest.approx(true_scale, rel=0.03)
+
+
+def test_the_interval_scale_holds_68_percent_of_heavy_tailed_validation_residuals():
+    """Student-t residuals (4 degrees of freedom), whose spread a sigma would match: the
+    interval k sigma, the error in quadrature, holds 68.27% of them, with k below 1."""
+    rng = np.random.default_rng(5)
+    sigma = rng.uniform(0.5, 2.0, 20000)
+    err = np.full_like(sigma, 0.3)
+    spread = np.sqrt(sigma ** 2 + err ** 2)
+    r = rng.standard_t(4, size=sigma.size) * spread / np.sqrt(2)  # variance spread^2
+    k = _fit_interval(r, sigma, np.zeros_like(r), err, np.ones_like(r, bool))
+    inside = np.abs(r) <= np.sqrt((k * sigma) ** 2 + err ** 2)
+    # a quantile of 20,000 draws: the share is 68.27% to within 1/n
+    assert inside.mean() == pytest.approx(0.6827, abs=1e-4)
+    # the t's 68.27% point is 0.81 of its standard deviation; the error, which the
+    # interval holds whole, moves k a few per cent; sampling moves it ~1%
+    assert 0.7 < k < 0.9
+    assert _fit_interval(r[:5], sigma[:5], np.zeros(5), err[:5], np.ones(5, bool)) == 1.0
 
 
 def test_members_trained_together_are_those_trained_one_at_a_time(split):
@@ -186,8 +211,18 @@ def test_a_label_model_learns_labels_and_calibrates_them(label_model, split):
         assert m["robust_sigma"] < spread_share * np.nanstd(truth), (name, m)
         assert 0.6 < m["coverage_1sigma"] < 0.9 and m["coverage_2sigma"] > 0.88, (name, m)
     assert set(predicted.columns) >= {"source_id", "input_row", "teff", "teff_err",
-                                      "alpha_m_err", "labels_ood"}
+                                      "teff_lower", "teff_upper", "alpha_m_err", "labels_ood"}
     assert (predicted["teff_err"] > 0).all()
+    # the central 68% interval, fitted on the validation share, holds ~68% of the test
+    # stars: a share of 1,000 has a standard error of 1.5%; 6 points is four of it
+    for name in ("teff", "logg", "fe_h"):
+        m = label_metrics(predicted[name].to_numpy(), np.asarray(test.labels[name], float),
+                          predicted[f"{name}_err"].to_numpy(),
+                          np.asarray(test.labels[f"{name}_err"], float),
+                          (predicted[f"{name}_lower"], predicted[f"{name}_upper"]))
+        assert abs(m["coverage_interval"] - 0.6827) < 0.06, (name, m)
+        assert (predicted[f"{name}_lower"] < predicted[name]).all() and \
+            (predicted[name] < predicted[f"{name}_upper"]).all()
 
 
 def test_the_flag_marks_stars_unlike_the_training_stars(label_model, split):
@@ -328,13 +363,17 @@ def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, sp
     pd.testing.assert_frame_equal(predicted, label_model.predict(stars))
     assert list(predicted.columns[2:]) == again.columns()
     assert again.classifier.prior == label_model.classifier.prior
+    np.testing.assert_array_equal(again.head.interval_scale, label_model.head.interval_scale)
     assert again.holes.to_json() == label_model.holes.to_json()
     assert again.noise and label_model.head.feature_mean.shape[0] == \
         len(feature_names(label_model.svae)) + 3 + len(label_model.side)  # + noise features
     meta = json.load(open(tmp_path / "labels" / "head.json"))
     del meta["noise_features"]  # a label model from before them: its head does not read them
+    del meta["interval_scale"]  # nor the interval: its table has none
     json.dump(meta, open(tmp_path / "labels" / "head.json", "w"))
-    assert not LabelModel.load(str(tmp_path / "labels")).noise
+    before = LabelModel.load(str(tmp_path / "labels"))
+    assert not before.noise and before.head.interval_scale is None
+    assert "teff_lower" not in before.columns() and "teff_err" in before.columns()
     # a head from before the t likelihood was Gaussian: it loads so, its sigma the t's
     # over sqrt(nu / (nu - 2)) (the same weights, read as Gaussian variances)
     del meta["config"]["dof"]
@@ -471,6 +510,8 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
                                                                    "label_model_labels"}
     text = open(os.path.join(report, "report.md")).read()
     assert "### High and low α" in text
+    assert 0 < metrics["labels"]["svae_label_model"]["teff"]["test"]["coverage_interval"] < 1
+    assert "| in the 68% interval |" in text and "The central 68% interval holds" in text
     assert "MLPs, a Student-t likelihood (4 degrees of freedom) with APOGEE's error" in text
     assert os.path.exists(os.path.join(report, "figures", "labels_coverage.png"))
     from xpsvae.cli.describe import describe, format_description

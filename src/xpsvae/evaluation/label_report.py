@@ -92,16 +92,20 @@ def labels_section(block: dict) -> List[str]:
                   f"{generative['unsupervised_test']['mean_nll']:.1f} and "
                   f"{generative['unsupervised_test']['std_r']:.3f} unsupervised.", ""]
     for name in labels:
+        interval = "coverage_interval" in ours.get(name, {}).get("test", {})
         lines += [f"### {NAMES.get(name, name)}", "",
-                  "| stars | n | robust σ | RMSE | bias | std z | within 1σ | 2σ | 3σ |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| stars | n | robust σ | RMSE | bias | std z | within 1σ | 2σ | 3σ |"
+                  + (" in the 68% interval |" if interval else ""),
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+                  + (" --- |" if interval else "")]
         for subset, m in ours.get(name, {}).items():
             if not m.get("n_stars"):
                 continue
             lines.append(f"| {subset} | {m['n_stars']:,} | {_f(m['robust_sigma'])} | "
                          f"{_f(m['rmse'])} | {_f(m['bias'], 2)} | {_f(m.get('std_z'))} | "
                          + " | ".join(f"{100 * m[f'coverage_{k}sigma']:.1f}%"
-                                      for k in (1, 2, 3)) + " |")
+                                      for k in (1, 2, 3)) + " |"
+                         + (f" {100 * m['coverage_interval']:.1f}% |" if interval else ""))
         lines.append("")
     if block.get("baselines"):
         lines += ["### Beside the baselines (robust σ on the test stars)", "",
@@ -143,7 +147,9 @@ def labels_section(block: dict) -> List[str]:
                          f"{100 * t['coverage_2sigma']:.1f} / {100 * t['coverage_3sigma']:.1f}% "
                          f"(goal 68.3 / 95.4 / 99.7 ± 2, std z 0.9–1.1): "
                          + ("reached." if ok else "**not reached**.")
-                         + _tails(t))
+                         + _tails(t)
+                         + (f" The central 68% interval holds {100 * t['coverage_interval']:.1f}%."
+                            if "coverage_interval" in t else ""))
     alpha = block.get("alpha_classes")
     if alpha and alpha["all_bins"].get("label_model") is not None:
         judged = {b: v["label_model"] for b, v in alpha["bins"].items()

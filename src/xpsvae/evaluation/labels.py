@@ -5,7 +5,8 @@ For each label and each sub-population (``test``; ``giants``, log g < 3.5;
 ``robust_sigma`` (1.4826 x the median absolute deviation of predicted - survey),
 ``rmse``, ``bias`` (median residual), and, where the model gives an
 uncertainty, ``std_z`` and the shares of ``|z|`` within 1, 2 and 3, with
-``z = (predicted - survey) / sqrt(sigma^2 + sigma_survey^2)``.
+``z = (predicted - survey) / sqrt(sigma^2 + sigma_survey^2)``; where it gives
+the central 68% interval, ``coverage_interval``, the share within it.
 
 Baselines on the same split: the same head on the standardised spectrum (a
 supervised MLP), on a 6-component PCA of it, the Cannon's test step, and
@@ -63,8 +64,11 @@ def residuals(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarr
 
 
 def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
-                  truth_err: Optional[np.ndarray] = None) -> dict:
-    """The figures of one label on one set of stars (module docstring)."""
+                  truth_err: Optional[np.ndarray] = None,
+                  interval: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> dict:
+    """The figures of one label on one set of stars (module docstring); with the predicted
+    central 68% ``interval`` (lower, upper), ``coverage_interval``: the share of the stars
+    within it, the survey's error added in quadrature to its half-width."""
     r, z = residuals(predicted, truth, sigma, truth_err)
     ok = np.isfinite(r)
     r = r[ok]
@@ -77,6 +81,14 @@ def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.n
         z = z[ok]
         out.update({"std_z": float(np.std(z)),
                     **{f"coverage_{k}sigma": float(np.mean(np.abs(z) < k)) for k in (1, 2, 3)}})
+    if interval is not None:
+        lower, upper = (np.asarray(a, np.float64)[ok] for a in interval)
+        err = 0.0 if truth_err is None else np.nan_to_num(np.asarray(truth_err,
+                                                                     np.float64)[ok])
+        centre, half = (upper + lower) / 2, (upper - lower) / 2
+        inside = np.abs(np.asarray(truth, np.float64)[ok] - centre) <= np.sqrt(half ** 2 +
+                                                                                err ** 2)
+        out["coverage_interval"] = float(np.mean(inside))
     return out
 
 
@@ -107,8 +119,13 @@ def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[
         if name not in predicted or name not in truth:
             continue
         p, t, s, e = _columns(predicted, truth, name)
+        bounds = (np.asarray(predicted[f"{name}_lower"], np.float64),
+                  np.asarray(predicted[f"{name}_upper"], np.float64)) \
+            if f"{name}_lower" in predicted else None
         out[name] = {subset: label_metrics(p[m], t[m], None if s is None else s[m],
-                                           None if e is None else e[m])
+                                           None if e is None else e[m],
+                                           None if bounds is None else
+                                           (bounds[0][m], bounds[1][m]))
                      for subset, m in masks.items()}
     return out
 

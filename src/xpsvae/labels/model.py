@@ -2,8 +2,10 @@
 
 It trains on the stars that have a label and predicts for every star:
 ``teff``, ``logg``, ``fe_h``, ``alpha_m`` (or any label columns), each with
-``<label>_err``, the head's calibrated uncertainty, and ``labels_ood``, a
-flag where the model is guessing. Where the labels include ``fe_h`` and
+``<label>_err``, the head's calibrated uncertainty, ``<label>_lower`` and
+``<label>_upper``, the central 68% interval (fitted apart, since the residuals'
+tails are heavier than a Gaussian's: :mod:`xpsvae.labels.head`), and
+``labels_ood``, a flag where the model is guessing. Where the labels include ``fe_h`` and
 ``alpha_m``, also ``high_alpha_prob``, the probability that the star is on
 the high-alpha sequence (:mod:`xpsvae.labels.classes`). A star is flagged
 when its anomaly score (the sVAE's NLL per measured input) or its latent's
@@ -158,7 +160,8 @@ class LabelModel:
 
     def predict(self, spectra: SpectraSet, device: str = "cpu",
                 scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
-        """Per star: ``source_id``, ``input_row``, each label and its ``_err``,
+        """Per star: ``source_id``, ``input_row``, each label, its ``_err`` (sigma) and its
+        central 68% interval ``_lower`` to ``_upper`` (label models from before: none),
         ``high_alpha_prob`` where the model has the classifier, and ``labels_ood``.
 
         ``scores``: this sVAE's :meth:`SVAE.score` of the same stars, where the caller has
@@ -171,8 +174,12 @@ class LabelModel:
         if self.holes is not None and missing.any():
             sigma = np.sqrt(sigma ** 2 + self.holes.variance(missing))
         out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
+        k = self.head.interval_scale
         for j, name in enumerate(self.labels):
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
+            if k is not None:  # the central 68% interval (xpsvae.labels.head)
+                out[f"{name}_lower"] = mean[:, j] - k[j] * sigma[:, j]
+                out[f"{name}_upper"] = mean[:, j] + k[j] * sigma[:, j]
         if self.classifier is not None:
             out[HIGH_ALPHA_COLUMN] = probability if probability is not None else \
                 self.classifier.probability(features)  # a classifier of its own
@@ -181,7 +188,9 @@ class LabelModel:
 
     def columns(self) -> List[str]:
         """The columns :meth:`predict` adds to ``source_id`` and ``input_row``."""
-        return [f"{name}{suffix}" for name in self.labels for suffix in ("", "_err")] + \
+        suffixes = ("", "_err") + (() if self.head.interval_scale is None
+                                   else ("_lower", "_upper"))
+        return [f"{name}{suffix}" for name in self.labels for suffix in suffixes] + \
             ([HIGH_ALPHA_COLUMN] if self.classifier is not None else []) + ["labels_ood"]
 
     def out_of_distribution(self, spectra: SpectraSet, device: str = "cpu",
