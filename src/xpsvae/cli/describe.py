@@ -185,6 +185,7 @@ def _label_model(path: str) -> dict:
             "high_alpha": {k: v for k, v in meta.get("high_alpha", {}).items()
                            if k in ("prior", "boundary")},
             "half_missing": _half_missing(meta), "data": meta.get("data", {}),
+            "interval_scale": meta.get("interval_scale"),
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
 
 
@@ -302,6 +303,9 @@ def format_description(d: dict) -> str:
             lines.append(f"  flagged beyond {100 * d['ood']['quantile']:.0f}% of the training "
                          f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
                          f"distance {d['ood']['latent_distance']:.3g}")
+        if d.get("interval_scale"):
+            lines.append("  central 68% interval (_lower, _upper): ± k sigma, k " + ", ".join(
+                f"{name} {k:.2f}" for name, k in zip(d["labels"], d["interval_scale"])))
         if d.get("high_alpha"):
             lines.append(f"  high_alpha_prob: above {d['high_alpha']['boundary']}; "
                          f"{100 * d['high_alpha']['prior']:.1f}% of the training stars")
