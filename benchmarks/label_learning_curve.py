@@ -16,7 +16,7 @@ Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. T
 columns (J-H, J-K, BP-RP) go to both heads; ``--no-side`` leaves them out. One JSON line
 per size and seed as it goes, and the whole result last.
 
-    python benchmarks/label_learning_curve.py                 # ~25 min on 2 cores
+    python benchmarks/label_learning_curve.py                 # ~16 min on 2 cores
     python benchmarks/label_learning_curve.py --sizes 1000,4000 --seeds 1
     python benchmarks/label_learning_curve.py --sizes 1000,4000,all --seeds 1 --joint
 """
