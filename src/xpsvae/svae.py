@@ -17,30 +17,24 @@ from dataclasses import replace
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .conform import MEDIAN_NAMES, as_spectra, contract
 from .core.constants import VERSION
-from .core.errors import ModelFileError, SpectraError
-from .core.files import (
-    BUILTIN_MODEL,
-    CONFIG_FILE,
-    HISTORY_NAME,
-    atomic_path,
-    model_folder,
-    write_json,
-)
+from .core.errors import SpectraError
+from .core.files import BUILTIN_MODEL, CONFIG_FILE, model_folder, write_json
 from .io.spectra import SpectraSet
 from .io.store import store_source_ids
 from .model.folder import (
     FORMAT_VERSION,
     MAX_RECORDED_STARS,
     check_resumable,
-    read_config,
+    read_history,
+    read_parts,
     read_training_stars,
     read_weights,
     training_stars_record,
+    write_history,
     write_training_stars,
     write_weights,
 )
@@ -475,10 +469,7 @@ class SVAE:
         write_weights(directory, self.network.state_dict())
         if self.training_source_ids is not None:
             write_training_stars(directory, self.training_source_ids)
-        history_path = os.path.join(directory, HISTORY_NAME)
-        if self.history and not os.path.exists(history_path):
-            with atomic_path(history_path) as tmp:
-                pd.DataFrame(self.history).to_csv(tmp, index=False)
+        write_history(directory, self.history)
 
     @classmethod
     def pretrained(cls) -> "SVAE":
@@ -495,25 +486,12 @@ class SVAE:
                 whose shape disagrees with the saved architecture.
         """
         directory = model_folder(directory)  # "builtin": the model shipped with the package
-        saved = read_config(directory)
-        try:
-            config = SVAEConfig.from_dict(saved["model"])
-            standardizer = Standardizer.from_dict(saved["preprocessing"])
-            train_config = TrainConfig.from_dict(saved.get("training", {}))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{os.path.join(directory, CONFIG_FILE)}: invalid ({exc})") from exc
-        if standardizer.n_inputs != config.input_dim:
-            raise ModelFileError(f"{directory}: standardisation has {standardizer.n_inputs} inputs, "
-                                 f"the architecture {config.input_dim}")
+        config, train_config, standardizer, info = read_parts(directory)
         model = cls(config, train_config)
-        model.standardizer = standardizer
-        model.info = saved.get("info", {})
+        model.standardizer, model.info = standardizer, info
         model.network = ScatterVAE(config)
-        weights = read_weights(directory, model.network.state_dict())
-        model.network.load_state_dict(weights)
+        model.network.load_state_dict(read_weights(directory, model.network.state_dict()))
         model.network.eval()
         model.training_source_ids = read_training_stars(directory)
-        history_path = os.path.join(directory, HISTORY_NAME)
-        if os.path.exists(history_path):
-            model.history = pd.read_csv(history_path).to_dict("records")
+        model.history = read_history(directory)
         return model

@@ -1,4 +1,5 @@
-"""A model folder's files: ``config.json``, ``model.safetensors`` and the training stars.
+"""A model folder's files: ``config.json``, ``model.safetensors``, ``history.csv`` and the
+training stars.
 
 Only JSON and safetensors are read; nothing is unpickled. Each reader refuses a
 missing, cut or mismatched file with a :class:`~xpsvae.core.errors.ModelFileError`
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
@@ -24,7 +26,10 @@ from safetensors.torch import load_file, save_file
 
 from ..core.constants import VERSION
 from ..core.errors import ModelFileError
-from ..core.files import CONFIG_FILE, MODEL_FILE, TRAINING_STARS_FILE, atomic_path
+from ..core.files import CONFIG_FILE, HISTORY_NAME, MODEL_FILE, TRAINING_STARS_FILE, atomic_path
+from .network import SVAEConfig
+from .preprocess import Standardizer
+from .recipe import TrainConfig
 
 #: The model folder's format; a reader refuses any other.
 FORMAT_VERSION = 1
@@ -72,6 +77,36 @@ def read_config(directory: str) -> dict:
         raise ModelFileError(f"{path}: model format version {version!r}; this xpsvae "
                              f"({VERSION}) reads version {FORMAT_VERSION}")
     return saved
+
+
+def read_parts(directory: str) -> Tuple[SVAEConfig, TrainConfig, Standardizer, dict]:
+    """A model folder's architecture, training recipe, standardisation and ``info`` (the
+    data description), read from ``config.json`` and checked against each other."""
+    saved = read_config(directory)
+    try:
+        config = SVAEConfig.from_dict(saved["model"])
+        standardizer = Standardizer.from_dict(saved["preprocessing"])
+        train_config = TrainConfig.from_dict(saved.get("training", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{os.path.join(directory, CONFIG_FILE)}: invalid ({exc})") from exc
+    if standardizer.n_inputs != config.input_dim:
+        raise ModelFileError(f"{directory}: standardisation has {standardizer.n_inputs} inputs, "
+                             f"the architecture {config.input_dim}")
+    return config, train_config, standardizer, saved.get("info", {})
+
+
+def write_history(directory: str, history: List[dict]) -> None:
+    """``history.csv``, one row per epoch, unless the run already wrote it."""
+    path = os.path.join(directory, HISTORY_NAME)
+    if history and not os.path.exists(path):
+        with atomic_path(path) as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+
+
+def read_history(directory: str) -> List[dict]:
+    """``history.csv`` as one dict per epoch ([] where the folder has none)."""
+    path = os.path.join(directory, HISTORY_NAME)
+    return pd.read_csv(path).to_dict("records") if os.path.exists(path) else []
 
 
 def write_weights(directory: str, state: Dict[str, torch.Tensor]) -> None:
