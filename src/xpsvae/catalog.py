@@ -176,14 +176,18 @@ def encode_store(model_dir: str, data: str, out_dir: str, scheduler: Optional[st
     Returns:
         The output manifest.
     """
+    # each fails early, with its own message, before any work: the label model first, so
+    # that one named alone (labels predict of a store) is named in the message
+    if labels_dir:
+        labels_dir = os.path.abspath(labels_dir)
+        label_model = _load_labels(labels_dir)
     model_dir = model_folder(model_dir)  # "builtin": the workers load it by its path
-    model = SVAE.load(model_dir)  # fail early, with the model's own message, before any work
+    model = SVAE.load(model_dir)
     _refuse_a_store_as_output(data, out_dir)
     shards = input_shards(data)
     _check_model_takes(model, model_dir, data, shards[0])
     if labels_dir:
-        labels_dir = os.path.abspath(labels_dir)
-        check_labels_fit(model, _load_labels(labels_dir), labels_dir)
+        check_labels_fit(model, label_model, labels_dir)
     os.makedirs(out_dir, exist_ok=True)
     jobs = [(s, os.path.join(out_dir, shard_name(i))) for i, s in enumerate(shards)]
     todo = [(s, o) for s, o in jobs if not os.path.exists(o)]  # restart where it stopped

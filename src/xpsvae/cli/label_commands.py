@@ -37,9 +37,7 @@ def cmd_labels_fit(args) -> int:
 def cmd_labels_predict(args) -> int:
     if os.path.isdir(args.data):  # a store: as xpsvae encode SVAE STORE --labels HEAD does it
         from ..catalog import encode_store  # PyTorch: only here
-        from ..labels import LabelModel
         directory = model_folder(args.labels_model, BUILTIN_LABEL_MODEL_DIR)
-        LabelModel.load(directory)  # refused with the label model's own message, before any work
         manifest = encode_store(os.path.join(directory, LABEL_SVAE_FOLDER), args.data,
                                 args.out, scheduler=args.scheduler, workers=args.workers,
                                 progress=not args.quiet, labels_dir=directory)
