@@ -110,8 +110,7 @@ def check_arguments(args) -> None:
     """Refuse, before any data is read: a device that is not there, a training option out
     of range, a resume that would change the run, and an output that would replace one
     already there (unless --overwrite)."""
-    if args.func in ("encode", "labels_predict") and os.path.isdir(args.data) and \
-            args.device not in ("cpu",):
+    if _encodes_a_store(args) and args.device not in ("cpu",):
         raise ValueError(f"--device {args.device}: a store is encoded on the CPU, shard by "
                          "shard, one thread each, so that every machine gives the same "
                          "numbers; use --scheduler local (or a Dask scheduler) for more "
@@ -122,6 +121,11 @@ def check_arguments(args) -> None:
             else train_config(args)  # its own checks raise here, before the data is read
         _check_device(args.train_config.device)
     _check_output(args)
+
+
+def _encodes_a_store(args) -> bool:
+    """``encode`` or ``labels predict`` of a store folder: shard by shard, into a folder."""
+    return args.func in ("encode", "labels_predict") and os.path.isdir(args.data)
 
 
 def resuming(args) -> bool:
@@ -152,7 +156,7 @@ def _check_output(args) -> None:
     out = getattr(args, "out", None)
     if out is None or args.func in ("ingest", "info"):
         return  # ingest adds to a store by design; info writes nothing
-    if args.func in ("encode", "labels_predict") and os.path.isdir(args.data):
+    if _encodes_a_store(args):
         return  # an encoded store's folder is picked up where it stopped
     shipped_labels = args.func == "pretrained" and args.labels  # a label model's folder
     if args.func in ("train", "pretrained") and not shipped_labels:
