@@ -469,7 +469,7 @@ class SVAE:
         write_weights(directory, self.network.state_dict())
         if self.training_source_ids is not None:
             write_training_stars(directory, self.training_source_ids)
-        write_history(directory, self.history)
+        write_history(directory, self.history, keep=True)
 
     @classmethod
     def pretrained(cls) -> "SVAE":

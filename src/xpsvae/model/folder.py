@@ -12,6 +12,7 @@ out: figures on a model's own training stars are not held-out figures.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -95,12 +96,16 @@ def read_parts(directory: str) -> Tuple[SVAEConfig, TrainConfig, Standardizer, d
     return config, train_config, standardizer, saved.get("info", {})
 
 
-def write_history(directory: str, history: List[dict]) -> None:
-    """``history.csv``, one row per epoch, unless the run already wrote it."""
+def write_history(directory: str, history: List[dict], keep: bool = False) -> None:
+    """``history.csv``, one row per epoch (the first epoch's columns), written atomically;
+    ``keep``: not where the folder has one already (the run wrote it)."""
     path = os.path.join(directory, HISTORY_NAME)
-    if history and not os.path.exists(path):
-        with atomic_path(path) as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
+    if not history or (keep and os.path.exists(path)):
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0].keys()))
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def read_history(directory: str) -> List[dict]:

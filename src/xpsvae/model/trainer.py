@@ -9,7 +9,6 @@ device and read back once per epoch, not once per batch.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -27,7 +26,8 @@ from tqdm.auto import tqdm
 
 from ..core import machine
 from ..core.errors import ModelFileError, TrainingDiverged
-from ..core.files import CHECKPOINT_NAME, HISTORY_NAME, atomic_path
+from ..core.files import CHECKPOINT_NAME, atomic_path
+from .folder import write_history
 from .graphstep import GraphedStep
 from .network import ScatterVAE, label_nll, svae_loss
 from .partial import draw_observed, impute
@@ -345,7 +345,7 @@ class Trainer:
             if self.out_dir:
                 self.save_checkpoint()
                 if self.rank == 0:
-                    self._write_history()
+                    write_history(self.out_dir, self.history)
             if on_epoch_end is not None:
                 on_epoch_end(self)
         bar.close()
@@ -487,10 +487,3 @@ class Trainer:
         self.history = meta["history"]
         return True
 
-    def _write_history(self) -> None:
-        path = os.path.join(self.out_dir, HISTORY_NAME)
-        keys = list(self.history[0].keys())
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
