@@ -354,6 +354,21 @@ def test_a_malformed_hole_cost_is_named_with_its_fix(change, says):
         HoleCost.from_json(np.ones((10, 1)).tolist(), 2)  # a model of two labels
 
 
+@pytest.mark.parametrize("bad", [[0.6, 0.9], [0.6, 0.9, -1.0, 0.7], [0.6, "x", 0.9, 0.7],
+                                 [0.6, None, 0.9, 0.7], "0.7"])
+def test_a_malformed_interval_scale_is_named_with_its_fix(label_model, tmp_path, bad):
+    from xpsvae.core.errors import ModelFileError
+    folder = tmp_path / "labels"
+    label_model.save(str(folder))
+    meta = json.load(open(folder / "head.json"))
+    meta["interval_scale"] = bad
+    json.dump(meta, open(folder / "head.json", "w"))
+    with pytest.raises(ModelFileError, match=r"head.json: interval_scale must be 4 positive "
+                                             r"numbers, one per label, got .*refit the label "
+                                             r"model, or delete the key"):
+        LabelModel.load(str(folder))
+
+
 def test_a_label_model_folder_loads_back_to_the_same_predictions(label_model, split, tmp_path):
     label_model.save(str(tmp_path / "labels"))
     assert sorted(os.listdir(tmp_path / "labels")) == ["head.json", "head.safetensors", "svae"]

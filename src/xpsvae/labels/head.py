@@ -406,10 +406,11 @@ class LabelHead:
                                  "fit the label model again, or copy it whole") from None
         head = cls(config_from_json(meta.pop("config")),
                    class_prior=meta.pop("class_prior", None))
-        if "interval_scale" in meta:
-            head.interval_scale = np.asarray(meta.pop("interval_scale"), dtype=np.float64)
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             setattr(head, name, arrays[name])
+        if "interval_scale" in meta:
+            head.interval_scale = _interval_scale(meta.pop("interval_scale"),
+                                                  len(head.label_mean), config_path)
         head.members = load_members(arrays, "", head.config.members, len(head.feature_mean),
                                     head.config.hidden,
                                     2 * len(head.label_mean) + (head.class_prior is not None))
@@ -455,6 +456,19 @@ def _fit_scale(mean: np.ndarray, sigma: np.ndarray, y: np.ndarray, err: np.ndarr
         v = np.exp(2 * log_s) * s2 + e2
         return 0.5 * np.mean(r2 / v + np.log(v))
     return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+def _interval_scale(value, n_labels: int, where: str) -> np.ndarray:
+    """``interval_scale`` as head.json holds it: one positive finite number per label."""
+    try:
+        k = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        k = np.array([np.nan])
+    if k.shape != (n_labels,) or not (np.isfinite(k) & (k > 0)).all():
+        raise ModelFileError(f"{where}: interval_scale must be {n_labels} positive numbers, "
+                             f"one per label, got {value!r}; refit the label model, or delete "
+                             "the key (its labels then come without the 68% interval)")
+    return k
 
 
 #: The share of stars the central interval holds: a Gaussian's within one sigma.
