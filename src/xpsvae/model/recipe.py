@@ -33,6 +33,10 @@ class TrainConfig:
         device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto``.
         amp: bfloat16 autocast on GPU (ignored on CPU).
         grad_clip: clip the gradient norm to this (0: off).
+        spike_clip: bound each step's gradient norm at this many times the running
+            mean of the earlier steps', after a warm-up (0: off): a rare
+            batch whose gradient is hundreds of times the usual would otherwise
+            throw the network far off (:mod:`xpsvae.model.spikes`).
         threads: CPU threads for torch (0: torch's default, lowered to the
             container's CPU quota where it has one).
         calibrate_epochs: extra epochs, after ``epochs``, that train only the
@@ -92,6 +96,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     grad_clip: float = 0.0
+    spike_clip: float = 5.0
     threads: int = 0
     calibrate_epochs: int = 10
     calibrate_lr_fraction: float = 0.1
@@ -121,6 +126,8 @@ class TrainConfig:
         if self.mask_fraction and self.cuda_graph:
             raise ValueError("mask_fraction draws masks outside the captured step: leave "
                              "cuda_graph off to train with masks")
+        if not (self.spike_clip == 0.0 or self.spike_clip > 1.0):
+            raise ValueError(f"spike_clip must be 0 (off) or above 1, got {self.spike_clip}")
         if not self.label_weight >= 0.0:
             raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
         if not 0.0 <= self.val_fraction < 1.0:

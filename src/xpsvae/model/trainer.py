@@ -32,6 +32,7 @@ from .graphstep import GraphedStep
 from .network import ScatterVAE, label_nll, svae_loss
 from .partial import draw_observed, impute
 from .recipe import TrainConfig
+from .spikes import WARMUP_STEPS, SpikeGuard
 
 TERMS = ("loss", "chi2", "penalty", "kl")
 #: Labels of a batch in semi-supervised training: standardised labels, their survey
@@ -127,6 +128,7 @@ class Trainer:
         self.forward = self._wrap()
         self.batch_loss = torch.compile(self._batch_loss) if config.compile else self._batch_loss
         self.optimizer = self._make_optimizer()
+        self.guard = SpikeGuard(config.spike_clip, self.device)
 
     def _wrap(self):
         """The module the loop calls: the model, or DDP over its trainable parameters."""
@@ -290,6 +292,7 @@ class Trainer:
             # validation only if every rank has stars for it: its loss is averaged across ranks
             batches_per_epoch, has_val = int(steps[0].item()), bool(steps[1].item())
         total_steps = batches_per_epoch * c.epochs  # of the main phase: sets the schedule
+        self.guard.warmup_steps = max(batches_per_epoch, WARMUP_STEPS)
         all_epochs = c.epochs + c.calibrate_epochs
         latent_dim = self.model.config.latent_dim
         use_amp = c.amp and self.device.type == "cuda"
@@ -334,6 +337,7 @@ class Trainer:
                     vals = torch.tensor([row[f"val_{t}"] for t in TERMS], device=self.device)
                     dist.all_reduce(vals)
                     row.update({f"val_{t}": v / self.world for t, v in zip(TERMS, vals.tolist())})
+            row["bounded_steps"] = self.guard.take_bounded()
             row["seconds"] = time.perf_counter() - start
             if not all(math.isfinite(v) for k, v in row.items() if k.startswith(("train_", "val_"))):
                 bar.close()
@@ -361,6 +365,7 @@ class Trainer:
         terms["loss"].backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.guard(self.model.parameters())
         self.optimizer.step()
         sums += torch.stack([terms[t].detach() for t in self.terms])
 
@@ -435,6 +440,7 @@ class Trainer:
             dist.all_gather_object(states, self.generator.get_state())
         for r, state in enumerate(states):
             tensors[f"rng.generator.{r}"] = state
+        tensors.update({f"guard.{k}": v for k, v in self.guard.state_dict().items()})
         if self.rank != 0:
             dist.barrier()  # rank 0 writes; the others wait until the file is whole
             return
@@ -481,6 +487,8 @@ class Trainer:
                 group["lr"].fill_(saved_lr)
             else:
                 group["lr"] = saved_lr
+        self.guard.load_state_dict({k[len("guard."):]: v for k, v in tensors.items()
+                                    if k.startswith("guard.")})
         key = f"rng.generator.{self.rank}"
         self.generator.set_state(tensors[key] if key in tensors else tensors["rng.generator.0"])
         self.epoch = int(meta["epoch"])

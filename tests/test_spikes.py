@@ -1,0 +1,89 @@
+"""The bound on gradient spikes (xpsvae.model.spikes): a spike is cut down to the bound,
+every other step is left exactly as it was, and the state survives a checkpoint."""
+import numpy as np
+import pytest
+import torch
+
+from xpsvae import TrainConfig
+from xpsvae.model.spikes import BETA, WARMUP_STEPS, SpikeGuard
+
+
+def _run(guard, grads, parameter):
+    """Feed ``grads`` through the guard; return what each step left in the gradient."""
+    seen = []
+    for g in grads:
+        parameter.grad = g.clone()
+        guard([parameter])
+        seen.append(parameter.grad.clone())
+    return seen
+
+
+def _gradients(n, spikes, size=1000.0):
+    rng = torch.Generator().manual_seed(0)
+    grads = [torch.randn(16, generator=rng) for _ in range(n)]
+    for i in spikes:
+        grads[i] = grads[i] * size
+    return grads
+
+
+def test_a_spike_is_cut_to_the_bound_and_other_steps_are_left_exactly():
+    guard = SpikeGuard(5.0, torch.device("cpu"))  # warm-up: WARMUP_STEPS = 250
+    grads = _gradients(300, spikes=[100, 280])  # one in the warm-up, one after
+    seen = _run(guard, grads, torch.nn.Parameter(torch.zeros(16)))
+    for i, (g, s) in enumerate(zip(grads, seen)):
+        if i != 280:
+            assert torch.equal(g, s), i  # times exactly 1.0
+    # the bound at step 280: 5 x the running mean (from 0) of the earlier norms, the
+    # warm-up's as they were and the later ones bounded; in float64 here
+    norms = [float(np.linalg.norm(g.numpy().astype(np.float64))) for g in grads]
+    mean = 0.0
+    for i in range(280):
+        bounded = norms[i] if i < WARMUP_STEPS else min(norms[i], 5.0 * mean)
+        mean = BETA * mean + (1 - BETA) * bounded
+    # float32 norms and a running mean over 280 steps, each rounding at ~6e-8 relative
+    assert float(seen[280].norm()) == pytest.approx(5.0 * mean, rel=1e-4)
+    assert float(seen[280].norm()) < norms[280] / 50
+    # the direction is kept
+    assert torch.allclose(seen[280] / seen[280].norm(), grads[280] / grads[280].norm(),
+                          atol=1e-6)
+    assert guard.take_bounded() == 1 and guard.take_bounded() == 0
+
+
+def test_the_guard_resumes_from_its_state_and_zero_turns_it_off():
+    grads = _gradients(300, spikes=[270, 290])
+    expected = _run(SpikeGuard(5.0, torch.device("cpu")), grads,
+                    torch.nn.Parameter(torch.zeros(16)))
+    first = SpikeGuard(5.0, torch.device("cpu"))
+    _run(first, grads[:280], torch.nn.Parameter(torch.zeros(16)))
+    second = SpikeGuard(5.0, torch.device("cpu"))
+    second.load_state_dict(first.state_dict())
+    resumed = _run(second, grads[280:], torch.nn.Parameter(torch.zeros(16)))
+    assert not torch.equal(expected[290], grads[290])  # the spike after the split was cut
+    for e, r in zip(expected[280:], resumed):
+        assert torch.equal(e, r)
+    off = _run(SpikeGuard(0.0, torch.device("cpu")), grads, torch.nn.Parameter(torch.zeros(16)))
+    assert all(torch.equal(g, s) for g, s in zip(grads, off))
+
+
+def test_the_bound_must_be_off_or_above_one():
+    for bad in (-1.0, 0.5, 1.0):
+        with pytest.raises(ValueError, match="spike_clip"):
+            TrainConfig(spike_clip=bad)
+    assert TrainConfig().spike_clip == 5.0 and TrainConfig(spike_clip=0).spike_clip == 0
+
+
+def test_a_run_keeps_the_guard_in_its_checkpoint_and_counts_bounded_steps(small_library,
+                                                                          tmp_path):
+    from safetensors.torch import load_file
+
+    from xpsvae import SVAE
+    from xpsvae.core.files import CHECKPOINT_NAME
+    stars = small_library.subset(np.arange(600))
+    config = TrainConfig(epochs=2, calibrate_epochs=1, batch_size=64, threads=2, seed=3)
+    model = SVAE(train_config=config).fit(stars, out_dir=str(tmp_path), progress=False)
+    saved = load_file(str(tmp_path / CHECKPOINT_NAME))
+    steps_per_epoch = 540 // 64  # 540 training stars, whole batches of 64
+    assert int(saved["guard.steps"]) == 3 * steps_per_epoch
+    assert float(saved["guard.mean_norm"]) > 0
+    # 24 steps, all in the warm-up: none bounded
+    assert [row["bounded_steps"] for row in model.history] == [0, 0, 0]
