@@ -70,6 +70,11 @@ def test_the_bound_must_be_off_or_above_one():
         with pytest.raises(ValueError, match="spike_clip"):
             TrainConfig(spike_clip=bad)
     assert TrainConfig().spike_clip == 5.0 and TrainConfig(spike_clip=0).spike_clip == 0
+    # the paper's recipe is the paper's, and a model saved before the bound was trained
+    # without it
+    assert TrainConfig.preset("paper").spike_clip == 0.0
+    saved = {k: v for k, v in TrainConfig().to_dict().items() if k != "spike_clip"}
+    assert TrainConfig.from_dict(saved).spike_clip == 0.0
 
 
 def test_a_run_keeps_the_guard_in_its_checkpoint_and_counts_bounded_steps(small_library,

@@ -10,7 +10,7 @@ from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, SCATTER_MAPS
 TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
                  "weight_decay": float, "momentum": float, "lr_decay": float,
                  "loss_form": str, "seed": int, "val_fraction": float, "device": str,
-                 "grad_clip": float, "threads": int, "calibrate_epochs": int,
+                 "grad_clip": float, "spike_clip": float, "threads": int, "calibrate_epochs": int,
                  "lr_scaling": str, "lr_reference_batch": int, "mask_fraction": float,
                  "label_weight": float}
 
@@ -55,6 +55,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on GPU")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
+    g.add_argument("--spike-clip", type=float,
+                   help="bound each step's gradient norm at this many times the running mean "
+                        "(default 5; 0: off; docs/model.md)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
     g.add_argument("--compile", action="store_true", default=None,
                    help="run the network through torch.compile")

@@ -152,13 +152,13 @@ class TrainConfig:
         its time on the library's 36,204 training stars, and why this recipe).
         ``paper``: SGD with momentum 0.9, batch 1024, initial rate 0.1 decayed
         by 0.96 per epoch, 100 epochs (paper §2.3; momentum and decay are our
-        choice, the paper gives neither).
+        choice, the paper gives neither), without the bound on gradient spikes.
         """
         presets = {
             "fast": dict(),
             "paper": dict(optimizer="sgd", lr=0.1, batch_size=1024, epochs=100, momentum=0.9,
                           lr_decay=0.96, weight_decay=0.0, loss_form="paper", calibrate_epochs=0,
-                          lr_reference_batch=1024),
+                          lr_reference_batch=1024, spike_clip=0.0),
         }
         if name not in presets:
             raise ValueError(f"unknown training preset {name!r}; choose from {sorted(presets)}")
@@ -178,4 +178,5 @@ class TrainConfig:
         d = dict(d)
         # saved before the batch-size rule: the rate was used as given
         d.setdefault("lr_reference_batch", d.get("batch_size", cls.lr_reference_batch))
+        d.setdefault("spike_clip", 0.0)  # saved before the bound on gradient spikes: none
         return cls(**{k: v for k, v in d.items() if k in known})
