@@ -34,6 +34,7 @@ shift in units of the encoder's latent standard deviation.
 
     python benchmarks/masked_inputs.py                       # the default model only
     python benchmarks/masked_inputs.py --mask-fractions 0,0.1  # and one trained with masks
+    python benchmarks/masked_inputs.py --models DEMO_OUT/model,DEMO_OUT/labels/svae
 """
 
 from __future__ import annotations
@@ -125,24 +126,33 @@ def main() -> None:
                    help="comma-separated TrainConfig.mask_fraction values, one model each")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (quick looks)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--models", help="comma-separated model folders trained on the benchmark "
+                                    "split's training stars (e.g. the demo's model and "
+                                    "labels/svae) to measure instead of training any")
     args = p.parse_args()
     library = load_apogee_library()
     train_idx, test_idx = benchmark_split(len(library))
     train, test = library.subset(train_idx), library.subset(test_idx)
     cases = masks(test, np.random.default_rng(1))
     result = {"benchmark": "masked_inputs", "n_test": len(test), "models": {}}
-    for fraction in (float(f) for f in args.mask_fractions.split(",")):
-        overrides = {"threads": args.threads, "mask_fraction": fraction}
-        if args.epochs:
-            overrides["epochs"] = args.epochs
+    runs = [(folder, None) for folder in args.models.split(",")] if args.models else \
+        [(None, float(f)) for f in args.mask_fractions.split(",")]
+    for folder, fraction in runs:
         start = time.perf_counter()
-        model = SVAE(train_config=TrainConfig.preset("fast", **overrides)).fit(
-            train, progress=False)
+        if folder:
+            model, name = SVAE.load(folder), folder
+        else:
+            overrides = {"threads": args.threads, "mask_fraction": fraction}
+            if args.epochs:
+                overrides["epochs"] = args.epochs
+            model = SVAE(train_config=TrainConfig.preset("fast", **overrides)).fit(
+                train, progress=False)
+            name = f"mask_fraction_{fraction:g}"
         trained = time.perf_counter() - start
         figures = measure(model, test, cases)
-        figures["training_seconds"] = round(trained, 1)
-        result["models"][f"mask_fraction_{fraction:g}"] = figures
-        print(f"mask_fraction {fraction:g}: trained in {trained:.0f} s; " + "; ".join(
+        figures["training_seconds"] = None if folder else round(trained, 1)
+        result["models"][name] = figures
+        print(f"{name}: " + "; ".join(
             f"{k} shift {v['latent_shift_median']:.2f} (own sigma "
             f"{v.get('latent_shift_own_median', float('nan')):.2f}) rho "
             f"{v.get('anomaly_spearman', float('nan')):.3f}"

@@ -3,15 +3,15 @@
 The shipped label model (``LabelModel.pretrained()``) has seen every labelled
 library star, so it has no held-out figures of its own. This fits the same
 recipe on the benchmark split's training stars: the shipped sVAE's recipe
-trained on them (or ``--model``, an sVAE of that recipe already trained on
-them: the demo's ``model/``), then the default label head on its features, no
+trained on them, with their labels (or ``--model``, an sVAE of that recipe
+already trained on them: the demo's ``labels/svae/``), then the default label head on its features, no
 side columns (``xpsvae.pretrained.build_pretrained_labels``). It scores the
 4,022 test stars as ``xpsvae evaluate --labels`` does: per label and
 sub-population robust sigma, std z and coverage, the high/low-alpha balanced
 accuracy, and the out-of-distribution flag. The last line is a JSON object.
 
     python benchmarks/pretrained_labels.py                     # ~3 min on 2 cores
-    python benchmarks/pretrained_labels.py --model DEMO_OUT/model
+    python benchmarks/pretrained_labels.py --model DEMO_OUT/labels/svae
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def main() -> None:
     from xpsvae import SVAE, benchmark_split, load_apogee_library
     from xpsvae.evaluation.labels import score_label_model
     from xpsvae.model.recipe import TrainConfig
-    from xpsvae.pretrained import RECIPE, build_pretrained_labels
+    from xpsvae.pretrained import RECIPE, SHIPPED_LABELS, build_pretrained_labels
     library = load_apogee_library()
     train_idx, test_idx = benchmark_split(len(library))
     train, test = library.subset(train_idx), library.subset(test_idx)
     start = time.perf_counter()
     svae = SVAE.load(args.model) if args.model else SVAE(
-        train_config=TrainConfig.preset(RECIPE, device="cpu", threads=args.threads)).fit(train)
+        train_config=TrainConfig.preset(RECIPE, device="cpu", threads=args.threads)).fit(
+        train, labels=SHIPPED_LABELS)
     svae_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

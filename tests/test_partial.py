@@ -31,15 +31,23 @@ def _shift(model, stars, hidden):
 
 
 def test_a_tenth_of_the_samples_masked_moves_the_latent_little(builtin, library):
-    """The shipped model on 400 library stars, 10% of their samples masked at random. The
-    benchmark's figures on the test split (docs/benchmarks.md) are a median shift of ~1.2
-    of the star's own latent std (0.1% of scale moves it by ~0.9: the encoder's latent
-    std is narrow) and a rank correlation of the anomaly scores of ~0.997. The bounds, 1.5
-    and 0.95, are what this test can promise on any machine (float32, a few ulp)."""
+    """The shipped model on 400 library stars, 10% of their samples masked at random.
+
+    The goal (benchmarks/masked_inputs.py): the complete spectrum's latent lies within
+    what the partial one says it knows, a median shift below 1 in units of the partial
+    spectrum's own latent std, which its holes widen. Measured: 0.69-0.72 on the test
+    split for the recipe with and without the labels, 0.72 on these stars; the median of
+    400 stars moves by a few hundredths between draws, float32 rounding by far less. In
+    units of the complete spectrum's narrower std the shift is 1.3 on the test split
+    and 1.5 here (the encoder's std is narrow: 0.1% of scale moves it by ~0.9); 2 bounds
+    it. The anomaly ranks' correlation is ~0.997; 0.95 bounds it."""
     stars = library.subset(np.arange(0, len(library), len(library) // 400)[:400])
     hidden = np.random.default_rng(0).random(stars.values.shape) < 0.10
     shift, full, partial = _shift(builtin, stars, hidden)
-    assert np.median(shift) < 1.5
+    own = np.sqrt((((partial["latent_mean"] - full["latent_mean"])
+                    / partial["latent_std"]) ** 2).mean(axis=1))
+    assert np.median(own) < 1.0
+    assert np.median(shift) < 2.0
     assert spearmanr(partial["anomaly_score"], full["anomaly_score"])[0] >= 0.95
     assert (partial["n_observed"] == (~hidden).sum(axis=1)).all()
     assert (full["n_observed"] == stars.n_inputs).all()

@@ -23,6 +23,17 @@ def test_the_shipped_model_is_small_safetensors_and_json():
 
 def test_the_shipped_model_matches_its_recorded_recipe_and_data(library):
     assert shipped_model_differences() == []
+    assert SVAE.pretrained().config.labels == tuple(DEFAULT_LABELS)  # semi-supervised
+
+
+def test_a_model_that_did_not_learn_the_labels_is_told_from_the_shipped_one(small_library,
+                                                                             tmp_path):
+    from xpsvae import TrainConfig
+    folder = str(tmp_path / "unsupervised")
+    SVAE(train_config=TrainConfig(epochs=1, calibrate_epochs=0, threads=2)).fit(
+        small_library.subset(np.arange(500)), out_dir=folder, progress=False)
+    differences = shipped_model_differences(folder)
+    assert any(d.startswith("learnt the labels []") for d in differences), differences
 
 
 def test_the_shipped_model_loads_by_name_and_scores_library_stars(small_library):
