@@ -14,7 +14,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-python3 -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_training.py -k cuda || echo "CUDA TESTS FAILED"
+python3 -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_training.py tests/test_spikes.py -k cuda || echo "CUDA TESTS FAILED"
 bench() { python3 benchmarks/train_throughput.py --device cuda --seconds 10 "$@" 2>&1 | tail -1; }
 bench "$@"
 bench --no-baseline --amp "$@"

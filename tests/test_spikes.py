@@ -92,3 +92,32 @@ def test_a_run_keeps_the_guard_in_its_checkpoint_and_counts_bounded_steps(small_
     assert float(saved["guard.mean_norm"]) > 0
     # 24 steps, all in the warm-up: none bounded
     assert [row["bounded_steps"] for row in model.history] == [0, 0, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_guard_replays_from_a_captured_cuda_graph():
+    """The trainer's --cuda-graph step captures the guard with the rest of the step: replayed,
+    it bounds what the eager guard bounds (the norms summed in another order: float32)."""
+    grads = _gradients(300, spikes=[100, 280])
+    expected = _run(SpikeGuard(5.0, torch.device("cpu")), grads,
+                    torch.nn.Parameter(torch.zeros(16)))
+    device = torch.device("cuda")
+    p = torch.nn.Parameter(torch.zeros(16, device=device))
+    p.grad = torch.zeros(16, device=device)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, on a guard thrown away
+        SpikeGuard(5.0, device)([p])
+    torch.cuda.current_stream().wait_stream(side)
+    guard = SpikeGuard(5.0, device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        guard([p])
+    seen = []
+    for g in grads:
+        p.grad.copy_(g.to(device))
+        graph.replay()
+        seen.append(p.grad.cpu())
+    for e, s in zip(expected, seen):
+        torch.testing.assert_close(s, e, rtol=1e-5, atol=0.0)
+    assert guard.take_bounded() == 1
