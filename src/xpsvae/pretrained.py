@@ -8,10 +8,11 @@ the CPU on every one of the 40,226 stars of the embedded APOGEE library
 divided by its median flux. It learnt APOGEE's Teff, log g, [Fe/H] and
 [alpha/M] with the spectra (semi-supervised, the recipe's label weight), so
 that its 6-D latent carries them; it is still a generative model of the
-spectra (docs/pretrained.md gives both sides' held-out figures). ``xpsvae pretrained --out DIR`` trains it again
-the same way; its ``config.json``, ``model.safetensors``, ``history.csv`` and
-``training_stars.safetensors`` copied into ``src/xpsvae/resources/builtin/`` ship it. Where it should not be
-trusted is in docs/pretrained.md.
+spectra (docs/pretrained.md gives both sides' held-out figures).
+``xpsvae pretrained --out DIR`` trains it again the same way; its
+``config.json``, ``model.safetensors``, ``history.csv`` and
+``training_stars.safetensors`` copied into ``src/xpsvae/resources/builtin/``
+ship it. Where it should not be trusted is in docs/pretrained.md.
 
 A label model ships beside it (``LabelModel.pretrained()``, or ``builtin`` in
 ``xpsvae labels predict`` and ``xpsvae encode --labels``): Teff, log g,
@@ -21,8 +22,9 @@ archive's records have no 2MASS). It is the default label head fitted on the
 shipped sVAE's features of every labelled library star (that sVAE learnt the
 labels too, which makes them 14-20% better than on an unsupervised one), so
 that one ``xpsvae encode builtin STARS --labels builtin`` gives latents and
-labels together. ``xpsvae pretrained --labels --out DIR`` fits it again; the folder
-copied whole into ``src/xpsvae/resources/builtin_labels/`` ships it.
+labels together. ``xpsvae pretrained --labels --out DIR`` fits it again, on
+the shipped sVAE (so rebuild that first); the folder copied whole into
+``src/xpsvae/resources/builtin_labels/`` ships it.
 """
 
 from __future__ import annotations
