@@ -12,10 +12,11 @@ run limped on 5% worse in held-out loss than the same recipe elsewhere.
 So each step's gradient norm is bounded at ``factor`` times the running mean
 of the earlier steps' (an exponential mean with weight ``1 - beta``, fed
 the bounded norms so that a spike does not raise its own bar), after a
-warm-up of one epoch and at least :data:`WARMUP_STEPS` steps: as the network
-leaves its initialisation, the norms grow a hundredfold in ~200 steps, and
-that run's norms rose above 5 times the running mean now and then until
-step 206. A factor of 5 bounded 7 of that run's 9,870 steps, which then ended
+warm-up of :data:`WARMUP_STEPS` steps: as the network leaves its
+initialisation, the norms grow a hundredfold in ~200 steps, and that run's
+norms rose above 5 times the running mean now and then until step 206. The
+warm-up is counted in steps, not epochs, so that the bound holds from early
+on in a store of millions of stars too. A factor of 5 bounded 7 of that run's 9,870 steps, which then ended
 level with the other seeds' (a factor of 20 bounded 4 and did not stop the
 blow-up). A step under the bound is left exactly as it was (its gradient
 times 1.0).
@@ -48,8 +49,7 @@ class SpikeGuard:
 
     def __init__(self, factor: float, device: torch.device):
         self.factor = float(factor)
-        #: steps before the bound applies: :data:`WARMUP_STEPS`, or one epoch's if more
-        #: (the trainer sets it)
+        #: steps before the bound applies
         self.warmup_steps = WARMUP_STEPS
         # The running mean starts at 0: after the warm-up its weight on that start,
         # BETA ** 250 < 0.7%, is negligible. The bound is infinite until then.

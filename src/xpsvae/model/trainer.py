@@ -32,7 +32,7 @@ from .graphstep import GraphedStep
 from .network import ScatterVAE, label_nll, svae_loss
 from .partial import draw_observed, impute
 from .recipe import TrainConfig
-from .spikes import WARMUP_STEPS, SpikeGuard
+from .spikes import SpikeGuard
 
 TERMS = ("loss", "chi2", "penalty", "kl")
 #: Labels of a batch in semi-supervised training: standardised labels, their survey
@@ -292,7 +292,6 @@ class Trainer:
             # validation only if every rank has stars for it: its loss is averaged across ranks
             batches_per_epoch, has_val = int(steps[0].item()), bool(steps[1].item())
         total_steps = batches_per_epoch * c.epochs  # of the main phase: sets the schedule
-        self.guard.warmup_steps = max(batches_per_epoch, WARMUP_STEPS)
         all_epochs = c.epochs + c.calibrate_epochs
         latent_dim = self.model.config.latent_dim
         use_amp = c.amp and self.device.type == "cuda"
