@@ -121,3 +121,25 @@ def test_the_guard_replays_from_a_captured_cuda_graph():
     for e, s in zip(expected, seen):
         torch.testing.assert_close(s, e, rtol=1e-5, atol=0.0)
     assert guard.take_bounded() == 1
+
+
+def test_a_run_that_bounds_many_steps_is_told_so(small_library):
+    """A bound just above 1 acts on about every other step: the run warns, naming the count
+    and what to try; the default bound on the same run says nothing."""
+    import warnings
+
+    from xpsvae import SVAE
+    stars = small_library.subset(np.arange(600))
+
+    def fit(spike_clip):
+        config = TrainConfig(epochs=10, calibrate_epochs=0, batch_size=16, threads=2, seed=1,
+                             spike_clip=spike_clip)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = SVAE(train_config=config).fit(stars, progress=False)
+        return model, [str(w.message) for w in caught if "bounded in" in str(w.message)]
+    model, told = fit(1.01)
+    bounded = sum(row["bounded_steps"] for row in model.history)
+    assert bounded > 0.01 * 10 * (540 // 16) and len(told) == 1
+    assert f"bounded in {bounded} of {10 * (540 // 16)} steps" in told[0] and "--lr" in told[0]
+    assert fit(5.0)[1] == []

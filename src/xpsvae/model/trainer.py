@@ -353,6 +353,8 @@ class Trainer:
                 on_epoch_end(self)
         bar.close()
         self._set_phase(False)
+        self.guard.warn_if_often(sum(int(h.get("bounded_steps", 0)) for h in self.history),
+                                 batches_per_epoch * all_epochs)
         return self.history
 
     def _train_step(self, x: torch.Tensor, err: torch.Tensor, noise: Optional[torch.Tensor],
