@@ -52,6 +52,8 @@ def test_every_command_takes_the_shipped_model_by_name(small_library, tmp_path):
     assert info.returncode == 0, info.stderr
     described = json.loads(info.stdout)
     assert described["what"] == "model"
+    # its recipe as trained, the bound on gradient spikes included
+    assert described["recipe"]["spike_clip"] == 5.0 and described["label_weight"] == 50.0
     # the label model shipped beside it is named, with its folder, for `info` of that
     shipped = described["shipped_label_model"]
     assert shipped["what"] == "label model" and shipped["labels"] == list(DEFAULT_LABELS)

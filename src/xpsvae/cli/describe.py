@@ -152,7 +152,7 @@ def _model(path: str) -> dict:
            "normalisation": info.get("normalisation"),
            "recipe": {k: training.get(k) for k in (
                "optimizer", "lr", "batch_size", "epochs", "calibrate_epochs", "loss_form",
-               "seed") if k in training},
+               "seed", "spike_clip") if k in training},
            "label_weight": training.get("label_weight"),
            "data": info.get("data", {})}
     history = _history(os.path.join(path, HISTORY_NAME))
