@@ -16,10 +16,10 @@ warm-up of :data:`WARMUP_STEPS` steps: as the network leaves its
 initialisation, the norms grow a hundredfold in ~200 steps, and that run's
 norms rose above 5 times the running mean now and then until step 206. The
 warm-up is counted in steps, not epochs, so that the bound holds from early
-on in a store of millions of stars too. A factor of 5 bounded 7 of that run's 9,870 steps, which then ended
-level with the other seeds' (a factor of 20 bounded 4 and did not stop the
-blow-up). A step under the bound is left exactly as it was (its gradient
-times 1.0).
+on in a store of millions of stars too. A factor of 5 bounded 7 of that
+run's 9,870 steps, which then ended level with the other seeds' (a factor of
+20 bounded 4 and did not stop the blow-up). A step under the bound is left
+exactly as it was (its gradient times 1.0).
 
 Everything stays on the device, with no host sync, so the bound works under a
 captured CUDA graph, and every DDP rank, all-reduced gradients alike, keeps
@@ -59,7 +59,6 @@ class SpikeGuard:
         # The running mean starts at 0: after the warm-up its weight on that start,
         # BETA ** 250 < 0.7%, is negligible. The bound is infinite until then.
         self.mean_norm = torch.zeros((), dtype=torch.float32, device=device)
-        self.limit = torch.full((), float("inf"), dtype=torch.float32, device=device)
         self.steps = torch.zeros((), dtype=torch.int64, device=device)
         #: steps whose gradient was bounded, since the count was last taken
         self.bounded = torch.zeros((), dtype=torch.int64, device=device)
@@ -76,13 +75,13 @@ class SpikeGuard:
         # by device and type (one device, one type here), which took half the time of a
         # bound step on this ~100k-weight network (benchmarks/spike_guard_cost.py)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).float()
-        scale = (self.limit / norm).clamp_(max=1.0)  # exactly 1 under the bound
+        limit = torch.where(self.steps >= self.warmup_steps, self.factor * self.mean_norm,
+                            float("inf"))
+        scale = (limit / norm).clamp_(max=1.0)  # exactly 1 under the bound
         torch._foreach_mul_(grads, scale)
         self.bounded += scale < 1.0
-        self.mean_norm.mul_(BETA).add_(torch.minimum(norm, self.limit), alpha=1 - BETA)
+        self.mean_norm.mul_(BETA).add_(torch.minimum(norm, limit), alpha=1 - BETA)
         self.steps += 1
-        self.limit.copy_(torch.where(self.steps >= self.warmup_steps,
-                                     self.factor * self.mean_norm, float("inf")))
 
     def warn_if_often(self, bounded: int, steps: int) -> None:
         """Warn where ``bounded`` of a run's ``steps`` is more than :data:`OFTEN`."""
@@ -101,11 +100,10 @@ class SpikeGuard:
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The running state, for a checkpoint."""
-        return {"mean_norm": self.mean_norm.cpu(), "limit": self.limit.cpu(),
-                "steps": self.steps.cpu()}
+        return {"mean_norm": self.mean_norm.cpu(), "steps": self.steps.cpu()}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict`'s tensors (a checkpoint without them starts afresh)."""
-        for key in ("mean_norm", "limit", "steps"):
+        for key in ("mean_norm", "steps"):
             if key in state:
                 getattr(self, key).copy_(state[key])
