@@ -19,15 +19,19 @@ def builtin():
     return SVAE.pretrained()
 
 
+def _rms_shift(partial, full, std):
+    """Per star, the root mean square over the latent dimensions of the partial spectrum's
+    latent mean minus the complete one's, in units of ``std``."""
+    return np.sqrt((((partial["latent_mean"] - full["latent_mean"]) / std) ** 2).mean(axis=1))
+
+
 def _shift(model, stars, hidden):
     """Per star, the latent shift in units of the complete spectrum's latent std, and the
-    anomaly scores complete and partial."""
+    scores complete and partial."""
     full = model.score(stars)
     partial = model.score(np.where(hidden, np.nan, stars.values),
                           np.where(hidden, np.nan, stars.errors))
-    shift = np.sqrt((((partial["latent_mean"] - full["latent_mean"])
-                      / full["latent_std"]) ** 2).mean(axis=1))
-    return shift, full, partial
+    return _rms_shift(partial, full, full["latent_std"]), full, partial
 
 
 def test_a_tenth_of_the_samples_masked_moves_the_latent_little(builtin, library):
@@ -44,8 +48,7 @@ def test_a_tenth_of_the_samples_masked_moves_the_latent_little(builtin, library)
     stars = library.subset(np.arange(0, len(library), len(library) // 400)[:400])
     hidden = np.random.default_rng(0).random(stars.values.shape) < 0.10
     shift, full, partial = _shift(builtin, stars, hidden)
-    own = np.sqrt((((partial["latent_mean"] - full["latent_mean"])
-                    / partial["latent_std"]) ** 2).mean(axis=1))
+    own = _rms_shift(partial, full, partial["latent_std"])
     assert np.median(own) < 1.0
     assert np.median(shift) < 2.0
     assert spearmanr(partial["anomaly_score"], full["anomaly_score"])[0] >= 0.95
@@ -223,8 +226,7 @@ def test_holes_widen_the_latent_std_by_what_they_leave_unknown(builtin, library)
         # sqrt(sigma^2 + v) >= sigma, up to float32 rounding of the square (~1e-7)
         assert (ratio >= 1 - 1e-6).all()
         widening[share] = np.median(ratio)
-        shifts[share] = np.median(np.sqrt((((partial["latent_mean"] - full["latent_mean"])
-                                            / partial["latent_std"]) ** 2).mean(axis=1)))
+        shifts[share] = np.median(_rms_shift(partial, full, partial["latent_std"]))
     assert widening[0.3] > widening[0.1] > 1.0
     # the complete star's latent lies within what the partial one says it knows: the
     # goals of docs/model.md (1 and 2); the benchmark split gives 0.70 and 1.38
