@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
-from side_by_side import interleaved
+sys.path.insert(0, os.path.dirname(__file__))
+
+from side_by_side import interleaved  # noqa: E402
 
 
 def main() -> None:
