@@ -112,7 +112,8 @@ def test_resume_refuses_another_recipe(stars, model, option, value):
 
 
 @pytest.mark.parametrize("option,value", [("--epochs", "0"), ("--epochs", "-1"),
-                                          ("--batch-size", "0"), ("--mask-fraction", "0.7")])
+                                          ("--batch-size", "0"), ("--mask-fraction", "0.7"),
+                                          ("--spike-clip", "0.5"), ("--spike-clip", "-1")])
 def test_bad_training_options_are_refused_before_the_data_is_read(tmp_path, option, value):
     missing = str(tmp_path / "no_such_table.parquet")  # never opened: the options fail first
     refused(["train", missing, "--out", str(tmp_path / "m"), option, value], value)
