@@ -10,7 +10,12 @@ labelled stars at the sizes up to 4k), side by side on the same labelled stars:
 * ``mlp_spectrum``: the same head on the standardised spectrum (a supervised MLP);
 * ``cannon``: the Cannon (Teff, log g, [Fe/H]) fitted on those stars, its test step;
 * ``svae_joint_label_model`` (with ``--joint``): an sVAE trained semi-supervised, on all the
-  training spectra with the labels of those stars alone, and the same head on it.
+  training spectra with the labels of those stars alone, and the same head on it;
+* with ``--pseudo``, the recipe for few labels (xpsvae.labels.pseudo): ``teacher``, the
+  head on the spectrum, its noise features and the side columns, fitted on those stars,
+  labels the other training stars; an sVAE trained with all the labels, and the label model
+  on it (``svae_pseudo_label_model``); and, to show what the sVAE adds,
+  ``teacher_self_trained``, the teacher fitted again on its own labels of every star.
 
 Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. The side
 columns (J-H, J-K, BP-RP) go to both heads; ``--no-side`` leaves them out. One JSON line
@@ -19,6 +24,7 @@ per size and seed as it goes, and the whole result last.
     python benchmarks/label_learning_curve.py                 # ~16 min on 2 cores
     python benchmarks/label_learning_curve.py --sizes 1000,4000 --seeds 1
     python benchmarks/label_learning_curve.py --sizes 1000,4000,all --seeds 1 --joint
+    python benchmarks/label_learning_curve.py --sizes 1000,4000 --pseudo   # ~40 min
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import numpy as np
 from xpsvae import SVAE, Cannon, TrainConfig, load_apogee_library
 from xpsvae.evaluation.labels import DEMO_SIDE, label_metrics
 from xpsvae.io.library import benchmark_split
-from xpsvae.labels import LabelHead, LabelHeadConfig, label_columns
+from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
 from xpsvae.labels.features import side_columns, svae_features
+from xpsvae.labels.pseudo import Teacher, with_labels
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
 
@@ -52,6 +59,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--joint", action="store_true",
                    help="also train an sVAE semi-supervised on each draw's labels (~35 s each)")
+    p.add_argument("--pseudo", action="store_true",
+                   help="also the recipe for few labels, pseudo-labels (~3 min each)")
     args = p.parse_args()
     library = load_apogee_library()
     train_idx, test_idx = benchmark_split(len(library))
@@ -94,6 +103,8 @@ def main() -> None:
                 head = LabelHead(config).fit(f[0][rows], y[rows], e[rows])
                 entry["svae_joint_label_model"] = robust(head.predict(f[1])[0], test, LABELS)
                 entry["svae_joint_label_model"]["seconds"] = round(time.perf_counter() - start, 1)
+            if args.pseudo:
+                entry.update(pseudo_entries(train, test, rows, side, config, args.threads))
             start = time.perf_counter()
             cannon = Cannon(("teff", "logg", "fe_h")).fit(train.subset(rows),
                                                           standardizer=model.standardizer)
@@ -103,6 +114,33 @@ def main() -> None:
             results.append(entry)
     print(json.dumps({"benchmark": "label_learning_curve", "side_columns": list(side),
                       "results": results}))
+
+
+def pseudo_entries(train, test, rows, side, config, threads) -> dict:
+    """The teacher, the label model on an sVAE trained with its pseudo-labels, and the
+    teacher trained again on them, all from the labels of ``rows`` alone."""
+    start = time.perf_counter()
+    only = train.subset(np.arange(len(train)))
+    unused = np.setdiff1d(np.arange(len(train)), rows)
+    only.labels.loc[unused, list(LABELS)] = np.nan  # these stars' labels unseen
+    teacher = Teacher(LABELS, side, config).fit(only)
+    out = {"teacher": robust(teacher.predict(test)[0], test, LABELS)}
+    filled = with_labels(only, teacher.pseudo_labels(only), "pseudo-labels")
+    out["teacher"]["seconds"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    svae = SVAE(train_config=TrainConfig(threads=threads, seed=config.seed)).fit(
+        filled, labels=LABELS, progress=False)
+    model = LabelModel.fit(svae, filled, LABELS, side,
+                           LabelHeadConfig(seed=config.seed, threads=threads), holes=False)
+    predicted = model.predict(test)
+    out["svae_pseudo_label_model"] = robust(
+        np.column_stack([predicted[n] for n in LABELS]), test, LABELS)
+    out["svae_pseudo_label_model"]["seconds"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    again = Teacher(LABELS, side, LabelHeadConfig(seed=config.seed, threads=threads)).fit(filled)
+    out["teacher_self_trained"] = robust(again.predict(test)[0], test, LABELS)
+    out["teacher_self_trained"]["seconds"] = round(time.perf_counter() - start, 1)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,3 +68,20 @@ def calspec_store(tmp_path_factory):
                       rows_per_shard=25, progress=False)
     assert manifest["total"]["rows_kept"] == 30 * 10 and len(manifest["shards"]) == 12
     return path
+
+
+def labelled_table(stars, path):
+    """A Parquet table of ``stars``: sampled flux, the four APOGEE labels with errors, J, H, K
+    and medflux; its path."""
+    n = stars.n_inputs
+    offsets = pa.array(np.arange(0, (len(stars) + 1) * n, n, dtype=np.int32))
+    columns = {"source_id": stars.source_id,
+               "flux": pa.ListArray.from_arrays(offsets, pa.array(stars.values.ravel()
+                                                                  .astype(float))),
+               "flux_error": pa.ListArray.from_arrays(offsets, pa.array(
+                   stars.errors.ravel().astype(float)))}
+    for c in ("teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err", "alpha_m",
+              "alpha_m_err", "j", "h", "k", "medflux"):
+        columns[c] = stars.labels[c].to_numpy()
+    pq.write_table(pa.table(columns), path)
+    return str(path)

@@ -7,8 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -26,6 +24,8 @@ from xpsvae.labels.head import (
     _loss_with_class,
     head_nll,
 )
+
+from .conftest import labelled_table
 
 QUICK = LabelHeadConfig(members=2, epochs=15, threads=2)
 
@@ -481,25 +481,10 @@ def test_a_classifier_needs_both_classes():
         ClassHead(QUICK).fit(np.zeros((100, 3)), np.arange(100) < 5)
 
 
-def _labelled_table(stars, path):
-    n = stars.n_inputs
-    offsets = pa.array(np.arange(0, (len(stars) + 1) * n, n, dtype=np.int32))
-    columns = {"source_id": stars.source_id,
-               "flux": pa.ListArray.from_arrays(offsets, pa.array(stars.values.ravel()
-                                                                  .astype(float))),
-               "flux_error": pa.ListArray.from_arrays(offsets, pa.array(
-                   stars.errors.ravel().astype(float)))}
-    for c in ("teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err", "alpha_m",
-              "alpha_m_err", "j", "h", "k", "medflux"):
-        columns[c] = stars.labels[c].to_numpy()
-    pq.write_table(pa.table(columns), path)
-    return str(path)
-
-
 def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     train, test = split
-    train_file = _labelled_table(train.subset(np.arange(1500)), tmp_path / "train.parquet")
-    test_file = _labelled_table(test.subset(np.arange(200)), tmp_path / "test.parquet")
+    train_file = labelled_table(train.subset(np.arange(1500)), tmp_path / "train.parquet")
+    test_file = labelled_table(test.subset(np.arange(200)), tmp_path / "test.parquet")
     head = str(tmp_path / "head")
     assert main(["--quiet", "labels", "fit", "builtin", train_file, "--extra", "j-h,j-k",
                  "--members", "1", "--epochs", "5", "--out", head]) == 0
@@ -565,14 +550,14 @@ def test_encode_refuses_a_label_model_of_another_svae(split, tmp_path):
     head = str(tmp_path / "head")
     LabelModel.fit(SVAE.pretrained(), train.subset(np.arange(600)),
                    config=LabelHeadConfig(members=1, epochs=2)).save(head)
-    test_file = _labelled_table(test.subset(np.arange(20)), tmp_path / "t.parquet")
+    test_file = labelled_table(test.subset(np.arange(20)), tmp_path / "t.parquet")
     assert main(["--quiet", "encode", other, test_file, "--labels", head,
                  "--out", str(tmp_path / "e.parquet")]) == 2
     assert not os.path.exists(tmp_path / "e.parquet")
 
 
 def test_label_commands_tell_a_bad_argument_in_one_line(split, tmp_path, capsys):
-    train_file = _labelled_table(split[0].subset(np.arange(100)), tmp_path / "t.parquet")
+    train_file = labelled_table(split[0].subset(np.arange(100)), tmp_path / "t.parquet")
     assert main(["--quiet", "labels", "fit", "builtin", train_file, "--labels", "teff,vsini",
                  "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -116,11 +116,26 @@ def check_arguments(args) -> None:
                          "numbers; use --scheduler local (or a Dask scheduler) for more "
                          "processes")
     _check_device(getattr(args, "device", None))
+    _check_label_table(args)
     if args.func == "train":
         args.train_config = _resume_config(args, args.out) if resuming(args) \
             else train_config(args)  # its own checks raise here, before the data is read
         _check_device(args.train_config.device)
     _check_output(args)
+
+
+def _check_label_table(args) -> None:
+    path = getattr(args, "label_table", None)
+    if path is None:
+        return
+    if args.func == "train" and not args.labels:
+        raise ValueError(f"--label-table {path}: give --labels too, the columns to learn")
+    if args.func == "train" and (args.streaming or args.resident):
+        raise ValueError("--label-table joins labels to a table in memory; --streaming and "
+                         "--resident read a store, which holds no labels")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--label-table {path}: no such file; make it with xpsvae "
+                                "labels pseudo")
 
 
 def _encodes_a_store(args) -> bool:

@@ -28,6 +28,7 @@ from ..io.store import array_widths, open_store, read_shard, store_shards
 from ..io.tables import read_table_columns
 from .checks import clear_old_run, model_config, resuming
 from .describe import counted, describe, format_description
+from .label_commands import with_label_table
 
 if TYPE_CHECKING:
     pass
@@ -93,7 +94,8 @@ def cmd_train(args) -> int:
                 print("every rank reads the whole store and trains on every world-th star; "
                       "with --resident (or --streaming) each reads only its own shards",
                       file=sys.stderr)
-        spectra = _read_and_report(args.data, progress=not args.quiet)
+        spectra = with_label_table(_read_and_report(args.data, progress=not args.quiet),
+                                   args.label_table)
         n_inputs = spectra.n_inputs
     if resuming(args):
         model = SVAE(train_config=args.train_config)

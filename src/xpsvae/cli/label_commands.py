@@ -1,4 +1,4 @@
-"""``xpsvae labels fit`` and ``xpsvae labels predict`` (docs/labels.md)."""
+"""``xpsvae labels fit``, ``predict`` and ``pseudo`` (docs/labels.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 from ..conform import contract, read_for_model, read_path_for_model
 from ..core.files import BUILTIN_LABEL_MODEL_DIR, LABEL_SVAE_FOLDER, atomic_path, model_folder
+from ..io.read import read_spectra
 from .checks import clear_old_run
 
 
@@ -20,6 +21,7 @@ def cmd_labels_fit(args) -> int:
     svae = SVAE.load(args.model)
     spectra = read_path_for_model(args.data, contract(svae.info, svae.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
+    spectra = with_label_table(spectra, args.label_table)
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
     extra = [name.strip() for name in args.extra.split(",") if name.strip()]
     model = LabelModel.fit(svae, spectra, labels, extra, config, device=args.device)
@@ -56,3 +58,32 @@ def cmd_labels_predict(args) -> int:
     print(f"labels of {len(table)} stars ({int(table['labels_ood'].sum())} flagged as unlike "
           f"the training stars) to {args.out}")
     return 0
+
+
+def cmd_labels_pseudo(args) -> int:
+    # PyTorch, imported only by the commands that use it:
+    from ..labels import LabelHeadConfig
+    from ..labels.pseudo import PSEUDO_SUFFIX, pseudo_labels
+    spectra = read_spectra(args.data)
+    print(spectra.accounting.summary(), file=sys.stderr)
+    labels = [name.strip() for name in args.labels.split(",") if name.strip()]
+    extra = [name.strip() for name in args.extra.split(",") if name.strip()]
+    config = LabelHeadConfig(members=args.members, seed=args.seed, threads=args.threads)
+    table = pseudo_labels(spectra, labels, extra, config, args.epochs)
+    with atomic_path(args.out) as tmp:
+        table.to_parquet(tmp, index=False)
+    filled = {name: int(table[f"{name}{PSEUDO_SUFFIX}"].sum()) for name in labels}
+    print(f"pseudo-labels {filled} of {len(table)} stars to {args.out}; train with "
+          f"--label-table {args.out}")
+    return 0
+
+
+def with_label_table(spectra, path):
+    """``spectra`` with the label columns of ``path`` (``--label-table``), or as they are
+    (``path`` None)."""
+    if path is None:
+        return spectra
+    import pandas as pd
+
+    from ..labels.pseudo import with_labels  # PyTorch: only here
+    return with_labels(spectra, pd.read_parquet(path), path)

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", help="label columns of the table, comma separated (e.g. "
                                     "teff,logg,fe_h,alpha_m): the latent learns them too, "
                                     "semi-supervised (docs/labels.md)")
+    t.add_argument("--label-table", help="with --labels: take the label columns from this "
+                                         "table (xpsvae labels pseudo) in place of the data's")
     _add_training_options(t)
     _add_overwrite(t)
     t.set_defaults(func="train")
@@ -237,8 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--threads", type=int, default=0)
     lf.add_argument("--out", required=True, help="label model directory")
     lf.add_argument("--device", default="cpu", help="where the sVAE runs")
+    lf.add_argument("--label-table", help="take the label columns from this table (xpsvae "
+                                          "labels pseudo): its pseudo-labels only train")
     _add_overwrite(lf)
     lf.set_defaults(func="labels_fit")
+    ls = lsub.add_parser("pseudo", help="labels for the stars without, from a supervised MLP "
+                                        "on the labelled ones: to train with few labels")
+    ls.add_argument("data", help="table of spectra with label columns (and <label>_err), "
+                                 "most stars without")
+    ls.add_argument("--labels", default="teff,logg,fe_h,alpha_m",
+                    help="label columns, comma separated (default: teff,logg,fe_h,alpha_m)")
+    ls.add_argument("--extra", default="",
+                    help="side columns, comma separated; a-b is a difference, e.g. j-h,j-k")
+    ls.add_argument("--members", type=int, default=4, help="MLPs in the teacher's ensemble")
+    ls.add_argument("--epochs", type=int,
+                    help="the teacher's (default: 40 x 16,000 / labelled stars, 40 to 400)")
+    ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("--threads", type=int, default=0)
+    ls.add_argument("--out", required=True, help="output Parquet table of the labels")
+    _add_overwrite(ls)
+    ls.set_defaults(func="labels_pseudo")
     lp = lsub.add_parser("predict", help="labels, errors and the out-of-distribution flag")
     lp.add_argument("labels_model", help="label model directory (xpsvae labels fit), or "
                                          "builtin: the one shipped with the package")

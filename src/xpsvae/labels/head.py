@@ -265,10 +265,14 @@ class LabelHead:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, features: np.ndarray, y: np.ndarray, y_err: Optional[np.ndarray] = None,
-            classes: Optional[np.ndarray] = None) -> "LabelHead":
+            classes: Optional[np.ndarray] = None,
+            surveyed: Optional[np.ndarray] = None) -> "LabelHead":
         """Fit on ``features`` (n, F) and labels ``y`` (n, L), NaN where a star lacks one,
         with the survey's errors ``y_err`` (n, L; None: taken as 0), and, given ``classes``
-        (n,: 1, 0, or NaN where unknown), a class output beside them (module docstring)."""
+        (n,: 1, 0, or NaN where unknown), a class output beside them (module docstring).
+        ``surveyed`` (n,) bool: the stars whose labels are a survey's (None: all). Only
+        they are held out, so the sigma scale and the interval are fitted on survey labels;
+        the rest (pseudo-labels, :mod:`xpsvae.labels.pseudo`) only train."""
         c = self.config
         y = np.asarray(y, dtype=np.float64)
         y_err = np.zeros_like(y) if y_err is None else np.nan_to_num(
@@ -284,7 +288,7 @@ class LabelHead:
         x = self._standardised(features)
         ys = np.where(has, (y - self.label_mean) / self.label_std, 0.0)
         var = (y_err / self.label_std) ** 2
-        val = self.validation(len(y))
+        val = self.validation(len(y), surveyed)
         tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
         targets = [t[~val] for t in tensors[1:]] + [torch.from_numpy(has[~val])]
         loss = partial(_loss, dof=c.dof)
@@ -306,12 +310,14 @@ class LabelHead:
                           np.sqrt(var[val, j]), has[val, j]) for j in range(y.shape[1])])
         return self
 
-    def validation(self, n: int) -> np.ndarray:
+    def validation(self, n: int, surveyed: Optional[np.ndarray] = None) -> np.ndarray:
         """Which of the ``n`` stars given to :meth:`fit` it holds out (bool): the
-        validation share, drawn from the config's seed."""
+        validation share of those ``surveyed`` (all, where None), drawn from the seed."""
         val = np.zeros(n, dtype=bool)
+        pool = np.arange(n) if surveyed is None else np.flatnonzero(surveyed)
         c = self.config
-        val[np.random.default_rng(c.seed).permutation(n)[:int(c.val_fraction * n)]] = True
+        val[np.random.default_rng(c.seed).permutation(pool)[:int(c.val_fraction * len(pool))]] \
+            = True
         return val
 
     # ------------------------------------------------------------------ predicting

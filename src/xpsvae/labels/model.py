@@ -48,6 +48,7 @@ from .classes import (
 from .features import noise_features, side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
+from .pseudo import surveyed
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -93,7 +94,9 @@ class LabelModel:
         Args:
             svae: a trained sVAE (its weights are not changed).
             spectra: stars with label columns, and ``<label>_err`` columns where
-                the survey gives errors (taken as 0 where absent).
+                the survey gives errors (taken as 0 where absent). Labels marked in
+                ``<label>_pseudo`` columns (:func:`xpsvae.labels.pseudo.pseudo_labels`)
+                only train: the validation share is drawn from the other stars.
             labels: label columns to learn.
             side: optional side columns (``j-h``: a difference of two columns).
             config: the head's recipe.
@@ -114,12 +117,14 @@ class LabelModel:
             raise SpectraError(f"{source}: {int(labelled.sum())} complete stars have one of "
                                f"{list(labels)}; a label model needs at least 50")
         stars = spectra.subset(np.flatnonzero(labelled))
+        # pseudo-labels (xpsvae.labels.pseudo) train; survey labels alone calibrate
+        survey = surveyed(table, labels, len(table))[labelled]
         features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
         classes = None
         if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha:
             fe_h, alpha_m = (y[labelled, list(labels).index(n)] for n in ("fe_h", "alpha_m"))
-            both = np.isfinite(fe_h) & np.isfinite(alpha_m)
+            both = np.isfinite(fe_h) & np.isfinite(alpha_m) & survey
             truth = high_alpha(fe_h[both], alpha_m[both])
             if min(truth.sum(), (~truth).sum()) >= MIN_CLASS_STARS:
                 classes = np.where(both, high_alpha(fe_h, alpha_m), np.nan)
@@ -128,12 +133,16 @@ class LabelModel:
                               f"{int((~truth).sum())} low-alpha stars have [Fe/H] and "
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
-        head = LabelHead(config).fit(features, y[labelled], y_err[labelled], classes)
+        head = LabelHead(config).fit(features, y[labelled], y_err[labelled], classes,
+                                     None if survey.all() else survey)
         model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), noise=True)
         model.data = {"source": source, "n_stars": len(stars), "n_with_label": {
             name: int(np.isfinite(y[labelled, j]).sum()) for j, name in enumerate(labels)}}
+        if not survey.all():
+            model.data["n_pseudo_labelled"] = int((~survey).sum())
         if holes:
-            measured = np.flatnonzero(head.validation(len(stars)))[:HOLE_STARS]
+            measured = np.flatnonzero(head.validation(
+                len(stars), None if survey.all() else survey))[:HOLE_STARS]
             if len(measured) < MIN_HOLE_STARS:
                 warnings.warn(f"{source}: partial spectra's errors are not widened for their "
                               f"holes: {len(measured)} validation stars, where measuring "

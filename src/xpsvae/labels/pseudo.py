@@ -1,0 +1,199 @@
+"""Pseudo-labels: labels for the stars a survey did not observe, to train with few labels.
+
+With a few thousand labelled stars among many more spectra, the sVAE trained
+with the labels (``SVAE.fit(..., labels=...)``) sees too few of them for its
+latent to learn them, and a label model on it does worse than a supervised MLP
+on the same stars (docs/labels.md, "The semi-supervised claim"). Pseudo-labels
+close that, in three steps (self-training with a "teacher", as in Lee 2013 and
+Xie et al. 2020's noisy student):
+
+1. :func:`pseudo_labels` fits a *teacher*, the label head
+   (:mod:`xpsvae.labels.head`) on the standardised spectrum, its noise features
+   (:func:`~xpsvae.labels.features.noise_features`) and any side columns, on
+   the complete stars that have labels. It predicts each label, with its
+   calibrated sigma as the label's error, for every complete star that lacks
+   it. A survey label is never replaced; a partial spectrum gets none.
+2. The sVAE trains with all the labels (``xpsvae train --labels``). The
+   teacher's sigma enters its label term as a survey error would, so a label
+   the teacher is unsure of weighs less.
+3. A label model is fitted on that sVAE with all the labels
+   (:meth:`LabelModel.fit <xpsvae.labels.model.LabelModel.fit>`). It reads the
+   ``<label>_pseudo`` columns and holds out only survey labels, so its sigma
+   scale, its interval and the cost of holes are fitted on survey labels, and
+   its high-alpha class learns from survey labels alone.
+
+The teacher alone, trained again on its own pseudo-labels, gains nothing; the
+sVAE, which reads every spectrum, turns them into labels better than the
+teacher's on every label at 1,000 and 4,000 labelled stars (docs/labels.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import SpectraError
+from ..io.spectra import SpectraSet
+from ..model.preprocess import Standardizer
+from ..model.supervision import label_columns
+from .features import noise_features, side_columns
+from .head import LabelHead, LabelHeadConfig
+
+#: Suffix of the bool column that marks a label as the teacher's, not the survey's.
+PSEUDO_SUFFIX = "_pseudo"
+#: Fewest complete stars with every label for a teacher (its validation share is a tenth).
+MIN_TEACHER_STARS = 100
+
+
+def teacher_epochs(n_labelled: int) -> int:
+    """Epochs for a teacher fitted on ``n_labelled`` stars: about 2,500 steps of 256 stars
+    (40 epochs of 16,000 stars), between 40 and 400 epochs. The head's 40 epochs are
+    too few for 1,000 stars: 160 steps."""
+    return max(40, min(400, 40 * 16000 // max(n_labelled, 1)))
+
+
+class Teacher:
+    """The label head on the standardised spectrum, its noise features and side columns:
+    a supervised MLP, whose labels fill those the survey lacks (module docstring)."""
+
+    def __init__(self, labels: Sequence[str], side: Sequence[str] = (),
+                 config: Optional[LabelHeadConfig] = None, epochs: Optional[int] = None):
+        """``config``: the head's recipe (default: the head's); its epochs are ``epochs``,
+        or, where None, :func:`teacher_epochs` of the stars it is fitted on."""
+        self.labels, self.side = list(labels), list(side)
+        self.config, self.epochs = config or LabelHeadConfig(), epochs
+        self.standardizer: Optional[Standardizer] = None
+        self.head: Optional[LabelHead] = None
+
+    def features(self, spectra: SpectraSet, source: str) -> np.ndarray:
+        values = np.where(spectra.observed, spectra.values, 0.0)
+        if self.standardizer is None:  # fitting: on the complete stars
+            self.standardizer = Standardizer.fit(values, np.flatnonzero(_complete(spectra)))
+        features = np.hstack([self.standardizer.transform(values), noise_features(spectra)])
+        if not self.side:
+            return features
+        return np.hstack([features, side_columns(_table(spectra), self.side, source)])
+
+    def fit(self, spectra: SpectraSet) -> "Teacher":
+        """Fit on the complete stars of ``spectra`` that have every label.
+
+        Raises:
+            SpectraError: a label column is absent, or fewer than
+                :data:`MIN_TEACHER_STARS` complete stars have every label.
+        """
+        source = _source(spectra)
+        y, y_err = _labels(spectra, self.labels, source)
+        teach = _complete(spectra) & np.isfinite(y).all(axis=1)
+        if teach.sum() < MIN_TEACHER_STARS:
+            raise SpectraError(f"{source}: {int(teach.sum())} complete stars have all of "
+                               f"{self.labels}; a teacher needs {MIN_TEACHER_STARS}")
+        self.config = replace(self.config, epochs=self.epochs or teacher_epochs(int(teach.sum())))
+        features = self.features(spectra, source)
+        self.head = LabelHead(self.config).fit(features[teach], y[teach], y_err[teach])
+        return self
+
+    def predict(self, spectra: SpectraSet) -> Tuple[np.ndarray, np.ndarray]:
+        """(labels, sigma), each (n, L): the head's (meaningless for a partial spectrum)."""
+        return self.head.predict(self.features(spectra, _source(spectra)))
+
+    def pseudo_labels(self, spectra: SpectraSet) -> pd.DataFrame:
+        """:func:`pseudo_labels` of ``spectra`` from this fitted teacher."""
+        y, y_err = _labels(spectra, self.labels, _source(spectra))
+        fill = np.flatnonzero(_complete(spectra) & ~np.isfinite(y).all(axis=1))
+        guess, sigma = self.predict(spectra.subset(fill)) if len(fill) else \
+            (np.zeros((0, len(self.labels))),) * 2
+        out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
+        for j, name in enumerate(self.labels):
+            pseudo = np.zeros(len(y), dtype=bool)
+            pseudo[fill] = ~np.isfinite(y[fill, j])
+            value, err = y[:, j].copy(), y_err[:, j].copy()
+            value[pseudo], err[pseudo] = guess[pseudo[fill], j], sigma[pseudo[fill], j]
+            out[name], out[f"{name}_err"], out[f"{name}{PSEUDO_SUFFIX}"] = value, err, pseudo
+        return pd.DataFrame(out)
+
+
+def pseudo_labels(spectra: SpectraSet, labels: Sequence[str], side: Sequence[str] = (),
+                  config: Optional[LabelHeadConfig] = None,
+                  epochs: Optional[int] = None) -> pd.DataFrame:
+    """The stars' labels, with a :class:`Teacher`'s where the survey has none (module
+    docstring).
+
+    Args:
+        spectra: stars with the label columns (NaN where a star lacks a label) and
+            ``<label>_err`` where the survey gives errors.
+        labels: label columns.
+        side: optional side columns for the teacher (``j-h``: a difference of two).
+        config, epochs: the teacher's recipe (:class:`Teacher`).
+
+    Returns:
+        One row per star: ``source_id``, ``input_row``, and per label its value,
+        ``<label>_err`` and ``<label>_pseudo`` (True where the value is the teacher's).
+    """
+    return Teacher(labels, side, config, epochs).fit(spectra).pseudo_labels(spectra)
+
+
+def _source(spectra: SpectraSet) -> str:
+    return spectra.accounting.source if spectra.accounting else "the stars given"
+
+
+def _table(spectra: SpectraSet) -> pd.DataFrame:
+    return spectra.labels if spectra.labels is not None else \
+        pd.DataFrame(index=range(len(spectra)))
+
+
+def _complete(spectra: SpectraSet) -> np.ndarray:
+    return spectra.observed.all(axis=1) & np.isfinite(spectra.errors).all(axis=1)
+
+
+def _labels(spectra: SpectraSet, labels: Sequence[str], source: str
+            ) -> Tuple[np.ndarray, np.ndarray]:
+    table = _table(spectra)
+    missing = [name for name in labels if name not in table]
+    if missing:
+        raise SpectraError(f"{source}: no label column {missing[0]!r} to learn; columns "
+                           f"present: {sorted(table.columns)[:20]}")
+    return label_columns(table, labels)
+
+
+def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str) -> SpectraSet:
+    """``spectra`` with its label columns taken from ``labels`` (what
+    :func:`pseudo_labels` gave for the same table, e.g. read from a file ``source``):
+    matched by ``input_row``, and its ``source_id`` checked where both have one."""
+    if "input_row" not in labels:
+        raise SpectraError(f"{source}: no input_row column; is it a table of "
+                           "xpsvae labels pseudo?")
+    rows = np.asarray(labels["input_row"], dtype=np.int64)
+    where = pd.Index(rows).get_indexer(spectra.input_row)
+    if (where < 0).any():
+        first = int(spectra.input_row[np.flatnonzero(where < 0)[0]])
+        raise SpectraError(f"{source}: no row for input row {first} of the spectra "
+                           f"({int((where < 0).sum())} rows missing); make it again with "
+                           "xpsvae labels pseudo from the same table")
+    if spectra.source_id is not None and "source_id" in labels:
+        ids = np.asarray(labels["source_id"], dtype=np.int64)[where]
+        wrong = np.flatnonzero(ids != spectra.source_id)
+        if len(wrong):
+            raise SpectraError(f"{source}: row {int(where[wrong[0]])}, column source_id: "
+                               f"{int(ids[wrong[0]])}, where input row "
+                               f"{int(spectra.input_row[wrong[0]])} of the spectra is "
+                               f"{int(spectra.source_id[wrong[0]])}; it was made from "
+                               "another table")
+    columns = [c for c in labels.columns if c not in ("source_id", "input_row")]
+    table = _table(spectra).copy()
+    for name in columns:
+        table[name] = np.asarray(labels[name])[where]
+    return replace(spectra, labels=table)
+
+
+def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int) -> np.ndarray:
+    """(n,) bool: the stars none of whose ``labels`` is a pseudo-label (all, where the table
+    has no ``<label>_pseudo`` column)."""
+    out = np.ones(n, dtype=bool)
+    for name in labels:
+        column = f"{name}{PSEUDO_SUFFIX}"
+        if table is not None and column in table:
+            out &= ~np.asarray(table[column], dtype=bool)
+    return out
