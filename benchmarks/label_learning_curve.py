@@ -12,8 +12,8 @@ labelled stars at the sizes up to 4k), side by side on the same labelled stars:
 * ``svae_joint_label_model`` (with ``--joint``): an sVAE trained semi-supervised, on all the
   training spectra with the labels of those stars alone, and the same head on it;
 * with ``--pseudo``, the recipe for few labels (xpsvae.labels.pseudo): ``teacher``, the
-  head on the spectrum, its noise features and the side columns, fitted on those stars,
-  labels the other training stars; an sVAE trained with all the labels, and the label model
+  head on the spectrum and the side columns fitted on those stars (``mlp_spectrum`` with
+  its own epochs), labels the other training stars; an sVAE trained with all the labels, and the label model
   on it (``svae_pseudo_label_model``); and, to show what the sVAE adds,
   ``teacher_self_trained``, the teacher fitted again on its own labels of every star.
 

@@ -169,6 +169,9 @@ def test_labels_pseudo_train_and_fit_chain_at_the_command_line(few, tmp_path):
     meta = json.load(open(os.path.join(head, "head.json")))
     some = table[[f"{n}{PSEUDO_SUFFIX}" for n in LABELS]].any(axis=1)
     assert meta["data"]["n_pseudo_labelled"] == some.sum() >= 800
+    from xpsvae.cli.describe import describe, format_description
+    assert f"; {some.sum():,} of them pseudo-labelled (they trained; survey labels alone " \
+        "calibrated)" in format_description(describe(head))
     # the same svae fitted from the table alone: its stars without labels do not train it
     bare = str(tmp_path / "bare")
     assert main(["--quiet", "labels", "fit", svae, data, "--members", "1", "--epochs", "2",

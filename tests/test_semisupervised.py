@@ -12,6 +12,8 @@ from xpsvae import SVAE, TrainConfig
 from xpsvae.cli import main
 from xpsvae.model.network import SVAEConfig, label_nll
 
+from .conftest import labelled_table
+
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
 
 
@@ -147,8 +149,7 @@ def test_training_with_labels_refuses_what_it_cannot_do(small_library, calspec_s
 
 
 def test_the_train_command_learns_labels_and_info_says_so(small_library, tmp_path, capsys):
-    from tests.test_labels import _labelled_table
-    table = _labelled_table(small_library.subset(np.arange(1000)), tmp_path / "t.parquet")
+    table = labelled_table(small_library.subset(np.arange(1000)), tmp_path / "t.parquet")
     out = str(tmp_path / "model")
     assert main(["--quiet", "train", table, "--labels", "teff,fe_h", "--label-weight", "20",
                  "--epochs", "3", "--calibrate-epochs", "0", "--threads", "2",

@@ -298,7 +298,9 @@ def format_description(d: dict) -> str:
             lines.append(f"  fitted on {d['data']['n_stars']:,} stars of {d['data']['source']}"
                          " (with each label: " + ", ".join(
                              f"{name} {n:,}" for name, n in d["data"]["n_with_label"].items())
-                         + ")")
+                         + ")" + (f"; {d['data']['n_pseudo_labelled']:,} of them pseudo-labelled "
+                                  "(they trained; survey labels alone calibrated)"
+                                  if d["data"].get("n_pseudo_labelled") else ""))
         if d["ood"]:
             lines.append(f"  flagged beyond {100 * d['ood']['quantile']:.0f}% of the training "
                          f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
