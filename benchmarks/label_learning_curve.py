@@ -13,13 +13,14 @@ labelled stars at the sizes up to 4k), side by side on the same labelled stars:
   training spectra with the labels of those stars alone, and the same head on it;
 * with ``--pseudo``, the recipe for few labels (xpsvae.labels.pseudo): ``teacher``, the
   head on the spectrum and the side columns fitted on those stars (``mlp_spectrum`` with
-  its own epochs), labels the other training stars; an sVAE trained with all the labels, and the label model
-  on it (``svae_pseudo_label_model``); and, to show what the sVAE adds,
+  its own epochs), labels the other training stars; an sVAE trained with all the labels,
+  and the label model on it (``svae_pseudo_label_model``); and, to show what the sVAE adds,
   ``teacher_self_trained``, the teacher fitted again on its own labels of every star.
 
 Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. The side
 columns (J-H, J-K, BP-RP) go to both heads; ``--no-side`` leaves them out. One JSON line
-per size and seed as it goes, and the whole result last.
+per size and seed as it goes, and the whole result last. The pseudo-label model's std z
+and 2-sigma coverage per label say whether its sigmas hold with so few survey labels.
 
     python benchmarks/label_learning_curve.py                 # ~16 min on 2 cores
     python benchmarks/label_learning_curve.py --sizes 1000,4000 --seeds 1
@@ -135,6 +136,12 @@ def pseudo_entries(train, test, rows, side, config, threads) -> dict:
     predicted = model.predict(test)
     out["svae_pseudo_label_model"] = robust(
         np.column_stack([predicted[n] for n in LABELS]), test, LABELS)
+    for n in LABELS:  # its calibration, held out and scaled on survey labels alone
+        m = label_metrics(np.asarray(predicted[n], float), np.asarray(test.labels[n], float),
+                          np.asarray(predicted[f"{n}_err"], float),
+                          np.asarray(test.labels[f"{n}_err"], float))
+        out["svae_pseudo_label_model"][f"{n}_std_z"] = round(m["std_z"], 3)
+        out["svae_pseudo_label_model"][f"{n}_coverage_2sigma"] = round(m["coverage_2sigma"], 3)
     out["svae_pseudo_label_model"]["seconds"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     again = Teacher(LABELS, side, LabelHeadConfig(seed=config.seed, threads=threads)).fit(filled)

@@ -4,6 +4,7 @@ labels alone, and the commands chain on real library stars."""
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from xpsvae.labels.pseudo import (
     PSEUDO_SUFFIX,
     Teacher,
     pseudo_labels,
-    surveyed,
+    pseudo_mask,
     teacher_epochs,
     with_labels,
 )
@@ -109,7 +110,7 @@ def test_a_label_table_joins_its_spectra_by_input_row(few, table):
                                            r"made from another table"):
         with_labels(stars, wrong, "labels.parquet")
     with pytest.raises(SpectraError, match=f"no row for input row {stars.input_row[-1]} of "
-                                           r"the spectra \(1 rows missing\)"):
+                                           r"the spectra \(spectra rows it lacks: 1\)"):
         with_labels(stars, table.iloc[:-1], "labels.parquet")
     with pytest.raises(SpectraError, match="no input_row column"):
         with_labels(stars, table.drop(columns="input_row"), "labels.parquet")
@@ -128,11 +129,32 @@ def test_validation_is_drawn_from_survey_labels_alone():
     assert val.sum() == 20 and not val[~survey].any()
 
 
+def test_a_pseudo_labels_sigma_widens_the_heads_sigma_where_a_survey_error_would_not(few):
+    stars = few[0]
+    y = stars.labels[["teff"]].to_numpy(copy=True)
+    y[np.isnan(y)] = few[1][np.isnan(y[:, 0]), :1].ravel()  # every star's true Teff
+    err = stars.labels[["teff_err"]].to_numpy(copy=True)
+    pseudo = np.ones((len(stars), 1), dtype=bool)
+    pseudo[::5] = False
+    err[pseudo] = 500.0  # as if a teacher were 500 K unsure of four stars in five
+    config = replace(QUICK, epochs=20)
+    sigma = {}
+    for name, mask in (("spread", pseudo), ("quadrature", None)):
+        head = LabelHead(config).fit(stars.values, y, err, pseudo=mask)
+        # the head's own sigma, before the scale that validation stars fit
+        sigma[name] = np.median(head.predict(stars.values)[1][pseudo[:, 0], 0]) / \
+            head.sigma_scale[0]
+    # as a spread, 500 K is a floor under the variance the head learns (r^2 + 500^2; at 20
+    # epochs, measured, 708 K); as a survey's noise it is taken out of it (211 K). Bounds
+    # with room for another machine's rounding of so short a training
+    assert sigma["spread"] > 0.8 * 500 and sigma["quadrature"] < 0.5 * sigma["spread"]
+
+
 def test_a_label_model_on_pseudo_labels_calibrates_and_classes_on_survey_labels(few, table):
     stars = with_labels(few[0], table, "pseudo")
     config = LabelHeadConfig(members=1, epochs=3, threads=2, seed=2)
     model = LabelModel.fit(SVAE.pretrained(), stars, LABELS, ("j-h",), config, holes=False)
-    survey = surveyed(stars.labels, LABELS, len(stars))
+    survey = ~pseudo_mask(stars.labels, LABELS, len(stars)).any(axis=1)
     assert 350 < survey.sum() <= 400 and model.data["n_pseudo_labelled"] == 2000 - survey.sum()
     # the class prior is the share of high-alpha stars among the survey stars it trained on
     val = model.head.validation(len(stars), survey)
