@@ -13,8 +13,10 @@ labelled stars at the sizes up to 4k), side by side on the same labelled stars:
   training spectra with the labels of those stars alone, and the same head on it;
 * with ``--pseudo``, the recipe for few labels (xpsvae.labels.pseudo): ``teacher``, the
   head on the spectrum and the side columns fitted on those stars (``mlp_spectrum`` with
-  its own epochs), labels the other training stars; an sVAE trained with all the labels,
-  and the label model on it (``svae_pseudo_label_model``); and, to show what the sVAE adds,
+  its own epochs, and the calibration stars as its validation share), labels the other
+  training stars; an sVAE trained with all the labels but the calibration stars', and the
+  label model on it, calibrated on them (``svae_pseudo_label_model``); and, to show what
+  the sVAE adds,
   ``teacher_self_trained``, the teacher fitted again on its own labels of every star.
 
 Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. The side
@@ -41,7 +43,7 @@ from xpsvae.evaluation.labels import DEMO_SIDE, label_metrics
 from xpsvae.io.library import benchmark_split
 from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
 from xpsvae.labels.features import side_columns, svae_features
-from xpsvae.labels.pseudo import Teacher, with_labels
+from xpsvae.labels.pseudo import CALIBRATION_COLUMN, Teacher, calibration_stars, with_labels
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
 
@@ -124,13 +126,17 @@ def pseudo_entries(train, test, rows, side, config, threads) -> dict:
     only = train.subset(np.arange(len(train)))
     unused = np.setdiff1d(np.arange(len(train)), rows)
     only.labels.loc[unused, list(LABELS)] = np.nan  # these stars' labels unseen
-    teacher = Teacher(LABELS, side, config).fit(only)
+    calibration = calibration_stars(only, LABELS, config)
+    teacher = Teacher(LABELS, side, config).fit(only, calibration)
     out = {"teacher": robust(teacher.predict(test)[0], test, LABELS)}
-    filled = with_labels(only, teacher.pseudo_labels(only), "pseudo-labels")
+    table = teacher.pseudo_labels(only)
+    table[CALIBRATION_COLUMN] = calibration  # as pseudo_labels() does
+    filled = with_labels(only, table, "pseudo-labels")
     out["teacher"]["seconds"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     svae = SVAE(train_config=TrainConfig(threads=threads, seed=config.seed)).fit(
-        filled, labels=LABELS, progress=False)
+        with_labels(only, table, "pseudo-labels", for_svae=True), labels=LABELS,
+        progress=False)
     model = LabelModel.fit(svae, filled, LABELS, side,
                            LabelHeadConfig(seed=config.seed, threads=threads), holes=False)
     predicted = model.predict(test)

@@ -52,24 +52,6 @@ def test_the_head_likelihood_is_the_gaussian_with_the_survey_error_in_quadrature
     assert head_nll(mean, log_var, y, y_var, has).item() == pytest.approx(0.125, rel=1e-12)
 
 
-def test_a_pseudo_labels_spread_makes_the_gaussian_its_expectation_over_the_truth():
-    rng = np.random.default_rng(2)
-    mean, y = (torch.from_numpy(rng.normal(size=(50, 4))) for _ in range(2))
-    log_var = torch.from_numpy(rng.normal(-1.0, 1.0, size=(50, 4)))
-    y_var = torch.from_numpy(rng.uniform(0.0, 0.5, size=(50, 4)))
-    p = torch.from_numpy(rng.uniform(0.1, 1.0, size=(50, 4)))
-    has = torch.from_numpy(rng.uniform(size=(50, 4)) < 0.8)
-    # the Gaussian term is quadratic in the label, so its mean over the two labels y -+ p
-    # (mean y, variance p^2) is the expectation exactly; float64 sums of ~160 terms: 1e-12
-    two_points = (head_nll(mean, log_var, y - p, y_var, has) +
-                  head_nll(mean, log_var, y + p, y_var, has)) / 2
-    assert head_nll(mean, log_var, y, y_var, has, spread=p ** 2).item() == \
-        pytest.approx(two_points.item(), rel=1e-12)
-    # and the spread is not the survey error: that one widens the variance instead
-    assert head_nll(mean, log_var, y, y_var, has, spread=p ** 2).item() != pytest.approx(
-        head_nll(mean, log_var, y, y_var + p ** 2, has).item(), rel=1e-3)
-
-
 def test_the_head_likelihood_is_the_student_t_with_the_survey_error_in_the_scale():
     from scipy.stats import t as student_t
     rng = np.random.default_rng(1)
@@ -106,10 +88,8 @@ def test_a_class_output_adds_its_cross_entropy_as_one_label_more():
     entropy = -(t * np.log(p) + (1 - t) * np.log(1 - p))[known].mean()
     for dof in (0.0, 4.0):
         # float64 sums of ~40 terms of size ~1: 1e-12 relative is 1e4 eps
-        spread = torch.zeros_like(y)
-        assert _loss_with_class(out, y, y_var, has, spread, truth, dof).item() == \
-            pytest.approx(_loss(out[:, :8], y, y_var, has, dof=dof).item() + entropy / 4,
-                          rel=1e-12)
+        assert _loss_with_class(out, y, y_var, has, truth, dof).item() == pytest.approx(
+            _loss(out[:, :8], y, y_var, has, dof).item() + entropy / 4, rel=1e-12)
 
 
 @pytest.mark.parametrize("bad", [1.0, 2.0, -3.0, float("nan")])

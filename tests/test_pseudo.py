@@ -4,7 +4,6 @@ labels alone, and the commands chain on real library stars."""
 
 import json
 import os
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,14 +11,17 @@ import pytest
 
 from xpsvae import SVAE, benchmark_split
 from xpsvae.cli import main
+from xpsvae.cli.describe import describe, format_description
 from xpsvae.core.errors import SpectraError
 from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import high_alpha
 from xpsvae.labels.pseudo import (
+    CALIBRATION_COLUMN,
     PSEUDO_SUFFIX,
     Teacher,
+    calibration_stars,
     pseudo_labels,
-    pseudo_mask,
+    surveyed,
     teacher_epochs,
     with_labels,
 )
@@ -129,35 +131,43 @@ def test_validation_is_drawn_from_survey_labels_alone():
     assert val.sum() == 20 and not val[~survey].any()
 
 
-def test_a_pseudo_labels_sigma_widens_the_heads_sigma_where_a_survey_error_would_not(few):
+def test_the_calibration_stars_teach_neither_the_teacher_nor_the_svae(few, table):
     stars = few[0]
-    y = stars.labels[["teff"]].to_numpy(copy=True)
-    y[np.isnan(y)] = few[1][np.isnan(y[:, 0]), :1].ravel()  # every star's true Teff
-    err = stars.labels[["teff_err"]].to_numpy(copy=True)
-    pseudo = np.ones((len(stars), 1), dtype=bool)
-    pseudo[::5] = False
-    err[pseudo] = 500.0  # as if a teacher were 500 K unsure of four stars in five
-    config = replace(QUICK, epochs=20)
-    sigma = {}
-    for name, mask in (("spread", pseudo), ("quadrature", None)):
-        head = LabelHead(config).fit(stars.values, y, err, pseudo=mask)
-        # the head's own sigma, before the scale that validation stars fit
-        sigma[name] = np.median(head.predict(stars.values)[1][pseudo[:, 0], 0]) / \
-            head.sigma_scale[0]
-    # as a spread, 500 K is a floor under the variance the head learns (r^2 + 500^2; at 20
-    # epochs, measured, 708 K); as a survey's noise it is taken out of it (211 K). Bounds
-    # with room for another machine's rounding of so short a training
-    assert sigma["spread"] > 0.8 * 500 and sigma["quadrature"] < 0.5 * sigma["spread"]
+    calibration = table[CALIBRATION_COLUMN].to_numpy()
+    assert (calibration == calibration_stars(stars, LABELS, QUICK)).all()
+    # they are survey stars, and keep their labels in the table for the label model
+    assert not table.loc[calibration, [f"{n}{PSEUDO_SUFFIX}" for n in LABELS]].any().any()
+    np.testing.assert_array_equal(table.loc[calibration, "teff"],
+                                  stars.labels["teff"][calibration])
+    # they are the teacher's validation share: 1,000 K more on their Teff is what its sigma
+    # scale fits (measured: sigma 4.7x wider; were they trained on, 1.1x; 2x leaves room
+    # for another machine's rounding of a 20-epoch training)
+    changed = stars.subset(np.arange(len(stars)))
+    changed.labels.loc[calibration, "teff"] += 1000.0
+    a, b = (Teacher(LABELS, config=QUICK, epochs=20).fit(s, calibration).predict(s)
+            for s in (stars, changed))
+    assert np.median(b[1][:, 0] / a[1][:, 0]) > 2.0
+    # the sVAE trains without their labels; the label model gets them
+    for_svae = with_labels(stars, table, "pseudo", for_svae=True).labels
+    assert for_svae.loc[calibration, list(LABELS)].isna().all().all()
+    assert for_svae.loc[calibration, [f"{n}_err" for n in LABELS]].isna().all().all()
+    kept = ~calibration & stars.labels["teff"].notna().to_numpy()
+    np.testing.assert_array_equal(for_svae["teff"][kept], stars.labels["teff"][kept])
+    assert with_labels(stars, table, "pseudo").labels.loc[calibration, "teff"].notna().all()
 
 
 def test_a_label_model_on_pseudo_labels_calibrates_and_classes_on_survey_labels(few, table):
     stars = with_labels(few[0], table, "pseudo")
     config = LabelHeadConfig(members=1, epochs=3, threads=2, seed=2)
     model = LabelModel.fit(SVAE.pretrained(), stars, LABELS, ("j-h",), config, holes=False)
-    survey = ~pseudo_mask(stars.labels, LABELS, len(stars)).any(axis=1)
+    survey = surveyed(stars.labels, LABELS, len(stars))
     assert 350 < survey.sum() <= 400 and model.data["n_pseudo_labelled"] == 2000 - survey.sum()
+    # it held out the calibration stars: a tenth of the survey stars, none pseudo-labelled
+    val = stars.labels[CALIBRATION_COLUMN].to_numpy()
+    every = survey & stars.labels[list(LABELS)].notna().all(axis=1).to_numpy()
+    assert model.data["n_calibration"] == val.sum() == int(0.1 * every.sum())
+    assert not val[~survey].any()
     # the class prior is the share of high-alpha stars among the survey stars it trained on
-    val = model.head.validation(len(stars), survey)
     fe_h, alpha_m = (stars.labels[n].to_numpy() for n in ("fe_h", "alpha_m"))
     train = survey & ~val & np.isfinite(fe_h) & np.isfinite(alpha_m)
     assert model.head.class_prior == pytest.approx(high_alpha(fe_h[train], alpha_m[train]).mean(),
@@ -174,6 +184,10 @@ def test_labels_pseudo_train_and_fit_chain_at_the_command_line(few, tmp_path):
                  "--epochs", "20", "--threads", "2", "--out", pseudo]) == 0
     table = pd.read_parquet(pseudo)
     assert len(table) == 1000 and table["teff_pseudo"].sum() == 800
+    every = ~table[[f"{n}{PSEUDO_SUFFIX}" for n in LABELS]].any(axis=1) & \
+        table[list(LABELS)].notna().all(axis=1)  # survey stars with every label
+    n_calibration = table[CALIBRATION_COLUMN].sum()
+    assert n_calibration == int(0.1 * every.sum()) > 10
     assert main(["--quiet", "labels", "pseudo", data, "--out", pseudo]) == 2  # no overwrite
     svae = str(tmp_path / "svae")
     assert main(["--quiet", "train", data, "--labels", ",".join(LABELS), "--label-table",
@@ -182,7 +196,7 @@ def test_labels_pseudo_train_and_fit_chain_at_the_command_line(few, tmp_path):
     trained = SVAE.load(svae)
     assert trained.config.labels == LABELS
     # its labels' mean is that of the pseudo-labelled stars' (the validation share aside),
-    # not that of the 200 with survey labels
+    # not that of the survey stars it learnt
     mean = float(trained.network.label_head.label_mean[0])
     assert abs(mean - table["teff"].mean()) < abs(mean - table["teff"][::5].mean())
     head = str(tmp_path / "head")
@@ -191,7 +205,7 @@ def test_labels_pseudo_train_and_fit_chain_at_the_command_line(few, tmp_path):
     meta = json.load(open(os.path.join(head, "head.json")))
     some = table[[f"{n}{PSEUDO_SUFFIX}" for n in LABELS]].any(axis=1)
     assert meta["data"]["n_pseudo_labelled"] == some.sum() >= 800
-    from xpsvae.cli.describe import describe, format_description
+    assert meta["data"]["n_calibration"] == n_calibration
     assert f"; {some.sum():,} of them pseudo-labelled (they trained; survey labels alone " \
         "calibrated)" in format_description(describe(head))
     # the same svae fitted from the table alone: its stars without labels do not train it

@@ -63,7 +63,7 @@ def cmd_labels_predict(args) -> int:
 def cmd_labels_pseudo(args) -> int:
     # PyTorch, imported only by the commands that use it:
     from ..labels import LabelHeadConfig
-    from ..labels.pseudo import PSEUDO_SUFFIX, pseudo_labels
+    from ..labels.pseudo import CALIBRATION_COLUMN, PSEUDO_SUFFIX, pseudo_labels
     spectra = read_spectra(args.data)
     print(spectra.accounting.summary(), file=sys.stderr)
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
@@ -73,17 +73,18 @@ def cmd_labels_pseudo(args) -> int:
     with atomic_path(args.out) as tmp:
         table.to_parquet(tmp, index=False)
     filled = {name: int(table[f"{name}{PSEUDO_SUFFIX}"].sum()) for name in labels}
-    print(f"pseudo-labels {filled} of {len(table)} stars to {args.out}; train with "
-          f"--label-table {args.out}")
+    print(f"pseudo-labels {filled} of {len(table)} stars, and "
+          f"{int(table[CALIBRATION_COLUMN].sum())} survey stars set aside to calibrate, to "
+          f"{args.out}; train with --label-table {args.out}")
     return 0
 
 
-def with_label_table(spectra, path):
+def with_label_table(spectra, path, for_svae: bool = False):
     """``spectra`` with the label columns of ``path`` (``--label-table``), or as they are
-    (``path`` None)."""
+    (``path`` None); ``for_svae``: without the calibration stars' labels (``train``)."""
     if path is None:
         return spectra
     import pandas as pd
 
     from ..labels.pseudo import with_labels  # PyTorch: only here
-    return with_labels(spectra, pd.read_parquet(path), path)
+    return with_labels(spectra, pd.read_parquet(path), path, for_svae)

@@ -125,15 +125,14 @@ class LabelHeadConfig:
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has: torch.Tensor,
-          spread: Optional[torch.Tensor] = None, dof: float = 0.0) -> torch.Tensor:
+          dof: float = 0.0) -> torch.Tensor:
     """:func:`head_nll` of a member's output (means, then log squared scales)."""
     mean, log_var = out.chunk(2, dim=1)
-    return head_nll(mean, log_var.clamp(-12, 6), y, var, has, dof, spread)
+    return head_nll(mean, log_var.clamp(-12, 6), y, var, has, dof)
 
 
 def _loss_with_class(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has: torch.Tensor,
-                     spread: torch.Tensor, truth: torch.Tensor,
-                     dof: float = 0.0) -> torch.Tensor:
+                     truth: torch.Tensor, dof: float = 0.0) -> torch.Tensor:
     """:func:`_loss` of the label outputs, plus the last output's (a logit) cross-entropy
     averaged over the stars whose class is known (``truth`` 1 or 0; NaN: unknown) and
     divided by the number of labels (module docstring)."""
@@ -141,7 +140,7 @@ def _loss_with_class(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has:
     entropy = nn.functional.binary_cross_entropy_with_logits(
         out[:, -1], torch.nan_to_num(truth), reduction="none")
     n_labels = y.shape[1]
-    return _loss(out[:, :-1], y, var, has, spread, dof) + \
+    return _loss(out[:, :-1], y, var, has, dof) + \
         (entropy * known).sum() / known.sum().clamp(min=1) / n_labels
 
 
@@ -236,12 +235,10 @@ def standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
 
 
 def head_nll(mean: torch.Tensor, log_var: torch.Tensor, y: torch.Tensor,
-             y_var: torch.Tensor, has: torch.Tensor, dof: float = 0.0,
-             spread: Optional[torch.Tensor] = None) -> torch.Tensor:
+             y_var: torch.Tensor, has: torch.Tensor, dof: float = 0.0) -> torch.Tensor:
     """The head's loss (module docstring), averaged over the stars' labels that exist;
-    ``log_var`` is ln sigma^2, ``dof`` the t's ``nu`` (0: Gaussian), ``spread`` a
-    pseudo-label's variance (:func:`xpsvae.model.network.label_nll`)."""
-    return label_nll(mean, log_var, y, y_var, has, dof, spread).sum() / has.sum().clamp(min=1)
+    ``log_var`` is ln sigma^2, ``dof`` the t's ``nu`` (0: Gaussian)."""
+    return label_nll(mean, log_var, y, y_var, has, dof).sum() / has.sum().clamp(min=1)
 
 
 @dataclass
@@ -269,17 +266,13 @@ class LabelHead:
     # ------------------------------------------------------------------ fitting
     def fit(self, features: np.ndarray, y: np.ndarray, y_err: Optional[np.ndarray] = None,
             classes: Optional[np.ndarray] = None,
-            pseudo: Optional[np.ndarray] = None) -> "LabelHead":
+            validation: Optional[np.ndarray] = None) -> "LabelHead":
         """Fit on ``features`` (n, F) and labels ``y`` (n, L), NaN where a star lacks one,
         with the survey's errors ``y_err`` (n, L; None: taken as 0), and, given ``classes``
         (n,: 1, 0, or NaN where unknown), a class output beside them (module docstring).
-        ``pseudo`` (n, L) bool: the labels that are pseudo-labels (None: none;
-        :mod:`xpsvae.labels.pseudo`), whose ``y_err`` is the teacher's sigma. That is not
-        a survey's noise on the label, to leave out of sigma, but how far the label may
-        be from the truth, to put in: it joins the squared residual
-        (:func:`~xpsvae.model.network.label_nll`'s ``spread``). A star with one only
-        trains: the validation share is drawn from the others, so the sigma scale and the
-        interval are fitted on survey labels."""
+        ``validation`` (n,) bool: the stars to hold out, on which the sigma scale and the
+        interval are fitted (None: :meth:`validation` of all of them; with pseudo-labels,
+        :mod:`xpsvae.labels.pseudo`, survey stars that nothing before it saw labelled)."""
         c = self.config
         y = np.asarray(y, dtype=np.float64)
         y_err = np.zeros_like(y) if y_err is None else np.nan_to_num(
@@ -295,14 +288,13 @@ class LabelHead:
         x = self._standardised(features)
         ys = np.where(has, (y - self.label_mean) / self.label_std, 0.0)
         var = (y_err / self.label_std) ** 2
-        spread = np.zeros_like(var)
-        if pseudo is not None:  # a pseudo-label's sigma: its spread, not a survey's noise
-            pseudo = np.asarray(pseudo, dtype=bool) & has
-            spread[pseudo], var[pseudo] = var[pseudo], 0.0
-        val = self.validation(len(y), None if pseudo is None else ~pseudo.any(axis=1))
-        tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var, spread)]
-        targets = [t[~val] for t in tensors[1:3]] + [torch.from_numpy(has[~val]),
-                                                      tensors[3][~val]]
+        val = self.validation(len(y)) if validation is None else \
+            np.asarray(validation, dtype=bool)
+        if val.shape != (len(y),):
+            raise ValueError(f"validation must be {len(y)} bools, one per star; got shape "
+                             f"{val.shape}")
+        tensors = [torch.from_numpy(a.astype(np.float32)) for a in (x, ys, var)]
+        targets = [t[~val] for t in tensors[1:]] + [torch.from_numpy(has[~val])]
         loss = partial(_loss, dof=c.dof)
         if classes is not None:
             classes = np.asarray(classes, dtype=np.float64)

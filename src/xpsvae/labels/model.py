@@ -48,7 +48,7 @@ from .classes import (
 from .features import noise_features, side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
-from .pseudo import pseudo_mask
+from .pseudo import calibration, surveyed
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -96,8 +96,8 @@ class LabelModel:
             spectra: stars with label columns, and ``<label>_err`` columns where
                 the survey gives errors (taken as 0 where absent). Labels marked in
                 ``<label>_pseudo`` columns (:func:`xpsvae.labels.pseudo.pseudo_labels`)
-                only train, their error as their spread about the truth
-                (:meth:`~xpsvae.labels.head.LabelHead.fit`): the validation share is drawn from the other stars.
+                only train; the validation share is its ``label_calibration`` stars,
+                or, without that column, drawn from the other stars.
             labels: label columns to learn.
             side: optional side columns (``j-h``: a difference of two columns).
             config: the head's recipe.
@@ -119,8 +119,8 @@ class LabelModel:
                                f"{list(labels)}; a label model needs at least 50")
         stars = spectra.subset(np.flatnonzero(labelled))
         # pseudo-labels (xpsvae.labels.pseudo) train; survey labels alone calibrate
-        pseudo = pseudo_mask(table, labels, len(table))[labelled]
-        survey = ~pseudo.any(axis=1)
+        survey = surveyed(table, labels, len(table))[labelled]
+        calibrating = calibration(table, len(table))
         features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
         classes = None
@@ -135,16 +135,18 @@ class LabelModel:
                               f"{int((~truth).sum())} low-alpha stars have [Fe/H] and "
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
-        head = LabelHead(config).fit(features, y[labelled], y_err[labelled], classes,
-                                     pseudo if pseudo.any() else None)
+        head = LabelHead(config)
+        val = head.validation(len(stars), None if survey.all() else survey) \
+            if calibrating is None else calibrating[labelled]
+        head.fit(features, y[labelled], y_err[labelled], classes, val)
         model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), noise=True)
         model.data = {"source": source, "n_stars": len(stars), "n_with_label": {
             name: int(np.isfinite(y[labelled, j]).sum()) for j, name in enumerate(labels)}}
         if not survey.all():
             model.data["n_pseudo_labelled"] = int((~survey).sum())
+            model.data["n_calibration"] = int(val.sum())
         if holes:
-            measured = np.flatnonzero(head.validation(
-                len(stars), None if survey.all() else survey))[:HOLE_STARS]
+            measured = np.flatnonzero(val)[:HOLE_STARS]
             if len(measured) < MIN_HOLE_STARS:
                 warnings.warn(f"{source}: partial spectra's errors are not widened for their "
                               f"holes: {len(measured)} validation stars, where measuring "

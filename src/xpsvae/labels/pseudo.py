@@ -13,21 +13,23 @@ Xie et al. 2020's noisy student):
    the noise features that the label model reads as well, it did worse at
    1,000 labels, most in [alpha/M]: 0.053 dex against 0.050.) It predicts
    each label, with its calibrated sigma as the label's error, for every
-   complete star that lacks it. A survey label is never replaced; a partial spectrum gets none.
-2. The sVAE trains with all the labels (``xpsvae train --labels``). The
-   teacher's sigma enters its label term as a survey error would, so a label
-   the teacher is unsure of weighs less.
+   complete star that lacks it. A survey label is never replaced; a partial
+   spectrum gets none. A tenth of the complete survey-labelled stars (the
+   head's ``val_fraction``) are set aside first, the *calibration stars*
+   (column ``label_calibration``): they are the teacher's validation share,
+   which fits its sigma scale but does not teach it.
+2. The sVAE trains with all the labels but the calibration stars'
+   (``xpsvae train --labels --label-table``; :func:`with_labels` with
+   ``for_svae=True``). The teacher's sigma enters its label term as a survey
+   error would, so a label the teacher is unsure of weighs less.
 3. A label model is fitted on that sVAE with all the labels
-   (:meth:`LabelModel.fit <xpsvae.labels.model.LabelModel.fit>`). It reads the
-   ``<label>_pseudo`` columns. A pseudo-label's sigma is how far it may be from
-   the truth, so it joins the squared residual of the head's likelihood rather
-   than being added to the predicted variance as a survey's noise is: the
-   head's sigma learns the spread about the true label (with it added in
-   quadrature, as a survey error, the head's sigma learnt only the small
-   spread about the teacher's guess, and at 1,000 labels 85% of the test
-   stars fell within 2 sigma in Teff). It holds out only survey labels, so
-   its sigma scale, its interval and the cost of holes are fitted on survey
-   labels, and its high-alpha class learns from survey labels alone.
+   (:meth:`LabelModel.fit <xpsvae.labels.model.LabelModel.fit>`). It holds out
+   the calibration stars, so its sigma scale, its interval and the cost of
+   holes are fitted on survey labels that neither the teacher nor the sVAE
+   learnt; its high-alpha class learns from survey labels alone. (Held out
+   from the head alone, survey stars whose labels the sVAE had learnt gave
+   residuals far smaller than new stars': at 1,000 labels, 85% of the test
+   stars fell within 2 sigma in Teff, std z 6.6.)
 
 The teacher alone, trained again on its own pseudo-labels, gains nothing; the
 sVAE, which reads every spectrum, turns them into labels better than the
@@ -51,6 +53,8 @@ from .head import LabelHead, LabelHeadConfig
 
 #: Suffix of the bool column that marks a label as the teacher's, not the survey's.
 PSEUDO_SUFFIX = "_pseudo"
+#: Bool column of the survey stars set aside to calibrate the label model (module docstring).
+CALIBRATION_COLUMN = "label_calibration"
 #: Fewest complete stars with every label for a teacher (its validation share is a tenth).
 MIN_TEACHER_STARS = 100
 
@@ -84,8 +88,11 @@ class Teacher:
             return features
         return np.hstack([features, side_columns(_table(spectra), self.side, source)])
 
-    def fit(self, spectra: SpectraSet) -> "Teacher":
-        """Fit on the complete stars of ``spectra`` that have every label.
+    def fit(self, spectra: SpectraSet, calibration: Optional[np.ndarray] = None
+            ) -> "Teacher":
+        """Fit on the complete stars of ``spectra`` that have every label. Those that
+        ``calibration`` marks ((n,) bool) are its head's validation share: they fit its
+        sigma scale, but it does not learn from them (None: the head draws its own).
 
         Raises:
             SpectraError: a label column is absent, or fewer than
@@ -99,7 +106,9 @@ class Teacher:
                                f"{self.labels}; a teacher needs {MIN_TEACHER_STARS}")
         self.config = replace(self.config, epochs=self.epochs or teacher_epochs(int(teach.sum())))
         features = self.features(spectra, source)
-        self.head = LabelHead(self.config).fit(features[teach], y[teach], y_err[teach])
+        val = None if calibration is None else np.asarray(calibration, dtype=bool)[teach]
+        self.head = LabelHead(self.config).fit(features[teach], y[teach], y_err[teach],
+                                               validation=val)
         return self
 
     def predict(self, spectra: SpectraSet) -> Tuple[np.ndarray, np.ndarray]:
@@ -136,10 +145,27 @@ def pseudo_labels(spectra: SpectraSet, labels: Sequence[str], side: Sequence[str
         config, epochs: the teacher's recipe (:class:`Teacher`).
 
     Returns:
-        One row per star: ``source_id``, ``input_row``, and per label its value,
-        ``<label>_err`` and ``<label>_pseudo`` (True where the value is the teacher's).
+        One row per star: ``source_id``, ``input_row``, per label its value,
+        ``<label>_err`` and ``<label>_pseudo`` (True where the value is the teacher's),
+        and ``label_calibration`` (True for the calibration stars).
     """
-    return Teacher(labels, side, config, epochs).fit(spectra).pseudo_labels(spectra)
+    teacher = Teacher(labels, side, config, epochs)
+    calibration = calibration_stars(spectra, labels, teacher.config)
+    table = teacher.fit(spectra, calibration).pseudo_labels(spectra)
+    table[CALIBRATION_COLUMN] = calibration
+    return table
+
+
+def calibration_stars(spectra: SpectraSet, labels: Sequence[str],
+                      config: LabelHeadConfig) -> np.ndarray:
+    """(n,) bool: ``config.val_fraction`` of the complete stars that have every label,
+    drawn from ``config.seed``: survey labels that only calibrate (module docstring)."""
+    y, _ = _labels(spectra, labels, _source(spectra))
+    pool = np.flatnonzero(_complete(spectra) & np.isfinite(y).all(axis=1))
+    out = np.zeros(len(spectra), dtype=bool)
+    out[np.random.default_rng(config.seed).permutation(pool)[
+        :int(config.val_fraction * len(pool))]] = True
+    return out
 
 
 def _source(spectra: SpectraSet) -> str:
@@ -165,10 +191,12 @@ def _labels(spectra: SpectraSet, labels: Sequence[str], source: str
     return label_columns(table, labels)
 
 
-def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str) -> SpectraSet:
+def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str,
+                for_svae: bool = False) -> SpectraSet:
     """``spectra`` with its label columns taken from ``labels`` (what
     :func:`pseudo_labels` gave for the same table, e.g. read from a file ``source``):
-    matched by ``input_row``, and its ``source_id`` checked where both have one."""
+    matched by ``input_row``, and its ``source_id`` checked where both have one.
+    ``for_svae``: the calibration stars' labels are NaN, for the sVAE to train on."""
     if "input_row" not in labels:
         raise SpectraError(f"{source}: no input_row column; is it a table of "
                            "xpsvae labels pseudo?")
@@ -192,15 +220,27 @@ def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str) -> Spect
     table = _table(spectra).copy()
     for name in columns:
         table[name] = np.asarray(labels[name])[where]
+    if for_svae and CALIBRATION_COLUMN in table:
+        hidden = np.asarray(table[CALIBRATION_COLUMN], dtype=bool)
+        names = [c for c in columns if f"{c}{PSEUDO_SUFFIX}" in table]
+        table.loc[hidden, names + [f"{c}_err" for c in names if f"{c}_err" in table]] = np.nan
     return replace(spectra, labels=table)
 
 
-def pseudo_mask(table: Optional[pd.DataFrame], labels: Sequence[str], n: int) -> np.ndarray:
-    """(n, L) bool: which of the ``n`` stars' ``labels`` are pseudo-labels (none, where the
-    table has no ``<label>_pseudo`` column)."""
-    out = np.zeros((n, len(labels)), dtype=bool)
-    for j, name in enumerate(labels):
+def calibration(table: Optional[pd.DataFrame], n: int) -> Optional[np.ndarray]:
+    """(n,) bool: the calibration stars of a table :func:`pseudo_labels` made (None: the
+    table has no ``label_calibration`` column)."""
+    if table is None or CALIBRATION_COLUMN not in table:
+        return None
+    return np.asarray(table[CALIBRATION_COLUMN], dtype=bool)[:n]
+
+
+def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int) -> np.ndarray:
+    """(n,) bool: the stars none of whose ``labels`` is a pseudo-label (all, where the table
+    has no ``<label>_pseudo`` column)."""
+    out = np.ones(n, dtype=bool)
+    for name in labels:
         column = f"{name}{PSEUDO_SUFFIX}"
         if table is not None and column in table:
-            out[:, j] = np.asarray(table[column], dtype=bool)
+            out &= ~np.asarray(table[column], dtype=bool)
     return out

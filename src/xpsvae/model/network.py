@@ -220,8 +220,7 @@ class LatentLabels(nn.Module):
 
 
 def label_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, y_var: torch.Tensor,
-              has: torch.Tensor, dof: float = 0.0,
-              spread: Optional[torch.Tensor] = None) -> torch.Tensor:
+              has: torch.Tensor, dof: float = 0.0) -> torch.Tensor:
     """Per star and label, the Gaussian negative log-likelihood of a survey label
     (no 2 pi term), 0 where the star lacks that label::
 
@@ -235,20 +234,14 @@ def label_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, y_var: 
     with ``mu``, ``ln sigma^2`` the prediction and ``e`` the survey's own error,
     added in quadrature: the prediction's variance is the spread the survey's
     errors do not explain. All in standardised label units, shape (batch, L).
-    ``spread`` (None: 0) is the variance ``p^2`` of a label known only as a
-    distribution about ``y``, a pseudo-label (:mod:`xpsvae.labels.pseudo`): it
-    joins the squared residual, ``(y - mu)^2 + p^2``, which makes the Gaussian's
-    term its expectation over that distribution (the t's, approximately), so
-    ``sigma`` learns the spread about the true label, not about the guess.
     Semi-supervised training adds ``label_weight * sum_labels L_y``, averaged
     over the batch's stars (labelled or not), to :func:`svae_loss`.
     """
     var = logvar.exp() + y_var
-    r2 = (y - mean) ** 2 if spread is None else (y - mean) ** 2 + spread
     if dof:
-        term = 0.5 * (dof + 1) * torch.log1p(r2 / (dof * var)) + 0.5 * var.log()
+        term = 0.5 * (dof + 1) * torch.log1p((y - mean) ** 2 / (dof * var)) + 0.5 * var.log()
     else:
-        term = 0.5 * (r2 / var + var.log())
+        term = 0.5 * ((y - mean) ** 2 / var + var.log())
     return torch.where(has, term, torch.zeros_like(term))
 
 
