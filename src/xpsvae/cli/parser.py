@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "teff,logg,fe_h,alpha_m): the latent learns them too, "
                                     "semi-supervised (docs/labels.md)")
     t.add_argument("--label-table", help="with --labels: take the label columns from this "
-                                         "table (xpsvae labels pseudo) in place of the data's")
+                                         "table (xpsvae labels pseudo) in place of the data's; "
+                                         "its calibration stars' labels are left out")
     _add_training_options(t)
     _add_overwrite(t)
     t.set_defaults(func="train")
@@ -240,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--out", required=True, help="label model directory")
     lf.add_argument("--device", default="cpu", help="where the sVAE runs")
     lf.add_argument("--label-table", help="take the label columns from this table (xpsvae "
-                                          "labels pseudo): its pseudo-labels only train")
+                                          "labels pseudo): its pseudo-labels only train, its "
+                                          "calibration stars are the validation share")
     _add_overwrite(lf)
     lf.set_defaults(func="labels_fit")
     ls = lsub.add_parser("pseudo", help="labels for the stars without, from a supervised MLP "
