@@ -15,6 +15,7 @@ from xpsvae.cli.describe import describe, format_description
 from xpsvae.core.errors import SpectraError
 from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import high_alpha
+from xpsvae.labels.model import _ood_thresholds
 from xpsvae.labels.pseudo import (
     CALIBRATION_COLUMN,
     PSEUDO_SUFFIX,
@@ -92,8 +93,14 @@ def test_a_teacher_needs_enough_labelled_stars_and_its_columns(few):
     stars = few[0]
     with pytest.raises(SpectraError, match="no label column 'vmic'"):
         Teacher(("teff", "vmic"), config=QUICK).fit(stars)
-    with pytest.raises(SpectraError, match=r"\d\d complete stars have all of .* needs 100"):
+    with pytest.raises(SpectraError, match=r"\d\d complete stars have one of .* needs 100"):
         Teacher(LABELS, config=QUICK).fit(stars.subset(np.arange(300)))
+    # a star with one label teaches that label (as a hot star with Teff, no [Fe/H], would)
+    some = stars.subset(np.arange(300))
+    only_teff = np.flatnonzero(some.labels["teff"].isna())[:50]
+    some.labels.loc[only_teff, "teff"] = few[1][only_teff, 0]
+    out = pseudo_labels(some, LABELS, (), QUICK, epochs=5)  # 60 + 50 stars: enough
+    assert not out.loc[only_teff, "teff_pseudo"].any() and out.loc[only_teff, "fe_h_pseudo"].all()
     assert teacher_epochs(1000) == 400 and teacher_epochs(4000) == 160 and \
         teacher_epochs(40000) == 40
 
@@ -174,6 +181,11 @@ def test_a_label_model_on_pseudo_labels_calibrates_and_classes_on_survey_labels(
                                                    rel=1e-12)  # a mean of 0/1: exact
     predicted = model.predict(few[2])
     assert np.isfinite(predicted["teff_err"]).all()
+    # its flag says "unlike the stars a survey labelled": thresholds from those alone
+    labelled = stars.labels[list(LABELS)].notna().any(axis=1).to_numpy()
+    expected = _ood_thresholds(model.svae, stars.subset(np.flatnonzero(survey & labelled)),
+                               "cpu")
+    assert model.ood["latent_distance"] == expected["latent_distance"]  # the same numbers
 
 
 def test_labels_pseudo_train_and_fit_chain_at_the_command_line(few, tmp_path):

@@ -11,7 +11,8 @@ the high-alpha sequence (:mod:`xpsvae.labels.classes`). A star is flagged
 when its anomaly score (the sVAE's NLL per measured input) or its latent's
 Mahalanobis distance from the training stars' latents is beyond that of 99%
 of the training stars: its spectrum is unlike those the labels were learnt
-from. A partial spectrum (any input unmeasured) is flagged too: the model
+from. (With pseudo-labels, :mod:`xpsvae.labels.pseudo`, the training stars
+here are those a survey labelled.) A partial spectrum (any input unmeasured) is flagged too: the model
 fills its holes, and its labels rest on that filling. Its ``_err`` holds
 what the filling may have got wrong, measured when the model is fitted
 (:mod:`xpsvae.labels.holes`; docs/labels.md measures how honest that makes it).
@@ -139,7 +140,10 @@ class LabelModel:
         val = head.validation(len(stars), None if survey.all() else survey) \
             if calibrating is None else calibrating[labelled]
         head.fit(features, y[labelled], y_err[labelled], classes, val)
-        model = cls(svae, head, labels, side, _ood_thresholds(svae, stars, device), noise=True)
+        # the flag says "unlike the stars a survey labelled": pseudo-labels do not widen it
+        ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))
+        model = cls(svae, head, labels, side, _ood_thresholds(svae, ood_stars, device),
+                    noise=True)
         model.data = {"source": source, "n_stars": len(stars), "n_with_label": {
             name: int(np.isfinite(y[labelled, j]).sum()) for j, name in enumerate(labels)}}
         if not survey.all():

@@ -55,7 +55,7 @@ from .head import LabelHead, LabelHeadConfig
 PSEUDO_SUFFIX = "_pseudo"
 #: Bool column of the survey stars set aside to calibrate the label model (module docstring).
 CALIBRATION_COLUMN = "label_calibration"
-#: Fewest complete stars with every label for a teacher (its validation share is a tenth).
+#: Fewest complete stars with a label for a teacher (its validation share is a tenth).
 MIN_TEACHER_STARS = 100
 
 
@@ -90,19 +90,21 @@ class Teacher:
 
     def fit(self, spectra: SpectraSet, calibration: Optional[np.ndarray] = None
             ) -> "Teacher":
-        """Fit on the complete stars of ``spectra`` that have every label. Those that
+        """Fit on the complete stars of ``spectra`` that have a label (each label learns
+        from the stars that have it: a hot star with Teff but no [Fe/H] still teaches
+        Teff). Those that
         ``calibration`` marks ((n,) bool) are its head's validation share: they fit its
         sigma scale, but it does not learn from them (None: the head draws its own).
 
         Raises:
             SpectraError: a label column is absent, or fewer than
-                :data:`MIN_TEACHER_STARS` complete stars have every label.
+                :data:`MIN_TEACHER_STARS` complete stars have one of the labels.
         """
         source = _source(spectra)
         y, y_err = _labels(spectra, self.labels, source)
-        teach = _complete(spectra) & np.isfinite(y).all(axis=1)
+        teach = _complete(spectra) & np.isfinite(y).any(axis=1)
         if teach.sum() < MIN_TEACHER_STARS:
-            raise SpectraError(f"{source}: {int(teach.sum())} complete stars have all of "
+            raise SpectraError(f"{source}: {int(teach.sum())} complete stars have one of "
                                f"{self.labels}; a teacher needs {MIN_TEACHER_STARS}")
         self.config = replace(self.config, epochs=self.epochs or teacher_epochs(int(teach.sum())))
         features = self.features(spectra, source)
