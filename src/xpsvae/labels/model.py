@@ -12,10 +12,11 @@ when its anomaly score (the sVAE's NLL per measured input) or its latent's
 Mahalanobis distance from the training stars' latents is beyond that of 99%
 of the training stars: its spectrum is unlike those the labels were learnt
 from. (With pseudo-labels, :mod:`xpsvae.labels.pseudo`, the training stars
-here are those a survey labelled.) A partial spectrum (any input unmeasured) is flagged too: the model
-fills its holes, and its labels rest on that filling. Its ``_err`` holds
-what the filling may have got wrong, measured when the model is fitted
-(:mod:`xpsvae.labels.holes`; docs/labels.md measures how honest that makes it).
+here are those a survey labelled.) A partial spectrum (any input unmeasured)
+is flagged too: the model fills its holes, and its labels rest on that
+filling. Its ``_err`` holds what the filling may have got wrong, measured when
+the model is fitted (:mod:`xpsvae.labels.holes`; docs/labels.md measures how
+honest that makes it).
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
@@ -121,7 +122,7 @@ class LabelModel:
         stars = spectra.subset(np.flatnonzero(labelled))
         # pseudo-labels (xpsvae.labels.pseudo) train; survey labels alone calibrate
         survey = surveyed(table, labels, len(table))[labelled]
-        calibrating = calibration(table, len(table))
+        calibrating = calibration(table)
         features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
         classes = None

@@ -92,9 +92,9 @@ class Teacher:
             ) -> "Teacher":
         """Fit on the complete stars of ``spectra`` that have a label (each label learns
         from the stars that have it: a hot star with Teff but no [Fe/H] still teaches
-        Teff). Those that
-        ``calibration`` marks ((n,) bool) are its head's validation share: they fit its
-        sigma scale, but it does not learn from them (None: the head draws its own).
+        Teff). Those that ``calibration`` marks ((n,) bool) are its head's validation
+        share: they fit its sigma scale, but it does not learn from them (None: the head
+        draws its own).
 
         Raises:
             SpectraError: a label column is absent, or fewer than
@@ -163,11 +163,8 @@ def calibration_stars(spectra: SpectraSet, labels: Sequence[str],
     """(n,) bool: ``config.val_fraction`` of the complete stars that have every label,
     drawn from ``config.seed``: survey labels that only calibrate (module docstring)."""
     y, _ = _labels(spectra, labels, _source(spectra))
-    pool = np.flatnonzero(_complete(spectra) & np.isfinite(y).all(axis=1))
-    out = np.zeros(len(spectra), dtype=bool)
-    out[np.random.default_rng(config.seed).permutation(pool)[
-        :int(config.val_fraction * len(pool))]] = True
-    return out
+    return LabelHead(config).validation(len(spectra),
+                                        _complete(spectra) & np.isfinite(y).all(axis=1))
 
 
 def _source(spectra: SpectraSet) -> str:
@@ -229,12 +226,12 @@ def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str,
     return replace(spectra, labels=table)
 
 
-def calibration(table: Optional[pd.DataFrame], n: int) -> Optional[np.ndarray]:
+def calibration(table: Optional[pd.DataFrame]) -> Optional[np.ndarray]:
     """(n,) bool: the calibration stars of a table :func:`pseudo_labels` made (None: the
     table has no ``label_calibration`` column)."""
     if table is None or CALIBRATION_COLUMN not in table:
         return None
-    return np.asarray(table[CALIBRATION_COLUMN], dtype=bool)[:n]
+    return np.asarray(table[CALIBRATION_COLUMN], dtype=bool)
 
 
 def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int) -> np.ndarray:
