@@ -125,6 +125,28 @@ def test_a_label_table_joins_its_spectra_by_input_row(few, table):
         with_labels(stars, table.drop(columns="input_row"), "labels.parquet")
 
 
+def test_a_label_table_whose_marks_are_not_true_or_false_is_refused(few, table):
+    """Read as a bool, a gap or the string 'False' would count as True: a survey star's
+    label as pseudo, or a training star as a calibration star. They are refused, by row."""
+    stars = few[0]
+    as_numbers = table.astype({CALIBRATION_COLUMN: int, f"teff{PSEUDO_SUFFIX}": float})
+    joined = with_labels(stars, as_numbers, "labels.parquet")  # 1/0 are read as True/False
+    np.testing.assert_array_equal(joined.labels[CALIBRATION_COLUMN], table[CALIBRATION_COLUMN])
+    assert joined.labels[f"teff{PSEUDO_SUFFIX}"].dtype == bool
+    words = table.astype({f"teff{PSEUDO_SUFFIX}": str})
+    with pytest.raises(SpectraError, match=r"labels.parquet: row 0, column teff_pseudo: "
+                                           r"'(True|False)' \(2000 such rows\); it must be "):
+        with_labels(stars, words, "labels.parquet")
+    gap = table.astype({CALIBRATION_COLUMN: float})
+    gap.loc[5, CALIBRATION_COLUMN] = np.nan
+    with pytest.raises(SpectraError, match=r"row 5, column label_calibration: nan \(1 such"):
+        with_labels(stars, gap, "labels.parquet")
+    two = stars.labels.assign(**{f"logg{PSEUDO_SUFFIX}": 0})
+    two.loc[9, f"logg{PSEUDO_SUFFIX}"] = 2
+    with pytest.raises(SpectraError, match=r"stars.parquet: row 9, column logg_pseudo: 2 "):
+        surveyed(two, LABELS, len(two), "stars.parquet")
+
+
 def test_validation_is_drawn_from_survey_labels_alone():
     head = LabelHead(LabelHeadConfig(seed=4))
     every = head.validation(1000)

@@ -121,8 +121,8 @@ class LabelModel:
                                f"{list(labels)}; a label model needs at least 50")
         stars = spectra.subset(np.flatnonzero(labelled))
         # pseudo-labels (xpsvae.labels.pseudo) train; survey labels alone calibrate
-        survey = surveyed(table, labels, len(table))[labelled]
-        calibrating = calibration(table)
+        survey = surveyed(table, labels, len(table), source)[labelled]
+        calibrating = calibration(table, source)
         features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
         classes = None

@@ -218,28 +218,50 @@ def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str,
     columns = [c for c in labels.columns if c not in ("source_id", "input_row")]
     table = _table(spectra).copy()
     for name in columns:
-        table[name] = np.asarray(labels[name])[where]
+        marks = name == CALIBRATION_COLUMN or name.endswith(PSEUDO_SUFFIX)
+        table[name] = (true_or_false(labels, name, source) if marks
+                       else np.asarray(labels[name]))[where]
     if for_svae and CALIBRATION_COLUMN in table:
-        hidden = np.asarray(table[CALIBRATION_COLUMN], dtype=bool)
+        hidden = table[CALIBRATION_COLUMN].to_numpy()
         names = [c for c in columns if f"{c}{PSEUDO_SUFFIX}" in table]
         table.loc[hidden, names + [f"{c}_err" for c in names if f"{c}_err" in table]] = np.nan
     return replace(spectra, labels=table)
 
 
-def calibration(table: Optional[pd.DataFrame]) -> Optional[np.ndarray]:
+def calibration(table: Optional[pd.DataFrame], source: str = "the table"
+                ) -> Optional[np.ndarray]:
     """(n,) bool: the calibration stars of a table :func:`pseudo_labels` made (None: the
     table has no ``label_calibration`` column)."""
     if table is None or CALIBRATION_COLUMN not in table:
         return None
-    return np.asarray(table[CALIBRATION_COLUMN], dtype=bool)
+    return true_or_false(table, CALIBRATION_COLUMN, source)
 
 
-def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int) -> np.ndarray:
+def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int,
+             source: str = "the table") -> np.ndarray:
     """(n,) bool: the stars none of whose ``labels`` is a pseudo-label (all, where the table
     has no ``<label>_pseudo`` column)."""
     out = np.ones(n, dtype=bool)
     for name in labels:
         column = f"{name}{PSEUDO_SUFFIX}"
         if table is not None and column in table:
-            out &= ~np.asarray(table[column], dtype=bool)
+            out &= ~true_or_false(table, column, source)
     return out
+
+
+def true_or_false(table: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """(n,) bool: a column of True/False (or 1/0) marks, as :func:`pseudo_labels` writes
+    them. Anything else (a gap, a 2, a string) is refused, naming the row: read as a bool,
+    it would silently count as True."""
+    values = table[column]
+    if values.dtype == bool:
+        return values.to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isin(numbers, (0.0, 1.0)))
+    if len(bad):
+        value = values.iloc[bad[0]]
+        value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64
+        raise SpectraError(f"{source}: row {int(bad[0])}, column {column}: {value!r} "
+                           f"({len(bad)} such rows); it must be True or False, as xpsvae "
+                           "labels pseudo writes it")
+    return numbers == 1.0
