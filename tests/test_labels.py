@@ -336,6 +336,30 @@ def test_a_holes_cost_is_read_by_where_the_inputs_are_missing():
     np.testing.assert_array_equal(again.variance(missing), cost.variance(missing))
 
 
+@pytest.mark.parametrize("unit", [1e-3, 1.0, 1e3, 1e6])  # dex to K^2-sized residuals
+def test_the_cost_of_holes_is_solved_in_any_units(unit):
+    """The c >= 0 with mean(r^2 / (v + c)) = 1. With one v for every star it is exactly
+    mean(r^2) - v; in any units it scales with their square; a star whose sigma is not
+    finite is left out; and a few stars far off with sigma wider still do not stop the
+    solve. The root is sought to 1e-12 of mean(r^2), and float64 sums of 400 terms round
+    at ~1e-13 relative: compared at 1e-9."""
+    from xpsvae.labels.holes import _missed_variance
+    rng = np.random.default_rng(3)
+    r = rng.normal(0.0, 3.0, 400) * unit
+    v = np.full(400, 2.0) * unit ** 2
+    expected = np.mean(r ** 2) - 2.0 * unit ** 2
+    assert _missed_variance(r, v) == pytest.approx(expected, rel=1e-9)
+    gap = v.copy()
+    gap[7] = np.nan
+    assert _missed_variance(r, gap) == pytest.approx(
+        np.mean(np.delete(r, 7) ** 2) - 2.0 * unit ** 2, rel=1e-9)
+    far, wide = r.copy(), v.copy()
+    far[:3], wide[:3] = 1e12 * unit, 1e30 * unit ** 2
+    c = _missed_variance(far, wide)
+    assert np.mean(far ** 2 / (wide + c)) == pytest.approx(1.0, rel=1e-9)
+    assert _missed_variance(r / 10, v) == 0.0  # already wide enough: nothing added
+
+
 @pytest.mark.parametrize("change, says", [
     (lambda v: v.pop("blocks"), "expected {'blocks'"),
     (lambda v: v.update(red=v["red"][:-1]), "'red' must be 9 rows of 1 variances"),

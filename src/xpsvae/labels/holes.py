@@ -146,12 +146,26 @@ def block_edges(n_inputs: int) -> np.ndarray:
 
 
 def _missed_variance(residual: np.ndarray, variance: np.ndarray) -> float:
-    """The c >= 0 with mean(residual^2 / (variance + c)) = 1 over the stars with a label."""
-    ok = np.isfinite(residual)
+    """The c >= 0 with mean(residual^2 / (variance + c)) = 1 over the stars with a label
+    (and a finite sigma)."""
+    ok = np.isfinite(residual) & np.isfinite(variance)
     r2, v = residual[ok] ** 2, variance[ok]
-    if len(r2) < MIN_HOLE_STARS or np.mean(r2 / v) <= 1.0:
+    scale = float(np.mean(r2)) if len(r2) else 0.0
+    if len(r2) < MIN_HOLE_STARS or scale == 0.0 or np.mean(r2 / v) <= 1.0:
         return 0.0
-    return float(brentq(lambda c: np.mean(r2 / (v + c)) - 1.0, 0.0, float(np.max(r2))))
+    # In units of mean(r^2) the left side falls from c = 0 on and is below 1 at c = 1
+    # (each term r^2/(v + mean r^2) < r^2/mean r^2), so the root lies in (0, 1]. It is
+    # sought in ln c, to 1e-12 of c wherever it lies: a few stars far off with sigma wider
+    # still can put it at 1e-20 of mean(r^2), and a root sought in c itself, over a range
+    # as wide as r^2, either stops short of it or takes more steps than brentq allows.
+    r2, v = r2 / scale, v / scale
+    lowest = 1e-250
+
+    def excess(log_c: float) -> float:
+        return float(np.mean(r2 / (v + np.exp(log_c)))) - 1.0
+    if excess(np.log(lowest)) <= 0.0:
+        return 0.0  # below 1e-250 of mean(r^2)
+    return scale * float(np.exp(brentq(excess, np.log(lowest), 0.0, xtol=1e-12)))
 
 
 def _end_run(missing: np.ndarray) -> np.ndarray:
