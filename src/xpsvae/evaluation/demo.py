@@ -122,7 +122,8 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
                 joint, train, test, cannon=cannon, unsupervised=model,
                 config=LabelHeadConfig(threads=threads, epochs=label_epochs))
             metrics["labels"]["svae"] = {
-                "training": {"wall_time_s": joint_seconds, "label_weight": config.label_weight},
+                "training": {"wall_time_s": joint_seconds, "label_weight": config.label_weight,
+                             "epochs": config.epochs},
                 "test": evaluate_svae(joint, test)["test"],
                 "unsupervised_test": metrics["svae"]["test"]}
             label_model.save(os.path.join(out_dir, "labels"))
