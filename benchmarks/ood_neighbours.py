@@ -49,8 +49,9 @@ def neighbour_flag(reference: np.ndarray, stars: np.ndarray, k: int, whiten: str
         chol = np.linalg.cholesky(np.linalg.inv(np.cov(reference, rowvar=False)))
     else:  # each column by its spread (features, spectra: too many columns for a covariance)
         chol = np.diag(1 / (reference.std(axis=0) + 1e-12))
-    tree = cKDTree((reference - mean) @ chol)
-    own = tree.query((reference - mean) @ chol, k=[k + 1])[0][:, 0]  # itself left out
+    whitened = (reference - mean) @ chol
+    tree = cKDTree(whitened)
+    own = tree.query(whitened, k=[k + 1])[0][:, 0]  # itself left out
     distance, rows = tree.query((stars - mean) @ chol, k=k)
     return distance[:, -1] > np.quantile(own, QUANTILE), rows
 
@@ -89,6 +90,9 @@ def main() -> None:
     spaces = {"latent": (lambda s: model.score(s)["latent_mean"], "covariance"),
               "features": (lambda s: svae_features(model, s), "columns"),
               "spectrum": (lambda s: model.standardizer.transform(s.values), "columns")}
+    # the test stars' side of each space does not change from draw to draw
+    tested = {"latent": scores["latent_mean"], "features": svae_features(model, test),
+              "spectrum": model.standardizer.transform(test.values)}
     results = []
     for seed in range(args.seeds):
         rows = np.random.default_rng(seed).choice(every, args.size, replace=False)
@@ -105,7 +109,7 @@ def main() -> None:
                  "hot_within_2sigma_teff": round(float((z["teff"][hot] < 2).mean()), 3),
                  "gaussian_flag": flag_entry(predicted["labels_ood"].to_numpy(), z, teff)}
         for space, (values, whiten) in spaces.items():
-            flag, near = neighbour_flag(values(labelled), values(test), args.k, whiten)
+            flag, near = neighbour_flag(values(labelled), tested[space], args.k, whiten)
             entry[f"neighbour_flag_{space}"] = flag_entry(flag | (scores["n_observed"] <
                                                                   test.n_inputs), z, teff)
             if space == "latent":
