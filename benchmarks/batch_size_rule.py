@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from xpsvae import SVAE, TrainConfig, benchmark_split, load_apogee_library
+from xpsvae import SVAE, TrainConfig, benchmark_sets, load_apogee_library
 from xpsvae.evaluation.metrics import evaluate_svae
 
 
@@ -30,8 +30,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     results = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         config = TrainConfig(batch_size=batch, lr_scaling=args.lr_scaling, device=args.device,

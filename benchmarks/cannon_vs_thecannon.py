@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from xpsvae import Standardizer, benchmark_split, load_apogee_library
+from xpsvae import Standardizer, benchmark_sets, load_apogee_library
 from xpsvae.cannon import Cannon
 from xpsvae.evaluation.labels import label_metrics
 from xpsvae.evaluation.metrics import reconstruction_metrics, tail_masks
@@ -56,8 +56,7 @@ def figures(y, err, prediction, scatter, labels, inputs=slice(None)) -> dict:
 def main() -> None:
     torch.set_num_threads(2)
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     standardizer = Standardizer.fit(train.values)
 
     start = time.perf_counter()

@@ -33,15 +33,14 @@ def main() -> None:
                                    "labels/svae")
     p.add_argument("--seed", type=int, default=0, help="of the heads' split and members")
     args = p.parse_args()
-    from xpsvae import SVAE, benchmark_split, load_apogee_library
+    from xpsvae import SVAE, benchmark_sets, load_apogee_library
     from xpsvae.evaluation.labels import alpha_classification, label_metrics
     from xpsvae.labels import DEFAULT_LABELS, LabelHead, LabelHeadConfig, label_columns
     from xpsvae.labels.classes import ClassHead, high_alpha
     from xpsvae.labels.features import noise_features, svae_features
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
     svae = SVAE.load(args.model) if args.model else SVAE.pretrained()
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     x, x_test = (np.hstack([svae_features(svae, s), noise_features(s)]) for s in (train, test))
     y, e = label_columns(train.labels, DEFAULT_LABELS)
     y_test = label_columns(test.labels, DEFAULT_LABELS)[0]

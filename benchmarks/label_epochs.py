@@ -22,7 +22,7 @@ import time
 from xpsvae import SVAE, TrainConfig, load_apogee_library
 from xpsvae.evaluation.labels import DEMO_SIDE, score_label_model
 from xpsvae.evaluation.metrics import evaluate_svae
-from xpsvae.io.library import benchmark_split
+from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import DEFAULT_LABELS, LabelHeadConfig, LabelModel
 
 
@@ -33,8 +33,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     results = []
     for epochs in (int(e) for e in args.epochs.split(",")):
         config = TrainConfig.preset("fast", epochs=epochs, seed=args.seed, threads=args.threads)

@@ -40,7 +40,7 @@ import numpy as np
 
 from xpsvae import SVAE, Cannon, TrainConfig, load_apogee_library
 from xpsvae.evaluation.labels import DEMO_SIDE, label_metrics
-from xpsvae.io.library import benchmark_split
+from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
 from xpsvae.labels.features import side_columns, svae_features
 from xpsvae.labels.pseudo import CALIBRATION_COLUMN, Teacher, calibration_stars, with_labels
@@ -66,8 +66,7 @@ def main() -> None:
                    help="also the recipe for few labels, pseudo-labels (~3 min each)")
     args = p.parse_args()
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     if args.model:
         model = SVAE.load(args.model)
     else:

@@ -48,7 +48,7 @@ from scipy.stats import spearmanr
 
 from xpsvae import SVAE, TrainConfig, load_apogee_library
 from xpsvae.conform import MEDIAN_NAMES
-from xpsvae.io.library import benchmark_split
+from xpsvae.io.library import benchmark_sets
 
 #: Where the flux is BP's alone (nm): below the overlap of the two bands.
 BP_ONLY_NM = 640.0
@@ -131,8 +131,7 @@ def main() -> None:
                                     "labels/svae) to measure instead of training any")
     args = p.parse_args()
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     cases = masks(test, np.random.default_rng(1))
     result = {"benchmark": "masked_inputs", "n_test": len(test), "models": {}}
     runs = [(folder, None) for folder in args.models.split(",")] if args.models else \

@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 
 from xpsvae import SVAE, TrainConfig, load_apogee_library
 from xpsvae.evaluation.labels import DEMO_SIDE
-from xpsvae.io.library import benchmark_split
+from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import LabelHeadConfig, LabelModel, label_columns
 from xpsvae.labels.features import svae_features
 
@@ -76,8 +76,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     library = load_apogee_library()
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
     model = SVAE.load(args.model) if args.model else \
         SVAE(train_config=TrainConfig(threads=args.threads)).fit(train, progress=False)
     y, _ = label_columns(train.labels, LABELS)

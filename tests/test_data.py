@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from xpsvae import SVAE, SpectraError, SpectraSet, read_spectra
-from xpsvae.io.library import benchmark_split
+from xpsvae.io.library import benchmark_sets, benchmark_split
 
 from .conftest import shared_file
 
@@ -32,6 +32,15 @@ def test_benchmark_split_is_the_documented_permutation():
     train, test = benchmark_split(40226)
     np.testing.assert_array_equal(test, perm[:4022])
     np.testing.assert_array_equal(train, perm[4022:])
+
+
+def test_benchmark_sets_are_the_split_stars(small_library):
+    train, test = benchmark_sets(small_library)
+    train_index, test_index = benchmark_split(len(small_library))
+    np.testing.assert_array_equal(train.source_id, small_library.source_id[train_index])
+    np.testing.assert_array_equal(test.values, small_library.values[test_index])
+    assert len(test) == int(0.1 * len(small_library)) and \
+        len(train) + len(test) == len(small_library)
 
 
 def test_parquet_fits_and_hdf5_give_identical_arrays(small_library, tmp_path):

@@ -109,6 +109,48 @@ def test_the_median_of_a_partial_spectrum_is_found_with_its_holes_filled(builtin
     assert (median_scale(stars.values, reconstruct) == 1).all()  # complete: untouched
 
 
+class _GainNetwork:
+    """A network whose fill of input 1 follows f <- x0 + g f, g read from input 2: a
+    contraction for |g| < 1, a fill that swings out without bound for g < -1."""
+
+    @staticmethod
+    def encode(x):
+        z = torch.stack([x[:, 0] + x[:, 2] * x[:, 1], x[:, 2]], dim=1)
+        return z, torch.zeros_like(z)
+
+    @staticmethod
+    def decode(z):
+        return torch.stack([z[:, 0], z[:, 0], z[:, 1]], dim=1)
+
+
+def test_a_fill_that_runs_away_stops_at_its_nearest_approach():
+    from xpsvae.model.partial import IMPUTE_STALLED_ROUNDS, IMPUTE_TOLERANCE
+    x = torch.tensor([[1.0, float("nan"), 0.5],     # settles at x0 / (1 - g) = 2
+                      [1.0, float("nan"), -0.5],    # settles, swinging: at 1 / 1.5
+                      [1.0, float("nan"), -2.6]])   # swings out: moves 1, 2.6, 6.76, ...
+    observed = torch.isfinite(x)
+    filled = impute(_GainNetwork(), x, observed)
+    # a contraction's fill is within its last move times |g| / (1 - g) of its fixed point
+    # (1 and 1/3 here), and the last move is below the tolerance
+    assert abs(filled[0, 1].item() - 2.0) <= IMPUTE_TOLERANCE
+    assert abs(filled[1, 1].item() - 1 / 1.5) <= IMPUTE_TOLERANCE
+    # the runaway: its smallest move was the first (0 -> 1); it keeps that fill, after
+    # IMPUTE_STALLED_ROUNDS rounds without a smaller move, where 50 rounds reach 2.6^49
+    assert filled[2, 1].item() == 1.0 and IMPUTE_STALLED_ROUNDS < 20
+
+
+def test_a_median_that_does_not_follow_the_scale_keeps_its_nearest_round():
+    """With 80% of a spectrum filled at a constant 8, its median is 8 whatever the scale:
+    no scale makes it 1, and each round would multiply the scale by 8 again."""
+    values = np.full((2, 10), np.nan)
+    values[0, :2] = 1.0  # 80% filled
+    values[1, :] = np.linspace(0.5, 1.5, 10)
+    values[1, -1] = np.nan  # one hole: the measured median decides
+    scale = median_scale(values, lambda part: np.full(part.shape, 8.0))
+    assert scale[0] == 8.0  # the first round's, not 8 ** 10
+    assert scale[1] == np.median(np.append(values[1, :-1], 8.0))  # settled in one round
+
+
 def test_training_masks_are_random_or_one_end_and_repeatable():
     x = torch.zeros(3000, 100)
     a = draw_observed(x, 0.1, torch.Generator().manual_seed(5))

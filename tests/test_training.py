@@ -118,6 +118,18 @@ def test_paper_recipe_preset_is_the_papers():
     assert c.momentum == 0.9 and c.calibrate_epochs == 0
 
 
+def test_every_named_recipe_is_offered_and_long_is_fast_stretched():
+    from xpsvae.cli.parser import build_parser
+    from xpsvae.core.constants import RECIPES
+    for name in RECIPES:  # each name the command line offers is a preset
+        assert TrainConfig.preset(name).epochs >= 1
+    recipe = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]
+                  ._actions if a.dest == "recipe")
+    assert tuple(recipe.choices) == RECIPES and recipe.default == "fast"
+    fast, long = TrainConfig.preset("fast").to_dict(), TrainConfig.preset("long").to_dict()
+    assert {k for k in fast if fast[k] != long[k]} == {"epochs"} and long["epochs"] == 1000
+
+
 def test_unknown_saved_training_option_warns():
     saved = {**TrainConfig().to_dict(), "turbo_mode": True}
     with pytest.warns(UserWarning, match="turbo_mode"):

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # what an IDE or a type checker sees; at run time, __getattr_
     from .core.errors import ModelFileError, SpectraError, TrainingDiverged, XPParseError
     from .flux import XPSampler, write_store_flux
     from .ingestion.pipeline import ingest
-    from .io.library import benchmark_split, library_path, load_apogee_library
+    from .io.library import benchmark_sets, benchmark_split, library_path, load_apogee_library
     from .io.read import read_spectra
     from .io.spectra import RowAccounting, SpectraSet
     from .io.store import Store, open_store
@@ -52,7 +52,7 @@ _EXPORTS = {
     "TrainingDiverged": "core.errors", "XPParseError": "core.errors",
     "XPSampler": "flux", "write_store_flux": "flux",
     "ingest": "ingestion.pipeline",
-    "benchmark_split": "io.library", "library_path": "io.library",
+    "benchmark_sets": "io.library", "benchmark_split": "io.library", "library_path": "io.library",
     "load_apogee_library": "io.library",
     "read_spectra": "io.read", "RowAccounting": "io.spectra", "SpectraSet": "io.spectra",
     "Store": "io.store", "open_store": "io.store",
@@ -64,7 +64,8 @@ _EXPORTS = {
 
 __all__ = ["Cannon", "LabelHeadConfig", "LabelModel", "ModelFileError", "RowAccounting", "SVAE", "SVAEConfig", "ScatterVAE",
            "SpectraError", "SpectraSet", "Standardizer", "Store", "TrainConfig", "Trainer",
-           "TrainingDiverged", "XPParseError", "XPSampler", "__version__", "benchmark_split",
+           "TrainingDiverged", "XPParseError", "XPSampler", "__version__", "benchmark_sets",
+           "benchmark_split",
            "encode_store", "ingest", "library_path", "load_apogee_library", "open_store",
            "read_spectra", "svae_loss", "write_store_flux"]
 

@@ -48,7 +48,7 @@ from .model.recipe import TrainConfig
 from .svae import SVAE
 
 #: The recipe the shipped model was trained with.
-RECIPE = "fast"
+RECIPE = "long"
 #: The labels the shipped sVAE learnt with its spectra (semi-supervised, the recipe's
 #: label weight), so that its latent carries them for the shipped label model.
 SHIPPED_LABELS = tuple(DEFAULT_LABELS)

@@ -75,6 +75,8 @@ ACTIVATION_NAMES = ("gelu", "relu", "silu", "tanh")
 NORMS = ("none", "batch", "layer")
 SCATTER_MAPS = ("softplus", "exp", "sigmoid")
 LOSS_FORMS = ("paper", "elbo")
+#: The named training recipes (``TrainConfig.preset``); the first is the default.
+RECIPES = ("fast", "long", "paper")
 
 # --------------------------------------------------------------------------- the package
 #: xpsvae's version, written into every store's and model's files.

@@ -26,7 +26,7 @@ import torch
 from ..cannon import Cannon
 from ..core.constants import VERSION
 from ..core.files import METRICS_FILE, write_json
-from ..io.library import benchmark_split, library_path, load_apogee_library
+from ..io.library import benchmark_sets, library_path, load_apogee_library
 from ..labels import DEFAULT_LABELS, LabelHeadConfig
 from ..model.recipe import TrainConfig
 from ..svae import SVAE
@@ -59,8 +59,7 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
     library = load_apogee_library()
     if max_stars:
         library = library.subset(np.arange(min(max_stars, len(library))))
-    train_idx, test_idx = benchmark_split(len(library))
-    train, test = library.subset(train_idx), library.subset(test_idx)
+    train, test = benchmark_sets(library)
 
     overrides = {"device": device, "threads": threads}
     if epochs:

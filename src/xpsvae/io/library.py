@@ -74,3 +74,9 @@ def benchmark_split(n_stars: int) -> Tuple[np.ndarray, np.ndarray]:
         np.random.set_state(state)  # do not disturb the caller's global RNG
     n_test = int(0.1 * n_stars)
     return perm[n_test:], perm[:n_test]
+
+
+def benchmark_sets(library: SpectraSet) -> Tuple[SpectraSet, SpectraSet]:
+    """The training and test stars of ``library`` on :func:`benchmark_split`."""
+    train_index, test_index = benchmark_split(len(library))
+    return library.subset(train_index), library.subset(test_index)
