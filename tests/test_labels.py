@@ -209,18 +209,25 @@ def test_a_label_model_learns_labels_and_calibrates_them(label_model, split):
         m = label_metrics(predicted[name].to_numpy(), truth, predicted[f"{name}_err"].to_numpy(),
                           np.asarray(test.labels[f"{name}_err"], float))
         assert m["robust_sigma"] < spread_share * np.nanstd(truth), (name, m)
-        assert 0.6 < m["coverage_1sigma"] < 0.9 and m["coverage_2sigma"] > 0.88, (name, m)
+        # the core is over-covered where a few stars far off set the sigma scale (Teff:
+        # 85-88% within 1 sigma on all the labels, docs/labels.md; 75-94% here, head seeds
+        # 0-2 on two sVAEs); 2 sigma is where the Gaussian's coverage holds
+        assert 0.6 < m["coverage_1sigma"] < 0.97 and m["coverage_2sigma"] > 0.88, (name, m)
     assert set(predicted.columns) >= {"source_id", "input_row", "teff", "teff_err",
                                       "teff_lower", "teff_upper", "alpha_m_err", "labels_ood"}
     assert (predicted["teff_err"] > 0).all()
     # the central 68% interval, fitted on the validation share, holds ~68% of the test
-    # stars: a share of 1,000 has a standard error of 1.5%; 6 points is four of it
+    # stars. Two draws set how far: the interval is the 68% quantile of the 300
+    # validation stars' |z| (the 10% held out of 3,000), so its true coverage has a
+    # standard error of sqrt(0.68 x 0.32 / 300) = 2.7%, and the share of 1,000 test
+    # stars inside it one of 1.5%; together 3.1%, and 12 points is four of it (head
+    # seeds 0-2 on two sVAEs gave 60-75%)
     for name in ("teff", "logg", "fe_h"):
         m = label_metrics(predicted[name].to_numpy(), np.asarray(test.labels[name], float),
                           predicted[f"{name}_err"].to_numpy(),
                           np.asarray(test.labels[f"{name}_err"], float),
                           (predicted[f"{name}_lower"], predicted[f"{name}_upper"]))
-        assert abs(m["coverage_interval"] - 0.6827) < 0.06, (name, m)
+        assert abs(m["coverage_interval"] - 0.6827) < 0.12, (name, m)
         assert (predicted[f"{name}_lower"] < predicted[name]).all() and \
             (predicted[name] < predicted[f"{name}_upper"]).all()
 
