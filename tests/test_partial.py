@@ -124,7 +124,7 @@ class _GainNetwork:
 
 
 def test_a_fill_that_runs_away_stops_at_its_nearest_approach():
-    from xpsvae.model.partial import IMPUTE_STALLED_ROUNDS, IMPUTE_TOLERANCE
+    from xpsvae.model.partial import IMPUTE_RUNAWAY, IMPUTE_TOLERANCE
     x = torch.tensor([[1.0, float("nan"), 0.5],     # settles at x0 / (1 - g) = 2
                       [1.0, float("nan"), -0.5],    # settles, swinging: at 1 / 1.5
                       [1.0, float("nan"), -2.6]])   # swings out: moves 1, 2.6, 6.76, ...
@@ -134,9 +134,10 @@ def test_a_fill_that_runs_away_stops_at_its_nearest_approach():
     # (1 and 1/3 here), and the last move is below the tolerance
     assert abs(filled[0, 1].item() - 2.0) <= IMPUTE_TOLERANCE
     assert abs(filled[1, 1].item() - 1 / 1.5) <= IMPUTE_TOLERANCE
-    # the runaway: its smallest move was the first (0 -> 1); it keeps that fill, after
-    # IMPUTE_STALLED_ROUNDS rounds without a smaller move, where 50 rounds reach 2.6^49
-    assert filled[2, 1].item() == 1.0 and IMPUTE_STALLED_ROUNDS < 20
+    # the runaway: its smallest move was the first (0 -> 1); it keeps that fill once a
+    # move is IMPUTE_RUNAWAY times that (2.6^5 = 119 at the sixth round), where 50 rounds
+    # would reach 2.6^49
+    assert filled[2, 1].item() == 1.0 and IMPUTE_RUNAWAY < 2.6 ** 10
 
 
 def test_a_median_that_does_not_follow_the_scale_keeps_its_nearest_round():

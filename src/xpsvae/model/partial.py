@@ -26,11 +26,10 @@ IMPUTE_ROUNDS = 50
 #: :func:`impute` stops when no filled input moved by more than this in a round
 #: (standardised units, where a star's inputs spread over ~1; 100x float32's eps at 10).
 IMPUTE_TOLERANCE = 1e-4
-#: :func:`impute` gives a star up when this many rounds have passed without a move smaller
-#: than its smallest yet: a fill that settles moves less round after round (one that
-#: oscillates as it settles, every other round), while one that runs away grows ~2.6x a
-#: round.
-IMPUTE_STALLED_ROUNDS = 5
+#: :func:`impute` gives a star up when a round moves its fill this many times further than
+#: its smallest move yet: a fill that settles, even slowly and swinging, never moves much
+#: more than it has before, while one that runs away grows 2-3x a round.
+IMPUTE_RUNAWAY = 100.0
 
 
 def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
@@ -57,10 +56,11 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
     map a wrong fill to a worse one, and the fill runs away: an sVAE trained
     1,000 epochs, given spectra without their bluest 80%, filled some to 10^21
     standardised units in 50 rounds, swinging from side to side, 2.6x further
-    each round. So a star that has gone :data:`IMPUTE_STALLED_ROUNDS` rounds
-    without a move smaller than its smallest yet stops and keeps the fill that
-    followed that smallest move, the nearest the iteration came to settling. A
-    fill that settles is not affected.
+    each round. So a star whose move in a round is :data:`IMPUTE_RUNAWAY` times
+    its smallest yet stops, and keeps the fill that followed that smallest
+    move, the nearest the iteration came to settling. A fill that settles, even
+    slowly or swinging, never moves that much more than it has before, and is
+    not affected.
 
     Args:
         network: the trained network.
@@ -74,7 +74,6 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
         return torch.where(observed, x, network.decode(network.encode(filled)[0]))
     active = (~observed).any(dim=1).nonzero().squeeze(1)  # complete stars need no round
     smallest = torch.full((len(x),), float("inf"), device=x.device)  # per star: least move
-    stalled = torch.zeros(len(x), dtype=torch.long, device=x.device)  # rounds since it
     best = filled.clone()  # per star: the fill that followed its smallest move
     for _ in range(rounds):
         if not len(active):
@@ -85,8 +84,7 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
         move = (new - part).abs().amax(dim=1)
         least = move < smallest[active]
         smallest[active[least]], best[active[least]] = move[least], new[least]
-        stalled[active] = torch.where(least, 0, stalled[active] + 1)
-        ran_away = stalled[active] >= IMPUTE_STALLED_ROUNDS
+        ran_away = move > IMPUTE_RUNAWAY * smallest[active]
         filled[active[ran_away]] = best[active[ran_away]]
         active = active[(move >= IMPUTE_TOLERANCE) & ~ran_away]
     return filled
