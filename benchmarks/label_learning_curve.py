@@ -134,8 +134,7 @@ def pseudo_entries(train, test, rows, side, config, threads) -> dict:
     out["teacher"]["seconds"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     svae = SVAE(train_config=TrainConfig(threads=threads, seed=config.seed)).fit(
-        with_labels(only, table, "pseudo-labels", for_svae=True), labels=LABELS,
-        progress=False)
+        filled, labels=LABELS, progress=False)  # without the calibration stars' labels
     model = LabelModel.fit(svae, filled, LABELS, side,
                            LabelHeadConfig(seed=config.seed, threads=threads), holes=False)
     predicted = model.predict(test)

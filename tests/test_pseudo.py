@@ -26,6 +26,7 @@ from xpsvae.labels.pseudo import (
     teacher_epochs,
     with_labels,
 )
+from xpsvae.model.supervision import label_targets
 
 from .conftest import labelled_table
 
@@ -176,13 +177,19 @@ def test_the_calibration_stars_teach_neither_the_teacher_nor_the_svae(few, table
     a, b = (Teacher(LABELS, config=QUICK, epochs=20).fit(s, calibration).predict(s)
             for s in (stars, changed))
     assert np.median(b[1][:, 0] / a[1][:, 0]) > 2.0
-    # the sVAE trains without their labels; the label model gets them
-    for_svae = with_labels(stars, table, "pseudo", for_svae=True).labels
-    assert for_svae.loc[calibration, list(LABELS)].isna().all().all()
-    assert for_svae.loc[calibration, [f"{n}_err" for n in LABELS]].isna().all().all()
-    kept = ~calibration & stars.labels["teff"].notna().to_numpy()
-    np.testing.assert_array_equal(for_svae["teff"][kept], stars.labels["teff"][kept])
-    assert with_labels(stars, table, "pseudo").labels.loc[calibration, "teff"].notna().all()
+    # the sVAE trains without their labels, from any table that marks them; the label
+    # model gets them
+    joined = with_labels(stars, table, "pseudo").labels
+    assert joined.loc[calibration, "teff"].notna().all()
+    rows = np.arange(len(stars))
+    (_, _, has), mean, _ = label_targets(joined, LABELS, rows, "pseudo", rows)
+    assert not has.numpy()[calibration].any()
+    kept = ~calibration & joined["teff"].notna().to_numpy()
+    assert has.numpy()[kept, 0].all()
+    assert mean[0] == pytest.approx(joined["teff"][kept].mean(), rel=1e-12)  # float64 sums
+    unmarked = joined.drop(columns=CALIBRATION_COLUMN)
+    assert label_targets(unmarked, LABELS, rows, "pseudo", rows)[0][2].numpy()[
+        calibration].any()
 
 
 def test_a_label_model_on_pseudo_labels_calibrates_and_classes_on_survey_labels(few, table):

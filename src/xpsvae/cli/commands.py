@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
                       "with --resident (or --streaming) each reads only its own shards",
                       file=sys.stderr)
         spectra = with_label_table(_read_and_report(args.data, progress=not args.quiet),
-                                   args.label_table, for_svae=True)
+                                   args.label_table)
         n_inputs = spectra.n_inputs
     if resuming(args):
         model = SVAE(train_config=args.train_config)

@@ -79,12 +79,13 @@ def cmd_labels_pseudo(args) -> int:
     return 0
 
 
-def with_label_table(spectra, path, for_svae: bool = False):
+def with_label_table(spectra, path):
     """``spectra`` with the label columns of ``path`` (``--label-table``), or as they are
-    (``path`` None); ``for_svae``: without the calibration stars' labels (``train``)."""
+    (``path`` None). ``train`` leaves the calibration stars' labels out, ``labels fit``
+    holds them out (xpsvae.labels.pseudo)."""
     if path is None:
         return spectra
     import pandas as pd
 
     from ..labels.pseudo import with_labels  # PyTorch: only here
-    return with_labels(spectra, pd.read_parquet(path), path, for_svae)
+    return with_labels(spectra, pd.read_parquet(path), path)

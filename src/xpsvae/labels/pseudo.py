@@ -19,9 +19,11 @@ Xie et al. 2020's noisy student):
    (column ``label_calibration``): they are the teacher's validation share,
    which fits its sigma scale but does not teach it.
 2. The sVAE trains with all the labels but the calibration stars'
-   (``xpsvae train --labels --label-table``; :func:`with_labels` with
-   ``for_svae=True``). The teacher's sigma enters its label term as a survey
-   error would, so a label the teacher is unsure of weighs less.
+   (``xpsvae train --labels --label-table``, or ``SVAE.fit`` of the table
+   :func:`with_labels` gives: :func:`~xpsvae.model.supervision.label_targets`
+   leaves out the stars marked in ``label_calibration``). The teacher's sigma
+   enters its label term as a survey error would, so a label the teacher is
+   unsure of weighs less.
 3. A label model is fitted on that sVAE with all the labels
    (:meth:`LabelModel.fit <xpsvae.labels.model.LabelModel.fit>`). It holds out
    the calibration stars, so its sigma scale, its interval and the cost of
@@ -47,14 +49,13 @@ import pandas as pd
 from ..core.errors import SpectraError
 from ..io.spectra import SpectraSet
 from ..model.preprocess import Standardizer
-from ..model.supervision import label_columns
+from ..model.supervision import CALIBRATION_COLUMN, label_columns, true_or_false
 from .features import side_columns
 from .head import LabelHead, LabelHeadConfig
 
 #: Suffix of the bool column that marks a label as the teacher's, not the survey's.
 PSEUDO_SUFFIX = "_pseudo"
 #: Bool column of the survey stars set aside to calibrate the label model (module docstring).
-CALIBRATION_COLUMN = "label_calibration"
 #: Fewest complete stars with a label for a teacher (its validation share is a tenth).
 MIN_TEACHER_STARS = 100
 
@@ -190,12 +191,12 @@ def _labels(spectra: SpectraSet, labels: Sequence[str], source: str
     return label_columns(table, labels)
 
 
-def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str,
-                for_svae: bool = False) -> SpectraSet:
+def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str) -> SpectraSet:
     """``spectra`` with its label columns taken from ``labels`` (what
     :func:`pseudo_labels` gave for the same table, e.g. read from a file ``source``):
-    matched by ``input_row``, and its ``source_id`` checked where both have one.
-    ``for_svae``: the calibration stars' labels are NaN, for the sVAE to train on."""
+    matched by ``input_row``, and its ``source_id`` checked where both have one. The
+    sVAE trains on it without the calibration stars' labels; the label model holds
+    them out."""
     if "input_row" not in labels:
         raise SpectraError(f"{source}: no input_row column; is it a table of "
                            "xpsvae labels pseudo?")
@@ -221,10 +222,6 @@ def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str,
         marks = name == CALIBRATION_COLUMN or name.endswith(PSEUDO_SUFFIX)
         table[name] = (true_or_false(labels, name, source) if marks
                        else np.asarray(labels[name]))[where]
-    if for_svae and CALIBRATION_COLUMN in table:
-        hidden = table[CALIBRATION_COLUMN].to_numpy()
-        names = [c for c in columns if f"{c}{PSEUDO_SUFFIX}" in table]
-        table.loc[hidden, names + [f"{c}_err" for c in names if f"{c}_err" in table]] = np.nan
     return replace(spectra, labels=table)
 
 
@@ -247,21 +244,3 @@ def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int,
         if table is not None and column in table:
             out &= ~true_or_false(table, column, source)
     return out
-
-
-def true_or_false(table: pd.DataFrame, column: str, source: str) -> np.ndarray:
-    """(n,) bool: a column of True/False (or 1/0) marks, as :func:`pseudo_labels` writes
-    them. Anything else (a gap, a 2, a string) is refused, naming the row: read as a bool,
-    it would silently count as True."""
-    values = table[column]
-    if values.dtype == bool:
-        return values.to_numpy()
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isin(numbers, (0.0, 1.0)))
-    if len(bad):
-        value = values.iloc[bad[0]]
-        value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64
-        raise SpectraError(f"{source}: row {int(bad[0])}, column {column}: {value!r} "
-                           f"({len(bad)} such rows); it must be True or False, as xpsvae "
-                           "labels pseudo writes it")
-    return numbers == 1.0

@@ -6,7 +6,10 @@ Here the table's label columns and their ``<label>_err`` become the trainer's
 targets: standardised by the mean and standard deviation of the training
 stars that have each label, with the survey's variance in the same units and
 a mask of the labels each star has. A star without any label still trains
-the sVAE; it adds nothing to the label term.
+the sVAE; it adds nothing to the label term. Nor does a star marked in a
+``label_calibration`` column (a table of ``xpsvae labels pseudo``): its labels
+are held out to calibrate the label model fitted on this sVAE, and calibrated
+on labels the sVAE had learnt, that model's sigma would come out too narrow.
 """
 
 from __future__ import annotations
@@ -18,6 +21,27 @@ import pandas as pd
 import torch
 
 from ..core.errors import SpectraError
+
+#: A table's column marking the stars whose labels calibrate a label model: never trained on.
+CALIBRATION_COLUMN = "label_calibration"
+
+
+def true_or_false(table: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """(n,) bool: a column of True/False (or 1/0) marks, as ``xpsvae labels pseudo`` writes
+    them. Anything else (a gap, a 2, a string) is refused, naming the row: read as a bool,
+    it would silently count as True."""
+    values = table[column]
+    if values.dtype == bool:
+        return values.to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isin(numbers, (0.0, 1.0)))
+    if len(bad):
+        value = values.iloc[bad[0]]
+        value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64
+        raise SpectraError(f"{source}: row {int(bad[0])}, column {column}: {value!r} "
+                           f"({len(bad)} such rows); it must be True or False, as xpsvae "
+                           "labels pseudo writes it")
+    return numbers == 1.0
 
 
 def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
@@ -52,7 +76,10 @@ def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
         missing = [name for name in labels if table is None or name not in table]
         raise SpectraError(f"{source}: no label column {missing[0]!r} to train with; "
                            f"columns present: {present}")
+    held = true_or_false(table, CALIBRATION_COLUMN, source) if CALIBRATION_COLUMN in table \
+        else np.zeros(len(table), dtype=bool)
     every, _ = label_columns(table.iloc[all_rows], labels)
+    every[held[all_rows]] = np.nan  # the calibration stars' labels: held out (above)
     counts = np.isfinite(every).sum(axis=0)
     if (counts < min_stars).any():
         thin = [name for name, k in zip(labels, counts) if k < min_stars]
@@ -62,6 +89,7 @@ def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
     mean, std = np.array([k.mean() for k in known]), np.array([k.std() for k in known])
     std[~(std > 0)] = 1.0
     y, y_err = label_columns(table.iloc[rows], labels)
+    y[held[rows]] = np.nan
     y_err = np.where(np.isfinite(y_err), y_err, 0.0)  # a label without an error: error 0
     has = np.isfinite(y)
     ys = np.where(has, (y - mean) / std, 0.0)
