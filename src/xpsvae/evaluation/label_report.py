@@ -49,9 +49,15 @@ def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
         "recipe does better on every label (docs/labels.md, \"Trained longer\").")
     if figure == "rmse":
         robust = ours.get(name, {}).get(subset, {}).get("robust_sigma")
+        split = ours.get(name, {}).get(subset, {}).get("by_fe_h") or {}
+        where = "" if not split else (
+            f"; the {split['n_below']:,} of them below [Fe/H] {split['fe_h_cut']:g} have an RMSE of "
+            f"{split['rmse_below']:.3g} {unit} and carry "
+            f"{100 * split['share_of_squared_error_below']:.0f}% of its square, the "
+            f"{split['n_above']:,} at or above {split['rmse_above']:.3g} {unit}")
         return "" if robust is None else (
             f" What limits it: a tail of stars far off, which the RMSE counts squared; the "
-            f"robust σ on {subset} is {robust:.3g} {unit} (docs/labels.md).{longer}")
+            f"robust σ on {subset} is {robust:.3g} {unit}{where} (docs/labels.md).{longer}")
     mlp = baselines.get("mlp_spectrum", {}).get(name, {}).get("test", {}).get("robust_sigma")
     return "" if mlp is None else (
         f" What limits it: the labelled stars as much as the model; a supervised MLP on the "

@@ -44,6 +44,9 @@ SUBSETS = {"giants": ("logg", "<", 3.5), "dwarfs": ("logg", ">=", 3.5),
 DEMO_SIDE = ("j-h", "j-k", "gaiaedr3_phot_bp_mean_mag-gaiaedr3_phot_rp_mean_mag")
 #: [Fe/H] bins of the high/low-alpha accuracy.
 FE_H_BINS = (-1.0, -0.5, 0.0, 0.5)
+#: Where the giants' RMSE is split, to say where its tail lies (``by_fe_h``): the edge of
+#: the high/low-alpha bins between the thick disc's metallicities and the thin disc's.
+TAIL_FE_H = -0.5
 #: Hidden widths and batch of the baselines that see [Fe/H] alone: a function of one number
 #: needs no wider network, and larger batches fit it as well in a sixth of the time (on the
 #: benchmark split: [alpha/M] from [Fe/H] 0.0635 dex at 256 stars a batch, 0.0631 at 2048;
@@ -111,9 +114,26 @@ def subset_masks(table: pd.DataFrame) -> Dict[str, np.ndarray]:
     return masks
 
 
+def rmse_by_fe_h(predicted: np.ndarray, truth: np.ndarray, fe_h: np.ndarray) -> dict:
+    """The RMSE of the stars below :data:`TAIL_FE_H` (survey [Fe/H]) and at or above it,
+    how many each, and the share of the squared error the stars below carry ({} where
+    either side has none)."""
+    square = (predicted - truth) ** 2
+    known = np.isfinite(square) & np.isfinite(fe_h)
+    below, above = known & (fe_h < TAIL_FE_H), known & (fe_h >= TAIL_FE_H)
+    if not below.any() or not above.any():
+        return {}
+    return {"fe_h_cut": TAIL_FE_H,
+            "n_below": int(below.sum()), "rmse_below": float(np.sqrt(square[below].mean())),
+            "n_above": int(above.sum()), "rmse_above": float(np.sqrt(square[above].mean())),
+            "share_of_squared_error_below": float(square[below].sum() / square[known].sum())}
+
+
 def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str]) -> dict:
-    """{label: {subset: label_metrics}} of a prediction table against the survey's labels."""
+    """{label: {subset: label_metrics}} of a prediction table against the survey's labels;
+    the giants' block also splits its RMSE at [Fe/H] = :data:`TAIL_FE_H` (``by_fe_h``)."""
     masks = subset_masks(truth)
+    fe_h = np.asarray(truth["fe_h"], np.float64) if "fe_h" in truth else None
     out = {}
     for name in labels:
         if name not in predicted or name not in truth:
@@ -127,6 +147,9 @@ def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[
                                            None if bounds is None else
                                            (bounds[0][m], bounds[1][m]))
                      for subset, m in masks.items()}
+        if fe_h is not None and "giants" in masks:
+            m = masks["giants"]
+            out[name]["giants"]["by_fe_h"] = rmse_by_fe_h(p[m], t[m], fe_h[m])
     return out
 
 
