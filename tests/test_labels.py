@@ -712,9 +712,9 @@ def test_the_report_says_what_limits_an_accuracy_goal_not_reached():
                      "unsupervised_test": {"mean_nll": -1157.7, "std_r": 0.980}}
     goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
     for goal in ("- Teff", "- [α/M]"):
-        assert goals[goal].endswith("This sVAE trained 60 epochs; trained for 1,000, the same "
-                                    'recipe does better on every label (docs/labels.md, '
-                                    '"Trained longer").')
+        assert goals[goal].endswith("This sVAE trained 60 epochs; trained for 1,000 "
+                                    "(`--recipe long`), the same recipe does better on every "
+                                    'label (docs/labels.md, "Trained longer").')
     assert goals["- High/low α"].endswith("This sVAE trained 60 epochs; trained for 400 to "
                                           "1,000, the same recipe comes nearer, by one to two "
                                           "standard errors; one run of 400 epochs reached it "

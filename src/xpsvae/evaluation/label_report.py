@@ -45,8 +45,9 @@ def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
     """What limits an accuracy goal not reached, from the same run's figures; and, where
     the sVAE trained fewer than :data:`LONGER_EPOCHS` epochs, that training longer helps."""
     longer = "" if epochs is None or epochs >= LONGER_EPOCHS else (
-        f" This sVAE trained {epochs} epochs; trained for {LONGER_EPOCHS:,}, the same "
-        "recipe does better on every label (docs/labels.md, \"Trained longer\").")
+        f" This sVAE trained {epochs} epochs; trained for {LONGER_EPOCHS:,} (`--recipe "
+        "long`), the same recipe does better on every label (docs/labels.md, \"Trained "
+        "longer\").")
     if figure == "rmse":
         robust = ours.get(name, {}).get(subset, {}).get("robust_sigma")
         split = ours.get(name, {}).get(subset, {}).get("by_fe_h") or {}
