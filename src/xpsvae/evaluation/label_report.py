@@ -26,6 +26,11 @@ CAPTIONS = {
 }
 
 
+def _trained_shorter(epochs: Optional[int]) -> bool:
+    """Whether the sVAE's recorded training length is below :data:`LONGER_EPOCHS`."""
+    return epochs is not None and epochs < LONGER_EPOCHS
+
+
 def _f(value, digits=3) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
@@ -44,7 +49,7 @@ def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
                     baselines: dict, epochs: Optional[int] = None) -> str:
     """What limits an accuracy goal not reached, from the same run's figures; and, where
     the sVAE trained fewer than :data:`LONGER_EPOCHS` epochs, that training longer helps."""
-    longer = "" if epochs is None or epochs >= LONGER_EPOCHS else (
+    longer = "" if not _trained_shorter(epochs) else (
         f" This sVAE trained {epochs} epochs; trained for {LONGER_EPOCHS:,} (`--recipe "
         "long`), the same recipe does better on every label (docs/labels.md, \"Trained "
         "longer\").")
@@ -52,8 +57,8 @@ def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
         robust = ours.get(name, {}).get(subset, {}).get("robust_sigma")
         split = ours.get(name, {}).get(subset, {}).get("by_fe_h") or {}
         where = "" if not split else (
-            f"; the {split['n_below']:,} of them below [Fe/H] {split['fe_h_cut']:g} have an RMSE of "
-            f"{split['rmse_below']:.3g} {unit} and carry "
+            f"; the {split['n_below']:,} of them below [Fe/H] {split['fe_h_cut']:g} have an "
+            f"RMSE of {split['rmse_below']:.3g} {unit} and carry "
             f"{100 * split['share_of_squared_error_below']:.0f}% of its square, the "
             f"{split['n_above']:,} at or above {split['rmse_above']:.3g} {unit}")
         return "" if robust is None else (
@@ -81,7 +86,7 @@ def _alpha_limit(bins: dict, judged: dict, epochs: Optional[int] = None) -> str:
             + ("" if apogee is None else
                f"; a classifier on APOGEE's own Teff, log g and [Fe/H] gives {apogee:.3f} "
                "there") + " (docs/labels.md)."
-            + ("" if epochs is None or epochs >= LONGER_EPOCHS else
+            + ("" if not _trained_shorter(epochs) else
                f" This sVAE trained {epochs} epochs; trained for 400 to {LONGER_EPOCHS:,}, "
                "the same recipe comes nearer, by one to two standard errors; one run of 400 "
                "epochs reached it (docs/labels.md, \"Trained longer\")."))

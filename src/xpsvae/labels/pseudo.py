@@ -55,7 +55,6 @@ from .head import LabelHead, LabelHeadConfig
 
 #: Suffix of the bool column that marks a label as the teacher's, not the survey's.
 PSEUDO_SUFFIX = "_pseudo"
-#: Bool column of the survey stars set aside to calibrate the label model (module docstring).
 #: Fewest complete stars with a label for a teacher (its validation share is a tenth).
 MIN_TEACHER_STARS = 100
 

@@ -151,9 +151,9 @@ def median_scale(values: np.ndarray, reconstruct: Callable[[np.ndarray], np.ndar
         median = np.median(filled, axis=1)
         factor = np.where(median > 0, median, 1.0)
         scale[rows] *= factor
-        nearer = np.abs(np.log(factor)) < nearest[rows]
-        nearest[rows[nearer]] = np.abs(np.log(factor[nearer]))
-        best[rows[nearer]] = scale[rows[nearer]]
+        off = np.abs(np.log(factor))
+        nearer = off < nearest[rows]
+        nearest[rows[nearer]], best[rows[nearer]] = off[nearer], scale[rows[nearer]]
     return best
 
 
