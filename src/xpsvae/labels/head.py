@@ -22,17 +22,10 @@ labels, joins the loss, so the class weighs as one label more. The members
 share what they learn, and the classifier costs no training of its own. The
 ensemble's probability is the members' mean. The ensemble's
 prediction is the mixture's mean and variance (the members' variances
-averaged, plus the spread of their means). A per-label scale of the predicted
-sigma is then fitted on the validation share, never on test stars: the factor
-``s`` that makes ``(y - mu) / sqrt(s^2 sigma^2 + e^2)`` most likely to be
-standard normal there.
-
-The residuals are heavier-tailed than a Gaussian (the t above), so no single
-sigma both has the residuals' spread and holds 68.3% of the stars within
-one sigma. The head gives both: sigma, and the central 68% interval ``mu +-
-k sigma``, ``k`` per label fitted on the validation share so that the
-interval, with ``e`` added in quadrature, holds 68.27% of those stars
-(``interval_scale``; below 1 where a few far-off stars set sigma).
+averaged, plus the spread of their means). How far that sigma is to be
+trusted is fitted on the validation share, never on test stars
+(:mod:`xpsvae.labels.calibration`): a factor on sigma that follows the star's
+predicted labels, and the central 68% interval ``mu +- k sigma``.
 """
 
 from __future__ import annotations
@@ -48,7 +41,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
-from scipy.optimize import minimize_scalar
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -58,6 +50,7 @@ from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
 from ..model.network import hidden_layers, label_nll
 from ..model.trainer import fused_optimizer, torch_threads
+from .calibration import IntervalScale, SigmaScale, interval_scale
 
 
 @dataclass
@@ -256,10 +249,13 @@ class LabelHead:
     feature_std: Optional[np.ndarray] = None
     label_mean: Optional[np.ndarray] = None
     label_std: Optional[np.ndarray] = None
-    sigma_scale: Optional[np.ndarray] = None  # per label, fitted on the validation share
-    #: per label, k of the central 68% interval mu +- k sigma (validation share; heads from
-    #: before: None)
-    interval_scale: Optional[np.ndarray] = None
+    #: the factor on sigma, per star and label, fitted on the validation share
+    calibration: Optional[SigmaScale] = None
+    sigma_scale: Optional[np.ndarray] = None  # per label, that factor's median there
+    #: k of the central 68% interval mu +- k sigma, per star and label (validation share;
+    #: heads from before: None)
+    interval: Optional[IntervalScale] = None
+    interval_scale: Optional[np.ndarray] = None  # per label, k's median there
     class_prior: Optional[float] = None  # with a class output: the training share of the class
     history: List[dict] = field(default_factory=list)
 
@@ -306,12 +302,12 @@ class LabelHead:
                                          loss, tensors[0][~val], *targets,
                                          history=self.history)
             mean, sigma = self._mixture(self._outputs(tensors[0][val]))
-        self.sigma_scale = np.array([
-            _fit_scale(mean[:, j], sigma[:, j], ys[val, j], np.sqrt(var[val, j]), has[val, j])
-            for j in range(y.shape[1])])
-        self.interval_scale = np.array([
-            _fit_interval(mean[:, j], sigma[:, j] * self.sigma_scale[j], ys[val, j],
-                          np.sqrt(var[val, j]), has[val, j]) for j in range(y.shape[1])])
+        truth = (ys[val], np.sqrt(var[val]), has[val])
+        self.calibration = SigmaScale.fit(mean, sigma, *truth)
+        factor = self.calibration(mean, sigma)
+        self.interval = IntervalScale.fit(mean, sigma * factor, *truth)
+        self.sigma_scale = np.median(factor, axis=0)
+        self.interval_scale = np.median(self.interval(mean), axis=0)
         return self
 
     def validation(self, n: int, surveyed: Optional[np.ndarray] = None) -> np.ndarray:
@@ -357,6 +353,13 @@ class LabelHead:
         labels, sigma, _ = self.predict_with_class(features, with_class=False)
         return labels, sigma
 
+    def interval_factor(self, labels: np.ndarray) -> Optional[np.ndarray]:
+        """(n, L): k of each star's central 68% interval ``labels +- k sigma``, from its
+        predicted ``labels`` (n, L; the labels' units); None for a head from before it."""
+        if self.interval is None:
+            return None
+        return self.interval((labels - self.label_mean) / self.label_std)
+
     def class_probability(self, features: np.ndarray) -> np.ndarray:
         """(n,) float64: the probability of the class a head learnt beside its labels."""
         if self.class_prior is None:
@@ -376,7 +379,7 @@ class LabelHead:
             p = None if self.class_prior is None or not with_class else \
                 torch.stack([torch.sigmoid(o[:, -1]).double() for o in outputs]).mean(0).numpy()
         return (mean * self.label_std + self.label_mean,
-                sigma * self.sigma_scale * self.label_std, p)
+                sigma * self.calibration(mean, sigma) * self.label_std, p)
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str, meta: Optional[dict] = None,
@@ -384,7 +387,8 @@ class LabelHead:
         """``head.safetensors`` (weights and statistics, and the ``extra`` arrays) and
         ``head.json`` (config, ``meta``)."""
         os.makedirs(directory, exist_ok=True)
-        arrays = {**member_arrays(self.members, ""), **(extra or {})}
+        arrays = {**member_arrays(self.members, ""), **self.calibration.arrays("sigma_scale"),
+                  **self.interval.arrays("interval_scale"), **(extra or {})}
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
         with atomic_path(os.path.join(directory, HEAD_WEIGHTS)) as tmp:
@@ -418,9 +422,17 @@ class LabelHead:
                    class_prior=meta.pop("class_prior", None))
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             setattr(head, name, arrays[name])
+        n = len(head.label_mean)
         if "interval_scale" in meta:
-            head.interval_scale = _interval_scale(meta.pop("interval_scale"),
-                                                  len(head.label_mean), config_path)
+            head.interval_scale = interval_scale(meta.pop("interval_scale"), n, config_path)
+        # heads from before the scale and k followed the star: one number per label
+        head.calibration = SigmaScale.from_arrays(arrays, "sigma_scale", n, n + 1, weights_path) \
+            if "sigma_scale_weights" in arrays else SigmaScale.constant(head.sigma_scale, n + 1)
+        if head.interval_scale is not None:  # without the key, no interval
+            head.interval = IntervalScale.from_arrays(
+                arrays, "interval_scale", n, n, weights_path) \
+                if "interval_scale_weights" in arrays else \
+                IntervalScale.constant(head.interval_scale, n)
         head.members = load_members(arrays, "", head.config.members, len(head.feature_mean),
                                     head.config.hidden,
                                     2 * len(head.label_mean) + (head.class_prior is not None))
@@ -452,46 +464,3 @@ def load_members(arrays: Dict[str, np.ndarray], prefix: str, count: int, n_in: i
                                 for name in member.state_dict()})
         members.append(member.eval())
     return members
-
-
-def _fit_scale(mean: np.ndarray, sigma: np.ndarray, y: np.ndarray, err: np.ndarray,
-               has: np.ndarray) -> float:
-    """The factor s on sigma that maximises the Gaussian likelihood of the validation
-    stars' residuals with variance s^2 sigma^2 + err^2 (1 where too few stars say)."""
-    if has.sum() < 10:
-        return 1.0
-    r2, s2, e2 = (mean[has] - y[has]) ** 2, sigma[has] ** 2, err[has] ** 2
-
-    def nll(log_s):
-        v = np.exp(2 * log_s) * s2 + e2
-        return 0.5 * np.mean(r2 / v + np.log(v))
-    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
-
-
-def _interval_scale(value, n_labels: int, where: str) -> np.ndarray:
-    """``interval_scale`` as head.json holds it: one positive finite number per label."""
-    try:
-        k = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        k = np.array([np.nan])
-    if k.shape != (n_labels,) or not (np.isfinite(k) & (k > 0)).all():
-        raise ModelFileError(f"{where}: interval_scale must be {n_labels} positive numbers, "
-                             f"one per label, got {value!r}; refit the label model, or delete "
-                             "the key (its labels then come without the 68% interval)")
-    return k
-
-
-#: The share of stars the central interval holds: a Gaussian's within one sigma.
-INTERVAL_SHARE = 0.6827
-
-
-def _fit_interval(mean: np.ndarray, sigma: np.ndarray, y: np.ndarray, err: np.ndarray,
-                  has: np.ndarray) -> float:
-    """The factor k on sigma whose interval mean +- k sigma, the survey's error added in
-    quadrature, holds :data:`INTERVAL_SHARE` of the validation stars (1 where too few
-    stars say). A star is inside where r^2 <= k^2 sigma^2 + err^2, so k is that share's
-    quantile of sqrt(max(r^2 - err^2, 0)) / sigma."""
-    if has.sum() < 10:
-        return 1.0
-    need = np.sqrt(np.maximum((mean[has] - y[has]) ** 2 - err[has] ** 2, 0.0)) / sigma[has]
-    return float(np.quantile(need, INTERVAL_SHARE))

@@ -192,12 +192,12 @@ class LabelModel:
         if self.holes is not None and missing.any():
             sigma = np.sqrt(sigma ** 2 + self.holes.variance(missing))
         out = {"source_id": spectra.source_id, "input_row": spectra.input_row}
-        k = self.head.interval_scale
+        k = self.head.interval_factor(mean)
         for j, name in enumerate(self.labels):
             out[name], out[f"{name}_err"] = mean[:, j], sigma[:, j]
-            if k is not None:  # the central 68% interval (xpsvae.labels.head)
-                out[f"{name}_lower"] = mean[:, j] - k[j] * sigma[:, j]
-                out[f"{name}_upper"] = mean[:, j] + k[j] * sigma[:, j]
+            if k is not None:  # the central 68% interval (xpsvae.labels.calibration)
+                out[f"{name}_lower"] = mean[:, j] - k[:, j] * sigma[:, j]
+                out[f"{name}_upper"] = mean[:, j] + k[:, j] * sigma[:, j]
         if self.classifier is not None:
             out[HIGH_ALPHA_COLUMN] = probability if probability is not None else \
                 self.classifier.probability(features)  # a classifier of its own
@@ -206,7 +206,7 @@ class LabelModel:
 
     def columns(self) -> List[str]:
         """The columns :meth:`predict` adds to ``source_id`` and ``input_row``."""
-        suffixes = ("", "_err") + (() if self.head.interval_scale is None
+        suffixes = ("", "_err") + (() if self.head.interval is None
                                    else ("_lower", "_upper"))
         return [f"{name}{suffix}" for name in self.labels for suffix in suffixes] + \
             ([HIGH_ALPHA_COLUMN] if self.classifier is not None else []) + ["labels_ood"]
