@@ -555,7 +555,7 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
         in format_description(described)
     assert "high_alpha_prob: above [alpha/M] = clip" in format_description(described)
     assert "fitted on 1,500 stars of" in format_description(described)  # head.json's data
-    assert "central 68% interval (_lower, _upper): ± k sigma, k teff " in \
+    assert "central 68% interval (_lower, _upper): ± k sigma, median k teff " in \
         format_description(described)
     for end in ("bluest", "reddest"):  # what a band missing costs, read off head.json
         assert f"the {end} half of the inputs missing (a band) adds sigma teff" in \

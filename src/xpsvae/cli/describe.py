@@ -306,8 +306,9 @@ def format_description(d: dict) -> str:
                          f"stars: anomaly score {d['ood']['anomaly_score']:.3g}, latent "
                          f"distance {d['ood']['latent_distance']:.3g}")
         if d.get("interval_scale"):
-            lines.append("  central 68% interval (_lower, _upper): ± k sigma, k " + ", ".join(
-                f"{name} {k:.2f}" for name, k in zip(d["labels"], d["interval_scale"])))
+            ks = ", ".join(f"{name} {k:.2f}" for name, k in zip(d["labels"],
+                                                                d["interval_scale"]))
+            lines.append(f"  central 68% interval (_lower, _upper): ± k sigma, median k {ks}")
         if d.get("high_alpha"):
             lines.append(f"  high_alpha_prob: above {d['high_alpha']['boundary']}; "
                          f"{100 * d['high_alpha']['prior']:.1f}% of the training stars")

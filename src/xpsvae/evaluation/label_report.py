@@ -103,8 +103,8 @@ def labels_section(block: dict) -> List[str]:
              f"A label model on the sVAE's encoder (its hidden layers and latent) with side "
              f"columns {side}: an ensemble of {head.get('members', '?')} MLPs, "
              f"{likelihood} with APOGEE's error added in quadrature, the predicted σ "
-             "scaled per label on the validation share. z = (predicted − APOGEE) / "
-             "√(σ² + σ_APOGEE²).", ""]
+             "scaled on the validation share by a factor that follows the star's predicted "
+             "labels. z = (predicted − APOGEE) / √(σ² + σ_APOGEE²).", ""]
     generative = block.get("svae")
     if generative:
         lines += [f"The sVAE it reads was trained semi-supervised: the same recipe, with the "
