@@ -437,6 +437,8 @@ def test_a_head_whose_scale_and_interval_were_one_number_per_label_loads(label_m
     bare = LabelModel.load(str(folder))
     assert list(bare.predict(stars).columns[2:]) == bare.columns()
     assert "teff_lower" not in bare.columns()
+    bare.save(str(tmp_path / "again"))  # and it saves as it loaded: without one
+    assert "teff_lower" not in LabelModel.load(str(tmp_path / "again")).columns()
 
 
 def test_a_label_model_whose_classifier_was_an_ensemble_of_its_own_loads(split, tmp_path):

@@ -32,7 +32,7 @@ def cmd_labels_fit(args) -> int:
         f"; high_alpha_prob learnt beside them ({100 * model.classifier.prior:.1f}% " \
         "high-alpha)"
     print(f"fitted a label model of {labels} on the labelled stars of {args.data} "
-          f"(sigma scale on the validation share: {scale}{classes}); in {args.out}")
+          f"(sigma scale on the validation share, median: {scale}{classes}); in {args.out}")
     return 0
 
 

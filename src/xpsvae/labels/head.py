@@ -66,7 +66,7 @@ class LabelHeadConfig:
         batch_size: stars per step.
         lr: peak learning rate.
         weight_decay: AdamW's.
-        val_fraction: share of the labelled stars held out to fit the variance scale.
+        val_fraction: share of the labelled stars held out to fit the calibration.
         seed: seed of the split and of the first member.
         threads: CPU threads for torch (0: torch's default).
         high_alpha: whether a label model whose labels include [Fe/H] and [alpha/M]
@@ -388,7 +388,8 @@ class LabelHead:
         ``head.json`` (config, ``meta``)."""
         os.makedirs(directory, exist_ok=True)
         arrays = {**member_arrays(self.members, ""), **self.calibration.arrays("sigma_scale"),
-                  **self.interval.arrays("interval_scale"), **(extra or {})}
+                  **(self.interval.arrays("interval_scale") if self.interval else {}),
+                  **(extra or {})}
         for name in ("feature_mean", "feature_std", "label_mean", "label_std", "sigma_scale"):
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
         with atomic_path(os.path.join(directory, HEAD_WEIGHTS)) as tmp:

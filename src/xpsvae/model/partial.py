@@ -74,7 +74,11 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
         return torch.where(observed, x, network.decode(network.encode(filled)[0]))
     active = (~observed).any(dim=1).nonzero().squeeze(1)  # complete stars need no round
     smallest = torch.full((len(x),), float("inf"), device=x.device)  # per star: least move
-    best = filled.clone()  # per star: the fill that followed its smallest move
+    # per partial star (its row in best: slot), the fill that followed its smallest move;
+    # complete stars, most of a catalogue, keep no copy
+    slot = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+    slot[active] = torch.arange(len(active), device=x.device)
+    best = filled[active]
     for _ in range(rounds):
         if not len(active):
             break
@@ -83,9 +87,9 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
         filled[active] = new
         move = (new - part).abs().amax(dim=1)
         least = move < smallest[active]
-        smallest[active[least]], best[active[least]] = move[least], new[least]
+        smallest[active[least]], best[slot[active[least]]] = move[least], new[least]
         ran_away = move > IMPUTE_RUNAWAY * smallest[active]
-        filled[active[ran_away]] = best[active[ran_away]]
+        filled[active[ran_away]] = best[slot[active[ran_away]]]
         active = active[(move >= IMPUTE_TOLERANCE) & ~ran_away]
     return filled
 
