@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 
 from xpsvae import SVAE
 from xpsvae.core.files import BUILTIN_MODEL_DIR, CONFIG_FILE, MODEL_FILE
@@ -182,6 +183,14 @@ def test_the_shipped_label_model_labels_library_stars(small_library):
                                sigma, rtol=1e-5)
     np.testing.assert_allclose(predicted["high_alpha_prob"],
                                model.head.class_probability(features), rtol=1e-5, atol=1e-7)
+    # sigma's factor follows the star (xpsvae.labels.calibration): in Teff, dwarfs', whose
+    # few far-off hot stars set it, is wider than giants' (1.49x for these stars); one
+    # factor per label would give them the same
+    head = model.head
+    raw = head._mixture(head._outputs(torch.from_numpy(head._standardised(features))))
+    factor = head.calibration(*raw)[:, 0]
+    giant = truth[:, 1] < 3.5
+    assert np.median(factor[~giant]) > 1.2 * np.median(factor[giant])
 
 
 def test_the_label_commands_take_the_shipped_label_model_by_name(calspec_store, tmp_path):
