@@ -5,8 +5,7 @@
 ``xpsvae/resources/builtin/``. It is the ``long`` recipe (the default one over
 1,000 epochs), seed 0, trained on the CPU on every one of the 40,226 stars of
 the embedded APOGEE library (:mod:`xpsvae.io.library`): sampled spectra on
-GaiaXPy's default grid, each
-divided by its median flux. It learnt APOGEE's Teff, log g, [Fe/H] and
+GaiaXPy's default grid, each divided by its median flux. It learnt APOGEE's Teff, log g, [Fe/H] and
 [alpha/M] with the spectra (semi-supervised, the recipe's label weight), so
 that its 6-D latent carries them; it is still a generative model of the
 spectra (docs/pretrained.md gives both sides' held-out figures).

@@ -72,24 +72,24 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
     filled = torch.where(observed, x, torch.zeros((), dtype=x.dtype, device=x.device))
     if rounds == 1:  # training's single round: fixed shapes, no wait on the device
         return torch.where(observed, x, network.decode(network.encode(filled)[0]))
-    active = (~observed).any(dim=1).nonzero().squeeze(1)  # complete stars need no round
-    smallest = torch.full((len(x),), float("inf"), device=x.device)  # per star: least move
-    # per partial star (its row in best: slot), the fill that followed its smallest move;
-    # complete stars, most of a catalogue, keep no copy
-    slot = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
-    slot[active] = torch.arange(len(active), device=x.device)
-    best = filled[active]
+    partial = (~observed).any(dim=1).nonzero().squeeze(1)  # complete stars need no round
+    # per partial star (complete ones, most of a catalogue, keep no copy): its smallest
+    # move yet, and the fill that followed it
+    smallest = torch.full((len(partial),), float("inf"), device=x.device)
+    best = filled[partial]
+    active = torch.arange(len(partial), device=x.device)  # those still moving, of partial
     for _ in range(rounds):
         if not len(active):
             break
-        part = filled[active]
-        new = torch.where(observed[active], part, network.decode(network.encode(part)[0]))
-        filled[active] = new
+        rows = partial[active]
+        part = filled[rows]
+        new = torch.where(observed[rows], part, network.decode(network.encode(part)[0]))
+        filled[rows] = new
         move = (new - part).abs().amax(dim=1)
         least = move < smallest[active]
-        smallest[active[least]], best[slot[active[least]]] = move[least], new[least]
+        smallest[active[least]], best[active[least]] = move[least], new[least]
         ran_away = move > IMPUTE_RUNAWAY * smallest[active]
-        filled[active[ran_away]] = best[slot[active[ran_away]]]
+        filled[rows[ran_away]] = best[active[ran_away]]
         active = active[(move >= IMPUTE_TOLERANCE) & ~ran_away]
     return filled
 
