@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     from xpsvae import benchmark_sets, load_apogee_library
-    from xpsvae.evaluation.labels import subset_masks
+    from xpsvae.evaluation.labels import label_metrics, subset_masks
     from xpsvae.labels import LabelModel, label_columns
     from xpsvae.labels.calibration import IntervalScale, SigmaScale
     model = LabelModel.load(args.labels)
@@ -75,20 +75,20 @@ def main() -> None:
         return scale, IntervalScale.fit(m, s * scale(m, s), yy, e, has)
 
     def score(factor, k):
+        """The figures ``xpsvae evaluate`` gives (label_metrics), per label and subset."""
         s = sigma * factor(mean, sigma)
-        z = (mean - y) / np.sqrt(s ** 2 + err ** 2)
-        inside = np.sqrt(np.maximum((mean - y) ** 2 - err ** 2, 0)) <= k(mean) * s
+        half = k(mean) * s
         cells, logs = {}, []
         for j, name in enumerate(model.labels):
             for subset, rows in masks.items():
-                rows = rows & np.isfinite(z[:, j])
-                if rows.sum() < 30:
+                m = label_metrics(mean[rows, j], y[rows, j], s[rows, j], err[rows, j],
+                                  (mean[rows, j] - half[rows, j], mean[rows, j] + half[rows, j]))
+                if m["n_stars"] < 30:
                     continue
-                cells[f"{name}/{subset}"] = {
-                    "std_z": float(z[rows, j].std()),
-                    "within_1sigma": float(np.mean(np.abs(z[rows, j]) < 1)),
-                    "in_interval": float(inside[rows, j].mean())}
-                logs.append(abs(np.log(z[rows, j].std())))
+                cells[f"{name}/{subset}"] = {"std_z": m["std_z"],
+                                             "within_1sigma": m["coverage_1sigma"],
+                                             "in_interval": m["coverage_interval"]}
+                logs.append(abs(np.log(m["std_z"])))
         return {"mean_abs_ln_std_z": float(np.mean(logs)), "cells": cells}
 
     has = np.isfinite(fit_on[2])
