@@ -43,7 +43,7 @@ from .core.files import (
 from .core.files import MANIFEST as STORE_MANIFEST
 from .io.spectra import SpectraSet
 from .io.store import store_shards
-from .labels.model import LabelModel
+from .labels.model import EXTRAPOLATED, LabelModel
 from .model.trainer import torch_threads
 from .svae import SVAE
 
@@ -124,7 +124,8 @@ def encoded_table_schema(model: SVAE, label_columns: Sequence[str] = ()) -> pa.S
                       ("latent_std", pa.list_(pa.float32(), d)),
                       ("reconstruction_chi2_per_dof", pa.float64()),
                       ("anomaly_score", pa.float64()), ("n_observed", pa.int32())]
-                     + [(name, pa.bool_() if name == "labels_ood" else pa.float64())
+                     + [(name, pa.bool_() if name == "labels_ood" or
+                         name.endswith(EXTRAPOLATED) else pa.float64())
                         for name in label_columns])
 
 

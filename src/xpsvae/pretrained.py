@@ -110,6 +110,8 @@ def shipped_label_model_differences(directory: str = BUILTIN_LABEL_MODEL_DIR) ->
     if model.data.get("n_stars") != n_stars:
         differences.append(f"head fitted on {model.data.get('n_stars')} stars, the library "
                            f"has {n_stars} complete stars with a label")
+    if model.ranges is None:
+        differences.append("no label_ranges in head.json (fitted before <label>_extrapolated)")
     recipe = asdict(replace(LabelHeadConfig(), threads=model.head.config.threads))
     for key, value in asdict(model.head.config).items():
         if recipe[key] != value:

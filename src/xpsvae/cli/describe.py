@@ -186,7 +186,20 @@ def _label_model(path: str) -> dict:
                            if k in ("prior", "boundary")},
             "half_missing": _half_missing(meta), "data": meta.get("data", {}),
             "interval_scale": meta.get("interval_scale"),
+            "label_ranges": meta.get("label_ranges"),
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
+
+
+def _narrower(ranges: Dict[str, Dict[str, List[float]]]) -> str:
+    """``; fe_h: teff 3113-6850`` for each label whose stars span less of another label
+    than all the stars do (empty where none)."""
+    parts = []
+    for name, entry in ranges.items():
+        narrow = [f"{other} {lo:.4g}-{hi:.4g}" for other, (lo, hi) in entry.items()
+                  if other != name and [lo, hi] != ranges.get(other, {}).get(other)]
+        if narrow:
+            parts.append(f"{name}: " + ", ".join(narrow))
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def _half_missing(meta: dict) -> Dict[str, List[float]]:
@@ -309,6 +322,9 @@ def format_description(d: dict) -> str:
             ks = ", ".join(f"{name} {k:.2f}" for name, k in zip(d["labels"],
                                                                 d["interval_scale"]))
             lines.append(f"  central 68% interval (_lower, _upper): ± k sigma, median k {ks}")
+        if d.get("label_ranges"):
+            lines.append("  <label>_extrapolated: a predicted label outside the survey's range "
+                         "among the stars with that label" + _narrower(d["label_ranges"]))
         if d.get("high_alpha"):
             lines.append(f"  high_alpha_prob: above {d['high_alpha']['boundary']}; "
                          f"{100 * d['high_alpha']['prior']:.1f}% of the training stars")

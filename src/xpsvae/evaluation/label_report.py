@@ -205,6 +205,17 @@ def labels_section(block: dict) -> List[str]:
                      + (". Flagged stars have larger |z| (the goal): reached." if larger else
                         ". The goal, larger |z| for flagged stars, is **not reached**: their "
                         "errors are larger, but the predicted σ already grows for them."))
+    extrapolated = {n: v for n, v in (block.get("extrapolated") or {}).items()
+                    if v.get("share_marked_without_survey_label") is not None}
+    if extrapolated:
+        lines.append("- Extrapolated (`<label>_extrapolated`: a predicted label outside "
+                     "APOGEE's range among the stars with that label): " + "; ".join(
+                         f"{NAMES.get(n, n)} for {100 * v['share_marked']:.1f}% of the test "
+                         f"stars, {100 * v['share_marked_without_survey_label']:.0f}% of the "
+                         f"{v['n_without_survey_label']:,} that APOGEE gives none and "
+                         f"{100 * v['share_marked_with_survey_label']:.1f}% of the others"
+                         for n, v in extrapolated.items())
+                     + ". Where APOGEE gives no label, nothing here can say how good it is.")
     lines.append("")
     return lines + (_alpha_table(alpha) if alpha else [])
 

@@ -35,6 +35,7 @@ from ..io.spectra import SpectraSet
 from ..labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
 from ..labels.classes import HIGH_ALPHA_BOUNDARY, HIGH_ALPHA_COLUMN, ClassHead, high_alpha
 from ..labels.features import side_columns
+from ..labels.model import EXTRAPOLATED
 from ..svae import SVAE
 
 #: Sub-populations of the label blocks: (column, "<" or ">=", cut).
@@ -252,6 +253,7 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
                     "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
            "svae_label_model": label_blocks(predicted, test.labels, labels)}
     out["ood"] = _ood_block(predicted, test.labels, labels)
+    out["extrapolated"] = _extrapolated_block(predicted, test.labels, labels)
     if not baselines:
         return out, label_model, predicted
     y, e = label_columns(train.labels, labels)
@@ -299,7 +301,8 @@ def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
     block = {"labels": labels, "side_columns": label_model.side,
              "head": _head_block(label_model.head.config),
              "svae_label_model": label_blocks(predicted, test.labels, labels),
-             "ood": _ood_block(predicted, test.labels, labels)}
+             "ood": _ood_block(predicted, test.labels, labels),
+             "extrapolated": _extrapolated_block(predicted, test.labels, labels)}
     if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):
         block["alpha_classes"] = alpha_classification(
             *(np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")),
@@ -338,3 +341,30 @@ def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
                      if some else None,
                      "median_abs_residual_unflagged": float(np.median(r[ok & ~flagged]))}
     return out
+
+
+def _extrapolated_block(predicted: pd.DataFrame, truth: pd.DataFrame,
+                        labels: Sequence[str]) -> dict:
+    """Per label with an ``_extrapolated`` column: the share of the test stars it marks,
+    among those the survey gives the label and those it does not, and the median |z| of
+    the marked and unmarked stars that have it ({} for a label model from before)."""
+    out = {}
+    for name in labels:
+        column = f"{name}{EXTRAPOLATED}"
+        if column not in predicted or name not in truth:
+            continue
+        marked = predicted[column].to_numpy()
+        z = np.abs(residuals(*_columns(predicted, truth, name))[1])
+        known = np.isfinite(np.asarray(truth[name], np.float64))
+        out[name] = {"n_marked": int(marked.sum()), "share_marked": float(marked.mean()),
+                     "share_marked_with_survey_label":
+                         float(marked[known].mean()) if known.any() else None,
+                     "share_marked_without_survey_label":
+                         float(marked[~known].mean()) if (~known).any() else None,
+                     "n_without_survey_label": int((~known).sum()),
+                     "median_abs_z_marked": float(np.median(z[known & marked]))
+                     if (known & marked).any() else None,
+                     "median_abs_z_unmarked": float(np.median(z[known & ~marked]))
+                     if (known & ~marked).any() else None}
+    return out
+

@@ -5,6 +5,9 @@ It trains on the stars that have a label and predicts for every star:
 ``<label>_err``, the head's calibrated uncertainty, ``<label>_lower`` and
 ``<label>_upper``, the central 68% interval (fitted apart, since the residuals'
 tails are heavier than a Gaussian's: :mod:`xpsvae.labels.head`), and
+``<label>_extrapolated``, True where a star's predicted labels lie outside the survey's
+range among the stars that label was learnt from (say, [Fe/H] for a star predicted
+hotter than any star that had a survey [Fe/H]: APOGEE gives none above ~6,900 K), and
 ``labels_ood``, a flag where the model is guessing. Where the labels include ``fe_h`` and
 ``alpha_m``, also ``high_alpha_prob``, the probability that the star is on
 the high-alpha sequence (:mod:`xpsvae.labels.classes`). A star is flagged
@@ -20,7 +23,7 @@ honest that makes it).
 
 A label model's folder holds the sVAE it reads (``svae/``, copied, so the
 folder stands alone), ``head.safetensors`` and ``head.json`` (the labels,
-side columns, thresholds of the flag, and the share of high-alpha stars).
+side columns, thresholds of the flag, ``label_ranges`` and the share of high-alpha stars).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..core.errors import SpectraError
+from ..core.errors import ModelFileError, SpectraError
 from ..core.files import BUILTIN_LABEL_MODEL_DIR, BUILTIN_MODEL, model_folder
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
@@ -54,6 +57,8 @@ from .pseudo import calibration, surveyed
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
+#: Suffix of the column that says a label was extrapolated (:func:`outside`).
+EXTRAPOLATED = "_extrapolated"
 #: Share of the training stars inside the out-of-distribution thresholds.
 OOD_QUANTILE = 0.99
 #: Prefix of a high/low-alpha classifier's arrays in the weights file (label models written
@@ -75,7 +80,8 @@ class LabelModel:
     def __init__(self, svae: SVAE, head: LabelHead, labels: Sequence[str],
                  side: Sequence[str] = (), ood: Optional[Dict[str, object]] = None,
                  classifier: Optional[ClassHead] = None,
-                 holes: Optional[HoleCost] = None, noise: bool = True):
+                 holes: Optional[HoleCost] = None, noise: bool = True,
+                 ranges: Optional[Dict[str, Dict[str, List[float]]]] = None):
         self.svae, self.head = svae, head
         # high_alpha_prob: the class the head learnt, or (label models from before) a
         # classifier of its own
@@ -84,6 +90,9 @@ class LabelModel:
         self.ood = ood or {}
         self.holes = holes
         self.noise = noise  # the head reads noise_features (label models from before: not)
+        #: {label: {label: [min, max]}}: each label's survey range among the stars that had
+        #: the first (label_ranges; label models from before: None, no _extrapolated columns)
+        self.ranges = ranges
         #: what it was fitted on: the table, its stars with a label, and per label how many
         self.data: Dict[str, object] = {}
 
@@ -144,7 +153,7 @@ class LabelModel:
         # the flag says "unlike the stars a survey labelled": pseudo-labels do not widen it
         ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))
         model = cls(svae, head, labels, side, _ood_thresholds(svae, ood_stars, device),
-                    noise=True)
+                    noise=True, ranges=label_ranges(y[labelled][survey], labels))
         model.data = {"source": source, "n_stars": len(stars), "n_with_label": {
             name: int(np.isfinite(y[labelled, j]).sum()) for j, name in enumerate(labels)}}
         if not survey.all():
@@ -198,6 +207,8 @@ class LabelModel:
             if k is not None:  # the central 68% interval (xpsvae.labels.calibration)
                 out[f"{name}_lower"] = mean[:, j] - k[:, j] * sigma[:, j]
                 out[f"{name}_upper"] = mean[:, j] + k[:, j] * sigma[:, j]
+            if self.ranges is not None:
+                out[f"{name}{EXTRAPOLATED}"] = outside(mean, self.labels, self.ranges[name])
         if self.classifier is not None:
             out[HIGH_ALPHA_COLUMN] = probability if probability is not None else \
                 self.classifier.probability(features)  # a classifier of its own
@@ -207,7 +218,8 @@ class LabelModel:
     def columns(self) -> List[str]:
         """The columns :meth:`predict` adds to ``source_id`` and ``input_row``."""
         suffixes = ("", "_err") + (() if self.head.interval is None
-                                   else ("_lower", "_upper"))
+                                   else ("_lower", "_upper")) + \
+            (() if self.ranges is None else (EXTRAPOLATED,))
         return [f"{name}{suffix}" for name in self.labels for suffix in suffixes] + \
             ([HIGH_ALPHA_COLUMN] if self.classifier is not None else []) + ["labels_ood"]
 
@@ -230,6 +242,8 @@ class LabelModel:
         self.svae.save(os.path.join(directory, SVAE_FOLDER))
         meta = {"labels": self.labels, "side": self.side, "ood": self.ood, "data": self.data,
                 "noise_features": self.noise}
+        if self.ranges is not None:
+            meta["label_ranges"] = self.ranges
         if self.holes is not None:
             meta["hole_variance"] = self.holes.to_json()
         extra = {}
@@ -258,10 +272,55 @@ class LabelModel:
         holes = HoleCost.from_json(meta["hole_variance"], len(meta["labels"]),
                                    f"{os.path.join(directory, HEAD_CONFIG)}: hole_variance") \
             if "hole_variance" in meta else None
+        ranges = _ranges_from_json(meta["label_ranges"], meta["labels"],
+                                   os.path.join(directory, HEAD_CONFIG)) \
+            if "label_ranges" in meta else None
         model = cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
-                    holes, bool(meta.get("noise_features", False)))
+                    holes, bool(meta.get("noise_features", False)), ranges)
         model.data = meta.get("data", {})  # label models from before: not recorded
         return model
+
+
+def label_ranges(y: np.ndarray, labels: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
+    """{label: {other label: [min, max]}}: the survey's range of each label (of ``y``,
+    (n, L), NaN where a star lacks one) among the stars that have the first and it."""
+    out = {}
+    for j, name in enumerate(labels):
+        out[name] = {}
+        for i, other in enumerate(labels):
+            both = np.isfinite(y[:, j]) & np.isfinite(y[:, i])
+            if both.any():
+                out[name][other] = [float(y[both, i].min()), float(y[both, i].max())]
+    return out
+
+
+def outside(predicted: np.ndarray, labels: Sequence[str],
+            ranges: Dict[str, List[float]]) -> np.ndarray:
+    """(n,) bool: whether any predicted label (``predicted``, (n, L)) lies outside its
+    range in ``ranges`` (one label's entry of :func:`label_ranges`)."""
+    out = np.zeros(len(predicted), dtype=bool)
+    for i, other in enumerate(labels):
+        if other in ranges:
+            lo, hi = ranges[other]
+            out |= (predicted[:, i] < lo) | (predicted[:, i] > hi)
+    return out
+
+
+def _ranges_from_json(ranges: object, labels: Sequence[str], path: str
+                      ) -> Dict[str, Dict[str, List[float]]]:
+    """head.json's ``label_ranges``, checked: every label, each range two ordered numbers."""
+    fix = "; fit the label model again (xpsvae labels fit)"
+    if not isinstance(ranges, dict) or set(ranges) != set(labels):
+        raise ModelFileError(f"{path}: label_ranges must name each of {list(labels)}{fix}")
+    for name, entry in ranges.items():
+        for other, bounds in (entry.items() if isinstance(entry, dict) else [(None, None)]):
+            if other not in labels or not (isinstance(bounds, list) and len(bounds) == 2 and
+                                           all(isinstance(b, (int, float)) for b in bounds)
+                                           and bounds[0] <= bounds[1]):
+                raise ModelFileError(f"{path}: label_ranges[{name!r}] must map labels to "
+                                     f"[min, max]; got {other!r}: {bounds!r}{fix}")
+    return {name: {other: [float(b) for b in bounds] for other, bounds in entry.items()}
+            for name, entry in ranges.items()}
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:
