@@ -13,6 +13,7 @@ import torch
 from xpsvae import SVAE, benchmark_split
 from xpsvae.cli import main
 from xpsvae.core.errors import ModelFileError
+from xpsvae.evaluation.label_figures import plot_kiel
 from xpsvae.evaluation.labels import alpha_classification, balanced_accuracy, label_metrics
 from xpsvae.labels import LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import ClassHead, high_alpha
@@ -387,6 +388,11 @@ def test_a_label_is_marked_extrapolated_outside_the_survey_range(label_model, sp
     # than the demo's 36,204, which marks a few more of the others.
     assert marked[~known].mean() > 0.6 and marked[known].mean() < 0.05
     assert predicted["teff_extrapolated"].mean() < 0.05
+    # the Kiel diagram draws the marked stars in grey, and a table from before has none
+    for table, name in ((predicted, "kiel.png"),
+                        (predicted.drop(columns=["fe_h_extrapolated"]), "kiel_before.png")):
+        plot_kiel(table, str(tmp_path / name), "test stars")
+        assert os.path.getsize(tmp_path / name) > 10_000
     # a malformed range is named with its fix
     label_model.save(str(tmp_path / "labels"))
     meta = json.load(open(tmp_path / "labels" / "head.json"))

@@ -69,9 +69,18 @@ def plot_coverage(z_by_label: Dict[str, np.ndarray], path: str) -> str:
 
 @_own_style
 def plot_kiel(predicted: pd.DataFrame, path: str, title: str) -> str:
-    """Predicted Teff against log g, coloured by predicted [Fe/H]."""
+    """Predicted Teff against log g, coloured by predicted [Fe/H]; in grey the stars whose
+    [Fe/H] is extrapolated (``fe_h_extrapolated``, where the table has it)."""
     fig, ax = plt.subplots(figsize=(6, 5))
     keep = ~predicted["labels_ood"].to_numpy()
+    guessed = predicted["fe_h_extrapolated"].to_numpy() if "fe_h_extrapolated" in predicted \
+        else np.zeros(len(predicted), dtype=bool)
+    grey = keep & guessed
+    if grey.any():
+        ax.scatter(predicted["teff"][grey], predicted["logg"][grey], s=3, c="0.6",
+                   rasterized=True, label=f"[Fe/H] extrapolated ({int(grey.sum()):,} stars)")
+        ax.legend(loc="lower left", markerscale=4)
+    keep &= ~guessed
     sc = ax.scatter(predicted["teff"][keep], predicted["logg"][keep], c=predicted["fe_h"][keep],
                     s=3, cmap="plasma", vmin=-1.5, vmax=0.4, rasterized=True)
     ax.invert_xaxis(), ax.invert_yaxis()
