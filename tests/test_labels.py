@@ -556,7 +556,7 @@ def test_a_classifier_needs_both_classes():
         ClassHead(QUICK).fit(np.zeros((100, 3)), np.arange(100) < 5)
 
 
-def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
+def test_labels_fit_predict_and_encode_with_labels(split, tmp_path, capsys):
     train, test = split
     train_file = labelled_table(train.subset(np.arange(1500)), tmp_path / "train.parquet")
     test_file = labelled_table(test.subset(np.arange(200)), tmp_path / "test.parquet")
@@ -568,6 +568,9 @@ def test_labels_fit_predict_and_encode_with_labels(split, tmp_path):
     assert main(["--quiet", "labels", "predict", head, test_file, "--out", out]) == 0
     table = pd.read_parquet(out)
     assert len(table) == 200 and np.isfinite(table["fe_h"]).all()
+    # it says how many labels were extrapolated (hot stars' [Fe/H]: some of any 200)
+    marked = int(table["fe_h_extrapolated"].sum())
+    assert marked > 0 and f"fe_h {marked}" in capsys.readouterr().out
     assert table["high_alpha_prob"].between(0, 1).all()
     encoded = str(tmp_path / "encoded.parquet")
     assert main(["--quiet", "encode", "builtin", test_file, "--labels", head,

@@ -55,8 +55,12 @@ def cmd_labels_predict(args) -> int:
     table = model.predict(spectra, device=args.device)
     with atomic_path(args.out) as tmp:
         table.to_parquet(tmp, index=False)
+    marked = {name: int(table[f"{name}_extrapolated"].sum()) for name in model.labels
+              if f"{name}_extrapolated" in table and table[f"{name}_extrapolated"].any()}
     print(f"labels of {len(table)} stars ({int(table['labels_ood'].sum())} flagged as unlike "
-          f"the training stars) to {args.out}")
+          "the training stars" + ("; extrapolated: " + ", ".join(
+              f"{name} {n}" for name, n in marked.items()) if marked else "")
+          + f") to {args.out}")
     return 0
 
 
