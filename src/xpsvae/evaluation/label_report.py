@@ -22,7 +22,8 @@ CAPTIONS = {
     "labels_coverage.png": "Share of test stars whose |z| is below k, against the Gaussian's: "
                            "a curve on the black one means honest uncertainties.",
     "labels_kiel_unlabelled.png": "Kiel diagram of the library stars APOGEE gives no [Fe/H], "
-                                  "as the label model predicts them (flagged stars left out).",
+                                  "as the label model predicts them (flagged stars left out; "
+                                  "in grey those whose [Fe/H] is extrapolated).",
 }
 
 
