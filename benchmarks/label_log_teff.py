@@ -16,7 +16,7 @@ Teff interval reaching below 0 K. Then the test stars of the first seed's ``teff
 farthest off in Teff (largest |z|), with APOGEE's Teff, the K-band extinction it targeted
 with (``ak_targ``) and Gaia BP-RP: what those stars are. The last line is a JSON object.
 
-    python benchmarks/label_log_teff.py --labels DEMO_OUT/labels   # ~5 min on 2 cores
+    python benchmarks/label_log_teff.py --labels DEMO_OUT/labels   # ~4 min on 2 cores
 """
 
 from __future__ import annotations
