@@ -772,3 +772,24 @@ def test_the_report_says_what_limits_an_accuracy_goal_not_reached():
     block["svae_label_model"]["teff"]["test"]["robust_sigma"] = 59.0
     goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
     assert goals["- Teff"].endswith("reached.") and "limits" not in goals["- Teff"]
+
+
+def test_the_report_says_how_often_a_label_was_extrapolated():
+    """The demo's own figures (docs/labels.md): the report gives them per label with a
+    survey label missing somewhere, and says nothing where every star has it."""
+    from xpsvae.evaluation.label_report import labels_section
+    block = {"labels": ["teff", "fe_h"],
+             "svae_label_model": {"teff": {"test": {"robust_sigma": 59.6}},
+                                  "fe_h": {"test": {"robust_sigma": 0.0998}}},
+             "extrapolated": {
+                 "teff": {"share_marked": 0.001, "share_marked_with_survey_label": 0.001,
+                          "share_marked_without_survey_label": None,
+                          "n_without_survey_label": 0},
+                 "fe_h": {"share_marked": 0.1007, "share_marked_with_survey_label": 0.0070,
+                          "share_marked_without_survey_label": 0.8796,
+                          "n_without_survey_label": 432}}}
+    line = [x for x in labels_section(block) if x.startswith("- Extrapolated")]
+    assert len(line) == 1 and "[Fe/H] for 10.1% of the test stars, 88% of the 432 that " \
+        "APOGEE gives none and 0.7% of the others." in line[0] and "Teff" not in line[0]
+    del block["extrapolated"]  # a label model from before: no such line
+    assert not [x for x in labels_section(block) if x.startswith("- Extrapolated")]

@@ -367,4 +367,3 @@ def _extrapolated_block(predicted: pd.DataFrame, truth: pd.DataFrame,
                      "median_abs_z_unmarked": float(np.median(z[known & ~marked]))
                      if (known & ~marked).any() else None}
     return out
-
