@@ -187,9 +187,10 @@ class LabelModel:
 
     def predict(self, spectra: SpectraSet, device: str = "cpu",
                 scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
-        """Per star: ``source_id``, ``input_row``, each label, its ``_err`` (sigma) and its
-        central 68% interval ``_lower`` to ``_upper`` (label models from before: none),
-        ``high_alpha_prob`` where the model has the classifier, and ``labels_ood``.
+        """Per star: ``source_id``, ``input_row``, each label, its ``_err`` (sigma), its
+        central 68% interval ``_lower`` to ``_upper`` and ``_extrapolated`` (label models
+        from before: neither), ``high_alpha_prob`` where the model has the classifier, and
+        ``labels_ood``.
 
         ``scores``: this sVAE's :meth:`SVAE.score` of the same stars, where the caller has
         it already (the flag needs it; a catalogue saves a pass of the sVAE)."""
