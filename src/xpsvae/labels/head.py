@@ -199,6 +199,11 @@ def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callabl
     return [member.eval() for member in members]
 
 
+def _class_probability(outputs: List[torch.Tensor]) -> np.ndarray:
+    """(n,) float64: the members' mean probability of the class (their last output)."""
+    return torch.stack([torch.sigmoid(o[:, -1]).double() for o in outputs]).mean(0).numpy()
+
+
 @torch.no_grad()
 def _clip_each(stacked: List[torch.Tensor], max_norm: float) -> None:
     """Scale each member's gradient (row k of every stacked parameter) down to a norm of
@@ -364,7 +369,11 @@ class LabelHead:
         """(n,) float64: the probability of the class a head learnt beside its labels."""
         if self.class_prior is None:
             raise RuntimeError("this head learnt no class: fit it with classes=")
-        return self.predict_with_class(features)[2]
+        if not self.members:
+            raise RuntimeError("the label head is not fitted: call fit() or load() first")
+        x = torch.from_numpy(self._standardised(features))
+        with torch_threads(self.config.threads):
+            return _class_probability(self._outputs(x))
 
     def predict_with_class(self, features: np.ndarray, with_class: bool = True
                            ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -377,7 +386,7 @@ class LabelHead:
             outputs = self._outputs(x)
             mean, sigma = self._mixture(outputs)
             p = None if self.class_prior is None or not with_class else \
-                torch.stack([torch.sigmoid(o[:, -1]).double() for o in outputs]).mean(0).numpy()
+                _class_probability(outputs)
         return (mean * self.label_std + self.label_mean,
                 sigma * self.calibration(mean, sigma) * self.label_std, p)
 
