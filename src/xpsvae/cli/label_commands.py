@@ -47,7 +47,7 @@ def cmd_labels_predict(args) -> int:
               f"{len(manifest['shards'])} shards to {args.out}"
               + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
-    from ..labels import LabelModel  # PyTorch: only here
+    from ..labels.model import EXTRAPOLATED, LabelModel  # PyTorch: only here
     model = LabelModel.load(args.labels_model)
     svae = model.svae
     spectra = read_for_model(args.data, contract(svae.info, svae.config.input_dim))
@@ -55,8 +55,8 @@ def cmd_labels_predict(args) -> int:
     table = model.predict(spectra, device=args.device)
     with atomic_path(args.out) as tmp:
         table.to_parquet(tmp, index=False)
-    marked = {name: int(table[f"{name}_extrapolated"].sum()) for name in model.labels
-              if f"{name}_extrapolated" in table and table[f"{name}_extrapolated"].any()}
+    marked = {name: int(table[f"{name}{EXTRAPOLATED}"].sum()) for name in model.labels
+              if f"{name}{EXTRAPOLATED}" in table and table[f"{name}{EXTRAPOLATED}"].any()}
     print(f"labels of {len(table)} stars ({int(table['labels_ood'].sum())} flagged as unlike "
           "the training stars" + ("; extrapolated: " + ", ".join(
               f"{name} {n}" for name, n in marked.items()) if marked else "")

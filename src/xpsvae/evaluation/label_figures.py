@@ -7,6 +7,7 @@ from typing import Dict, Sequence
 import numpy as np
 import pandas as pd
 
+from ..labels.model import EXTRAPOLATED
 from .figures import _own_style, _save, plt
 
 #: Axis titles with units.
@@ -73,7 +74,8 @@ def plot_kiel(predicted: pd.DataFrame, path: str, title: str) -> str:
     [Fe/H] is extrapolated (``fe_h_extrapolated``, where the table has it)."""
     fig, ax = plt.subplots(figsize=(6, 5))
     keep = ~predicted["labels_ood"].to_numpy()
-    guessed = predicted["fe_h_extrapolated"].to_numpy() if "fe_h_extrapolated" in predicted \
+    column = f"fe_h{EXTRAPOLATED}"
+    guessed = predicted[column].to_numpy() if column in predicted \
         else np.zeros(len(predicted), dtype=bool)
     grey = keep & guessed
     if grey.any():

@@ -334,13 +334,16 @@ def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
     for name in (n for n in labels if n in truth):
         r, z = (np.abs(a) for a in residuals(*_columns(predicted, truth, name)))
         ok = np.isfinite(z)
-        some = (ok & flagged).any()
-        out[name] = {"median_abs_z_flagged": float(np.median(z[ok & flagged])) if some else None,
+        out[name] = {"median_abs_z_flagged": _or_none(np.median, z[ok & flagged]),
                      "median_abs_z_unflagged": float(np.median(z[ok & ~flagged])),
-                     "median_abs_residual_flagged": float(np.median(r[ok & flagged]))
-                     if some else None,
+                     "median_abs_residual_flagged": _or_none(np.median, r[ok & flagged]),
                      "median_abs_residual_unflagged": float(np.median(r[ok & ~flagged]))}
     return out
+
+
+def _or_none(how, values: np.ndarray) -> Optional[float]:
+    """``how(values)`` (a median, a mean) as a float; None where there are no values."""
+    return float(how(values)) if len(values) else None
 
 
 def _extrapolated_block(predicted: pd.DataFrame, truth: pd.DataFrame,
@@ -357,13 +360,9 @@ def _extrapolated_block(predicted: pd.DataFrame, truth: pd.DataFrame,
         z = np.abs(residuals(*_columns(predicted, truth, name))[1])
         known = np.isfinite(np.asarray(truth[name], np.float64))
         out[name] = {"n_marked": int(marked.sum()), "share_marked": float(marked.mean()),
-                     "share_marked_with_survey_label":
-                         float(marked[known].mean()) if known.any() else None,
-                     "share_marked_without_survey_label":
-                         float(marked[~known].mean()) if (~known).any() else None,
+                     "share_marked_with_survey_label": _or_none(np.mean, marked[known]),
+                     "share_marked_without_survey_label": _or_none(np.mean, marked[~known]),
                      "n_without_survey_label": int((~known).sum()),
-                     "median_abs_z_marked": float(np.median(z[known & marked]))
-                     if (known & marked).any() else None,
-                     "median_abs_z_unmarked": float(np.median(z[known & ~marked]))
-                     if (known & ~marked).any() else None}
+                     "median_abs_z_marked": _or_none(np.median, z[known & marked]),
+                     "median_abs_z_unmarked": _or_none(np.median, z[known & ~marked])}
     return out

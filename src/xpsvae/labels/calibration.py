@@ -101,6 +101,12 @@ class LogLinear:
         self.low[j], self.high[j] = covariates.min(axis=0), covariates.max(axis=0)
         self.weights[j] = fit_weights(np.hstack([covariates, ones]))
 
+    @staticmethod
+    def stored(arrays: Dict[str, np.ndarray], prefix: str) -> bool:
+        """Whether a head file holds these weights (heads from before: one number per
+        label, in an array of its own)."""
+        return f"{prefix}_{_KEYS[0]}" in arrays
+
     def arrays(self, prefix: str) -> Dict[str, np.ndarray]:
         """The arrays a head file keeps (:meth:`from_arrays` reads them back)."""
         return {f"{prefix}_{key}": getattr(self, key) for key in _KEYS}

@@ -437,11 +437,12 @@ class LabelHead:
             head.interval_scale = interval_scale(meta.pop("interval_scale"), n, config_path)
         # heads from before the scale and k followed the star: one number per label
         head.calibration = SigmaScale.from_arrays(arrays, "sigma_scale", n, n + 1, weights_path) \
-            if "sigma_scale_weights" in arrays else SigmaScale.constant(head.sigma_scale, n + 1)
+            if SigmaScale.stored(arrays, "sigma_scale") else \
+            SigmaScale.constant(head.sigma_scale, n + 1)
         if head.interval_scale is not None:  # without the key, no interval
             head.interval = IntervalScale.from_arrays(
                 arrays, "interval_scale", n, n, weights_path) \
-                if "interval_scale_weights" in arrays else \
+                if IntervalScale.stored(arrays, "interval_scale") else \
                 IntervalScale.constant(head.interval_scale, n)
         head.members = load_members(arrays, "", head.config.members, len(head.feature_mean),
                                     head.config.hidden,
