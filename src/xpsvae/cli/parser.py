@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, help="override the default recipe's epochs")
     d.add_argument("--max-stars", type=int, help="use only the first N stars (quick look)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch in all (default: the usable cores)")
+    d.add_argument("--lanes", type=int, choices=(1, 2), default=0,
+                   help="2: the labelled work in a second process beside the rest (the "
+                        "default on a CPU of 2 cores or more); 1: one after the other")
     d.add_argument("--skip-paper-recipe", action="store_true",
                    help="do not also train the paper's SGD recipe for comparison")
     _add_overwrite(d)

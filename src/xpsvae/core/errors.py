@@ -19,3 +19,8 @@ class ModelFileError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint was kept."""
+
+
+class LaneError(RuntimeError):
+    """Work run in a second process ended without a result, or raised an error that could
+    not be brought back as it was."""

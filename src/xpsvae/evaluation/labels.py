@@ -178,7 +178,7 @@ def alpha_classification(fe_h_true: np.ndarray, alpha_true: np.ndarray,
     return out
 
 
-def _model_guesses(label_model: LabelModel, predicted: pd.DataFrame) -> Dict[str, np.ndarray]:
+def model_guesses(label_model: LabelModel, predicted: pd.DataFrame) -> Dict[str, np.ndarray]:
     """High-alpha or not per star from a label model's prediction: by its classifier (where it
     has one), and by its predicted [Fe/H] and [alpha/M] set against the line."""
     guesses = {}
@@ -186,29 +186,6 @@ def _model_guesses(label_model: LabelModel, predicted: pd.DataFrame) -> Dict[str
         guesses["label_model"] = predicted[HIGH_ALPHA_COLUMN].to_numpy() \
             > label_model.classifier.prior
     guesses["label_model_labels"] = high_alpha(predicted["fe_h"], predicted["alpha_m"])
-    return guesses
-
-
-def _alpha_guesses(label_model: LabelModel, predicted: pd.DataFrame, train: SpectraSet,
-                   test: SpectraSet, config: LabelHeadConfig,
-                   unsupervised: Optional[Tuple[LabelModel, pd.DataFrame]] = None
-                   ) -> Dict[str, np.ndarray]:
-    """High-alpha or not per test star: from the label model's class output and its labels
-    (and the unsupervised sVAE's, given it), and from a classifier fitted on
-    the survey's labels alone."""
-    guesses = _model_guesses(label_model, predicted)
-    if unsupervised is not None and unsupervised[0].classifier is not None:
-        guesses = {"label_model": guesses.pop("label_model"),
-                   "unsupervised_svae": _model_guesses(*unsupervised)["label_model"], **guesses}
-    single = replace(config, members=1)
-    y_train = label_columns(train.labels, ("teff", "logg", "fe_h", "alpha_m"))[0]
-    y_test = label_columns(test.labels, ("teff", "logg", "fe_h"))[0]
-    both = np.isfinite(y_train[:, 2]) & np.isfinite(y_train[:, 3])
-    truth = high_alpha(y_train[both, 2], y_train[both, 3])
-    for name, columns in (("fe_h_alone", [2]), ("teff_logg_fe_h_alone", [0, 1, 2])):
-        recipe = single if len(columns) > 1 else _one_input(single)
-        guesses[name] = ClassHead(recipe).fit(y_train[both][:, columns], truth).classify(
-            y_test[:, columns])
     return guesses
 
 
@@ -223,19 +200,135 @@ def _one_input(config: LabelHeadConfig) -> LabelHeadConfig:
     return replace(config, hidden=ONE_INPUT_HIDDEN, batch_size=ONE_INPUT_BATCH)
 
 
-def _head_baseline(name: str, train_x, test_x, y, e, labels, config) -> pd.DataFrame:
+def _head_baseline(train_x, test_x, y, e, labels, config) -> pd.DataFrame:
+    """The head (one member) fitted on ``train_x`` and its prediction for ``test_x``."""
     head = LabelHead(config).fit(train_x, y, e)
     mean, sigma = head.predict(test_x)
     return pd.DataFrame({**{n: mean[:, j] for j, n in enumerate(labels)},
                          **{f"{n}_err": sigma[:, j] for j, n in enumerate(labels)}})
 
 
+#: The baselines' blocks in the order the report lists them.
+BASELINES = ("head_on_unsupervised_svae", "mlp_spectrum", "pca6_head", "cannon",
+             "alpha_from_fe_h")
+#: Who guesses high or low alpha, in the order the report lists them.
+GUESSERS = ("label_model", "unsupervised_svae", "label_model_labels", "fe_h_alone",
+            "teff_logg_fe_h_alone")
+
+
+def fit_label_model(model: SVAE, train: SpectraSet, test: SpectraSet, labels: Sequence[str],
+                    side: Sequence[str], config: LabelHeadConfig) -> tuple:
+    """A label model fitted on ``train`` and scored on ``test``: (``labels`` block without
+    baselines, the label model, its prediction for ``test``)."""
+    start = time.perf_counter()
+    label_model = LabelModel.fit(model, train, labels, side, config)
+    fitted = time.perf_counter() - start
+    predicted = label_model.predict(test)
+    out = {"labels": list(labels), "side_columns": list(side),
+           "head": {**_head_block(config), "fit_seconds": fitted,
+                    "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
+           "svae_label_model": label_blocks(predicted, test.labels, labels),
+           "ood": _ood_block(predicted, test.labels, labels),
+           "extrapolated": _extrapolated_block(predicted, test.labels, labels)}
+    return out, label_model, predicted
+
+
+def spectrum_baselines(model: SVAE, train: SpectraSet, test: SpectraSet,
+                       labels: Sequence[str], side: Sequence[str], config: LabelHeadConfig
+                       ) -> Dict[str, dict]:
+    """The baselines that see the spectrum (in ``model``'s standardised units), not the
+    sVAE: the head as a supervised MLP on the spectrum, and on its 6-component PCA."""
+    y, e = label_columns(train.labels, labels)
+    single = replace(config, members=1)
+    sides = [side_columns(s.labels, side, "library") for s in (train, test)]
+    spectra = [model.standardizer.transform(s.values) for s in (train, test)]
+    out = {"mlp_spectrum": label_blocks(_head_baseline(
+        np.hstack([spectra[0], sides[0]]), np.hstack([spectra[1], sides[1]]), y, e,
+        labels, single), test.labels, labels)}
+    mean = spectra[0].mean(axis=0)
+    basis = np.linalg.svd(spectra[0] - mean, full_matrices=False)[2][:6].T
+    out["pca6_head"] = label_blocks(_head_baseline(
+        np.hstack([(spectra[0] - mean) @ basis, sides[0]]),
+        np.hstack([(spectra[1] - mean) @ basis, sides[1]]), y, e, labels, single),
+        test.labels, labels)
+    return out
+
+
+def survey_baselines(train: SpectraSet, test: SpectraSet, labels: Sequence[str],
+                     config: LabelHeadConfig) -> tuple:
+    """What the survey's labels alone tell, from models of the head's recipe that see no
+    spectrum: [alpha/M] from [Fe/H], and high or low alpha from [Fe/H], and from Teff,
+    log g and [Fe/H] (how much of the alpha information in the spectrum is real).
+
+    Returns:
+        ({"alpha_from_fe_h": blocks}, {guesser: high-alpha or not per test star}); both
+        empty unless ``labels`` hold [Fe/H] and [alpha/M].
+    """
+    if "fe_h" not in labels or "alpha_m" not in labels:
+        return {}, {}
+    single = replace(config, members=1)
+    fe = [np.asarray(s.labels["fe_h"], np.float64)[:, None] for s in (train, test)]
+    y, e = label_columns(train.labels, ["alpha_m"])
+    alpha = _head_baseline(fe[0], np.nan_to_num(fe[1], nan=0.0), y, e, ["alpha_m"],
+                           _one_input(single))
+    alpha.loc[~np.isfinite(fe[1][:, 0]), "alpha_m"] = np.nan
+    blocks = {"alpha_from_fe_h": label_blocks(alpha, test.labels, ["alpha_m"])}
+    y_train = label_columns(train.labels, ("teff", "logg", "fe_h", "alpha_m"))[0]
+    y_test = label_columns(test.labels, ("teff", "logg", "fe_h"))[0]
+    both = np.isfinite(y_train[:, 2]) & np.isfinite(y_train[:, 3])
+    truth = high_alpha(y_train[both, 2], y_train[both, 3])
+    guesses = {}
+    for name, columns in (("fe_h_alone", [2]), ("teff_logg_fe_h_alone", [0, 1, 2])):
+        recipe = single if len(columns) > 1 else _one_input(single)
+        guesses[name] = ClassHead(recipe).fit(y_train[both][:, columns], truth).classify(
+            y_test[:, columns])
+    return blocks, guesses
+
+
+def unsupervised_baselines(unsupervised: Optional[SVAE], cannon, train: SpectraSet,
+                           test: SpectraSet, labels: Sequence[str], side: Sequence[str],
+                           config: LabelHeadConfig) -> tuple:
+    """The baselines built on the unsupervised side of the demo: the same label model on
+    the sVAE trained without labels, and the Cannon's test step (either may be None).
+
+    Returns:
+        ({baseline: blocks}, {"unsupervised_svae": high-alpha or not per test star} where
+        that label model has a class output).
+    """
+    blocks, guesses = {}, {}
+    if unsupervised is not None:
+        model = LabelModel.fit(unsupervised, train, labels, side, config,
+                               holes=False)  # no partial stars here
+        predicted = model.predict(test)
+        blocks["head_on_unsupervised_svae"] = label_blocks(predicted, test.labels, labels)
+        if model.classifier is not None:
+            guesses["unsupervised_svae"] = model_guesses(model, predicted)["label_model"]
+    if cannon is not None:
+        inferred, _ = cannon.infer_labels(test)
+        blocks["cannon"] = label_blocks(pd.DataFrame(
+            inferred, columns=list(cannon.label_names)), test.labels, labels)
+    return blocks, guesses
+
+
+def with_baselines(block: dict, test: SpectraSet, baselines: Dict[str, dict],
+                   guesses: Dict[str, np.ndarray]) -> dict:
+    """``block`` (from :func:`fit_label_model`) with the ``baselines`` and, given the
+    label model's and the others' high-alpha guesses, ``alpha_classes``, both in the order
+    the report lists them (:data:`BASELINES`, :data:`GUESSERS`)."""
+    block["baselines"] = {name: baselines[name] for name in BASELINES if name in baselines}
+    if guesses and {"fe_h", "alpha_m"} <= set(test.labels.columns):
+        block["alpha_classes"] = alpha_classification(
+            *(np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")),
+            {name: guesses[name] for name in GUESSERS if name in guesses})
+    return block
+
+
 def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
                   labels: Sequence[str] = ("teff", "logg", "fe_h", "alpha_m"),
                   side: Sequence[str] = DEMO_SIDE, config: Optional[LabelHeadConfig] = None,
-                  cannon=None, baselines: bool = True, unsupervised: Optional[SVAE] = None
-                  ) -> tuple:
-    """Fit a label model on ``train``, score it and the baselines on ``test``.
+                  cannon=None, unsupervised: Optional[SVAE] = None) -> tuple:
+    """Fit a label model on ``train``, score it and the baselines on ``test``, in this
+    process (the demo runs the same steps in two: :mod:`xpsvae.evaluation.demo`).
 
     ``model`` may be a semi-supervised sVAE (fitted with ``labels``); ``unsupervised``,
     the same recipe without them, then gets the same head as a baseline.
@@ -244,54 +337,17 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
         (metrics ``labels`` block, the label model, its prediction for ``test``).
     """
     config = config or LabelHeadConfig()
-    start = time.perf_counter()
-    label_model = LabelModel.fit(model, train, labels, side, config)
-    fitted = time.perf_counter() - start
-    predicted = label_model.predict(test)
-    out = {"labels": list(labels), "side_columns": list(side),
-           "head": {**_head_block(config), "fit_seconds": fitted,
-                    "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
-           "svae_label_model": label_blocks(predicted, test.labels, labels)}
-    out["ood"] = _ood_block(predicted, test.labels, labels)
-    out["extrapolated"] = _extrapolated_block(predicted, test.labels, labels)
-    if not baselines:
-        return out, label_model, predicted
-    y, e = label_columns(train.labels, labels)
-    single = replace(config, members=1)
-    sides = [side_columns(s.labels, side, "library") for s in (train, test)]
-    spectra = [model.standardizer.transform(s.values) for s in (train, test)]
-    out["baselines"] = {}
-    unsupervised_fit = None
-    if unsupervised is not None:
-        unsupervised_model = LabelModel.fit(unsupervised, train, labels, side, config,
-                                            holes=False)  # no partial stars here
-        unsupervised_fit = (unsupervised_model, unsupervised_model.predict(test))
-        out["baselines"]["head_on_unsupervised_svae"] = label_blocks(
-            unsupervised_fit[1], test.labels, labels)
-    out["baselines"]["mlp_spectrum"] = label_blocks(_head_baseline(
-        "mlp", np.hstack([spectra[0], sides[0]]), np.hstack([spectra[1], sides[1]]), y, e,
-        labels, single), test.labels, labels)
-    mean = spectra[0].mean(axis=0)
-    basis = np.linalg.svd(spectra[0] - mean, full_matrices=False)[2][:6].T
-    out["baselines"]["pca6_head"] = label_blocks(_head_baseline(
-        "pca", np.hstack([(spectra[0] - mean) @ basis, sides[0]]),
-        np.hstack([(spectra[1] - mean) @ basis, sides[1]]), y, e, labels, single),
-        test.labels, labels)
-    if cannon is not None:
-        inferred, _ = cannon.infer_labels(test)
-        out["baselines"]["cannon"] = label_blocks(pd.DataFrame(
-            inferred, columns=list(cannon.label_names)), test.labels, labels)
-    if "fe_h" in labels and "alpha_m" in labels:
-        fe = [np.asarray(s.labels["fe_h"], np.float64)[:, None] for s in (train, test)]
-        ja = labels.index("alpha_m")
-        alpha = _head_baseline("fe", fe[0], np.nan_to_num(fe[1], nan=0.0), y[:, [ja]],
-                               e[:, [ja]], ["alpha_m"], _one_input(single))
-        alpha.loc[~np.isfinite(fe[1][:, 0]), "alpha_m"] = np.nan
-        out["baselines"]["alpha_from_fe_h"] = label_blocks(alpha, test.labels, ["alpha_m"])
-        truth = [np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")]
-        out["alpha_classes"] = alpha_classification(*truth, _alpha_guesses(
-            label_model, predicted, train, test, config, unsupervised_fit))
-    return out, label_model, predicted
+    block, label_model, predicted = fit_label_model(model, train, test, labels, side, config)
+    baselines, guesses = unsupervised_baselines(unsupervised, cannon, train, test, labels,
+                                                side, config)
+    baselines.update(spectrum_baselines(model, train, test, labels, side, config))
+    survey, survey_guesses = survey_baselines(train, test, labels, config)
+    baselines.update(survey)
+    if survey_guesses:  # [Fe/H] and [alpha/M] among the labels
+        guesses.update(model_guesses(label_model, predicted), **survey_guesses)
+    else:
+        guesses = {}
+    return with_baselines(block, test, baselines, guesses), label_model, predicted
 
 
 def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
@@ -306,7 +362,7 @@ def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
     if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):
         block["alpha_classes"] = alpha_classification(
             *(np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")),
-            _model_guesses(label_model, predicted))
+            model_guesses(label_model, predicted))
     return block, predicted
 
 

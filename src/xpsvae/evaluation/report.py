@@ -99,7 +99,9 @@ def write_report(out_dir: str, metrics: dict) -> str:
     hw = metrics.get("hardware")
     if hw:
         lines += [f"xpsvae {metrics.get('xpsvae_version')}; torch {hw['torch']} on {hw['device']} "
-                  f"with {hw['torch_threads']} threads.", ""]
+                  f"with {hw['torch_threads']} thread{'s' if hw['torch_threads'] != 1 else ''}"
+                  + (" in each of two processes side by side (the unsupervised and the "
+                     "labelled work)" if hw.get("lanes") == 2 else "") + ".", ""]
     lines += ["## What was trained on what", ""]
     data = metrics.get("data", {})
     acc = data.get("accounting")
