@@ -49,7 +49,7 @@ def main() -> None:
         y, err = label_columns(stars.labels, model.labels)
         keep = np.isfinite(y).any(axis=1) & stars.observed.all(axis=1)
         stars = stars.subset(np.flatnonzero(keep))
-        features = model._features(model.svae, stars, model.side, "", "cpu", model.noise)
+        features = model.features(stars)
         x = torch.from_numpy(head._standardised(features))
         mean, sigma = head._mixture(head._outputs(x))
         return (mean, sigma, (y[keep] - head.label_mean) / head.label_std,

@@ -49,7 +49,7 @@ def main() -> None:
     y, err = y[keep], err[keep]
 
     def features(stars):
-        return model._features(model.svae, stars, model.side, "", "cpu", model.noise)
+        return model.features(stars)
 
     x_train, x_test = features(train.subset(np.flatnonzero(keep))), features(test)
     classes = None

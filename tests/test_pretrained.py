@@ -181,7 +181,7 @@ def test_the_shipped_label_model_labels_library_stars(small_library):
     # the labels, sigma and high_alpha_prob come from one pass of the head's ensemble; the
     # head's two passes give the same to float32 rounding (sums of 256 terms: ~16 eps of
     # the largest, well inside 1e-5 relative)
-    features = model._features(model.svae, stars, model.side, "", "cpu", model.noise)
+    features = model.features(stars)
     mean, sigma = model.head.predict(features)
     np.testing.assert_allclose(predicted[model.labels].to_numpy(), mean, rtol=1e-5)
     np.testing.assert_allclose(predicted[[f"{n}_err" for n in model.labels]].to_numpy(),

@@ -185,6 +185,12 @@ class LabelModel:
                                "has no columns besides the spectra")
         return np.hstack([features, side_columns(spectra.labels, side, source)])
 
+    def features(self, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
+        """What the head reads of each star: the sVAE's features, the spectrum's noise
+        (where the model reads it) and the side columns, (n, n_features) float."""
+        source = spectra.accounting.source if spectra.accounting else "the stars given"
+        return self._features(self.svae, spectra, self.side, source, device, self.noise)
+
     def predict(self, spectra: SpectraSet, device: str = "cpu",
                 scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
         """Per star: ``source_id``, ``input_row``, each label, its ``_err`` (sigma), its
@@ -194,8 +200,7 @@ class LabelModel:
 
         ``scores``: this sVAE's :meth:`SVAE.score` of the same stars, where the caller has
         it already (the flag needs it; a catalogue saves a pass of the sVAE)."""
-        source = spectra.accounting.source if spectra.accounting else "the stars given"
-        features = self._features(self.svae, spectra, self.side, source, device, self.noise)
+        features = self.features(spectra, device)
         # the head's class (high_alpha_prob) from the same pass of its ensemble
         mean, sigma, probability = self.head.predict_with_class(features)
         missing = ~(spectra.observed & np.isfinite(spectra.errors))
