@@ -99,3 +99,16 @@ def test_the_demo_gives_the_same_figures_in_two_lanes_as_in_one(tmp_path):
     report = open(tmp_path / "lanes2" / "report.md").read()
     assert "### Beside the baselines" in report and "### High and low α" in report
     assert "with 1 thread in each of two processes side by side" in report
+
+
+def test_the_demo_says_so_when_its_second_process_dies(tmp_path, monkeypatch, capsys):
+    """A second process killed without a word (for memory, say) ends the demo with a
+    one-line error that says what to do, not a traceback or a hang."""
+    from xpsvae.cli import main
+    from xpsvae.evaluation import demo
+    monkeypatch.setattr(demo, "Lane", lambda target, args, threads: Lane(_die))
+    monkeypatch.setattr(demo, "_unsupervised_lane", lambda *args: {})  # its share: nothing
+    assert main(["--quiet", "demo", "--out", str(tmp_path / "demo"), "--max-stars", "1500",
+                 "--lanes", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "xpsvae demo: error:" in error and "exit code 3" in error and "--lanes 1" in error

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
-from ..core.errors import TrainingDiverged
+from ..core.errors import LaneError, TrainingDiverged
 from . import checks, commands, label_commands
 from .parser import build_parser
 
@@ -78,9 +78,10 @@ def _user_errors() -> tuple:
 
     SpectraError and ModelFileError are ValueErrors. The operating system's
     errors about a path the user gave (an ``--out`` that is a file, a folder
-    not writable) name the path themselves; a full disk is told in :func:`main`.
+    not writable) name the path themselves; a full disk is told in :func:`main`. A
+    second process of the demo that died without a word says what to do instead.
     """
     return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            IsADirectoryError, PermissionError, TrainingDiverged)
+            IsADirectoryError, PermissionError, TrainingDiverged, LaneError)
 
 
