@@ -22,7 +22,7 @@ validation share drawn from the training stars alone). Each is scored on the 4,0
 stars, with the test stars hotter than 10,000 K apart, and the far-off stars of
 ``benchmarks/label_log_teff.py`` listed. The last line is a JSON object.
 
-    python benchmarks/label_reddening.py --labels DEMO_OUT/labels   # ~6 min on 2 cores
+    python benchmarks/label_reddening.py --labels DEMO_OUT/labels   # ~5 min a seed, 2 cores
 """
 
 from __future__ import annotations
