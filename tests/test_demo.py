@@ -107,7 +107,8 @@ def test_the_demo_says_so_when_its_second_process_dies(tmp_path, monkeypatch, ca
     from xpsvae.cli import main
     from xpsvae.evaluation import demo
     monkeypatch.setattr(demo, "Lane", lambda target, args, threads: Lane(_die))
-    monkeypatch.setattr(demo, "_unsupervised_lane", lambda *args: {})  # its share: nothing
+    monkeypatch.setattr(demo, "_unsupervised_lane",
+                        lambda *args: ({}, ({}, {}), 0.0))  # this process's share: nothing
     assert main(["--quiet", "demo", "--out", str(tmp_path / "demo"), "--max-stars", "1500",
                  "--lanes", "2"]) == 2
     error = capsys.readouterr().err

@@ -114,22 +114,22 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "reference_authors_implementation": REFERENCE,
     }
+    unsupervised_args = (out_dir, library, train, test, config, head_config, overrides,
+                         paper_recipe, progress)
     labelled_args = (out_dir, max_stars, config, head_config)
     if lanes == 1:
-        metrics.update(_unsupervised_lane(out_dir, library, train, test, config, head_config,
-                                          overrides, paper_recipe, progress))
-        labels, guesses = _labelled_lane(*labelled_args, progress=progress,
-                                         sets=(library, train, test))
+        blocks, (baselines, guesses), seconds = _unsupervised_lane(*unsupervised_args)
+        labels, own_guesses, labelled_seconds = _labelled_lane(
+            *labelled_args, progress=progress, sets=(library, train, test))
     else:
         with Lane(_labelled_lane, labelled_args, threads=lane_threads) as lane:
-            metrics.update(_unsupervised_lane(out_dir, library, train, test, config,
-                                              head_config, overrides, paper_recipe, progress))
-            labels, guesses = _wait(lane, progress)
-    baselines, more = metrics.pop("label_baselines")
+            blocks, (baselines, guesses), seconds = _unsupervised_lane(*unsupervised_args)
+            labels, own_guesses, labelled_seconds = _wait(lane, progress)
+    metrics.update(blocks)
+    metrics["hardware"]["lane_seconds"] = {"unsupervised": seconds,
+                                           "labelled": labelled_seconds}
     metrics["labels"] = with_baselines(labels, test, {**labels["baselines"], **baselines},
-                                       {**guesses, **more})
-    metrics["hardware"]["lane_seconds"] = {"unsupervised": metrics.pop("lane_seconds"),
-                                           "labelled": labels.pop("lane_seconds")}
+                                       {**own_guesses, **guesses})
     metrics["labels"]["svae"]["unsupervised_test"] = metrics["svae"]["test"]
     write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     write_report(out_dir, metrics)
@@ -146,10 +146,14 @@ def _benchmark(max_stars: Optional[int]) -> tuple:
 
 def _unsupervised_lane(out_dir: str, library, train, test, config: TrainConfig,
                        head_config: LabelHeadConfig, overrides: dict, paper_recipe: bool,
-                       progress: bool) -> dict:
+                       progress: bool) -> tuple:
     """The sVAE and the Cannon, their figures and the paper's claims; the label baselines
-    built on them and on the survey's labels alone (``label_baselines``); the paper's
-    recipe beside them."""
+    built on them and on the survey's labels alone; the paper's recipe beside them.
+
+    Returns:
+        (metrics blocks, (label baselines, their high-alpha guesses per test star), the
+        lane's seconds).
+    """
     began = start = time.perf_counter()
     model = SVAE(train_config=config).fit(train, out_dir=os.path.join(out_dir, "model"),
                                           progress=progress)
@@ -175,7 +179,7 @@ def _unsupervised_lane(out_dir: str, library, train, test, config: TrainConfig,
     baselines, guesses = unsupervised_baselines(model, cannon, train, test, DEFAULT_LABELS,
                                                 DEMO_SIDE, head_config)
     survey, survey_guesses = survey_baselines(train, test, DEFAULT_LABELS, head_config)
-    metrics["label_baselines"] = ({**baselines, **survey}, {**guesses, **survey_guesses})
+    label_baselines = ({**baselines, **survey}, {**guesses, **survey_guesses})
     if paper_recipe:
         paper = TrainConfig.preset("paper", **overrides)
         start = time.perf_counter()
@@ -189,8 +193,7 @@ def _unsupervised_lane(out_dir: str, library, train, test, config: TrainConfig,
                                               figure_suffix="_paper_recipe",
                                               progress_title="(paper recipe)")["svae"]
         metrics["svae_paper_recipe"]["training"] = _training_block(model, "paper", paper, wall)
-    metrics["lane_seconds"] = time.perf_counter() - began
-    return metrics
+    return metrics, label_baselines, time.perf_counter() - began
 
 
 def _training_block(model: SVAE, recipe: str, config: TrainConfig, wall: float) -> dict:
@@ -209,7 +212,7 @@ def _labelled_lane(out_dir: str, max_stars: Optional[int], config: TrainConfig,
 
     Returns:
         (the ``labels`` block, its baselines so far; the label model's high-alpha guesses
-        per test star).
+        per test star; the lane's seconds).
     """
     say = say or (lambda stage: None)
     began = time.perf_counter()
@@ -232,8 +235,7 @@ def _labelled_lane(out_dir: str, max_stars: Optional[int], config: TrainConfig,
     write_label_figures(os.path.join(out_dir, "figures"), predicted, test.labels,
                         label_model.labels, label_model.predict(library.subset(no_fe)))
     say(LABELLED_STAGES[3])
-    block["lane_seconds"] = time.perf_counter() - began
-    return block, model_guesses(label_model, predicted)
+    return block, model_guesses(label_model, predicted), time.perf_counter() - began
 
 
 def _wait(lane: Lane, progress: bool) -> tuple:
