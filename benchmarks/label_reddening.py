@@ -4,8 +4,9 @@ Behind dust, a hot star's spectrum and colours look like a cooler star's: in the
 test stars of 17,060 K and 12,930 K, targeted with A_K 0.22 and 0.31, were put near
 6,300 K with a sigma of 350 K (docs/labels.md). The training stars hold few reddened hot
 stars to learn the difference from. Here each labelled training star hotter than
-``--hot`` K is copied ``--copies`` times, each copy behind its own extinction A_V, drawn
-uniformly from ``--av``, through Gordon et al. (2023)'s average Milky Way curve at
+``--hot`` K is copied ``--copies`` times (and, with ``--every-star-av``, every training
+star once more), each copy behind its own extinction A_V, drawn uniformly from ``--av``
+(from ``--every-star-av`` for the latter), through Gordon et al. (2023)'s average Milky Way curve at
 R_V = 3.1 (``dust_extinction``, ``pip install dust_extinction``):
 
 * its sampled spectrum times 10^(-0.4 A(lambda)), divided again by its median (the
@@ -72,6 +73,8 @@ def main() -> None:
     p.add_argument("--hot", type=float, default=7000.0, help="copy stars hotter than this, K")
     p.add_argument("--copies", type=int, default=3)
     p.add_argument("--av", default="0.5,4", help="A_V drawn uniformly from this range")
+    p.add_argument("--every-star-av", default="",
+                   help="also one copy of every training star, A_V drawn from this range")
     p.add_argument("--worst", type=int, default=6, help="how many far-off stars to list")
     args = p.parse_args()
     import pandas as pd
@@ -92,6 +95,9 @@ def main() -> None:
     low, high = (float(v) for v in args.av.split(","))
     copies = [redden(stars.subset(hot), rng.uniform(low, high, len(hot)), stars.wavelength_nm)
               for _ in range(args.copies)]
+    if args.every_star_av:
+        low, high = (float(v) for v in args.every_star_av.split(","))
+        copies.append(redden(stars, rng.uniform(low, high, len(stars)), stars.wavelength_nm))
     print(f"{len(stars)} training stars, {len(hot)} hotter than {args.hot:.0f} K, "
           f"{args.copies} reddened copies each", flush=True)
 
@@ -159,7 +165,7 @@ def main() -> None:
               f"(z {w['as_is'][2]:6.1f})   with copies {w['reddened_copies'][0]:7.0f} ± "
               f"{w['reddened_copies'][1]:5.0f} (z {w['reddened_copies'][2]:6.1f})")
     print(json.dumps({"labels": args.labels, "seeds": args.seeds, "hot": args.hot,
-                      "copies": args.copies, "av": args.av, "n_hot": int(len(hot)),
+                      "copies": args.copies, "av": args.av, "every_star_av": args.every_star_av, "n_hot": int(len(hot)),
                       "results": results, "worst_teff": listed}))
 
 
