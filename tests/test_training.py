@@ -190,19 +190,28 @@ def test_cuda_training_follows_the_cpu_run(small_library, amp):
 
 def test_default_threads_are_lowered_to_a_container_quota(small_library, quick_config,
                                                          monkeypatch):
-    """threads=0 takes torch's default, but not more threads than the CPU quota allows."""
+    """threads=0 takes torch's default, but not more threads than the CPU quota allows,
+    while training; the caller's thread count is put back after."""
     from xpsvae.core import machine
     before = torch.get_num_threads()
     monkeypatch.setattr(machine, "usable_cores", lambda: 1)
+    seen = []
+    record = lambda trainer: seen.append(torch.get_num_threads())  # noqa: E731
+    stars = small_library.subset(np.arange(300))
     torch.set_num_threads(2)
     try:
         config = TrainConfig(**{**quick_config.to_dict(), "threads": 0, "epochs": 1})
-        SVAE(train_config=config).fit(small_library.subset(np.arange(300)), progress=False)
-        assert torch.get_num_threads() == 1
-        torch.set_num_threads(2)
+        SVAE(train_config=config).fit(stars, progress=False, on_epoch_end=record)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2  # put back
+        seen.clear()
         config = TrainConfig(**{**config.to_dict(), "threads": 2})  # asked for: kept
-        SVAE(train_config=config).fit(small_library.subset(np.arange(300)), progress=False)
-        assert torch.get_num_threads() == 2
+        SVAE(train_config=config).fit(stars, progress=False, on_epoch_end=record)
+        assert seen and set(seen) == {2}
+        torch.set_num_threads(3)
+        SVAE(train_config=TrainConfig(**{**config.to_dict(), "threads": 1})).fit(
+            stars, progress=False)
+        assert torch.get_num_threads() == 3  # a count asked for is not left behind either
     finally:
         torch.set_num_threads(before)
 

@@ -82,7 +82,7 @@ class ClassHead:
         self.feature_mean, self.feature_std = feature_statistics(features)
         x = torch.from_numpy(standardise(features, self.feature_mean, self.feature_std))
         t = torch.from_numpy(truth.astype(np.float32))
-        with torch_threads(self.config.threads):
+        with torch_threads(self.config.threads, idle=True):
             self.members = train_members(self.config, self.config.members, 1, _loss, x, t,
                                          history=self.history)
         return self

@@ -68,7 +68,8 @@ class LabelHeadConfig:
         weight_decay: AdamW's.
         val_fraction: share of the labelled stars held out to fit the calibration.
         seed: seed of the split and of the first member.
-        threads: CPU threads for torch (0: torch's default).
+        threads: CPU threads for torch (0: torch's default, lowered when fitting to the
+            cores this process may use and others leave idle); put back after.
         high_alpha: whether a label model whose labels include [Fe/H] and [alpha/M]
             learns high or low alpha as one more output of the head (module docstring,
             :mod:`xpsvae.labels.classes`). On the demo's sVAE trained with the labels,
@@ -302,7 +303,7 @@ class LabelHead:
             self.class_prior = float(np.nanmean(classes[~val]))
             targets.append(torch.from_numpy(classes[~val].astype(np.float32)))
             loss = partial(_loss_with_class, dof=c.dof)
-        with torch_threads(c.threads):
+        with torch_threads(c.threads, idle=True):
             self.members = train_members(c, c.members, 2 * y.shape[1] + (classes is not None),
                                          loss, tensors[0][~val], *targets,
                                          history=self.history)

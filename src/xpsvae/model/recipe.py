@@ -37,8 +37,9 @@ class TrainConfig:
             mean of the earlier steps', after a warm-up (0: off): a rare
             batch whose gradient is hundreds of times the usual would otherwise
             throw the network far off (:mod:`xpsvae.model.spikes`).
-        threads: CPU threads for torch (0: torch's default, lowered to the
-            container's CPU quota where it has one).
+        threads: CPU threads for torch while training (0: torch's default, lowered to
+            the container's CPU quota and the cores other processes leave idle); the
+            caller's count is put back after.
         calibrate_epochs: extra epochs, after ``epochs``, that train only the
             scatter head on reconstructions decoded from the latent mean (the
             encoder and decoder frozen), at ``calibrate_lr_fraction * lr``.

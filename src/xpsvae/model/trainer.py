@@ -62,12 +62,20 @@ def fused_optimizer(make: Callable[..., torch.optim.Optimizer], params: list,
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's CPU thread count set to ``n`` for a block, and put back after it (0: left
-    as it is)."""
+def torch_threads(n: int, idle: bool = False) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` for a block, and put back after it.
+
+    0 leaves it as it is or, with ``idle``, lowers it to the cores this process may use
+    and other processes leave idle. torch counts the host's cores; a container's quota of
+    fewer, or cores another process keeps busy, oversubscribed, crawl
+    (benchmarks/threads_under_load.py: 2 threads beside one busy process on 2 cores ran
+    10x slower than 1). The thread count does not change the numbers: the same weights
+    either way."""
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
+    elif idle and (cores := min(machine.usable_cores(), machine.idle_cores())) < before:
+        torch.set_num_threads(cores)
     try:
         yield
     finally:
@@ -270,17 +278,15 @@ class Trainer:
     def _loop(self, batches: Callable[[int, int], Iterator], batches_per_epoch: int,
               x_val: Optional[torch.Tensor], err_val: Optional[torch.Tensor], resume: bool,
               on_epoch_end: Optional[Callable[["Trainer"], None]]) -> List[Dict[str, float]]:
-        """The training loop over ``batches(epoch, n_batches)``, whatever feeds them."""
+        """The training loop over ``batches(epoch, n_batches)``, whatever feeds them, at
+        ``config.threads`` (0: the idle cores), the caller's thread count put back after."""
+        with torch_threads(self.config.threads, idle=True):
+            return self._steps(batches, batches_per_epoch, x_val, err_val, resume, on_epoch_end)
+
+    def _steps(self, batches: Callable[[int, int], Iterator], batches_per_epoch: int,
+               x_val: Optional[torch.Tensor], err_val: Optional[torch.Tensor], resume: bool,
+               on_epoch_end: Optional[Callable[["Trainer"], None]]) -> List[Dict[str, float]]:
         c = self.config
-        if c.threads:
-            torch.set_num_threads(c.threads)
-        elif (cores := min(machine.usable_cores(), machine.idle_cores())) < \
-                torch.get_num_threads():
-            # torch counts the host's cores; a container's quota of fewer, or cores another
-            # process keeps busy, oversubscribed, crawl (benchmarks/threads_under_load.py:
-            # 2 threads beside one busy process on 2 cores ran 10x slower than 1). The
-            # thread count does not change the numbers: the same weights either way.
-            torch.set_num_threads(cores)
         if resume:
             self.load_checkpoint()
         has_val = x_val is not None and len(x_val) > 0
