@@ -793,3 +793,59 @@ def test_the_report_says_how_often_a_label_was_extrapolated():
         "APOGEE gives none and 0.7% of the others." in line[0] and "Teff" not in line[0]
     del block["extrapolated"]  # a label model from before: no such line
     assert not [x for x in labels_section(block) if x.startswith("- Extrapolated")]
+
+
+def test_the_report_says_which_labels_the_flag_misses_and_why():
+    """The demo's own figures (Machine D, 2026-12-07): Teff's flagged stars have a smaller
+    median |z| because their sigma grew more than their errors; the report names that label
+    alone and gives each label's std z, flagged against not, which shows it."""
+    from xpsvae.evaluation.label_report import labels_section
+
+    def cell(z_flagged, z_rest, std_flagged=None, std_rest=None):
+        out = {"median_abs_z_flagged": z_flagged, "median_abs_z_unflagged": z_rest,
+               "median_abs_residual_flagged": 1.0, "median_abs_residual_unflagged": 0.5}
+        if std_flagged is not None:
+            out.update(std_z_flagged=std_flagged, std_z_unflagged=std_rest)
+        return out
+
+    block = {"labels": ["teff", "fe_h"],
+             "svae_label_model": {"teff": {"test": {"robust_sigma": 59.6}},
+                                  "fe_h": {"test": {"robust_sigma": 0.0998}}},
+             "ood": {"n_flagged": 81, "share_flagged": 0.0201,
+                     "teff": cell(0.365, 0.428, 0.859, 1.012),
+                     "fe_h": cell(0.723, 0.606, 1.049, 1.055)}}
+
+    def flag_line():
+        lines = [x for x in labels_section(block) if x.startswith("- Out of distribution")]
+        assert len(lines) == 1
+        return lines[0]
+
+    line = flag_line()
+    assert "is **not reached** for Teff: their errors are larger, but the predicted σ grows " \
+        "more: std z of the flagged stars against the rest Teff 0.86 vs 1.01; [Fe/H] 1.05 " \
+        "vs 1.05 (docs/labels.md)." in line
+    for name in ("teff", "fe_h"):  # metrics from before the std z: the reason without it
+        block["ood"][name] = cell(block["ood"][name]["median_abs_z_flagged"],
+                                  block["ood"][name]["median_abs_z_unflagged"])
+    assert flag_line().endswith("but the predicted σ grows more (docs/labels.md).")
+    block["ood"]["teff"] = cell(0.49, 0.39)
+    assert flag_line().endswith("Flagged stars have larger |z| (the goal): reached.")
+
+
+def test_the_flag_block_gives_each_group_its_std_z():
+    """std z of the flagged and the other stars, as label_metrics defines it (np.std of z,
+    the survey's error in quadrature), beside the median |z| the goal reads; exact sums of
+    a few numbers, so equal to float rounding."""
+    from xpsvae.evaluation.labels import _ood_block
+    predicted = pd.DataFrame({"teff": [5000.0, 5100.0, 4000.0, 4300.0, 6000.0],
+                              "teff_err": [100.0, 100.0, 300.0, 400.0, 50.0],
+                              "labels_ood": [False, False, True, True, False]})
+    truth = pd.DataFrame({"teff": [5050.0, 5000.0, 4000.0, 4000.0, np.nan],
+                          "teff_err": [0.0, 0.0, 0.0, 0.0, 0.0]})
+    block = _ood_block(predicted, truth, ["teff"])
+    assert block["n_flagged"] == 2 and block["share_flagged"] == pytest.approx(0.4)
+    teff = block["teff"]
+    assert teff["std_z_flagged"] == pytest.approx(np.std([0.0, 0.75]), rel=1e-12)
+    assert teff["std_z_unflagged"] == pytest.approx(np.std([-0.5, 1.0]), rel=1e-12)  # NaN out
+    assert teff["median_abs_z_flagged"] == pytest.approx(0.375, rel=1e-12)
+    assert teff["median_abs_residual_flagged"] == pytest.approx(150.0, rel=1e-12)

@@ -72,6 +72,16 @@ def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
         f"figures near the goal used ~7x more labels (docs/labels.md).{longer}")
 
 
+def _flagged_std_z(ood: dict, shown: list) -> str:
+    """``: std z of the flagged stars against the rest, ...`` (metrics from before: "")."""
+    have = [n for n in shown if ood[n].get("std_z_flagged") is not None]
+    if not have:
+        return ""
+    return ": std z of the flagged stars against the rest " + "; ".join(
+        f"{NAMES.get(n, n)} {ood[n]['std_z_flagged']:.2f} vs {ood[n]['std_z_unflagged']:.2f}"
+        for n in have)
+
+
 def _alpha_limit(bins: dict, judged: dict, epochs: Optional[int] = None) -> str:
     """The worst judged bin's distance from the goal in standard errors of its balanced
     accuracy (each class's recall binomial), and what APOGEE's own labels give there; and,
@@ -204,8 +214,12 @@ def labels_section(block: dict) -> List[str]:
                          f"{NAMES.get(n, n)} {_f(ood[n]['median_abs_z_flagged'])} vs "
                          f"{_f(ood[n]['median_abs_z_unflagged'])}" for n in shown)
                      + (". Flagged stars have larger |z| (the goal): reached." if larger else
-                        ". The goal, larger |z| for flagged stars, is **not reached**: their "
-                        "errors are larger, but the predicted σ already grows for them."))
+                        ". The goal, larger |z| for flagged stars, is **not reached** for "
+                        + ", ".join(NAMES.get(n, n) for n in shown
+                                    if not (ood[n]["median_abs_z_flagged"] or 0)
+                                    > ood[n]["median_abs_z_unflagged"])
+                        + ": their errors are larger, but the predicted σ grows more"
+                        + _flagged_std_z(ood, shown) + " (docs/labels.md)."))
     extrapolated = {n: v for n, v in (block.get("extrapolated") or {}).items()
                     if v.get("share_marked_without_survey_label") is not None}
     if extrapolated:

@@ -384,16 +384,20 @@ def write_label_figures(fig_dir: str, predicted: pd.DataFrame, truth: pd.DataFra
 
 
 def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str]) -> dict:
-    """How many test stars are flagged, and whether their |z| is larger (it should be)."""
+    """How many test stars are flagged, and whether their |z| is larger (it should be), with
+    the std z of each group, which says whether a smaller |z| is a sigma that grew."""
     flagged = predicted["labels_ood"].to_numpy()
     out = {"n_flagged": int(flagged.sum()), "share_flagged": float(flagged.mean())}
     for name in (n for n in labels if n in truth):
-        r, z = (np.abs(a) for a in residuals(*_columns(predicted, truth, name)))
+        r, signed = residuals(*_columns(predicted, truth, name))
+        r, z = np.abs(r), np.abs(signed)
         ok = np.isfinite(z)
         out[name] = {"median_abs_z_flagged": _or_none(np.median, z[ok & flagged]),
                      "median_abs_z_unflagged": float(np.median(z[ok & ~flagged])),
                      "median_abs_residual_flagged": _or_none(np.median, r[ok & flagged]),
-                     "median_abs_residual_unflagged": float(np.median(r[ok & ~flagged]))}
+                     "median_abs_residual_unflagged": float(np.median(r[ok & ~flagged])),
+                     "std_z_flagged": _or_none(np.std, signed[ok & flagged]),
+                     "std_z_unflagged": float(np.std(signed[ok & ~flagged]))}
     return out
 
 
