@@ -16,8 +16,7 @@ head's standardised label units, per label:
   head learns its sigma under a Student t, which lets a few far-off stars go
   into the tails; a constant scale per label then answers for all stars at
   once, and the few far-off hot stars that set Teff's made giants' sigma 1.5x
-  too wide and dwarfs' too narrow (docs/labels.md, "How well each label is
-  known"). A scale that follows the predicted labels answers for each kind of
+  too wide and dwarfs' too narrow (docs/labels-measured.md, "Calibration"). A scale that follows the predicted labels answers for each kind of
   star. Covariates are clipped to the range the validation stars span, so a
   star unlike them gets the scale of the nearest kind that was fitted. With
   fewer than :data:`STARS_PER_WEIGHT` stars per weight the scale is one
@@ -51,7 +50,7 @@ MIN_SCALE_STARS = 10
 #: Validation stars per weight below which a label's scale and interval are one number.
 #: Drawn from the demo's 3,620 validation stars, 120-200 of them (20-33 per weight) gave
 #: test stars' std z further from 1 than one number did; 400 about as near; 1,000 nearer
-#: (docs/labels.md).
+#: (docs/labels-measured.md).
 STARS_PER_WEIGHT = 100
 #: The ridge penalty on the sigma scale's weights but the constant: their sum of squares
 #: times this, added to the mean negative log likelihood per star (covariates have unit

@@ -60,7 +60,7 @@ class LabelHeadConfig:
     Attributes:
         hidden: widths of each member's hidden layers (GELU). Three of 256 give the
             demo's labels 2-6% better than two, for 50% more time, which the demo's
-            five minutes do not allow; 512 wide, worse (docs/labels.md).
+            five minutes do not allow; 512 wide, worse (docs/labels-measured.md).
         members: MLPs in the ensemble, each from its own seed.
         epochs: passes over the training stars (AdamW, cosine-decayed rate).
         batch_size: stars per step.
@@ -74,7 +74,8 @@ class LabelHeadConfig:
             learns high or low alpha as one more output of the head (module docstring,
             :mod:`xpsvae.labels.classes`). On the demo's sVAE trained with the labels,
             that classes stars as well as a classifier of its own, in one training; on
-            an unsupervised sVAE, 0.02 worse in balanced accuracy (docs/labels.md).
+            an unsupervised sVAE, 0.02 worse in balanced accuracy
+            (docs/labels-measured.md).
             A :class:`~xpsvae.labels.classes.ClassHead` of this recipe has ``members``
             members.
         grad_clip: the most a member's gradient norm may be in one step (0: no bound).
@@ -83,10 +84,11 @@ class LabelHeadConfig:
             member learns little for many steps after. Bounded at 10, the demo's head on
             the unsupervised sVAE, where a member had stalled, gained 23% in Teff and the
             MLP baseline 15%; the label model moved within its run-to-run spread
-            (docs/labels.md).
+            (docs/labels-measured.md).
         dof: degrees of freedom ``nu`` of the Student-t likelihood (module docstring);
             above 2, so that the variance exists; 0: Gaussian. At 4, each of the demo's
-            labels is 1.5-6% better known (robust sigma, three seeds; docs/labels.md).
+            labels is 1.5-6% better known (robust sigma, three seeds;
+            docs/labels-measured.md).
     """
 
     hidden: Tuple[int, ...] = (256, 256)

@@ -60,7 +60,7 @@ class TrainConfig:
             (semi-supervised: ``SVAE.fit(..., labels=...)``, ``xpsvae train --labels``):
             the loss gains ``label_weight`` times the labels' Gaussian NLL per star
             (:func:`xpsvae.model.network.label_nll`). The default, 50, was chosen by
-            measurement (docs/labels.md): the labels improve and the test NLL does not
+            measurement (docs/labels-measured.md): the labels improve and the test NLL does not
             move. Unused without labels.
         cuda_graph: capture each training step (batch copy aside) once as a
             CUDA graph and replay it: one launch per step instead of about a
