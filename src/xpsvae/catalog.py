@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -43,13 +43,14 @@ from .core.files import (
 from .core.files import MANIFEST as STORE_MANIFEST
 from .io.spectra import SpectraSet
 from .io.store import store_shards
+from .labels.ensemble import LabelEnsemble, label_svae_folder, load_labels
 from .labels.model import EXTRAPOLATED, LabelModel
 from .model.trainer import torch_threads
 from .svae import SVAE
 
 
 def encoded_table(model: SVAE, spectra: SpectraSet, device: str = "cpu",
-                  label_model: Optional[LabelModel] = None) -> pa.Table:
+                  label_model: Optional[Union[LabelModel, LabelEnsemble]] = None) -> pa.Table:
     """:meth:`SVAE.score` of every star as a table, with ``source_id`` and ``input_row``;
     with ``label_model``, a label model of this sVAE (:func:`check_labels_fit`), its columns
     after them (:func:`with_labels`; its flag reads the same scores)."""
@@ -139,19 +140,21 @@ def with_labels(table: pa.Table, labels: pd.DataFrame) -> pa.Table:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_labels(labels_dir: str) -> LabelModel:
-    return LabelModel.load(labels_dir)  # once per worker process
+def _load_labels(labels_dir: str) -> Union[LabelModel, LabelEnsemble]:
+    return load_labels(labels_dir)  # once per worker process
 
 
-def check_labels_fit(model: SVAE, label_model: LabelModel, labels_dir: str) -> None:
+def check_labels_fit(model: SVAE, label_model: Union[LabelModel, LabelEnsemble],
+                     labels_dir: str) -> None:
     """Refuse a label model (read from ``labels_dir``) fitted on another sVAE than ``model``
-    (its latents and its labels would describe two models)."""
+    (its latents and its labels would describe two models); of an ensemble, its first
+    member's sVAE."""
     theirs = label_model.svae.network.state_dict()
     ours = model.network.state_dict()
     if set(theirs) != set(ours) or any(not torch.equal(theirs[k], ours[k]) for k in ours):
         raise SpectraError(f"{labels_dir}: a label model of another sVAE than the one "
                            "encoding; encode with the sVAE it was fitted on (its copy is in "
-                           f"{labels_dir}/svae)")
+                           f"{label_svae_folder(labels_dir)})")
 
 
 def input_shards(data: str) -> List[str]:

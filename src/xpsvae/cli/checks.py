@@ -21,6 +21,7 @@ from ..core.files import (
     CONFIG_FILE,
     DATA_ACCOUNTING_FILE,
     HISTORY_NAME,
+    LABEL_ENSEMBLE_FILE,
     LABEL_HEAD_CONFIG,
     LABEL_HEAD_WEIGHTS,
     LABEL_SVAE_FOLDER,
@@ -183,6 +184,14 @@ def _check_output(args) -> None:
     elif args.func in ("demo", "evaluate"):
         taken = [n for n in (METRICS_FILE, REPORT_FILE) if os.path.exists(os.path.join(out, n))]
         way = "add --overwrite to replace it, or give another --out"
+    elif args.func == "labels_combine":
+        if os.path.isfile(out):
+            raise NotADirectoryError(f"{out}: a file; --out takes a folder for the ensemble")
+        taken = [out] if os.path.isdir(out) and os.listdir(out) else []
+        if taken and not os.path.exists(os.path.join(out, LABEL_ENSEMBLE_FILE)):
+            raise FileExistsError(f"{out}: a folder that holds other files than a label "
+                                  "ensemble; give a new --out")
+        way = "add --overwrite to replace it, or give another --out"
     elif args.func in ("cannon_fit", "labels_fit") or shipped_labels:
         names = (CANNON_CONFIG_FILE, CANNON_WEIGHTS_FILE) if args.func == "cannon_fit" \
             else (LABEL_HEAD_CONFIG, LABEL_HEAD_WEIGHTS, LABEL_SVAE_FOLDER)
@@ -207,6 +216,9 @@ def clear_old_run(args) -> None:
     that nothing of it is kept or resumed from."""
     if not args.overwrite or getattr(args, "resume", False) or \
             int(os.environ.get("RANK", "0")) != 0:
+        return
+    if args.func == "labels_combine":  # a label ensemble's folder (_check_output)
+        shutil.rmtree(args.out, ignore_errors=True)
         return
     if args.func == "labels_fit" or (args.func == "pretrained" and args.labels):
         shutil.rmtree(os.path.join(args.out, LABEL_SVAE_FOLDER), ignore_errors=True)

@@ -127,7 +127,7 @@ def cmd_train(args) -> int:
 def cmd_encode(args) -> int:
     # PyTorch, imported only by the commands that use it:
     from ..catalog import check_labels_fit, encode_store, encoded_table, model_metadata
-    from ..labels import LabelModel
+    from ..labels import load_labels
     from ..svae import SVAE
     if os.path.isdir(args.data):  # a store: shard by shard, here or on Dask, restartable
         manifest = encode_store(args.model, args.data, args.out, scheduler=args.scheduler,
@@ -137,7 +137,7 @@ def cmd_encode(args) -> int:
               f"{args.out}" + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
     model = SVAE.load(args.model)
-    label_model = LabelModel.load(args.labels) if args.labels else None
+    label_model = load_labels(args.labels) if args.labels else None
     if label_model is not None:
         check_labels_fit(model, label_model, args.labels)
     spectra = read_for_model(args.data, contract(model.info, model.config.input_dim))
@@ -288,8 +288,8 @@ def cmd_evaluate(args) -> int:
     metrics.update(assess(model, spectra, args.out, cannon=cannon, device=args.device))
     if args.labels:
         from ..evaluation.labels import score_label_model, write_label_figures
-        from ..labels import LabelModel
-        label_model = LabelModel.load(args.labels)
+        from ..labels import load_labels
+        label_model = load_labels(args.labels)  # a label model, or an ensemble of them
         metrics["labels"], predicted = score_label_model(label_model, spectra)
         write_label_figures(os.path.join(args.out, "figures"), predicted, spectra.labels,
                             label_model.labels)

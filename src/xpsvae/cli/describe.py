@@ -24,6 +24,7 @@ from ..core.files import (
     CANNON_CONFIG_FILE,
     CONFIG_FILE,
     HISTORY_NAME,
+    LABEL_ENSEMBLE_FILE,
     LABEL_HEAD_CONFIG,
     LABEL_SVAE_FOLDER,
     MANIFEST,
@@ -70,12 +71,14 @@ def describe(path: str) -> dict:
             return _cannon(path)
         if os.path.exists(os.path.join(path, LABEL_HEAD_CONFIG)):
             return _label_model(path)
+        if os.path.exists(os.path.join(path, LABEL_ENSEMBLE_FILE)):
+            return _label_ensemble(path)
         if os.path.exists(os.path.join(path, METRICS_FILE)):
             return _report(path)
         raise SpectraError(f"{path}: a folder that is no xpsvae store, encoded catalogue, "
-                           "model, Cannon, label model or report (no manifest.json, "
-                           "_manifest.json, config.json, cannon.json, head.json or "
-                           "metrics.json)")
+                           "model, Cannon, label model, label ensemble or report (no "
+                           "manifest.json, _manifest.json, config.json, cannon.json, "
+                           "head.json, ensemble.json or metrics.json)")
     if file_kind(path) == "parquet":
         meta = pq.read_metadata(path)
         return {"what": "table", "path": os.path.abspath(path), "rows": meta.num_rows,
@@ -188,6 +191,16 @@ def _label_model(path: str) -> dict:
             "interval_scale": meta.get("interval_scale"),
             "label_ranges": meta.get("label_ranges"),
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
+
+
+def _label_ensemble(path: str) -> dict:
+    with open(os.path.join(path, LABEL_ENSEMBLE_FILE)) as f:
+        meta = json.load(f)
+    members = [_label_model(os.path.join(path, name)) for name in meta.get("members", [])]
+    priors = [m["high_alpha"]["prior"] for m in members if m["high_alpha"].get("prior")]
+    return {"what": "label ensemble", "path": os.path.abspath(path),
+            "labels": meta.get("labels"), "members": members,
+            "high_alpha_prior": sum(priors) / len(priors) if priors else None}
 
 
 def _narrower(ranges: Dict[str, Dict[str, List[float]]]) -> str:
@@ -334,6 +347,14 @@ def format_description(d: dict) -> str:
                          ", ".join(f"{name} {value:.3g}" for name, value in
                                    zip(d["labels"], sigma)))
         lines.append("  its sVAE: " + format_description(d["svae"]).splitlines()[1].strip())
+    elif d["what"] == "label ensemble":
+        lines.append(f"  {len(d['members'])} label models of {', '.join(d['labels'] or [])}, "
+                     "predicting together: the mean of their labels, sigma with their spread")
+        if d.get("high_alpha_prior") is not None:
+            lines.append(f"  high_alpha_prob: the members' mean; call a star high-alpha above "
+                         f"{d['high_alpha_prior']:.3f}, the mean of their priors")
+        for member in d["members"]:
+            lines += ["  " + line for line in format_description(member).splitlines()]
     elif d["what"] == "report":
         for name, t in d["test"].items():
             lines.append(f"  {name}: {_number(t['n_stars'], ',')} test stars, mean NLL "

@@ -1,4 +1,4 @@
-"""``xpsvae labels fit``, ``predict`` and ``pseudo`` (docs/labels.md)."""
+"""``xpsvae labels fit``, ``predict``, ``combine`` and ``pseudo`` (docs/labels.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..conform import contract, read_for_model, read_path_for_model
-from ..core.files import BUILTIN_LABEL_MODEL_DIR, LABEL_SVAE_FOLDER, atomic_path, model_folder
+from ..core.files import BUILTIN_LABEL_MODEL_DIR, atomic_path, model_folder
 from ..io.read import read_spectra
 from .checks import clear_old_run
 
@@ -38,17 +38,21 @@ def cmd_labels_fit(args) -> int:
 
 def cmd_labels_predict(args) -> int:
     if os.path.isdir(args.data):  # a store: as xpsvae encode SVAE STORE --labels HEAD does it
-        from ..catalog import encode_store  # PyTorch: only here
+        # PyTorch: only here
+        from ..catalog import encode_store
+        from ..labels.ensemble import label_svae_folder
         directory = model_folder(args.labels_model, BUILTIN_LABEL_MODEL_DIR)
-        manifest = encode_store(os.path.join(directory, LABEL_SVAE_FOLDER), args.data,
+        manifest = encode_store(label_svae_folder(directory), args.data,
                                 args.out, scheduler=args.scheduler, workers=args.workers,
                                 progress=not args.quiet, labels_dir=directory)
         print(f"labels of {manifest['rows']} stars, with their latents, in "
               f"{len(manifest['shards'])} shards to {args.out}"
               + ("" if manifest["complete"] else " (incomplete: run again)"))
         return 0
-    from ..labels.model import EXTRAPOLATED, LabelModel  # PyTorch: only here
-    model = LabelModel.load(args.labels_model)
+    # PyTorch: only here
+    from ..labels.ensemble import load_labels
+    from ..labels.model import EXTRAPOLATED
+    model = load_labels(args.labels_model)  # a label model, or an ensemble of them
     svae = model.svae
     spectra = read_for_model(args.data, contract(svae.info, svae.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)
@@ -61,6 +65,18 @@ def cmd_labels_predict(args) -> int:
           "the training stars" + ("; extrapolated: " + ", ".join(
               f"{name} {n}" for name, n in marked.items()) if marked else "")
           + f") to {args.out}")
+    return 0
+
+
+def cmd_labels_combine(args) -> int:
+    from ..labels.ensemble import LabelEnsemble  # PyTorch: only here
+    ensemble = LabelEnsemble.combine(args.label_models)
+    clear_old_run(args)
+    ensemble.save(args.out)
+    svaes = len({id(m.svae) for m in ensemble.members})
+    print(f"a label ensemble of {len(ensemble.members)} label models of {ensemble.labels} "
+          f"(on {svaes} sVAEs; latents and the flag's scores of a catalogue from the "
+          f"first's) in {args.out}")
     return 0
 
 

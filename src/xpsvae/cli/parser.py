@@ -251,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
                                           "calibration stars are the validation share")
     _add_overwrite(lf)
     lf.set_defaults(func="labels_fit")
+    lc = lsub.add_parser("combine", help="label models on sVAEs of other seeds, predicting "
+                                         "together: their mean, and sigma with their spread")
+    lc.add_argument("label_models", nargs="+", metavar="LABELS",
+                    help="label model (or ensemble) directories, two or more in all")
+    lc.add_argument("--out", required=True, help="the ensemble's directory")
+    _add_overwrite(lc)
+    lc.set_defaults(func="labels_combine")
     ls = lsub.add_parser("pseudo", help="labels for the stars without, from a supervised MLP "
                                         "on the labelled ones: to train with few labels")
     ls.add_argument("data", help="table of spectra with label columns (and <label>_err), "

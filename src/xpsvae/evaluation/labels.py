@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from ..io.spectra import SpectraSet
-from ..labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
+from ..labels import LabelEnsemble, LabelHead, LabelHeadConfig, LabelModel, label_columns
 from ..labels.classes import HIGH_ALPHA_BOUNDARY, HIGH_ALPHA_COLUMN, ClassHead, high_alpha
 from ..labels.features import side_columns
 from ..labels.model import EXTRAPOLATED
@@ -178,13 +178,15 @@ def alpha_classification(fe_h_true: np.ndarray, alpha_true: np.ndarray,
     return out
 
 
-def model_guesses(label_model: LabelModel, predicted: pd.DataFrame) -> Dict[str, np.ndarray]:
-    """High-alpha or not per star from a label model's prediction: by its classifier (where it
-    has one), and by its predicted [Fe/H] and [alpha/M] set against the line."""
+def model_guesses(label_model: Union[LabelModel, LabelEnsemble],
+                  predicted: pd.DataFrame) -> Dict[str, np.ndarray]:
+    """High-alpha or not per star from a label model's (or ensemble's) prediction: by its
+    class (where it has one), and by its predicted [Fe/H] and [alpha/M] set against the
+    line."""
     guesses = {}
-    if label_model.classifier is not None:
+    if label_model.high_alpha_prior is not None:
         guesses["label_model"] = predicted[HIGH_ALPHA_COLUMN].to_numpy() \
-            > label_model.classifier.prior
+            > label_model.high_alpha_prior
     guesses["label_model_labels"] = high_alpha(predicted["fe_h"], predicted["alpha_m"])
     return guesses
 
@@ -350,15 +352,20 @@ def assess_labels(model: SVAE, train: SpectraSet, test: SpectraSet,
     return with_baselines(block, test, baselines, guesses), label_model, predicted
 
 
-def score_label_model(label_model: LabelModel, test: SpectraSet) -> tuple:
-    """(``labels`` block, prediction) of a fitted label model on labelled ``test`` stars."""
+def score_label_model(label_model: Union[LabelModel, LabelEnsemble],
+                      test: SpectraSet) -> tuple:
+    """(``labels`` block, prediction) of a fitted label model (or ensemble: its first
+    member's recipe, and how many members) on labelled ``test`` stars."""
     predicted = label_model.predict(test)
     labels = label_model.labels
-    block = {"labels": labels, "side_columns": label_model.side,
-             "head": _head_block(label_model.head.config),
+    first = label_model.members[0] if isinstance(label_model, LabelEnsemble) else label_model
+    block = {"labels": labels, "side_columns": first.side,
+             "head": _head_block(first.head.config),
              "svae_label_model": label_blocks(predicted, test.labels, labels),
              "ood": _ood_block(predicted, test.labels, labels),
              "extrapolated": _extrapolated_block(predicted, test.labels, labels)}
+    if isinstance(label_model, LabelEnsemble):
+        block["ensemble_members"] = len(label_model.members)
     if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):
         block["alpha_classes"] = alpha_classification(
             *(np.asarray(test.labels[n], np.float64) for n in ("fe_h", "alpha_m")),

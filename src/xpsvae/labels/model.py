@@ -221,6 +221,12 @@ class LabelModel:
         out["labels_ood"] = self.out_of_distribution(spectra, device, scores)
         return pd.DataFrame(out)
 
+    @property
+    def high_alpha_prior(self) -> Optional[float]:
+        """Call a star high-alpha where ``high_alpha_prob`` exceeds this, the training
+        stars' share of the class (None without the class)."""
+        return None if self.classifier is None else float(self.classifier.prior)
+
     def columns(self) -> List[str]:
         """The columns :meth:`predict` adds to ``source_id`` and ``input_row``."""
         suffixes = ("", "_err") + (() if self.head.interval is None

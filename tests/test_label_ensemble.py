@@ -1,0 +1,186 @@
+"""Label models on two sVAEs predicting together (xpsvae.labels.ensemble), on real stars of
+the embedded APOGEE library: the shipped sVAE and one trained here for a few epochs."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xpsvae import SVAE, TrainConfig, benchmark_split
+from xpsvae.cli import main
+from xpsvae.labels import LabelEnsemble, LabelHeadConfig, LabelModel, load_labels
+from xpsvae.labels.ensemble import combine_tables, label_svae_folder
+
+from .conftest import labelled_table
+
+QUICK = LabelHeadConfig(members=2, epochs=10, threads=2)
+
+
+@pytest.fixture(scope="module")
+def split(library):
+    """2,000 training and 300 test stars of the benchmark split."""
+    train_idx, test_idx = benchmark_split(len(library))
+    return library.subset(np.sort(train_idx[:2000])), library.subset(np.sort(test_idx[:300]))
+
+
+@pytest.fixture(scope="module")
+def folders(split, tmp_path_factory):
+    """Two label models, on the shipped sVAE and on one trained here, saved."""
+    train = split[0]
+    other = SVAE(train_config=TrainConfig(epochs=3, calibrate_epochs=1, batch_size=256,
+                                          seed=5, threads=2)).fit(train, progress=False)
+    root = tmp_path_factory.mktemp("ensemble")
+    out = []
+    for name, svae in (("shipped", SVAE.pretrained()), ("other", other)):
+        model = LabelModel.fit(svae, train, config=QUICK, holes=False)  # a store has no 2MASS
+        model.save(str(root / name))
+        out.append(str(root / name))
+    return out
+
+
+def test_the_members_are_combined_as_their_mixture(split, folders):
+    """Mean of the means; variance the mean variance plus the spread of the means; the
+    interval's k the mean of the members'; flags any member's; the class probability the
+    mean. The same float64 sums as the members' tables, so equal to rounding."""
+    members = [LabelModel.load(f) for f in folders]
+    test = split[1]
+    tables = [m.predict(test) for m in members]
+    got = LabelEnsemble(members).predict(test)
+    assert list(got.columns) == ["source_id", "input_row", *members[0].columns()]
+    for name in members[0].labels:
+        mu = np.column_stack([t[name] for t in tables])
+        var = np.column_stack([t[f"{name}_err"] for t in tables]) ** 2
+        want = mu.mean(1)
+        err = np.sqrt(var.mean(1) + mu.var(1))
+        np.testing.assert_allclose(got[name], want, rtol=1e-12)
+        np.testing.assert_allclose(got[f"{name}_err"], err, rtol=1e-12)
+        k = np.mean([(t[f"{name}_upper"] - t[name]) / t[f"{name}_err"] for t in tables], 0)
+        np.testing.assert_allclose(got[f"{name}_upper"] - got[name], k * err, rtol=1e-9)
+        np.testing.assert_allclose(got[name] - got[f"{name}_lower"], k * err, rtol=1e-9)
+        assert (got[f"{name}_extrapolated"] == np.any(
+            [t[f"{name}_extrapolated"] for t in tables], 0)).all()
+        # two sVAEs disagree: the ensemble's sigma is wider than the mean of the members'
+        assert (err >= np.sqrt(var.mean(1)) * (1 - 1e-12)).all() and (mu.var(1) > 0).any()
+    np.testing.assert_allclose(got["high_alpha_prob"],
+                               np.mean([t["high_alpha_prob"] for t in tables], 0), rtol=1e-12)
+    assert (got["labels_ood"] == (tables[0]["labels_ood"] | tables[1]["labels_ood"])).all()
+    assert (got["source_id"] == tables[0]["source_id"]).all()
+
+
+def test_an_ensemble_reads_back_whole_and_nests(split, folders, tmp_path):
+    """save then load predicts the same; combining an ensemble with a model adds its
+    members; a folder that exists is not written over."""
+    ensemble = LabelEnsemble.combine(folders)
+    ensemble.save(str(tmp_path / "both"))
+    assert sorted(os.listdir(tmp_path / "both")) == ["ensemble.json", "member_0", "member_1"]
+    back = load_labels(str(tmp_path / "both"))
+    assert isinstance(back, LabelEnsemble) and back.labels == ensemble.labels
+    test = split[1].subset(np.arange(100))
+    # the same weights on the same stars in one process: the same numbers
+    pd.testing.assert_frame_equal(back.predict(test), ensemble.predict(test))
+    assert back.high_alpha_prior == pytest.approx(
+        np.mean([m.classifier.prior for m in back.members]), rel=1e-12)
+    three = LabelEnsemble.combine([str(tmp_path / "both"), folders[0]])
+    assert len(three.members) == 3
+    with pytest.raises(FileExistsError, match="exists"):
+        ensemble.save(str(tmp_path / "both"))
+    assert label_svae_folder(str(tmp_path / "both")).endswith(os.path.join("member_0", "svae"))
+
+
+def test_members_must_predict_the_same_labels(split, folders, tmp_path):
+    """A member with other labels is refused, naming it."""
+    fe_h_only = LabelModel.fit(SVAE.pretrained(), split[0], labels=["teff", "fe_h"],
+                               config=QUICK, holes=False)
+    fe_h_only.save(str(tmp_path / "two_labels"))
+    with pytest.raises(ValueError, match="two_labels: labels"):
+        LabelEnsemble.combine([folders[0], str(tmp_path / "two_labels")])
+    with pytest.raises(ValueError, match="two label models or more"):
+        LabelEnsemble([LabelModel.load(folders[0])])
+
+
+def test_combine_predict_encode_and_info_from_the_command_line(split, folders, tmp_path,
+                                                               capsys):
+    """`labels combine`, then `labels predict` and `encode --labels` with the ensemble:
+    the same table as in Python; encode with the first member's sVAE, refused with
+    another; info describes it; --out an unrelated folder is refused."""
+    out = str(tmp_path / "both")
+    assert main(["--quiet", "labels", "combine", *folders, "--out", out]) == 0
+    table = labelled_table(split[1].subset(np.arange(120)), tmp_path / "stars.parquet")
+    assert main(["--quiet", "labels", "predict", out, table,
+                 "--out", str(tmp_path / "labels.parquet")]) == 0
+    got = pd.read_parquet(tmp_path / "labels.parquet")
+    want = LabelEnsemble.load(out).predict(split[1].subset(np.arange(120)))
+    np.testing.assert_allclose(got["teff"], want["teff"], rtol=1e-6)  # float32 table in
+    assert list(got.columns) == list(want.columns)
+    encoded = str(tmp_path / "encoded.parquet")
+    assert main(["--quiet", "encode", label_svae_folder(out), table, "--labels", out,
+                 "--out", encoded]) == 0
+    catalogue = pd.read_parquet(encoded)
+    np.testing.assert_allclose(catalogue["teff_err"], got["teff_err"], rtol=1e-12)
+    capsys.readouterr()
+    assert main(["--quiet", "encode", os.path.join(out, "member_1", "svae"), table,
+                 "--labels", out, "--out", str(tmp_path / "no.parquet")]) == 2
+    assert "a label model of another sVAE" in capsys.readouterr().err
+    assert main(["info", out]) == 0
+    text = capsys.readouterr().out
+    assert "label ensemble" in text and "2 label models of teff, logg, fe_h, alpha_m" in text
+    os.makedirs(tmp_path / "busy")
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["--quiet", "labels", "combine", *folders, "--out",
+                 str(tmp_path / "busy"), "--overwrite"]) == 2
+    assert "holds other files than a label ensemble" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").exists()
+    assert main(["--quiet", "labels", "combine", *folders, "--out", out]) == 2
+    assert main(["--quiet", "labels", "combine", folders[1], folders[0], "--out", out,
+                 "--overwrite"]) == 0
+    with open(os.path.join(out, "ensemble.json")) as f:
+        assert json.load(f)["members"] == ["member_0", "member_1"]
+
+
+def test_the_tables_of_old_members_combine_without_the_interval(split, folders):
+    """Members from before the interval or the marks give neither column: combined, the
+    columns all of them give."""
+    members = [LabelModel.load(f) for f in folders]
+    tables = [m.predict(split[1].subset(np.arange(20))) for m in members]
+    old = tables[1].drop(columns=[c for c in tables[1] if c.endswith(("_lower", "_upper"))])
+    columns = [c for c in members[0].columns() if c in old.columns]
+    got = combine_tables([tables[0], old], members[0].labels, columns)
+    assert "teff_lower" not in got and "teff_err" in got and "labels_ood" in got
+
+
+def test_an_ensemble_labels_a_store_shard_by_shard(folders, calspec_store, tmp_path):
+    """`labels predict ENSEMBLE STORE` (the 300 CALSPEC archive records): a catalogue of
+    the first member's latents with the ensemble's labels, as a table of the same stars
+    gives them."""
+    from xpsvae.conform import contract, read_for_model
+    from xpsvae.io.store import store_shards
+    out = str(tmp_path / "both")
+    LabelEnsemble.combine(folders).save(out)
+    assert main(["--quiet", "labels", "predict", out, calspec_store,
+                 "--out", str(tmp_path / "catalogue")]) == 0
+    catalogue = pd.read_parquet(tmp_path / "catalogue")
+    assert len(catalogue) == 300 and "latent_mean" in catalogue
+    ensemble = LabelEnsemble.load(out)
+    first = store_shards(calspec_store)[0]
+    stars = read_for_model(first, contract(ensemble.svae.info, ensemble.svae.config.input_dim))
+    want = ensemble.predict(stars)
+    got = catalogue.set_index("source_id").loc[want["source_id"]]
+    # one torch thread in the catalogue's workers, the caller's here: float32 sums in
+    # another order, so equal to float32 rounding carried through the heads
+    np.testing.assert_allclose(got["teff"], want["teff"], rtol=1e-5)
+    np.testing.assert_allclose(got["fe_h_err"], want["fe_h_err"], rtol=1e-4)
+
+
+def test_an_ensemble_is_scored_as_a_label_model_is(split, folders):
+    """`xpsvae evaluate --labels ENSEMBLE`'s block: the same figures, each member's recipe
+    and how many; the class called above the mean of the members' priors."""
+    from xpsvae.evaluation.labels import score_label_model
+    ensemble = LabelEnsemble.combine(folders)
+    block, predicted = score_label_model(ensemble, split[1])
+    assert block["ensemble_members"] == 2 and block["labels"] == ensemble.labels
+    assert block["svae_label_model"]["teff"]["test"]["n_stars"] == len(split[1])
+    guesses = (predicted["high_alpha_prob"] > ensemble.high_alpha_prior).to_numpy()
+    assert 0 < guesses.sum() < len(guesses)
+    assert set(block["alpha_classes"]["all_bins"]) == {"label_model", "label_model_labels"}
