@@ -32,6 +32,14 @@ def small_library(library):
     return library.subset(np.sort(train_idx[:3000]))
 
 
+@pytest.fixture(scope="session")
+def split(library, small_library):
+    """(``small_library``, the first 1,000 stars of the benchmark test split)."""
+    from xpsvae import benchmark_split
+    _, test_idx = benchmark_split(len(library))
+    return small_library, library.subset(np.sort(test_idx[:1000]))
+
+
 @pytest.fixture
 def quick_config():
     from xpsvae import TrainConfig

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xpsvae import SVAE, TrainConfig, benchmark_split
+from xpsvae import SVAE, TrainConfig
 from xpsvae.cli import main
 from xpsvae.labels import LabelEnsemble, LabelHeadConfig, LabelModel, load_labels
 from xpsvae.labels.ensemble import combine_tables, label_svae_folder
@@ -19,15 +19,8 @@ QUICK = LabelHeadConfig(members=2, epochs=10, threads=2)
 
 
 @pytest.fixture(scope="module")
-def split(library):
-    """2,000 training and 300 test stars of the benchmark split."""
-    train_idx, test_idx = benchmark_split(len(library))
-    return library.subset(np.sort(train_idx[:2000])), library.subset(np.sort(test_idx[:300]))
-
-
-@pytest.fixture(scope="module")
 def folders(split, tmp_path_factory):
-    """Two label models, on the shipped sVAE and on one trained here, saved."""
+    """Two label models, on the shipped sVAE and on one trained here (3,000 stars), saved."""
     train = split[0]
     other = SVAE(train_config=TrainConfig(epochs=3, calibrate_epochs=1, batch_size=256,
                                           seed=5, threads=2)).fit(train, progress=False)

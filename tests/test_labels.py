@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xpsvae import SVAE, benchmark_split
+from xpsvae import SVAE
 from xpsvae.cli import main
 from xpsvae.core.errors import ModelFileError
 from xpsvae.evaluation.label_figures import plot_kiel
@@ -24,13 +24,6 @@ from xpsvae.labels.model import outside
 from .conftest import labelled_table
 
 QUICK = LabelHeadConfig(members=2, epochs=15, threads=2)
-
-
-@pytest.fixture(scope="module")
-def split(library):
-    """3,000 training and 1,000 test stars of the benchmark split."""
-    train_idx, test_idx = benchmark_split(len(library))
-    return library.subset(np.sort(train_idx[:3000])), library.subset(np.sort(test_idx[:1000]))
 
 
 @pytest.fixture(scope="module")

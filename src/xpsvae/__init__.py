@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # what an IDE or a type checker sees; at run time, __getattr_
     from .io.read import read_spectra
     from .io.spectra import RowAccounting, SpectraSet
     from .io.store import Store, open_store
-    from .labels import LabelHeadConfig, LabelModel
+    from .labels import LabelEnsemble, LabelHeadConfig, LabelModel
     from .model.network import ScatterVAE, SVAEConfig, svae_loss
     from .model.preprocess import Standardizer
     from .model.recipe import TrainConfig
@@ -56,13 +56,14 @@ _EXPORTS = {
     "load_apogee_library": "io.library",
     "read_spectra": "io.read", "RowAccounting": "io.spectra", "SpectraSet": "io.spectra",
     "Store": "io.store", "open_store": "io.store",
-    "LabelModel": "labels", "LabelHeadConfig": "labels",
+    "LabelModel": "labels", "LabelHeadConfig": "labels", "LabelEnsemble": "labels",
     "ScatterVAE": "model.network", "SVAEConfig": "model.network", "svae_loss": "model.network",
     "Standardizer": "model.preprocess",
     "TrainConfig": "model.recipe", "Trainer": "model.trainer",
 }
 
-__all__ = ["Cannon", "LabelHeadConfig", "LabelModel", "ModelFileError", "RowAccounting", "SVAE", "SVAEConfig", "ScatterVAE",
+__all__ = ["Cannon", "LabelEnsemble", "LabelHeadConfig", "LabelModel", "ModelFileError",
+           "RowAccounting", "SVAE", "SVAEConfig", "ScatterVAE",
            "SpectraError", "SpectraSet", "Standardizer", "Store", "TrainConfig", "Trainer",
            "TrainingDiverged", "XPParseError", "XPSampler", "__version__", "benchmark_sets",
            "benchmark_split",

@@ -12,9 +12,8 @@ star and label, with member ``i`` predicting ``mu_i`` and ``sigma_i``::
 ``high_alpha_prob`` is the members' mean, and ``high_alpha_prior`` (call a star high-alpha above
 it) the mean of theirs. ``labels_ood`` is set where any member flags the star, and
 ``<label>_extrapolated`` where any member marks it. Nothing is fitted again: each
-member keeps its own calibration. Two label models on two sVAEs of the ``long`` recipe
-(docs/labels.md, "Trained longer") gave labels 2-4% better than either alone, with std z
-0.93-0.97.
+member keeps its own calibration. How much better the labels and their sigma get:
+docs/labels.md, "Several sVAEs together".
 
 The folder holds ``ensemble.json`` (the members' folder names, the labels) and each
 member's label model folder, ``member_0/``, ``member_1/``, ... Latents and the flag's
