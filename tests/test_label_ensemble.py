@@ -177,3 +177,16 @@ def test_an_ensemble_is_scored_as_a_label_model_is(split, folders):
     guesses = (predicted["high_alpha_prob"] > ensemble.high_alpha_prior).to_numpy()
     assert 0 < guesses.sum() < len(guesses)
     assert set(block["alpha_classes"]["all_bins"]) == {"label_model", "label_model_labels"}
+
+
+def test_the_report_says_the_labels_are_an_ensembles(split, folders):
+    """An ensemble's labels section opens by saying how many label models predicted."""
+    from xpsvae.evaluation.label_report import labels_section
+    from xpsvae.evaluation.labels import score_label_model
+    block, _ = score_label_model(LabelEnsemble.combine(folders), split[1].subset(
+        np.arange(200)))
+    text = labels_section(block)[2]
+    assert text.startswith("2 label models, each on its own sVAE, predicting together") \
+        and "The first: a label model on the sVAE's encoder" in text
+    del block["ensemble_members"]
+    assert labels_section(block)[2].startswith("A label model on the sVAE's encoder")

@@ -116,6 +116,11 @@ def labels_section(block: dict) -> List[str]:
              f"{likelihood} with APOGEE's error added in quadrature, the predicted σ "
              "scaled on the validation share by a factor that follows the star's predicted "
              "labels. z = (predicted − APOGEE) / √(σ² + σ_APOGEE²).", ""]
+    if block.get("ensemble_members"):
+        lines[2] = (f"{block['ensemble_members']} label models, each on its own sVAE, "
+                    "predicting together: the mean of their labels, σ² the mean of their "
+                    "variances plus the spread of their means (docs/labels.md, \"Several "
+                    "sVAEs together\"). The first: " + lines[2][0].lower() + lines[2][1:])
     generative = block.get("svae")
     if generative:
         lines += [f"The sVAE it reads was trained semi-supervised: the same recipe, with the "
