@@ -842,3 +842,23 @@ def test_the_flag_block_gives_each_group_its_std_z():
     assert teff["std_z_unflagged"] == pytest.approx(np.std([-0.5, 1.0]), rel=1e-12)  # NaN out
     assert teff["median_abs_z_flagged"] == pytest.approx(0.375, rel=1e-12)
     assert teff["median_abs_residual_flagged"] == pytest.approx(150.0, rel=1e-12)
+
+
+def test_a_placeholder_in_a_side_column_is_warned_of_by_row(library):
+    """A catalogue's -9999 for a missing J magnitude would be read as a value: the warning
+    names the column, the input row and the value; the library's real colours and a
+    column too short to judge pass without one."""
+    import warnings
+    table = library.labels.iloc[:200].reset_index(drop=True).copy()
+    rows = np.arange(1000, 1200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        side_columns(table, ["j-h", "j-k"], "stars.parquet", rows)  # real stars: no warning
+        short = table.iloc[:10].copy()
+        short.loc[3, "j"] = -9999.0
+        side_columns(short, ["j-h"], "stars.parquet")  # 10 values: too few to judge
+    table.loc[7, "j"] = -9999.0
+    with pytest.warns(UserWarning, match=r"stars.parquet: side column 'j-h': 1 value more "
+                                         r"than 50 robust sigmas .*\(row 1007: -1\d{4}"):
+        x = side_columns(table, ["j-h", "h"], "stars.parquet", rows)
+    assert x[7, 0] < -9000  # read as it is: the user sets it to NaN

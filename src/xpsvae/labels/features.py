@@ -22,12 +22,16 @@ test stars within 1 sigma up to 5 points nearer 68.3% and leave the robust
 sigma as it was (docs/labels.md).
 
 Side columns are optional (an archive store has no 2MASS): any per-star
-column of the input table, or a difference of two, written ``j-h``.
+column of the input table, or a difference of two, written ``j-h``. A value
+far from the rest of its column (:data:`FAR_OFF` robust sigmas) is most often a
+catalogue's placeholder for "missing" (-9999, 99.999), which would be read as a
+value: :func:`side_columns` warns, naming the column and rows.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import warnings
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,9 +93,19 @@ def feature_names(model: SVAE) -> List[str]:
         [f"latent_mean_{j}" for j in range(d)] + [f"latent_log_std_{j}" for j in range(d)]
 
 
-def side_columns(table: pd.DataFrame, names: Sequence[str], source: str) -> np.ndarray:
+#: Robust sigmas (1.4826 x MAD) from its column's median beyond which a side value is
+#: taken for a placeholder and warned of. 2MASS colours of real stars lie within ~15.
+FAR_OFF = 50.0
+#: Values a column needs before its spread is judged.
+MIN_JUDGED = 20
+
+
+def side_columns(table: pd.DataFrame, names: Sequence[str], source: str,
+                 rows: Optional[np.ndarray] = None) -> np.ndarray:
     """(n, len(names)) float64 of per-star columns; ``a-b`` is column a minus column b.
-    NaN where a value is missing (the label model fills it and says so)."""
+    NaN where a value is missing (the label model fills it and says so). Warns of values
+    :data:`FAR_OFF` robust sigmas from their column's median, naming them by ``rows``
+    (the input's row numbers; default 0, 1, ...)."""
     out = []
     for name in names:
         parts = [p.strip() for p in name.split("-")] if "-" in name and name not in table \
@@ -105,5 +119,28 @@ def side_columns(table: pd.DataFrame, names: Sequence[str], source: str) -> np.n
             column = column - np.asarray(table[parts[1]], dtype=np.float64)
         elif len(parts) > 2:
             raise SpectraError(f"{name!r}: a side column is a column or a difference of two")
+        _warn_far_off(column, name, source, rows)
         out.append(column)
     return np.column_stack(out) if out else np.zeros((len(table), 0))
+
+
+def _warn_far_off(column: np.ndarray, name: str, source: str,
+                  rows: Optional[np.ndarray]) -> None:
+    """Warn where values lie :data:`FAR_OFF` robust sigmas from the column's median."""
+    finite = column[np.isfinite(column)]
+    if len(finite) < MIN_JUDGED:
+        return
+    median = np.median(finite)
+    spread = 1.4826 * np.median(np.abs(finite - median))
+    if spread == 0:
+        return
+    far = np.flatnonzero(np.abs(column - median) > FAR_OFF * spread)  # NaN: never
+    if len(far):
+        rows = np.arange(len(column)) if rows is None else np.asarray(rows)
+        shown = ", ".join(f"row {int(rows[i])}: {column[i]:g}" for i in far[:5])
+        warnings.warn(f"{source}: side column {name!r}: {len(far)} value"
+                      f"{'s' if len(far) > 1 else ''} more than {FAR_OFF:g} robust sigmas "
+                      f"from its median {median:.4g} ({shown}{', ...' if len(far) > 5 else ''})"
+                      "; a placeholder for missing (-9999, 99.999) is read as a value: set "
+                      "such values to NaN (the label model fills them with the training mean)",
+                      stacklevel=3)

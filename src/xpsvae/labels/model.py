@@ -183,7 +183,8 @@ class LabelModel:
         if spectra.labels is None:
             raise SpectraError(f"{source}: side columns {list(side)} asked for, but the table "
                                "has no columns besides the spectra")
-        return np.hstack([features, side_columns(spectra.labels, side, source)])
+        return np.hstack([features, side_columns(spectra.labels, side, source,
+                                                 spectra.input_row)])
 
     def features(self, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
         """What the head reads of each star: the sVAE's features, the spectrum's noise

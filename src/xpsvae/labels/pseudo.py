@@ -86,7 +86,8 @@ class Teacher:
         features = self.standardizer.transform(values)
         if not self.side:
             return features
-        return np.hstack([features, side_columns(_table(spectra), self.side, source)])
+        return np.hstack([features, side_columns(_table(spectra), self.side, source,
+                                                 spectra.input_row)])
 
     def fit(self, spectra: SpectraSet, calibration: Optional[np.ndarray] = None
             ) -> "Teacher":
