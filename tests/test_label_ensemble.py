@@ -3,6 +3,8 @@ the embedded APOGEE library: the shipped sVAE and one trained here for a few epo
 
 import json
 import os
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -75,7 +77,8 @@ def test_an_ensemble_reads_back_whole_and_nests(split, folders, tmp_path):
     pd.testing.assert_frame_equal(back.predict(test), ensemble.predict(test))
     assert back.high_alpha_prior == pytest.approx(
         np.mean([m.classifier.prior for m in back.members]), rel=1e-12)
-    three = LabelEnsemble.combine([str(tmp_path / "both"), folders[0]])
+    with pytest.warns(UserWarning, match="read the same sVAE"):  # folders[0] twice
+        three = LabelEnsemble.combine([str(tmp_path / "both"), folders[0]])
     assert len(three.members) == 3
     with pytest.raises(FileExistsError, match="exists"):
         ensemble.save(str(tmp_path / "both"))
@@ -190,3 +193,14 @@ def test_the_report_says_the_labels_are_an_ensembles(split, folders):
         and "The first: a label model on the sVAE's encoder" in text
     del block["ensemble_members"]
     assert labels_section(block)[2].startswith("A label model on the sVAE's encoder")
+
+
+def test_members_on_one_svae_are_warned_of(split, folders, tmp_path):
+    """Two heads on the same sVAE: allowed, but their spread is not the sVAEs'."""
+    again = LabelModel.fit(SVAE.pretrained(), split[0], config=replace(QUICK, seed=1),
+                           holes=False)
+    with pytest.warns(UserWarning, match="read the same sVAE"):
+        LabelEnsemble([LabelModel.load(folders[0]), again])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LabelEnsemble.combine(folders)  # two sVAEs: no warning

@@ -73,10 +73,8 @@ def cmd_labels_combine(args) -> int:
     ensemble = LabelEnsemble.combine(args.label_models)
     clear_old_run(args)
     ensemble.save(args.out)
-    svaes = len({id(m.svae) for m in ensemble.members})
     print(f"a label ensemble of {len(ensemble.members)} label models of {ensemble.labels} "
-          f"(on {svaes} sVAEs; latents and the flag's scores of a catalogue from the "
-          f"first's) in {args.out}")
+          f"(a catalogue's latents from the first's sVAE) in {args.out}")
     return 0
 
 

@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence, Union
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..core.errors import ModelFileError
 from ..core.files import BUILTIN_LABEL_MODEL_DIR, LABEL_SVAE_FOLDER, atomic_path, model_folder
@@ -72,6 +74,10 @@ class LabelEnsemble:
                                  f"{'none' if first.classifier is None else 'one'}; refit "
                                  "one of them with or without --no-high-alpha")
         self.labels = list(first.labels)
+        for i, j in _same_svae(self.members):
+            warnings.warn(f"{names[i]} and {names[j]} read the same sVAE: their spread holds "
+                          "their heads' alone; an ensemble gains where each member has an "
+                          "sVAE of its own seed", stacklevel=2)
 
     @property
     def svae(self):
@@ -147,6 +153,14 @@ class LabelEnsemble:
             members += inner
             names += [directory] * len(inner)
         return cls(members, names)
+
+
+def _same_svae(members: Sequence[LabelModel]) -> List[Tuple[int, int]]:
+    """Pairs of members whose sVAEs have the same weights."""
+    states = [m.svae.network.state_dict() for m in members]
+    return [(i, j) for i in range(len(states)) for j in range(i + 1, len(states))
+            if states[i].keys() == states[j].keys()
+            and all(torch.equal(states[i][k], states[j][k]) for k in states[i])]
 
 
 def load_labels(directory: str) -> Union[LabelModel, LabelEnsemble]:
