@@ -42,6 +42,7 @@ from ..core.machine import usable_cores
 from ..io.library import benchmark_sets, library_path, load_apogee_library
 from ..labels import DEFAULT_LABELS, LabelHeadConfig
 from ..model.recipe import TrainConfig
+from ..model.trainer import torch_threads
 from ..svae import SVAE
 from .assess import assess, cannon_blocks
 from .figures import plot_history
@@ -117,14 +118,17 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
     unsupervised_args = (out_dir, library, train, test, config, head_config, overrides,
                          paper_recipe, progress)
     labelled_args = (out_dir, max_stars, config, head_config)
-    if lanes == 1:
-        blocks, (baselines, guesses), seconds = _unsupervised_lane(*unsupervised_args)
-        labels, own_guesses, labelled_seconds = _labelled_lane(
-            *labelled_args, progress=progress, sets=(library, train, test))
-    else:
-        with Lane(_labelled_lane, labelled_args, threads=lane_threads) as lane:
+    # every step of this process at the lane's threads, as the second lane runs all of its
+    # own (two lanes on two cores: one thread each, not three between them)
+    with torch_threads(lane_threads):
+        if lanes == 1:
             blocks, (baselines, guesses), seconds = _unsupervised_lane(*unsupervised_args)
-            labels, own_guesses, labelled_seconds = _wait(lane, progress)
+            labels, own_guesses, labelled_seconds = _labelled_lane(
+                *labelled_args, progress=progress, sets=(library, train, test))
+        else:
+            with Lane(_labelled_lane, labelled_args, threads=lane_threads) as lane:
+                blocks, (baselines, guesses), seconds = _unsupervised_lane(*unsupervised_args)
+                labels, own_guesses, labelled_seconds = _wait(lane, progress)
     metrics.update(blocks)
     metrics["hardware"]["lane_seconds"] = {"unsupervised": seconds,
                                            "labelled": labelled_seconds}
