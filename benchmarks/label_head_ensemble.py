@@ -33,7 +33,7 @@ def one_member(config, k, n_out, loss, x, *targets):
     import torch
 
     from xpsvae.labels.head import mlp
-    from xpsvae.model.trainer import fused_optimizer
+    from xpsvae.model.runtime import fused_optimizer
     c = config
     generator = torch.Generator().manual_seed(c.seed + 7919 * k)
     with torch.random.fork_rng(devices=[]):

@@ -45,7 +45,7 @@ from .io.spectra import SpectraSet
 from .io.store import store_shards
 from .labels.ensemble import LabelEnsemble, label_svae_folder, load_labels
 from .labels.model import EXTRAPOLATED, LabelModel
-from .model.trainer import torch_threads
+from .model.runtime import torch_threads
 from .svae import SVAE
 
 

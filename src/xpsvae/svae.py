@@ -42,9 +42,10 @@ from .model.network import ScatterVAE, SVAEConfig
 from .model.partial import SPREAD_DRAWS, imputation_variance, impute, median_scale
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
+from .model.runtime import distributed_rank_world, resolve_device
 from .model.stream import StoreStream, refuse_a_part_too_large
 from .model.supervision import label_targets
-from .model.trainer import Trainer, distributed_rank_world, resolve_device
+from .model.trainer import Trainer
 
 #: Training options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "device", "amp", "threads", "cuda_graph")

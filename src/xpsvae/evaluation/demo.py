@@ -42,7 +42,7 @@ from ..core.machine import usable_cores
 from ..io.library import benchmark_sets, library_path, load_apogee_library
 from ..labels import DEFAULT_LABELS, LabelHeadConfig
 from ..model.recipe import TrainConfig
-from ..model.trainer import torch_threads
+from ..model.runtime import torch_threads
 from ..svae import SVAE
 from .assess import assess, cannon_blocks
 from .figures import plot_history

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.trainer import torch_threads
+from ..model.runtime import torch_threads
 from .head import (
     LabelHead,
     LabelHeadConfig,

@@ -49,7 +49,7 @@ from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import atomic_path, write_json
 from ..model.network import hidden_layers, label_nll
-from ..model.trainer import fused_optimizer, torch_threads
+from ..model.runtime import fused_optimizer, torch_threads
 from .calibration import IntervalScale, SigmaScale, interval_scale
 
 
