@@ -862,3 +862,60 @@ def test_a_placeholder_in_a_side_column_is_warned_of_by_row(library):
                                          r"than 50 robust sigmas .*\(row 1007: -1\d{4}"):
         x = side_columns(table, ["j-h", "h"], "stars.parquet", rows)
     assert x[7, 0] < -9000  # read as it is: the user sets it to NaN
+
+
+def test_how_well_each_label_is_known_by_g_magnitude():
+    """Robust sigma (1.4826 MAD) per G bin and for the stars brighter and fainter than
+    G 13, from a table's Gaia G column; exact arithmetic on a few numbers, so equal to float
+    rounding. No G column: no block."""
+    from xpsvae.evaluation.labels import magnitude_block
+    g = np.array([10.0, 10.5, 10.8, 12.2, 12.4, 12.6, 13.5, 13.6, 13.9, 14.5])
+    residual = np.array([1.0, -1.0, 3.0, 2.0, -2.0, 6.0, 10.0, -10.0, 0.0, 5.0])
+    truth = pd.DataFrame({"teff": np.full(10, 5000.0), "phot_g_mean_mag": g})
+    predicted = pd.DataFrame({"teff": 5000.0 + residual})
+    block = magnitude_block(predicted, truth, ["teff"])
+    assert block["column"] == "phot_g_mean_mag" and block["cut"] == 13.0
+    assert block["bins"] == ["G < 11", "11–12", "12–13", "13–14", "G ≥ 14"]
+    cells = block["labels"]["teff"]
+    # G < 11: residuals 1, -1, 3: median 1, |deviations| 0, 2, 2 -> MAD 2
+    assert cells["bins"]["G < 11"]["robust_sigma"] == pytest.approx(1.4826 * 2, rel=1e-12)
+    assert cells["bins"]["11–12"]["n_stars"] == 0
+    # 13-14: 10, -10, 0: median 0, MAD 10
+    assert cells["bins"]["13–14"]["robust_sigma"] == pytest.approx(14.826, rel=1e-12)
+    assert cells["bright"]["n_stars"] == 6 and cells["faint"]["n_stars"] == 4
+    # faint: 10, -10, 0, 5: median 2.5, |deviations| 7.5, 12.5, 2.5, 2.5 -> MAD 5
+    assert cells["faint"]["robust_sigma"] == pytest.approx(1.4826 * 5, rel=1e-12)
+    assert magnitude_block(predicted, truth.drop(columns="phot_g_mean_mag"), ["teff"]) == {}
+
+
+def test_the_report_says_how_brightness_limits_an_accuracy_goal():
+    """The demo's own figures (Machine D, 2026-12-07): the report's table by G, and each
+    robust-sigma goal not reached says what the bright and the faint stars give."""
+    from xpsvae.evaluation.label_report import labels_section
+
+    def cell(robust, n):
+        return {"n_stars": n, "robust_sigma": robust}
+
+    by_g = {"column": "gaiaedr3_phot_g_mean_mag", "cut": 13.0, "bins": ["G < 11", "G ≥ 11"],
+            "labels": {"fe_h": {"bins": {"G < 11": cell(0.0809, 457), "G ≥ 11": cell(0.11, 3133)},
+                                "bright": cell(0.0834, 1949), "faint": cell(0.13, 1641)},
+                       "logg": {"bins": {"G < 11": cell(0.137, 688), "G ≥ 11": cell(0.17, 3334)},
+                                "bright": cell(0.143, 2313), "faint": cell(0.191, 1709)}}}
+    block = {"labels": ["logg", "fe_h"],
+             "svae_label_model": {"logg": {"test": {"robust_sigma": 0.159}},
+                                  "fe_h": {"test": {"robust_sigma": 0.0998}}},
+             "baselines": {"mlp_spectrum": {"logg": {"test": {"robust_sigma": 0.181}},
+                                            "fe_h": {"test": {"robust_sigma": 0.112}}}},
+             "by_magnitude": by_g}
+    lines = labels_section(block)
+    assert "| G < 11 | 0.137 (688) | 0.0809 (457) |" in lines
+    goals = {line.split(":")[0]: line for line in lines if line.startswith("- ")}
+    assert ("By brightness: the 1,949 stars brighter than G = 13 give 0.0834 dex, the 1,641 "
+            "fainter 0.13 dex: the spectra's signal-to-noise limits it too.") in goals["- [Fe/H]"]
+    assert "give 0.143 dex (the goal met), the 1,709 fainter 0.191 dex" in goals["- log g"]
+    del block["baselines"]  # xpsvae evaluate: the brightness alone says what limits it
+    goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
+    assert goals["- [Fe/H]"].endswith("the spectra's signal-to-noise limits it too.")
+    del block["by_magnitude"]  # metrics from before: neither
+    lines = labels_section(block)
+    assert not any("By brightness" in line or "By Gaia G" in line for line in lines)

@@ -46,10 +46,26 @@ def _tails(t: dict) -> str:
             "both std z 1 and 68.3% within 1σ (docs/labels.md).")
 
 
+def _brightness(name: str, unit: str, goal: float, by_magnitude: Optional[dict]) -> str:
+    """`` By brightness: ...``: the robust sigma of the stars brighter and fainter than the
+    block's cut, and whether the bright ones meet the ``goal`` ("" without the block)."""
+    cells = ((by_magnitude or {}).get("labels") or {}).get(name)
+    if not cells or not cells["bright"].get("n_stars") or not cells["faint"].get("n_stars"):
+        return ""
+    bright, faint, cut = cells["bright"], cells["faint"], by_magnitude["cut"]
+    return (f" By brightness: the {bright['n_stars']:,} stars brighter than G = {cut:g} give "
+            f"{bright['robust_sigma']:.3g} {unit}"
+            + (" (the goal met)" if bright["robust_sigma"] <= goal else "")
+            + f", the {faint['n_stars']:,} fainter {faint['robust_sigma']:.3g} {unit}: the "
+            "spectra's signal-to-noise limits it too.")
+
+
 def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
-                    baselines: dict, epochs: Optional[int] = None) -> str:
-    """What limits an accuracy goal not reached, from the same run's figures; and, where
-    the sVAE trained fewer than :data:`LONGER_EPOCHS` epochs, that training longer helps."""
+                    baselines: dict, epochs: Optional[int] = None,
+                    brightness: str = "") -> str:
+    """What limits an accuracy goal not reached, from the same run's figures (with
+    ``brightness``, :func:`_brightness`'s words); and, where the sVAE trained fewer than
+    :data:`LONGER_EPOCHS` epochs, that training longer helps."""
     longer = "" if not _trained_shorter(epochs) else (
         f" This sVAE trained {epochs} epochs; trained for {LONGER_EPOCHS:,} (`--recipe "
         "long`), the same recipe does better on every label (docs/labels.md, \"Trained "
@@ -66,10 +82,27 @@ def _accuracy_limit(name: str, figure: str, subset: str, unit: str, ours: dict,
             f" What limits it: a tail of stars far off, which the RMSE counts squared; the "
             f"robust σ on {subset} is {robust:.3g} {unit}{where} (docs/labels.md).{longer}")
     mlp = baselines.get("mlp_spectrum", {}).get(name, {}).get("test", {}).get("robust_sigma")
-    return "" if mlp is None else (
+    if mlp is None:  # xpsvae evaluate: no baselines beside it
+        return brightness + longer if brightness else ""
+    return (
         f" What limits it: the labelled stars as much as the model; a supervised MLP on the "
         f"whole spectrum, trained on the same stars, gives {mlp:.3g} {unit}, and the published "
-        f"figures near the goal used ~7x more labels (docs/labels.md).{longer}")
+        f"figures near the goal used ~7x more labels (docs/labels.md).{brightness}{longer}")
+
+
+def _magnitude_table(by_magnitude: Optional[dict], labels: list) -> List[str]:
+    """The robust sigma per Gaia G bin, a row a bin ([] without the block)."""
+    if not by_magnitude or not by_magnitude.get("labels"):
+        return []
+    shown = [n for n in labels if n in by_magnitude["labels"]]
+    lines = ["### By Gaia G magnitude (robust σ on the test stars, and how many)", "",
+             "| G | " + " | ".join(NAMES.get(n, n) for n in shown) + " |",
+             "| --- | " + " | ".join("---" for _ in shown) + " |"]
+    for bin_name in by_magnitude["bins"]:
+        cells = [by_magnitude["labels"][n]["bins"][bin_name] for n in shown]
+        lines.append(f"| {bin_name} | " + " | ".join(
+            f"{_f(c.get('robust_sigma'))} ({c['n_stars']:,})" for c in cells) + " |")
+    return lines + [""]
 
 
 def _flagged_std_z(ood: dict, shown: list) -> str:
@@ -159,6 +192,7 @@ def labels_section(block: dict) -> List[str]:
                 _f(blocks.get(n, {}).get("test", {}).get("robust_sigma")) for n in labels)
                 + " |")
         lines.append("")
+    lines += _magnitude_table(block.get("by_magnitude"), labels)
     lines += ["### Goals", ""]
     epochs = (generative or {}).get("training", {}).get("epochs")  # the sVAE's training length
     for name, (figure, subset, goal, unit) in GOALS.items():
@@ -166,7 +200,8 @@ def labels_section(block: dict) -> List[str]:
         if value is None:
             continue
         verdict = "reached." if value <= goal else "**not reached**." + _accuracy_limit(
-            name, figure, subset, unit, ours, block.get("baselines") or {}, epochs)
+            name, figure, subset, unit, ours, block.get("baselines") or {}, epochs,
+            _brightness(name, unit, goal, block.get("by_magnitude")))
         lines.append(f"- {NAMES[name]}: {figure.replace('_', ' ')} on {subset} {value:.3g} {unit} "
                      f"against the goal {goal:g} {unit}: {verdict}")
     if generative:

@@ -48,6 +48,11 @@ FE_H_BINS = (-1.0, -0.5, 0.0, 0.5)
 #: Where the giants' RMSE is split, to say where its tail lies (``by_fe_h``): the edge of
 #: the high/low-alpha bins between the thick disc's metallicities and the thin disc's.
 TAIL_FE_H = -0.5
+#: Gaia G magnitude columns a table may hold (the archive's name, the library's), the first
+#: found; the edges of ``by_magnitude``'s bins, and where it splits bright from faint.
+G_MAG_COLUMNS = ("phot_g_mean_mag", "gaiaedr3_phot_g_mean_mag")
+G_EDGES = (11.0, 12.0, 13.0, 14.0)
+G_CUT = 13.0
 #: Hidden widths and batch of the baselines that see [Fe/H] alone: a function of one number
 #: needs no wider network, and larger batches fit it as well in a sixth of the time (on the
 #: benchmark split: [alpha/M] from [Fe/H] 0.0635 dex at 256 stars a batch, 0.0631 at 2048;
@@ -154,6 +159,29 @@ def label_blocks(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[
     return out
 
 
+def magnitude_block(predicted: pd.DataFrame, truth: pd.DataFrame,
+                    labels: Sequence[str]) -> dict:
+    """How well each label is known by Gaia G magnitude (the spectra's signal-to-noise):
+    ``label_metrics`` without sigma (``n_stars``, ``robust_sigma``, ``rmse``, ``bias``) per
+    bin of :data:`G_EDGES`, and for the stars brighter and fainter than :data:`G_CUT`; {}
+    where the table has no G column (:data:`G_MAG_COLUMNS`)."""
+    column = next((c for c in G_MAG_COLUMNS if c in truth), None)
+    if column is None:
+        return {}
+    g = np.asarray(truth[column], np.float64)
+    edges = (-np.inf, *G_EDGES, np.inf)
+    names = [f"G < {G_EDGES[0]:g}"] + [f"{lo:g}–{hi:g}" for lo, hi in
+                                        zip(G_EDGES[:-1], G_EDGES[1:])] + [f"G ≥ {G_EDGES[-1]:g}"]
+    out = {"column": column, "cut": G_CUT, "bins": names, "labels": {}}
+    for name in (n for n in labels if n in predicted and n in truth):
+        p, t = np.asarray(predicted[name], np.float64), np.asarray(truth[name], np.float64)
+        cells = {bin_name: label_metrics(p[(g >= lo) & (g < hi)], t[(g >= lo) & (g < hi)])
+                 for bin_name, lo, hi in zip(names, edges[:-1], edges[1:])}
+        out["labels"][name] = {"bins": cells, "bright": label_metrics(p[g < G_CUT], t[g < G_CUT]),
+                               "faint": label_metrics(p[g >= G_CUT], t[g >= G_CUT])}
+    return out
+
+
 def balanced_accuracy(truth: np.ndarray, guess: np.ndarray) -> float:
     """The mean of the recalls of the two classes (NaN where a class is absent)."""
     recalls = [np.mean(guess[truth == c] == c) for c in (True, False) if (truth == c).any()]
@@ -231,7 +259,8 @@ def fit_label_model(model: SVAE, train: SpectraSet, test: SpectraSet, labels: Se
                     "sigma_scale": dict(zip(labels, label_model.head.sigma_scale.tolist()))},
            "svae_label_model": label_blocks(predicted, test.labels, labels),
            "ood": _ood_block(predicted, test.labels, labels),
-           "extrapolated": _extrapolated_block(predicted, test.labels, labels)}
+           "extrapolated": _extrapolated_block(predicted, test.labels, labels),
+           "by_magnitude": magnitude_block(predicted, test.labels, labels)}
     return out, label_model, predicted
 
 
@@ -363,7 +392,8 @@ def score_label_model(label_model: Union[LabelModel, LabelEnsemble],
              "head": _head_block(first.head.config),
              "svae_label_model": label_blocks(predicted, test.labels, labels),
              "ood": _ood_block(predicted, test.labels, labels),
-             "extrapolated": _extrapolated_block(predicted, test.labels, labels)}
+             "extrapolated": _extrapolated_block(predicted, test.labels, labels),
+             "by_magnitude": magnitude_block(predicted, test.labels, labels)}
     if isinstance(label_model, LabelEnsemble):
         block["ensemble_members"] = len(label_model.members)
     if {"fe_h", "alpha_m"} <= set(labels) & set(test.labels.columns):
