@@ -204,3 +204,16 @@ def test_members_on_one_svae_are_warned_of(split, folders, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LabelEnsemble.combine(folders)  # two sVAEs: no warning
+
+
+def test_the_high_alpha_prior_is_kept_once_and_described(folders):
+    """head.json keeps the class's prior once, as the head's ``class_prior``; info reads it
+    there, and from ``high_alpha`` in label models written before (the shipped one)."""
+    from xpsvae.cli.describe import describe
+    with open(os.path.join(folders[0], "head.json")) as f:
+        meta = json.load(f)
+    assert "prior" not in meta["high_alpha"] and 0 < meta["class_prior"] < 1
+    assert describe(folders[0])["high_alpha"]["prior"] == meta["class_prior"]
+    assert LabelModel.load(folders[0]).high_alpha_prior == meta["class_prior"]
+    shipped = describe("builtin")["shipped_label_model"]["high_alpha"]
+    assert 0 < shipped["prior"] < 1 and "clip" in shipped["boundary"]

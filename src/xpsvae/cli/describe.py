@@ -185,12 +185,22 @@ def _label_model(path: str) -> dict:
             "head": meta.get("config", {}), "ood": {k: v for k, v in meta.get("ood", {}).items()
                                                    if k in ("quantile", "anomaly_score",
                                                             "latent_distance")},
-            "high_alpha": {k: v for k, v in meta.get("high_alpha", {}).items()
-                           if k in ("prior", "boundary")},
+            "high_alpha": _high_alpha(meta),
             "half_missing": _half_missing(meta), "data": meta.get("data", {}),
             "interval_scale": meta.get("interval_scale"),
             "label_ranges": meta.get("label_ranges"),
             "svae": _model(os.path.join(path, LABEL_SVAE_FOLDER))}
+
+
+def _high_alpha(meta: dict) -> dict:
+    """The high/low-alpha boundary and prior of a label model's head.json: the prior is the
+    head's ``class_prior`` (label models from before kept it under ``high_alpha`` too, and
+    those with a classifier of its own keep it only there); {} without the class."""
+    high = meta.get("high_alpha") or {}
+    if not high:
+        return {}
+    return {"boundary": high.get("boundary"), "prior": high.get("prior",
+                                                                meta.get("class_prior"))}
 
 
 def _label_ensemble(path: str) -> dict:

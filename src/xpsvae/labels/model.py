@@ -264,7 +264,8 @@ class LabelModel:
             meta["high_alpha"] = self.classifier.meta()
             extra = self.classifier.arrays(_CLASS_PREFIX)
         elif self.classifier is not None:
-            meta["high_alpha"] = {"prior": self.classifier.prior, "boundary": HIGH_ALPHA_BOUNDARY}
+            # the class the head learnt: its prior is the head's own (class_prior), kept once
+            meta["high_alpha"] = {"boundary": HIGH_ALPHA_BOUNDARY}
         self.head.save(directory, meta, extra)
 
     @classmethod
