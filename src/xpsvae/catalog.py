@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm.auto import tqdm
 
 from .conform import contract, read_for_model
@@ -149,9 +148,7 @@ def check_labels_fit(model: SVAE, label_model: Union[LabelModel, LabelEnsemble],
     """Refuse a label model (read from ``labels_dir``) fitted on another sVAE than ``model``
     (its latents and its labels would describe two models); of an ensemble, its first
     member's sVAE."""
-    theirs = label_model.svae.network.state_dict()
-    ours = model.network.state_dict()
-    if set(theirs) != set(ours) or any(not torch.equal(theirs[k], ours[k]) for k in ours):
+    if not model.network.same_weights(label_model.svae.network):
         raise SpectraError(f"{labels_dir}: a label model of another sVAE than the one "
                            "encoding; encode with the sVAE it was fitted on (its copy is in "
                            f"{label_svae_folder(labels_dir)})")

@@ -172,13 +172,15 @@ def magnitude_block(predicted: pd.DataFrame, truth: pd.DataFrame,
     edges = (-np.inf, *G_EDGES, np.inf)
     names = [f"G < {G_EDGES[0]:g}"] + [f"{lo:g}–{hi:g}" for lo, hi in
                                         zip(G_EDGES[:-1], G_EDGES[1:])] + [f"G ≥ {G_EDGES[-1]:g}"]
+    masks = {bin_name: (g >= lo) & (g < hi)
+             for bin_name, lo, hi in zip(names, edges[:-1], edges[1:])}
+    masks.update(bright=g < G_CUT, faint=g >= G_CUT)
     out = {"column": column, "cut": G_CUT, "bins": names, "labels": {}}
     for name in (n for n in labels if n in predicted and n in truth):
         p, t = np.asarray(predicted[name], np.float64), np.asarray(truth[name], np.float64)
-        cells = {bin_name: label_metrics(p[(g >= lo) & (g < hi)], t[(g >= lo) & (g < hi)])
-                 for bin_name, lo, hi in zip(names, edges[:-1], edges[1:])}
-        out["labels"][name] = {"bins": cells, "bright": label_metrics(p[g < G_CUT], t[g < G_CUT]),
-                               "faint": label_metrics(p[g >= G_CUT], t[g >= G_CUT])}
+        cells = {key: label_metrics(p[m], t[m]) for key, m in masks.items()}
+        out["labels"][name] = {"bins": {b: cells[b] for b in names},
+                               "bright": cells["bright"], "faint": cells["faint"]}
     return out
 
 

@@ -17,7 +17,8 @@ head's standardised label units, per label:
   into the tails; a constant scale per label then answers for all stars at
   once, and the few far-off hot stars that set Teff's made giants' sigma 1.5x
   too wide and dwarfs' too narrow (docs/labels-measured.md, "Calibration"). A
-  scale that follows the predicted labels answers for each kind of star. Covariates are clipped to the range the validation stars span, so a
+  scale that follows the predicted labels answers for each kind of star.
+  Covariates are clipped to the range the validation stars span, so a
   star unlike them gets the scale of the nearest kind that was fitted. With
   fewer than :data:`STARS_PER_WEIGHT` stars per weight the scale is one
   number per label; with fewer than :data:`MIN_SCALE_STARS`, 1. The same

@@ -30,7 +30,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..core.errors import ModelFileError
 from ..core.files import BUILTIN_LABEL_MODEL_DIR, LABEL_SVAE_FOLDER, atomic_path, model_folder
@@ -128,18 +127,7 @@ class LabelEnsemble:
     @classmethod
     def load(cls, directory: str) -> "LabelEnsemble":
         """A folder :meth:`save` wrote."""
-        path = os.path.join(directory, ENSEMBLE_FILE)
-        try:
-            with open(path) as f:
-                meta = json.load(f)
-            names = [str(n) for n in meta["members"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelFileError(f"{path}: not a label ensemble's file ({e}); write one with "
-                                 "xpsvae labels combine") from e
-        for name in names:
-            if os.path.basename(name) != name or name in ("", ".", ".."):
-                raise ModelFileError(f"{path}: member {name!r} is not a folder name inside "
-                                     f"{directory}")
+        names = _member_names(directory)
         return cls([LabelModel.load(os.path.join(directory, n)) for n in names],
                    [os.path.join(directory, n) for n in names])
 
@@ -157,16 +145,33 @@ class LabelEnsemble:
 
 def _same_svae(members: Sequence[LabelModel]) -> List[Tuple[int, int]]:
     """Pairs of members whose sVAEs have the same weights."""
-    states = [m.svae.network.state_dict() for m in members]
-    return [(i, j) for i in range(len(states)) for j in range(i + 1, len(states))
-            if states[i].keys() == states[j].keys()
-            and all(torch.equal(states[i][k], states[j][k]) for k in states[i])]
+    return [(i, j) for i in range(len(members)) for j in range(i + 1, len(members))
+            if members[i].svae.network.same_weights(members[j].svae.network)]
+
+
+def _member_names(directory: str) -> List[str]:
+    """The members' folder names in an ensemble's ``ensemble.json``, each checked to be a
+    folder inside ``directory``."""
+    path = os.path.join(directory, ENSEMBLE_FILE)
+    try:
+        with open(path) as f:
+            names = [str(n) for n in json.load(f)["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{path}: not a label ensemble's file ({e}); write one with "
+                             "xpsvae labels combine") from e
+    for name in names:
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ModelFileError(f"{path}: member {name!r} is not a folder name inside "
+                                 f"{directory}")
+    if not names:
+        raise ModelFileError(f"{path}: no members; write one with xpsvae labels combine")
+    return names
 
 
 def load_labels(directory: str) -> Union[LabelModel, LabelEnsemble]:
     """A label model folder, a label ensemble folder, or ``builtin``."""
     directory = model_folder(directory, BUILTIN_LABEL_MODEL_DIR)
-    if os.path.exists(os.path.join(directory, ENSEMBLE_FILE)):
+    if is_ensemble(directory):
         return LabelEnsemble.load(directory)
     return LabelModel.load(directory)
 
@@ -180,14 +185,12 @@ def label_svae_folder(directory: str) -> str:
     """The sVAE folder of a label model's folder, or of an ensemble's first member: the
     sVAE whose latents a catalogue with its labels holds."""
     if is_ensemble(directory):
-        with open(os.path.join(directory, ENSEMBLE_FILE)) as f:
-            first = json.load(f)["members"][0]
-        return os.path.join(directory, first, LABEL_SVAE_FOLDER)
+        return os.path.join(directory, _member_names(directory)[0], LABEL_SVAE_FOLDER)
     return os.path.join(directory, LABEL_SVAE_FOLDER)
 
 
 def combine_tables(tables: Sequence[pd.DataFrame], labels: Sequence[str],
-            columns: Sequence[str]) -> pd.DataFrame:
+                   columns: Sequence[str]) -> pd.DataFrame:
     """The members' :meth:`LabelModel.predict` tables (same stars, same order) as one
     (module docstring); ``columns``: those to give."""
     first = tables[0]

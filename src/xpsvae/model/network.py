@@ -196,6 +196,12 @@ class ScatterVAE(nn.Module):
             out["label_mean"], out["label_logvar"] = self.label_head(latent_mean)
         return out
 
+    def same_weights(self, other: "ScatterVAE") -> bool:
+        """Whether ``other`` holds the same parameters and buffers, bit for bit."""
+        ours, theirs = self.state_dict(), other.state_dict()
+        return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k])
+                                                     for k in ours)
+
 
 class LatentLabels(nn.Module):
     """The label head of semi-supervised training: from a star's latent mean to, per
