@@ -217,3 +217,25 @@ def test_the_high_alpha_prior_is_kept_once_and_described(folders):
     assert LabelModel.load(folders[0]).high_alpha_prior == meta["class_prior"]
     shipped = describe("builtin")["shipped_label_model"]["high_alpha"]
     assert 0 < shipped["prior"] < 1 and "clip" in shipped["boundary"]
+
+
+def test_a_broken_ensemble_file_is_refused_by_name(folders, split, tmp_path, capsys):
+    """ensemble.json cut short, or naming a member outside its folder: `labels predict`
+    exits 2 naming the file, before any star is read."""
+    out = tmp_path / "both"
+    LabelEnsemble.combine(folders).save(str(out))
+    table = labelled_table(split[1].subset(np.arange(20)), tmp_path / "stars.parquet")
+    path = out / "ensemble.json"
+    text = path.read_text()
+    path.write_text(text[:len(text) // 2])
+    capsys.readouterr()
+    assert main(["--quiet", "labels", "predict", str(out), table,
+                 "--out", str(tmp_path / "labels.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not a label ensemble's file" in err and "labels combine" in err
+    path.write_text(json.dumps({"format": "xpsvae label ensemble",
+                                "members": ["member_0", "../elsewhere"]}))
+    assert main(["--quiet", "labels", "predict", str(out), table,
+                 "--out", str(tmp_path / "labels.parquet")]) == 2
+    assert "member '../elsewhere' is not a folder name inside" in capsys.readouterr().err
+    assert not (tmp_path / "labels.parquet").exists()
