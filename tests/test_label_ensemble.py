@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xpsvae import SVAE, TrainConfig
+from xpsvae import SVAE, ModelFileError, TrainConfig
 from xpsvae.cli import main
-from xpsvae.labels import LabelEnsemble, LabelHeadConfig, LabelModel, load_labels
+from xpsvae.core.errors import SpectraError
+from xpsvae.labels import LabelEnsemble, LabelHead, LabelHeadConfig, LabelModel, load_labels
 from xpsvae.labels.ensemble import combine_tables, label_svae_folder
 
 from .conftest import labelled_table
@@ -239,3 +240,84 @@ def test_a_broken_ensemble_file_is_refused_by_name(folders, split, tmp_path, cap
                  "--out", str(tmp_path / "labels.parquet")]) == 2
     assert "member '../elsewhere' is not a folder name inside" in capsys.readouterr().err
     assert not (tmp_path / "labels.parquet").exists()
+
+
+def test_a_label_model_records_the_stars_it_was_fitted_on(split, folders):
+    """Which stars a member trained on and which it held out to calibrate: what lets an
+    ensemble be calibrated on stars none of them saw. Kept through save and load."""
+    model = LabelModel.load(folders[0])
+    ids, held_out = model.fitted
+    train = split[0]
+    assert sorted(ids) == sorted(train.source_id)  # every star of the table has a label
+    val = LabelHead(QUICK).validation(len(train))
+    assert (held_out == val).all() and held_out.sum() == int(QUICK.val_fraction * len(train))
+
+
+def test_an_ensemble_is_calibrated_on_the_stars_no_member_trained_on(split, folders, tmp_path):
+    """Both members (one head seed, one table) hold out the same 300 stars: the ensemble's
+    sigma factor and k are fitted on those alone. On them the interval then holds 68.3% up
+    to one star either side of the quantile (2/n); on the 1,000 test stars, which neither
+    saw, it holds 68.3% within 3 standard errors: binomial on 1,000 stars (1.5 points) and
+    k's own from 300 (2.7 points), together 3.1 points, so 9.3. The labels themselves do not
+    move; save and load give the same table."""
+    ensemble = LabelEnsemble.combine(folders)
+    train, test = split
+    before = ensemble.predict(test)
+    info = ensemble.calibrate(train)
+    held = int(QUICK.val_fraction * len(train))
+    assert info["stars"]["teff"] == held and info["stars"]["logg"] == held
+    assert info["trained_on"] == {folders[0]: len(train) - held, folders[1]: len(train) - held}
+    for name, got in info["labels"].items():
+        n = info["stars"][name]
+        assert abs(got["in_interval"][1] - 0.6827) <= 2 / n
+    after = ensemble.predict(test)
+    y = test.labels
+    for name in ensemble.labels:
+        np.testing.assert_array_equal(after[name], before[name])
+        centre, half = after[name], after[f"{name}_upper"] - after[name]
+        has = np.isfinite(y[name])
+        inside = ((centre - y[name]) ** 2 <= half ** 2 + y[f"{name}_err"].fillna(0) ** 2)[has]
+        assert abs(inside.mean() - 0.6827) < 0.093, name
+        np.testing.assert_allclose(after[f"{name}_lower"], 2 * centre - after[f"{name}_upper"],
+                                   rtol=1e-12)
+    ensemble.save(str(tmp_path / "calibrated"))
+    assert sorted(os.listdir(tmp_path / "calibrated")) == [
+        "ensemble.json", "ensemble.safetensors", "member_0", "member_1"]
+    back = LabelEnsemble.load(str(tmp_path / "calibrated"))
+    pd.testing.assert_frame_equal(back.predict(test), after)
+
+
+def test_an_ensemble_is_not_calibrated_on_its_members_training_stars(split, folders):
+    """The stars each member trained on are set aside, and with fewer than 100 left the
+    calibration is refused, saying why and what to do. A member that does not record its
+    stars (a label model from before) is warned of."""
+    ensemble = LabelEnsemble.combine(folders)
+    train = split[0]
+    trained = train.subset(np.flatnonzero(~ensemble.members[0].fitted[1]))
+    with pytest.raises(SpectraError, match="0 stars with teff that no member trained on.*"
+                                           "one --seed of labels fit"):
+        ensemble.calibrate(trained)
+    ensemble.members[1].fitted = None
+    with pytest.warns(UserWarning, match="does not record which stars it was fitted on"):
+        info = ensemble.calibrate(split[1])
+    # the library holds some Gaia sources twice (two APOGEE entries): a test star whose
+    # source_id a member trained on is set aside too
+    ids, held_out = ensemble.members[0].fitted
+    fresh = ~np.isin(split[1].source_id, ids[~held_out])
+    assert info["stars"]["teff"] == int((np.isfinite(split[1].labels["teff"]) & fresh).sum())
+
+
+def test_combine_calibrates_from_the_command_line(split, folders, tmp_path, capsys):
+    """`labels combine --calibrate TABLE` says what it fitted on and what moved; info says
+    the ensemble is calibrated; a calibration file gone is refused by name."""
+    table = labelled_table(split[1].subset(np.arange(400)), tmp_path / "stars.parquet")
+    out = str(tmp_path / "calibrated")
+    assert main(["labels", "combine", *folders, "--out", out, "--calibrate", table]) == 0
+    err = capsys.readouterr().err
+    assert "that no member trained on" in err and "teff: std z" in err
+    assert "in the interval" in err
+    assert main(["info", out]) == 0
+    assert "calibrated again for the ensemble" in capsys.readouterr().out
+    os.remove(os.path.join(out, "ensemble.safetensors"))
+    with pytest.raises(ModelFileError, match="ensemble.safetensors"):
+        LabelEnsemble.load(out)

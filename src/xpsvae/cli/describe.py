@@ -210,7 +210,8 @@ def _label_ensemble(path: str) -> dict:
     priors = [m["high_alpha"]["prior"] for m in members if m["high_alpha"].get("prior")]
     return {"what": "label ensemble", "path": os.path.abspath(path),
             "labels": meta.get("labels"), "members": members,
-            "high_alpha_prior": sum(priors) / len(priors) if priors else None}
+            "high_alpha_prior": sum(priors) / len(priors) if priors else None,
+            "calibration": meta.get("calibration")}
 
 
 def _narrower(ranges: Dict[str, Dict[str, List[float]]]) -> str:
@@ -360,6 +361,13 @@ def format_description(d: dict) -> str:
     elif d["what"] == "label ensemble":
         lines.append(f"  {len(d['members'])} label models of {', '.join(d['labels'] or [])}, "
                      "predicting together: the mean of their labels, sigma with their spread")
+        calibration = d.get("calibration")
+        if calibration:
+            lines.append(f"  sigma and the 68% interval calibrated again for the ensemble on "
+                         f"the stars of {calibration.get('source')} that no member trained "
+                         f"on: {calibration.get('stars')}")
+        else:
+            lines.append("  sigma and the 68% interval: the members' own calibration")
         if d.get("high_alpha_prior") is not None:
             lines.append(f"  high_alpha_prob: the members' mean; call a star high-alpha above "
                          f"{d['high_alpha_prior']:.3f}, the mean of their priors")

@@ -71,10 +71,26 @@ def cmd_labels_predict(args) -> int:
 def cmd_labels_combine(args) -> int:
     from ..labels.ensemble import LabelEnsemble  # PyTorch: only here
     ensemble = LabelEnsemble.combine(args.label_models)
+    calibrated = ""
+    if args.calibrate:
+        svae = ensemble.svae
+        spectra = read_path_for_model(args.calibrate, contract(svae.info, svae.config.input_dim))
+        print(spectra.accounting.summary(), file=sys.stderr)
+        info = ensemble.calibrate(spectra, device=args.device)
+        print(f"calibrated on the stars of {args.calibrate} that no member trained on "
+              f"({info['stars']}; set aside as a member's training stars: "
+              f"{info['trained_on']}). On them, std z and the share in the 68% interval, "
+              "the members' calibration -> the ensemble's:", file=sys.stderr)
+        for name, got in info["labels"].items():
+            share = "" if got["in_interval"][0] is None else \
+                ", in the interval {:.1%} -> {:.1%}".format(*got["in_interval"])
+            print("  {}: std z {:.2f} -> {:.2f}".format(name, *got["std_z"]) + share,
+                  file=sys.stderr)
+        calibrated = f", calibrated on {args.calibrate}"
     clear_old_run(args)
     ensemble.save(args.out)
     print(f"a label ensemble of {len(ensemble.members)} label models of {ensemble.labels} "
-          f"(a catalogue's latents from the first's sVAE) in {args.out}")
+          f"(a catalogue's latents from the first's sVAE{calibrated}) in {args.out}")
     return 0
 
 

@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("label_models", nargs="+", metavar="LABELS",
                     help="label model (or ensemble) directories, two or more in all")
     lc.add_argument("--out", required=True, help="the ensemble's directory")
+    lc.add_argument("--calibrate", metavar="TABLE",
+                    help="fit sigma's factor and the 68%% interval again for the ensemble, on "
+                         "the labelled stars of this table that no member trained on (the "
+                         "members' validation share, where they were fitted on it with one "
+                         "--seed)")
+    lc.add_argument("--device", default="cpu", help="where the sVAEs run (--calibrate)")
     _add_overwrite(lc)
     lc.set_defaults(func="labels_combine")
     ls = lsub.add_parser("pseudo", help="labels for the stars without, from a supervised MLP "

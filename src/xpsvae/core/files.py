@@ -67,8 +67,10 @@ CANNON_WEIGHTS_FILE = "cannon.safetensors"
 LABEL_HEAD_WEIGHTS = "head.safetensors"
 LABEL_HEAD_CONFIG = "head.json"
 LABEL_SVAE_FOLDER = "svae"
-#: A label ensemble (xpsvae.labels.ensemble): its members' folder names.
+#: A label ensemble (xpsvae.labels.ensemble): its members' folder names, and the arrays of
+#: its own calibration where it was refitted.
 LABEL_ENSEMBLE_FILE = "ensemble.json"
+LABEL_ENSEMBLE_WEIGHTS = "ensemble.safetensors"
 
 #: The name by which every command and ``SVAE.load`` take the model shipped with the
 #: package (``SVAE.pretrained()``); a folder of that name in the working directory wins.

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ import pandas as pd
 from ..core.errors import ModelFileError, SpectraError
 from ..core.files import BUILTIN_LABEL_MODEL_DIR, BUILTIN_MODEL, model_folder
 from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
+from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
 from ..io.spectra import SpectraSet
 from ..model.supervision import label_columns
@@ -64,6 +65,8 @@ OOD_QUANTILE = 0.99
 #: Prefix of a high/low-alpha classifier's arrays in the weights file (label models written
 #: when the classifier was an ensemble of its own).
 _CLASS_PREFIX = "high_alpha."
+#: The weights file's arrays of :attr:`LabelModel.fitted`.
+_FITTED_IDS, _FITTED_VALIDATION = "fitted_source_id", "fitted_validation"
 
 
 class LabelModel:
@@ -93,6 +96,10 @@ class LabelModel:
         #: {label: {label: [min, max]}}: each label's survey range among the stars that had
         #: the first (label_ranges; label models from before: None, no _extrapolated columns)
         self.ranges = ranges
+        #: (source_id, validation) of the stars it was fitted on, ``validation`` True for
+        #: those held out to calibrate: which stars may calibrate an ensemble of it
+        #: (:meth:`xpsvae.labels.LabelEnsemble.calibrate`). None: not recorded (before).
+        self.fitted: Optional[Tuple[np.ndarray, np.ndarray]] = None
         #: what it was fitted on: the table, its stars with a label, and per label how many
         self.data: Dict[str, object] = {}
 
@@ -154,6 +161,7 @@ class LabelModel:
         ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))
         model = cls(svae, head, labels, side, _ood_thresholds(svae, ood_stars, device),
                     noise=True, ranges=label_ranges(y[labelled][survey], labels))
+        model.fitted = (stars.source_id.copy(), np.asarray(val, dtype=bool))
         model.data = {"source": source, "n_stars": len(stars), "n_with_label": {
             name: int(np.isfinite(y[labelled, j]).sum()) for j, name in enumerate(labels)}}
         if not survey.all():
@@ -266,6 +274,9 @@ class LabelModel:
         elif self.classifier is not None:
             # the class the head learnt: its prior is the head's own (class_prior), kept once
             meta["high_alpha"] = {"boundary": HIGH_ALPHA_BOUNDARY}
+        if self.fitted is not None:
+            extra[_FITTED_IDS] = np.asarray(self.fitted[0], dtype=np.int64)
+            extra[_FITTED_VALIDATION] = np.asarray(self.fitted[1], dtype=np.uint8)
         self.head.save(directory, meta, extra)
 
     @classmethod
@@ -292,6 +303,14 @@ class LabelModel:
         model = cls(svae, head, meta["labels"], meta.get("side", []), meta["ood"], classifier,
                     holes, bool(meta.get("noise_features", False)), ranges)
         model.data = meta.get("data", {})  # label models from before: not recorded
+        if _FITTED_IDS in arrays and _FITTED_VALIDATION in arrays:
+            ids, val = arrays[_FITTED_IDS], arrays[_FITTED_VALIDATION]
+            if ids.shape != val.shape or ids.ndim != 1:
+                raise ModelFileError(f"{os.path.join(directory, HEAD_WEIGHTS)}: "
+                                     f"{_FITTED_IDS} and {_FITTED_VALIDATION} must be two "
+                                     f"arrays of one length; got {ids.shape} and {val.shape}; "
+                                     "fit the label model again, or copy it whole")
+            model.fitted = (ids.astype(np.int64), val.astype(bool))
         return model
 
 
