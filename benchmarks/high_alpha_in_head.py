@@ -8,7 +8,7 @@ by side, interleaved, on the same features and recipe (``--epochs``):
   with [Fe/H] and [alpha/M] (how label models fitted the class before);
 * ``in_head``: the label head with the class as one more output of each member.
 
-Each is timed (best of ``--repeats``) and scored on the 4,022 test stars: robust sigma per
+Each is timed (best of ``--repeats``) and scored on the 3,963 test stars: robust sigma per
 label and high/low-alpha balanced accuracy per [Fe/H] bin. The last line is a JSON object.
 
     python benchmarks/high_alpha_in_head.py                  # ~4 min on 2 cores

@@ -3,7 +3,7 @@ label, on the same head.
 
 A label model (``--labels``: the demo's, ``DEMO_OUT/labels``, whose head is fitted on the
 benchmark split's training stars) is read back; its ensemble's raw mean and sigma are
-computed for its validation share and for the 4,022 test stars. On them, side by side:
+computed for its validation share and for the 3,963 test stars. On them, side by side:
 
 * ``one_number``: sigma's factor and the interval's k one number per label (label models
   before ``xpsvae.labels.calibration``);

@@ -5,7 +5,7 @@ demo's semi-supervised sVAE (the ``fast`` recipe with the four labels, ``--epoch
 seed) is trained on the training stars and the demo's label model (side columns J-H,
 J-K and BP-RP, the head's seed the same) fitted on it; or, with ``--reuse``, label
 models fitted so are read (the demo's ``DEMO_OUT/labels`` is seed 0 at 60 epochs). Each
-member alone and the ensemble of all are scored on the 4,022 test stars: per label,
+member alone and the ensemble of all are scored on the 3,963 test stars: per label,
 robust sigma (1.4826 x MAD), std z and the share within 1 and 2 sigma and in the 68%
 interval; the RMSE of [alpha/M] on giants; the high/low-alpha balanced accuracy per
 [Fe/H] bin. With ``--calibrate``, the ensemble is scored a second time with sigma's

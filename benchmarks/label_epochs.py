@@ -4,7 +4,7 @@ On the benchmark split of the embedded APOGEE library, for each number of epochs
 ``--epochs``: the demo's semi-supervised sVAE (the default recipe with the four labels,
 label weight 50; its cosine schedule stretched over those epochs, then its 10 epochs
 calibrating the scatter) is trained on the training stars, and the demo's label model
-(side columns J-H, J-K and BP-RP) is fitted on it. Scored on the 4,022 test stars: the
+(side columns J-H, J-K and BP-RP) is fitted on it. Scored on the 3,963 test stars: the
 sVAE's mean NLL and std r; per label, robust sigma (1.4826 x MAD), std z and the share
 within 1, 2 and 3 sigma; the RMSE of [alpha/M] on giants (log g < 3.5); and the high/low-
 alpha balanced accuracy per [Fe/H] bin. One JSON line per length, the whole result last.

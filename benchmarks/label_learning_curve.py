@@ -19,7 +19,7 @@ labelled stars at the sizes up to 4k), side by side on the same labelled stars:
   the sVAE adds,
   ``teacher_self_trained``, the teacher fitted again on its own labels of every star.
 
-Each is scored on the 4,022 test stars: robust sigma (1.4826 x MAD) per label. The side
+Each is scored on the 3,963 test stars: robust sigma (1.4826 x MAD) per label. The side
 columns (J-H, J-K, BP-RP) go to both heads; ``--no-side`` leaves them out. One JSON line
 per size and seed as it goes, and the whole result last. The pseudo-label model's std z
 and 2-sigma coverage per label say whether its sigmas hold with so few survey labels.

@@ -10,7 +10,7 @@ training stars, as ``LabelModel.fit`` fits them (validation share, high-alpha cl
   head's mean, its ``teff_err`` Teff times the head's sigma (to first order), its 68%
   interval exp(mean -+ k sigma), never below 0 K.
 
-Each is scored on the 4,022 test stars (robust sigma, RMSE, std z, the share within
+Each is scored on the 3,963 test stars (robust sigma, RMSE, std z, the share within
 1 sigma and within the 68% interval, per sub-population), with how many test stars get a
 Teff interval reaching below 0 K. Then the test stars of the first seed's ``teff`` head
 farthest off in Teff (largest |z|), with APOGEE's Teff, the K-band extinction it targeted

@@ -24,7 +24,7 @@ raised by its own A_K), which tells a reddened hot star from a cool one.
 A label model (``--labels``: the demo's, ``DEMO_OUT/labels``) gives the sVAE, the side
 columns and the head's recipe. For each seed of ``--seeds`` two heads are fitted as
 ``LabelModel.fit`` fits them, one on the training stars, one on them and the copies (the
-validation share drawn from the training stars alone). Each is scored on the 4,022 test
+validation share drawn from the training stars alone). Each is scored on the 3,963 test
 stars, with the test stars hotter than 10,000 K apart, and the far-off stars of
 ``benchmarks/label_log_teff.py`` listed. The last line is a JSON object.
 

@@ -3,7 +3,7 @@ inputs go missing, for models trained with and without random masks, side by sid
 
 On the benchmark split of the embedded APOGEE library (the demo's), one model is trained
 on the training stars per ``--mask-fractions`` value (the default recipe; 0 is the
-default model). Each of the 4,022 test stars is then scored complete, and again with
+default model). Each of the 3,963 test stars is then scored complete, and again with
 
 * ``random_10`` and ``random_30``: 10% and 30% of its samples masked at random;
 * ``blue_15`` and ``red_15``: the bluest or the reddest 15% of its samples masked;

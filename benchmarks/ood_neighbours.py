@@ -6,7 +6,7 @@ On the benchmark split of the embedded APOGEE library, one unsupervised sVAE is 
 the training stars' spectra (the default recipe, or ``--model DIR``). For each draw, as in
 ``label_learning_curve.py``, ``--size`` labelled stars are drawn from the training stars
 with all four labels (so none is above ~7,000 K: APOGEE gives those no [Fe/H]), and the
-label model is fitted on them with the side columns J-H, J-K and BP-RP. On the 4,022 test
+label model is fitted on them with the side columns J-H, J-K and BP-RP. On the 3,963 test
 stars, for each flag: the share flagged, the share of hot (APOGEE Teff > 7,000 K) and cool
 (< 4,000 K) stars flagged, and per label the median |z| of flagged and unflagged stars.
 

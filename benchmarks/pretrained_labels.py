@@ -6,7 +6,7 @@ recipe on the benchmark split's training stars: the shipped sVAE's recipe
 (``long``, 1,000 epochs) trained on them, with their labels (or ``--model``, an
 sVAE of that recipe already trained on them, as ``--save-model`` keeps one),
 then the default label head on its features, no side columns
-(``xpsvae.pretrained.build_pretrained_labels``). It scores the 4,022 test
+(``xpsvae.pretrained.build_pretrained_labels``). It scores the 3,963 test
 stars as ``xpsvae evaluate --labels`` does: the sVAE's test NLL and std r; per
 label and sub-population robust sigma, std z and coverage; the high/low-alpha
 balanced accuracy; and the out-of-distribution flag. The last line is a JSON

@@ -250,12 +250,16 @@ def test_a_label_model_records_the_stars_it_was_fitted_on(split, folders):
     train = split[0]
     assert sorted(ids) == sorted(train.source_id)  # every star of the table has a label
     val = LabelHead(QUICK).validation(len(train))
-    assert (held_out == val).all() and held_out.sum() == int(QUICK.val_fraction * len(train))
+    # a star whose Gaia source another (training) entry shares is not held out
+    val &= ~np.isin(train.source_id, train.source_id[~val])
+    assert (held_out == val).all()
+    assert int(QUICK.val_fraction * len(train)) - 5 <= held_out.sum() <= int(
+        QUICK.val_fraction * len(train))  # the 3,000 stars hold 4 sources twice
 
 
 def test_an_ensemble_is_calibrated_on_the_stars_no_member_trained_on(split, folders, tmp_path):
-    """Both members (one head seed, one table) hold out the same 300 stars: the ensemble's
-    sigma factor and k are fitted on those alone. On them the interval then holds 68.3% up
+    """Both members (one head seed, one table) hold out the same ~300 stars: the
+    ensemble's sigma factor and k are fitted on those alone. On them the interval then holds 68.3% up
     to one star either side of the quantile (2/n); on the 1,000 test stars, which neither
     saw, it holds 68.3% within 3 standard errors: binomial on 1,000 stars (1.5 points) and
     k's own from 300 (2.7 points), together 3.1 points, so 9.3. The labels themselves do not
@@ -264,7 +268,7 @@ def test_an_ensemble_is_calibrated_on_the_stars_no_member_trained_on(split, fold
     train, test = split
     before = ensemble.predict(test)
     info = ensemble.calibrate(train)
-    held = int(QUICK.val_fraction * len(train))
+    held = int(ensemble.members[0].fitted[1].sum())
     assert info["stars"]["teff"] == held and info["stars"]["logg"] == held
     assert info["trained_on"] == {folders[0]: len(train) - held, folders[1]: len(train) - held}
     for name, got in info["labels"].items():

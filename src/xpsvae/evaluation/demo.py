@@ -109,6 +109,7 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
         "data": {"file": os.path.basename(library_path()), "n_stars": len(library),
                  "n_train": len(train), "n_test": len(test),
                  "split": "numpy.random.seed(0); perm = permutation(N); test = perm[:int(0.1 N)]",
+                 "n_test_shared_source": int(0.1 * len(library)) - len(test),
                  "accounting": library.accounting.to_dict(max_rows_listed=20)},
         "hardware": {"device": device, "lanes": lanes,
                      "torch_threads": lane_threads or torch.get_num_threads(),

@@ -111,9 +111,13 @@ def write_report(out_dir: str, metrics: dict) -> str:
                      + (f" ({acc['reasons']})" if acc['rows_set_aside'] else "") + ". "
                      + " ".join(acc.get("notes", [])))
     if "split" in data:
+        shared = data.get("n_test_shared_source")
         lines.append(f"- Split: {data['split']}: {data['n_train']} training stars (10% of them "
-                     f"held out for validation), {data['n_test']} test stars. Every figure below "
-                     "is on the test stars.")
+                     f"held out for validation), {data['n_test']} test stars"
+                     + (f" (the other {shared} of perm[:int(0.1 N)] share their Gaia source_id, "
+                        "and so their XP spectrum, with a training star, under another APOGEE "
+                        "entry, and are left out: not held out)" if shared else "")
+                     + ". Every figure below is on the test stars.")
     if "model_dir" in metrics:
         lines.append(f"- Model: `{metrics['model_dir']}`, evaluated on `{data.get('file')}`. "
                      + _held_out_sentence(data.get("held_out", {})))

@@ -156,6 +156,9 @@ class LabelModel:
         head = LabelHead(config)
         val = head.validation(len(stars), None if survey.all() else survey) \
             if calibrating is None else calibrating[labelled]
+        # a Gaia source held twice (two survey entries, one spectrum) is not held out where
+        # the other copy trains: such a star calibrates nothing, so it trains as well
+        val = val & ~np.isin(stars.source_id, stars.source_id[~val])
         head.fit(features, y[labelled], y_err[labelled], classes, val)
         # the flag says "unlike the stars a survey labelled": pseudo-labels do not widen it
         ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))
