@@ -15,6 +15,7 @@ from xpsvae.cli.describe import describe, format_description
 from xpsvae.core.errors import SpectraError
 from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel
 from xpsvae.labels.classes import high_alpha
+from xpsvae.labels.head import apart_from_training
 from xpsvae.labels.model import _ood_thresholds
 from xpsvae.labels.pseudo import (
     CALIBRATION_COLUMN,
@@ -159,6 +160,22 @@ def test_validation_is_drawn_from_survey_labels_alone():
     survey[::5] = True
     val = head.validation(1000, survey)
     assert val.sum() == 20 and not val[~survey].any()
+
+
+def test_a_star_whose_gaia_source_another_trains_is_not_held_out(library):
+    """The library holds some Gaia sources under two APOGEE entries (one spectrum): of such
+    a pair, one copy is held out only where the other is too. The rule on its own, then on
+    real pairs of the library through calibration_stars."""
+    ids = np.array([1, 2, 2, 3, 3, 4])
+    drawn = np.array([True, True, False, True, True, False])
+    np.testing.assert_array_equal(apart_from_training(drawn, ids),
+                                  [True, False, False, True, True, False])
+    shared = np.flatnonzero(np.isin(library.source_id,
+                                    library.source_id[pd.Series(library.source_id)
+                                                      .duplicated()]))
+    stars = library.subset(np.concatenate([np.arange(600), shared[:200]]))
+    held = calibration_stars(stars, LABELS, LabelHeadConfig(val_fraction=0.3))
+    assert held.any() and not np.isin(stars.source_id[held], stars.source_id[~held]).any()
 
 
 def test_the_calibration_stars_teach_neither_the_teacher_nor_the_svae(few, table):

@@ -52,7 +52,7 @@ from .classes import (
     high_alpha,
 )
 from .features import noise_features, side_columns, svae_features
-from .head import LabelHead, LabelHeadConfig
+from .head import LabelHead, LabelHeadConfig, apart_from_training
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 from .pseudo import calibration, surveyed
 
@@ -156,9 +156,7 @@ class LabelModel:
         head = LabelHead(config)
         val = head.validation(len(stars), None if survey.all() else survey) \
             if calibrating is None else calibrating[labelled]
-        # a Gaia source held twice (two survey entries, one spectrum) is not held out where
-        # the other copy trains: such a star calibrates nothing, so it trains as well
-        val = val & ~np.isin(stars.source_id, stars.source_id[~val])
+        val = apart_from_training(val, stars.source_id)
         head.fit(features, y[labelled], y_err[labelled], classes, val)
         # the flag says "unlike the stars a survey labelled": pseudo-labels do not widen it
         ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))

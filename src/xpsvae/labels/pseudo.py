@@ -51,7 +51,7 @@ from ..io.spectra import SpectraSet
 from ..model.preprocess import Standardizer
 from ..model.supervision import CALIBRATION_COLUMN, label_columns, true_or_false
 from .features import side_columns
-from .head import LabelHead, LabelHeadConfig
+from .head import LabelHead, LabelHeadConfig, apart_from_training
 
 #: Suffix of the bool column that marks a label as the teacher's, not the survey's.
 PSEUDO_SUFFIX = "_pseudo"
@@ -162,10 +162,13 @@ def pseudo_labels(spectra: SpectraSet, labels: Sequence[str], side: Sequence[str
 def calibration_stars(spectra: SpectraSet, labels: Sequence[str],
                       config: LabelHeadConfig) -> np.ndarray:
     """(n,) bool: ``config.val_fraction`` of the complete stars that have every label,
-    drawn from ``config.seed``: survey labels that only calibrate (module docstring)."""
+    drawn from ``config.seed``, less any whose Gaia source another star shares
+    (:func:`~xpsvae.labels.head.apart_from_training`): survey labels that only calibrate
+    (module docstring)."""
     y, _ = _labels(spectra, labels, _source(spectra))
-    return LabelHead(config).validation(len(spectra),
-                                        _complete(spectra) & np.isfinite(y).all(axis=1))
+    drawn = LabelHead(config).validation(len(spectra),
+                                         _complete(spectra) & np.isfinite(y).all(axis=1))
+    return apart_from_training(drawn, spectra.source_id)
 
 
 def _source(spectra: SpectraSet) -> str:
