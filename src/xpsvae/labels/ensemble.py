@@ -123,12 +123,17 @@ class LabelEnsemble:
         """:meth:`LabelModel.predict`'s columns, combined over the members (module
         docstring). ``scores``: the first member's sVAE's :meth:`SVAE.score` of the same
         stars, where the caller has it (a catalogue)."""
-        tables = [m.predict(spectra, device, scores if i == 0 else None)
-                  for i, m in enumerate(self.members)]
-        table = combine_tables(tables, self.labels, self.columns())
+        table = self._mixture(spectra, device, scores)
         if self.calibration is not None:
             self.calibration.apply(table, self.labels)
         return table
+
+    def _mixture(self, spectra: SpectraSet, device: str = "cpu",
+                 scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+        """The members' tables combined, each member's calibration its own."""
+        tables = [m.predict(spectra, device, scores if i == 0 else None)
+                  for i, m in enumerate(self.members)]
+        return combine_tables(tables, self.labels, self.columns())
 
     def calibrate(self, spectra: SpectraSet, device: str = "cpu") -> Dict[str, object]:
         """Fit sigma's factor and the interval's k for the ensemble (module docstring) on
@@ -170,20 +175,19 @@ class LabelEnsemble:
                 f"member's training stars: {info['trained_on']}). Members fitted on one "
                 "table with one --seed of labels fit hold out the same stars; or give "
                 "labelled stars none of them was fitted on")
-        stars = spectra.subset(np.flatnonzero(usable))
-        self.calibration = None
-        before = self.predict(stars, device)
-        self.calibration = EnsembleCalibration.fit(before, self.labels, y[usable],
-                                                   y_err[usable], self.columns())
+        before = self._mixture(spectra.subset(np.flatnonzero(usable)), device)
+        calibration = EnsembleCalibration.fit(before, self.labels, y[usable], y_err[usable],
+                                              self.columns())
         info["stars"] = {name: int(c) for name, c in zip(self.labels, counts)}
         after = before.copy()
-        self.calibration.apply(after, self.labels)
+        calibration.apply(after, self.labels)
         info["labels"] = {name: {"std_z": [_std_z(t, name, y[usable, j], y_err[usable, j])
                                            for t in (before, after)],
                                  "in_interval": [_inside(t, name, y[usable, j], y_err[usable, j])
                                                  for t in (before, after)]}
                           for j, name in enumerate(self.labels)}
-        self.calibration.info = {k: info[k] for k in ("source", "stars", "trained_on")}
+        calibration.info = {k: info[k] for k in ("source", "stars", "trained_on")}
+        self.calibration = calibration
         return info
 
     def save(self, directory: str) -> None:
