@@ -11,6 +11,11 @@ alpha balanced accuracy per [Fe/H] bin. One JSON line per length, the whole resu
 
     python benchmarks/label_epochs.py                          # ~20 min on 2 cores
     python benchmarks/label_epochs.py --epochs 60,1000 --seed 1
+    python benchmarks/label_epochs.py --model SPLIT_SVAE        # an sVAE trained already
+
+``--model`` takes an sVAE of this recipe already trained on the split's training stars,
+as ``benchmarks/pretrained_labels.py --save-model`` keeps one (1,000 epochs, seed 0), and
+scores the label model on it alone.
 """
 
 from __future__ import annotations
@@ -31,21 +36,28 @@ def main() -> None:
     p.add_argument("--epochs", default="60,180,400,1000")
     p.add_argument("--seed", type=int, default=0, help="the sVAE's and the head's seed")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", help="score an sVAE trained already (its epochs: its own)")
     args = p.parse_args()
     library = load_apogee_library()
     train, test = benchmark_sets(library)
     results = []
-    for epochs in (int(e) for e in args.epochs.split(",")):
-        config = TrainConfig.preset("fast", epochs=epochs, seed=args.seed, threads=args.threads)
+    lengths = [None] if args.model else [int(e) for e in args.epochs.split(",")]
+    for epochs in lengths:
         start = time.perf_counter()
-        model = SVAE(train_config=config).fit(train, labels=DEFAULT_LABELS, progress=False)
+        if args.model:
+            model = SVAE.load(args.model)
+            epochs = model.train_config.epochs
+        else:
+            config = TrainConfig.preset("fast", epochs=epochs, seed=args.seed,
+                                        threads=args.threads)
+            model = SVAE(train_config=config).fit(train, labels=DEFAULT_LABELS, progress=False)
         seconds = time.perf_counter() - start
         svae = evaluate_svae(model, test)["test"]
         labels = LabelModel.fit(model, train, DEFAULT_LABELS, DEMO_SIDE,
                                 LabelHeadConfig(seed=args.seed, threads=args.threads))
         block, predicted = score_label_model(labels, test)
         scored = block["svae_label_model"]
-        entry = {"epochs": epochs, "seed": args.seed, "train_seconds": round(seconds, 1),
+        entry = {"epochs": epochs, "seed": args.seed, "train_seconds": None if args.model else round(seconds, 1),
                  "test_mean_nll": round(svae["mean_nll"], 2), "std_r": round(svae["std_r"], 4),
                  "alpha_m_rmse_giants": round(scored["alpha_m"]["giants"]["rmse"], 4),
                  "high_low_alpha": {b: round(v["label_model"], 3)

@@ -82,9 +82,9 @@ def benchmark_sets(library: SpectraSet, shared_sources: bool = False
 
     The library holds some Gaia sources twice, under two APOGEE entries: one XP spectrum,
     and labels alike. A test star whose ``source_id`` a training star has is not held out
-    (a model trained with the labels knows it to a few kelvin), so it is left out of the
-    test stars: 59 of the split's 4,022, which leaves 3,963. They made the demo's Teff
-    look 3.5% better known (59.6 K against 61.7 K; docs/labels.md). ``shared_sources``
+    (a model trained with the labels knows it as well as its twin), so it is left out of
+    the test stars: 59 of the split's 4,022, which leaves 3,963 (what keeping them did to
+    the figures: docs/labels.md, "How well each label is known"). ``shared_sources``
     keeps them (the test set of figures measured before 2026-12-07)."""
     train_index, test_index = benchmark_split(len(library))
     train, test = library.subset(train_index), library.subset(test_index)
