@@ -112,6 +112,9 @@ def shipped_label_model_differences(directory: str = BUILTIN_LABEL_MODEL_DIR) ->
                            f"has {n_stars} complete stars with a label")
     if model.ranges is None:
         differences.append("no label_ranges in head.json (fitted before <label>_extrapolated)")
+    if model.fitted is None:
+        differences.append("no record of the stars it was fitted on (fitted before label "
+                           "models kept one)")
     recipe = asdict(replace(LabelHeadConfig(), threads=model.head.config.threads))
     for key, value in asdict(model.head.config).items():
         if recipe[key] != value:
