@@ -13,6 +13,7 @@ import pytest
 from xpsvae import SVAE, ModelFileError, TrainConfig
 from xpsvae.cli import main
 from xpsvae.core.errors import SpectraError
+from xpsvae.io.spectra import SpectraSet
 from xpsvae.labels import LabelEnsemble, LabelHead, LabelHeadConfig, LabelModel, load_labels
 from xpsvae.labels.ensemble import combine_tables, label_svae_folder
 
@@ -309,6 +310,16 @@ def test_an_ensemble_is_not_calibrated_on_its_members_training_stars(split, fold
     ids, held_out = ensemble.members[0].fitted
     fresh = ~np.isin(split[1].source_id, ids[~held_out])
     assert info["stars"]["teff"] == int((np.isfinite(split[1].labels["teff"]) & fresh).sum())
+
+
+def test_a_table_without_source_id_is_warned_of_when_calibrating(split, folders):
+    """Without a source_id column the stars are matched to the members' training stars by
+    row number: said, since that is right only for the table they were fitted on."""
+    test = split[1].subset(np.arange(300))
+    rows = SpectraSet.from_arrays(test.values, test.errors, wavelength_nm=test.wavelength_nm,
+                                  labels=test.labels, normalisation=test.normalisation)
+    with pytest.warns(UserWarning, match="no source_id column"):
+        LabelEnsemble.combine(folders).calibrate(rows)
 
 
 def test_combine_calibrates_from_the_command_line(split, folders, tmp_path, capsys):

@@ -30,6 +30,8 @@ from ..core.errors import SpectraError
 #: missing whole is kept. Below it the latent would rest on more extrapolation than data
 #: (benchmarks/masked_inputs.py measures the latent shift as inputs go missing).
 MIN_OBSERVED_FRACTION = 0.5
+#: The accounting note of a table read without a source_id column.
+ROW_NUMBER_IDS_NOTE = "no source_id column: row numbers used as ids"
 
 
 @dataclass
@@ -202,7 +204,7 @@ class SpectraSet:
         accounting = RowAccounting(source, rows_read=n)
         if source_id is None:
             source_id = np.arange(n, dtype=np.int64)
-            accounting.notes.append("no source_id column: row numbers used as ids")
+            accounting.notes.append(ROW_NUMBER_IDS_NOTE)
         source_id = np.asarray(source_id, dtype=np.int64)
         if source_id.shape != (n,):
             raise SpectraError(f"{source}: source_id has shape {source_id.shape}, expected ({n},)")

@@ -44,7 +44,7 @@ from ..core.errors import ModelFileError, SpectraError
 from ..core.files import BUILTIN_LABEL_MODEL_DIR, LABEL_SVAE_FOLDER, atomic_path, model_folder
 from ..core.files import LABEL_ENSEMBLE_FILE as ENSEMBLE_FILE
 from ..core.files import LABEL_ENSEMBLE_WEIGHTS as ENSEMBLE_WEIGHTS
-from ..io.spectra import SpectraSet
+from ..io.spectra import ROW_NUMBER_IDS_NOTE, SpectraSet
 from ..model.supervision import label_columns
 from .calibration import IntervalScale, SigmaScale
 from .classes import HIGH_ALPHA_COLUMN
@@ -154,6 +154,11 @@ class LabelEnsemble:
             surveyed(table, self.labels, len(y), source)
         info: Dict[str, object] = {"source": source, "stars_read": len(y),
                                    "with_survey_label": int(usable.sum()), "trained_on": {}}
+        if spectra.accounting and ROW_NUMBER_IDS_NOTE in spectra.accounting.notes:
+            warnings.warn(f"{source}: no source_id column, so its stars are told from the "
+                          "members' training stars by row number alone: right only for the "
+                          "table they were fitted on; give the table a source_id column",
+                          stacklevel=2)
         trained_by_any = np.zeros(len(y), dtype=bool)
         for name, member in zip(self.names, self.members):
             if member.fitted is None:
