@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..io.spectra import SpectraSet
 from ..labels import LabelEnsemble, LabelHead, LabelHeadConfig, LabelModel, label_columns
+from ..labels.calibration import residuals, within_interval
 from ..labels.classes import HIGH_ALPHA_BOUNDARY, HIGH_ALPHA_COLUMN, ClassHead, high_alpha
 from ..labels.features import side_columns
 from ..labels.model import EXTRAPOLATED
@@ -61,17 +62,6 @@ ONE_INPUT_HIDDEN = (64, 64)
 ONE_INPUT_BATCH = 2048
 
 
-def residuals(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
-              truth_err: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(predicted - survey, z) per star, NaN where either label is missing; z only with a
-    predicted ``sigma``, the survey's error (0 where it gives none) added in quadrature."""
-    r = np.asarray(predicted, np.float64) - np.asarray(truth, np.float64)
-    if sigma is None:
-        return r, None
-    err = 0.0 if truth_err is None else np.nan_to_num(np.asarray(truth_err, np.float64))
-    return r, r / np.sqrt(np.asarray(sigma, np.float64) ** 2 + err ** 2)
-
-
 def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
                   truth_err: Optional[np.ndarray] = None,
                   interval: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> dict:
@@ -91,12 +81,7 @@ def label_metrics(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.n
         out.update({"std_z": float(np.std(z)),
                     **{f"coverage_{k}sigma": float(np.mean(np.abs(z) < k)) for k in (1, 2, 3)}})
     if interval is not None:
-        lower, upper = (np.asarray(a, np.float64)[ok] for a in interval)
-        err = 0.0 if truth_err is None else np.nan_to_num(np.asarray(truth_err,
-                                                                     np.float64)[ok])
-        centre, half = (upper + lower) / 2, (upper - lower) / 2
-        inside = np.abs(np.asarray(truth, np.float64)[ok] - centre) <= np.sqrt(half ** 2 +
-                                                                                err ** 2)
+        inside = within_interval(truth, *interval, truth_err)[ok]
         out["coverage_interval"] = float(np.mean(inside))
     return out
 

@@ -36,7 +36,7 @@ head's standardised label units, per label:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy.optimize import minimize
@@ -228,6 +228,28 @@ def _quantile_weights(design: np.ndarray, target: np.ndarray, q: float) -> np.nd
     w = minimize(objective, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B").x
     w[-1] += np.quantile(target - design @ w, q)
     return w
+
+
+def residuals(predicted: np.ndarray, truth: np.ndarray, sigma: Optional[np.ndarray] = None,
+              truth_err: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(predicted - survey, z) per star, NaN where either label is missing; z only with a
+    predicted ``sigma``, the survey's error (0 where it gives none) added in quadrature."""
+    r = np.asarray(predicted, np.float64) - np.asarray(truth, np.float64)
+    if sigma is None:
+        return r, None
+    err = 0.0 if truth_err is None else np.nan_to_num(np.asarray(truth_err, np.float64))
+    return r, r / np.sqrt(np.asarray(sigma, np.float64) ** 2 + err ** 2)
+
+
+def within_interval(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                    truth_err: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per star, whether ``truth`` lies in the central interval ``lower`` to ``upper``, the
+    survey's error (0 where it gives none) added in quadrature to its half-width: the share
+    :class:`IntervalScale` sets."""
+    lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    err = 0.0 if truth_err is None else np.nan_to_num(np.asarray(truth_err, np.float64))
+    centre, half = (upper + lower) / 2, (upper - lower) / 2
+    return np.abs(np.asarray(truth, np.float64) - centre) <= np.sqrt(half ** 2 + err ** 2)
 
 
 def interval_scale(value, n_labels: int, where: str) -> np.ndarray:
