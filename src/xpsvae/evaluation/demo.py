@@ -39,7 +39,7 @@ from ..cannon import Cannon
 from ..core.constants import VERSION
 from ..core.files import METRICS_FILE, write_json
 from ..core.machine import usable_cores
-from ..io.library import benchmark_sets, library_path, load_apogee_library
+from ..io.library import benchmark_sets, benchmark_split, library_path, load_apogee_library
 from ..labels import DEFAULT_LABELS, LabelHeadConfig
 from ..model.recipe import TrainConfig
 from ..model.runtime import torch_threads
@@ -109,7 +109,7 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
         "data": {"file": os.path.basename(library_path()), "n_stars": len(library),
                  "n_train": len(train), "n_test": len(test),
                  "split": "numpy.random.seed(0); perm = permutation(N); test = perm[:int(0.1 N)]",
-                 "n_test_shared_source": int(0.1 * len(library)) - len(test),
+                 "n_test_shared_source": len(benchmark_split(len(library))[1]) - len(test),
                  "accounting": library.accounting.to_dict(max_rows_listed=20)},
         "hardware": {"device": device, "lanes": lanes,
                      "torch_threads": lane_threads or torch.get_num_threads(),

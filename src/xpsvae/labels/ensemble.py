@@ -46,7 +46,7 @@ from ..core.files import LABEL_ENSEMBLE_FILE as ENSEMBLE_FILE
 from ..core.files import LABEL_ENSEMBLE_WEIGHTS as ENSEMBLE_WEIGHTS
 from ..io.spectra import ROW_NUMBER_IDS_NOTE, SpectraSet
 from ..model.supervision import label_columns
-from .calibration import IntervalScale, SigmaScale
+from .calibration import IntervalScale, SigmaScale, residuals, within_interval
 from .classes import HIGH_ALPHA_COLUMN
 from .model import EXTRAPOLATED, LabelModel
 from .pseudo import surveyed
@@ -219,10 +219,12 @@ class LabelEnsemble:
     @classmethod
     def load(cls, directory: str) -> "LabelEnsemble":
         """A folder :meth:`save` wrote."""
-        names = _member_names(directory)
-        out = cls([LabelModel.load(os.path.join(directory, n)) for n in names],
-                  [os.path.join(directory, n) for n in names])
-        out.calibration = EnsembleCalibration.load(directory, out.labels)
+        meta = _ensemble_meta(directory)
+        paths = [os.path.join(directory, n) for n in meta["members"]]
+        out = cls([LabelModel.load(p) for p in paths], paths)
+        if "calibration" in meta:
+            out.calibration = EnsembleCalibration.load(directory, meta["calibration"],
+                                                       out.labels)
         return out
 
     @classmethod
@@ -330,11 +332,9 @@ class EnsembleCalibration:
                 **(self.interval.arrays("interval_scale") if self.interval else {})}
 
     @classmethod
-    def load(cls, directory: str, labels: Sequence[str]) -> Optional["EnsembleCalibration"]:
-        """The calibration an ensemble's folder holds; None where it has none."""
-        meta = _ensemble_meta(directory).get("calibration")
-        if meta is None:
-            return None
+    def load(cls, directory: str, meta: dict, labels: Sequence[str]) -> "EnsembleCalibration":
+        """The calibration of an ensemble's folder: ``meta``, ``calibration`` of its
+        ``ensemble.json``, and its ``ensemble.safetensors``."""
         where = os.path.join(directory, ENSEMBLE_WEIGHTS)
         n = len(labels)
         try:
@@ -358,23 +358,19 @@ class EnsembleCalibration:
 
 
 def _std_z(table: pd.DataFrame, name: str, y: np.ndarray, err: np.ndarray) -> float:
-    """std of (predicted - y) / sqrt(sigma^2 + err^2) over the stars with the label."""
-    z = (table[name].to_numpy(np.float64) - y) / np.sqrt(
-        table[f"{name}_err"].to_numpy(np.float64) ** 2 + np.nan_to_num(err) ** 2)
+    """std of z over the stars with the label (:func:`residuals`)."""
+    z = residuals(table[name], y, table[f"{name}_err"], err)[1]
     return float(np.std(z[np.isfinite(z)]))
 
 
 def _inside(table: pd.DataFrame, name: str, y: np.ndarray, err: np.ndarray
             ) -> Optional[float]:
-    """The share of the stars with the label inside the central interval widened by the
-    survey's error (as :class:`IntervalScale` counts them); None without an interval."""
+    """The share of the stars with the label inside the central interval
+    (:func:`within_interval`); None without an interval."""
     if f"{name}_lower" not in table:
         return None
-    centre = table[name].to_numpy(np.float64)
-    half = table[f"{name}_upper"].to_numpy(np.float64) - centre
-    has = np.isfinite(y)
-    inside = (centre - y) ** 2 <= half ** 2 + np.nan_to_num(err) ** 2
-    return float(inside[has].mean())
+    inside = within_interval(y, table[f"{name}_lower"], table[f"{name}_upper"], err)
+    return float(inside[np.isfinite(y)].mean())
 
 
 def load_labels(directory: str) -> Union[LabelModel, LabelEnsemble]:
