@@ -312,6 +312,26 @@ def test_an_ensemble_is_not_calibrated_on_its_members_training_stars(split, fold
     assert info["stars"]["teff"] == int((np.isfinite(split[1].labels["teff"]) & fresh).sum())
 
 
+def test_calibrating_without_a_label_column_or_with_a_cut_record_is_refused(split, folders,
+                                                                           tmp_path):
+    """A calibration table that lacks one of the labels is refused naming the column; a
+    label model whose record of its fitted stars is cut is refused naming its file."""
+    test = split[1].subset(np.arange(200))
+    test.labels = test.labels.drop(columns=["alpha_m"])
+    with pytest.raises(SpectraError, match="no label column 'alpha_m'"):
+        LabelEnsemble.combine(folders).calibrate(test)
+    from safetensors.numpy import load_file, save_file
+    model = str(tmp_path / "cut")
+    LabelModel.load(folders[0]).save(model)
+    weights = os.path.join(model, "head.safetensors")
+    arrays = load_file(weights)
+    arrays["fitted_validation"] = arrays["fitted_validation"][:-1]
+    save_file(arrays, weights)
+    with pytest.raises(ModelFileError, match="head.safetensors: fitted_source_id and "
+                                             "fitted_validation must be two arrays of one"):
+        LabelModel.load(model)
+
+
 def test_a_table_without_source_id_is_warned_of_when_calibrating(split, folders):
     """Without a source_id column the stars are matched to the members' training stars by
     row number: said, since that is right only for the table they were fitted on."""
