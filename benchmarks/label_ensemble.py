@@ -2,17 +2,18 @@
 
 On the benchmark split of the embedded APOGEE library, for each seed of ``--seeds``: the
 demo's semi-supervised sVAE (the ``fast`` recipe with the four labels, ``--epochs``, that
-seed) is trained on the training stars and the demo's label model (side columns J-H,
-J-K and BP-RP, the head's seed the same) fitted on it; or, with ``--reuse``, label
-models fitted so are read (the demo's ``DEMO_OUT/labels`` is seed 0 at 60 epochs). Each
-member alone and the ensemble of all are scored on the 3,963 test stars: per label,
+seed, its validation split drawn from ``--split-seed``, default 0, so that every member
+holds out the same stars) is trained on the training stars and the demo's label model
+(side columns J-H, J-K and BP-RP, the head's seed the sVAE's, or ``--head-seed``) fitted
+on it; the label model calibrates on the stars its sVAE held out. Or, with ``--reuse``,
+label models fitted so are read (the demo's ``DEMO_OUT/labels`` is seed 0 at 60 epochs).
+Each member alone and the ensemble of all are scored on the 3,963 test stars: per label,
 robust sigma (1.4826 x MAD), std z and the share within 1 and 2 sigma and in the 68%
 interval; the RMSE of [alpha/M] on giants; the high/low-alpha balanced accuracy per
 [Fe/H] bin. With ``--calibrate``, the ensemble is scored a second time with sigma's
 factor and the interval's k fitted again for it (``xpsvae labels combine --calibrate``)
-on the training stars that no member trained on: their validation share, which the
-members share because their heads then all take ``--head-seed`` (default 0). The last line
-is a JSON object.
+on the training stars that no member trained on: the validation share they share. The
+last line is a JSON object.
 
     python benchmarks/label_ensemble.py --reuse DEMO_OUT/labels --seeds 1   # ~3 min, 2 cores
     python benchmarks/label_ensemble.py --seeds 0,1,2 --save ensemble_dir
@@ -57,18 +58,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calibrate", action="store_true",
                    help="score the ensemble calibrated on the members' validation share too")
-    p.add_argument("--head-seed", type=int,
-                   help="every head's seed (default: the sVAE's seed; 0 with --calibrate)")
+    p.add_argument("--head-seed", type=int, help="every head's seed (default: the sVAE's)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="the seed of every sVAE's validation split (default 0, the demo's)")
     args = p.parse_args()
-    if args.head_seed is None and args.calibrate:
-        args.head_seed = 0
     train, test = benchmark_sets(load_apogee_library())
     members, names = [], []
     for folder in (f for f in args.reuse.split(",") if f):
         members.append(LabelModel.load(folder))
         names.append(os.path.basename(os.path.normpath(folder)))
     for seed in (int(s) for s in args.seeds.split(",") if s):
-        config = TrainConfig.preset("fast", epochs=args.epochs, seed=seed, threads=args.threads)
+        config = TrainConfig.preset("fast", epochs=args.epochs, seed=seed,
+                                    split_seed=args.split_seed, threads=args.threads)
         start = time.perf_counter()
         model = SVAE(train_config=config).fit(train, labels=DEFAULT_LABELS, progress=False)
         members.append(LabelModel.fit(model, train, DEFAULT_LABELS, DEMO_SIDE,
@@ -98,7 +99,9 @@ def main() -> None:
               + f"   {r['alpha_m_rmse_giants']:.4f}   "
               + ", ".join(f"{b} {v:.3f}" for b, v in r["high_low_alpha"].items()))
     print(json.dumps({"benchmark": "label_ensemble", "epochs": args.epochs,
-                      "members": names, "side_columns": list(DEMO_SIDE), "results": results}))
+                      "members": names, "split_seed": args.split_seed,
+                      "head_seed": args.head_seed, "side_columns": list(DEMO_SIDE),
+                      "results": results}))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.runtime import distributed_rank_world, resolve_device
 from .model.stream import StoreStream, refuse_a_part_too_large
-from .model.supervision import label_targets
+from .model.supervision import calibration_stars, label_targets
 from .model.trainer import Trainer
 
 #: Training options that may change when a run is resumed.
@@ -81,6 +81,8 @@ class SVAE:
         self.info: Dict[str, object] = {}  # kind, normalisation, wavelength, data description
         #: Sorted source_ids of the stars fitted on (training and validation), if recorded.
         self.training_source_ids: Optional[np.ndarray] = None
+        #: Of those, the sorted source_ids whose labels it did not learn (fit), if recorded.
+        self.held_out_source_ids: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------ training
     def fit(self, spectra, errors=None, *, labels: Sequence[str] = (),
@@ -88,8 +90,8 @@ class SVAE:
             on_epoch_end: Optional[Callable[[Trainer], None]] = None) -> "SVAE":
         """Fit standardisation and network on the given (training) stars.
 
-        A validation share (``train_config.val_fraction``, ``train_config.seed``) is
-        held out; the standardisation is fitted on the rest. Partial spectra are left
+        A validation share (``train_config.val_fraction``, drawn from its
+        ``validation_seed``) is held out, and recorded with the stars fitted on; the standardisation is fitted on the rest. Partial spectra are left
         out (and counted): the model fills their holes when it encodes them.
 
         Args:
@@ -122,9 +124,13 @@ class SVAE:
             raise SpectraError(f"{source}: {n} stars leave no validation star at val_fraction "
                                f"{tc.val_fraction} (the validation loss would be NaN); give "
                                f"at least {int(np.ceil(1 / tc.val_fraction))} stars")
-        self.training_source_ids = training_stars_record(spectra.source_id)
-        perm = np.random.default_rng(tc.seed).permutation(n)
+        perm = np.random.default_rng(tc.validation_seed).permutation(n)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
+        # held out: the validation share and, learning labels, a pseudo-label table's
+        # calibration stars (xpsvae.labels.pseudo), whose labels the label term leaves out
+        self.training_source_ids, self.held_out_source_ids = training_stars_record(
+            spectra.source_id, np.isin(np.arange(n), val_idx)
+            | calibration_stars(spectra.labels if labels else None, source, n))
         rank, world = distributed_rank_world()
         data_description = {"source": spectra.accounting.source if spectra.accounting else None,
                             "n_stars": n, "n_train": len(train_idx), "n_val": n_val,
@@ -199,7 +205,7 @@ class SVAE:
             raise ValueError("a model with labels learns them from a table in memory "
                              "(fit, xpsvae train TABLE --labels), not from a store")
         stream.standardizer = self.standardizer  # a resumed run's saved statistics
-        self.training_source_ids = training_stars_record(
+        self.training_source_ids, self.held_out_source_ids = training_stars_record(
             store_source_ids(store, MAX_RECORDED_STARS))
         trainer = Trainer(self.network, tc, out_dir=out_dir, progress=progress)
         if not resident:
@@ -469,7 +475,7 @@ class SVAE:
         self._write_config(directory)
         write_weights(directory, self.network.state_dict())
         if self.training_source_ids is not None:
-            write_training_stars(directory, self.training_source_ids)
+            write_training_stars(directory, self.training_source_ids, self.held_out_source_ids)
         write_history(directory, self.history, keep=True)
 
     @classmethod
@@ -493,6 +499,6 @@ class SVAE:
         model.network = ScatterVAE(config)
         model.network.load_state_dict(read_weights(directory, model.network.state_dict()))
         model.network.eval()
-        model.training_source_ids = read_training_stars(directory)
+        model.training_source_ids, model.held_out_source_ids = read_training_stars(directory)
         model.history = read_history(directory)
         return model

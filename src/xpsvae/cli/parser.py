@@ -9,7 +9,7 @@ from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, RECIPES, SCATT
 #: TrainConfig fields settable from the command line (flag name = field name with dashes).
 TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
                  "weight_decay": float, "momentum": float, "lr_decay": float,
-                 "loss_form": str, "seed": int, "val_fraction": float, "device": str,
+                 "loss_form": str, "seed": int, "split_seed": int, "val_fraction": float, "device": str,
                  "grad_clip": float, "spike_clip": float, "threads": int, "calibrate_epochs": int,
                  "lr_scaling": str, "lr_reference_batch": int, "mask_fraction": float,
                  "label_weight": float}
@@ -53,6 +53,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss-form", choices=LOSS_FORMS,
                    help="paper: the means of the paper's eqs 1-5 (KL weighed N/n_Z); elbo: sums")
     g.add_argument("--seed", type=int)
+    g.add_argument("--split-seed", type=int,
+                   help="seed of the validation split alone (default: --seed); sVAEs of several "
+                        "seeds with one --split-seed hold out the same stars (docs/labels.md)")
     g.add_argument("--val-fraction", type=float)
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on GPU")

@@ -327,14 +327,16 @@ class LabelHead:
         self.interval_scale = np.median(self.interval(mean), axis=0)
         return self
 
-    def validation(self, n: int, surveyed: Optional[np.ndarray] = None) -> np.ndarray:
-        """Which of the ``n`` stars given to :meth:`fit` it holds out (bool): the
-        validation share of those ``surveyed`` (all, where None), drawn from the seed."""
+    def validation(self, n: int, surveyed: Optional[np.ndarray] = None,
+                   count: Optional[int] = None) -> np.ndarray:
+        """Which of the ``n`` stars given to :meth:`fit` it holds out (bool): ``count`` stars
+        (default: the validation share of the pool) drawn from the seed among those
+        ``surveyed`` (all, where None); all of them where they are fewer."""
         val = np.zeros(n, dtype=bool)
         pool = np.arange(n) if surveyed is None else np.flatnonzero(surveyed)
         c = self.config
-        val[np.random.default_rng(c.seed).permutation(pool)[:int(c.val_fraction * len(pool))]] \
-            = True
+        count = int(c.val_fraction * len(pool)) if count is None else count
+        val[np.random.default_rng(c.seed).permutation(pool)[:count]] = True
         return val
 
     # ------------------------------------------------------------------ predicting

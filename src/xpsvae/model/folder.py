@@ -37,6 +37,8 @@ FORMAT_VERSION = 1
 #: The most training stars recorded by their source_id (8 bytes each: 40 MB). A model
 #: fitted on more records their count alone.
 MAX_RECORDED_STARS = 5_000_000
+#: training_stars.safetensors' array of the stars held out (folders from before: none)
+_HELD_OUT = "held_out_source_id"
 
 
 def check_resumable(directory: str, train_config, data_description: dict,
@@ -144,28 +146,46 @@ def read_weights(directory: str, expected: Dict[str, torch.Tensor]) -> Dict[str,
     return weights
 
 
-def training_stars_record(source_id: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """The sorted, unique source_ids to record for a fit on ``source_id``; None when there
-    are none to record (no ids given, or more than :data:`MAX_RECORDED_STARS`)."""
+def training_stars_record(source_id: Optional[np.ndarray], held_out: Optional[np.ndarray] = None
+                          ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The sorted, unique source_ids to record for a fit on ``source_id``, and of those the
+    ones its validation share held out (``held_out``, bool per star; None: not known): a
+    Gaia source with a copy among the training stars is not held out. (None, None) when
+    there are none to record (no ids given, or more than :data:`MAX_RECORDED_STARS`)."""
     if source_id is None or len(source_id) > MAX_RECORDED_STARS:
-        return None
-    return np.unique(np.asarray(source_id, dtype=np.int64))
+        return None, None
+    ids = np.asarray(source_id, dtype=np.int64)
+    if held_out is None:
+        return np.unique(ids), None
+    held_out = np.asarray(held_out, dtype=bool)
+    return np.unique(ids), np.setdiff1d(ids[held_out], ids[~held_out])
 
 
-def write_training_stars(directory: str, source_id: np.ndarray) -> None:
-    """``training_stars.safetensors``, written atomically."""
+def write_training_stars(directory: str, source_id: np.ndarray,
+                         held_out: Optional[np.ndarray] = None) -> None:
+    """``training_stars.safetensors``, written atomically: the stars' source_ids, and those
+    held out for validation where known."""
+    arrays = {"source_id": np.ascontiguousarray(source_id, dtype=np.int64)}
+    if held_out is not None:
+        arrays[_HELD_OUT] = np.ascontiguousarray(held_out, dtype=np.int64)
     with atomic_path(os.path.join(directory, TRAINING_STARS_FILE)) as tmp:
-        save_numpy({"source_id": np.ascontiguousarray(source_id, dtype=np.int64)}, tmp)
+        save_numpy(arrays, tmp)
 
 
-def read_training_stars(directory: str) -> Optional[np.ndarray]:
-    """The recorded training stars' sorted source_ids, or None where the folder has none."""
+def read_training_stars(directory: str) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The recorded training stars' sorted source_ids and, of those, the ones held out for
+    validation: None for either where the folder does not record it."""
     path = os.path.join(directory, TRAINING_STARS_FILE)
     if not os.path.exists(path):
-        return None
+        return None, None
     try:
-        return load_numpy(path)["source_id"]
+        arrays = load_numpy(path)
+        ids, held_out = arrays["source_id"], arrays.get(_HELD_OUT)
     except (SafetensorError, KeyError, OSError) as exc:
         raise ModelFileError(f"{path}: not a readable record of the training stars ({exc}); "
                              "copy the model folder whole, or delete this file (evaluations "
                              "then cannot tell which stars it was trained on)") from None
+    if held_out is not None and not np.isin(held_out, ids).all():
+        raise ModelFileError(f"{path}: {_HELD_OUT} holds stars that source_id does not; copy "
+                             "the model folder whole, or delete this file")
+    return ids, held_out

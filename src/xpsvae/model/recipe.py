@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 from ..core.constants import LOSS_FORMS, RECIPES
 
@@ -28,7 +29,13 @@ class TrainConfig:
         warmup_fraction: share of the steps over which AdamW's rate ramps up.
         min_lr_fraction: AdamW's final rate as a share of ``lr``.
         loss_form: ``paper`` (the means of the paper's eqs 1-5) or ``elbo`` (sums).
-        seed: seeds weights, the validation split, shuffling and latent noise.
+        seed: seeds weights, shuffling, latent noise and (without ``split_seed``) the
+            validation split.
+        split_seed: seeds the validation split of a table apart from ``seed`` (None:
+            ``seed``). sVAEs of several seeds with one ``split_seed`` hold out the same
+            stars, so that label models on them calibrate on stars none of them learnt
+            (docs/labels.md, "Several sVAEs together"). A store's split is set by each
+            star's source_id, whatever the seed.
         val_fraction: share of the given stars held out for validation.
         device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto``.
         amp: bfloat16 autocast on GPU (ignored on CPU).
@@ -93,6 +100,7 @@ class TrainConfig:
     min_lr_fraction: float = 0.01
     loss_form: str = "elbo"
     seed: int = 0
+    split_seed: Optional[int] = None
     val_fraction: float = 0.1
     device: str = "auto"
     amp: bool = False
@@ -133,6 +141,13 @@ class TrainConfig:
             raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.split_seed is not None and not self.split_seed >= 0:
+            raise ValueError(f"split_seed must be >= 0 (or None: the seed), got {self.split_seed}")
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed of a table's validation split: ``split_seed``, or ``seed`` without it."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def scaled_lr(self) -> float:

@@ -14,7 +14,7 @@ on labels the sVAE had learnt, that model's sigma would come out too narrow.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,14 @@ def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarra
     return y, y_err
 
 
+def calibration_stars(table: Optional[pd.DataFrame], source: str, n: int = 0) -> np.ndarray:
+    """(rows,) bool: the stars whose labels the label term leaves out, those marked in a
+    ``label_calibration`` column (none without one; ``n`` rows where there is no table)."""
+    if table is None or CALIBRATION_COLUMN not in table:
+        return np.zeros(n if table is None else len(table), dtype=bool)
+    return true_or_false(table, CALIBRATION_COLUMN, source)
+
+
 def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
                   source: str, all_rows: np.ndarray, min_stars: int = 10
                   ) -> Tuple[Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -76,8 +84,7 @@ def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
         missing = [name for name in labels if table is None or name not in table]
         raise SpectraError(f"{source}: no label column {missing[0]!r} to train with; "
                            f"columns present: {present}")
-    held = true_or_false(table, CALIBRATION_COLUMN, source) if CALIBRATION_COLUMN in table \
-        else np.zeros(len(table), dtype=bool)
+    held = calibration_stars(table, source)
     every, _ = label_columns(table.iloc[all_rows], labels)
     every[held[all_rows]] = np.nan  # the calibration stars' labels: held out (above)
     counts = np.isfinite(every).sum(axis=0)
