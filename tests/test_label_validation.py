@@ -15,7 +15,7 @@ from xpsvae import SVAE, ModelFileError, TrainConfig
 from xpsvae.cli import main
 from xpsvae.core.files import TRAINING_STARS_FILE
 from xpsvae.labels import LabelHeadConfig, LabelModel
-from xpsvae.labels.head import apart_from_training
+from xpsvae.labels.validation import apart_from_training
 
 from .conftest import labelled_table
 
@@ -53,7 +53,9 @@ def test_an_svae_records_the_stars_it_held_out_and_reads_them_back(joint, small_
     np.testing.assert_array_equal(back.held_out_source_ids, joint.held_out_source_ids)
     np.testing.assert_array_equal(back.training_source_ids, joint.training_source_ids)
     # a model from before the record reads back without it
-    assert SVAE.pretrained().held_out_source_ids is None
+    save_numpy({"source_id": joint.training_source_ids},
+               str(tmp_path / "m" / TRAINING_STARS_FILE))
+    assert SVAE.load(str(tmp_path / "m")).held_out_source_ids is None
     # a record whose held-out stars are not among its stars is refused by name
     save_numpy({"source_id": joint.training_source_ids[:10],
                 "held_out_source_id": joint.held_out_source_ids[-3:]},
@@ -61,6 +63,16 @@ def test_an_svae_records_the_stars_it_held_out_and_reads_them_back(joint, small_
     with pytest.raises(ModelFileError, match=f"{TRAINING_STARS_FILE}: held_out_source_id "
                                              "holds stars that source_id does not"):
         SVAE.load(str(tmp_path / "m"))
+
+
+def test_the_shipped_label_model_calibrated_on_the_stars_the_shipped_svae_held_out():
+    """Two records made apart agree: the shipped sVAE's held-out stars and the shipped
+    label model's validation stars (its head drew them by its own seed)."""
+    svae, labels = SVAE.pretrained(), LabelModel.pretrained()
+    ids, val = labels.fitted
+    assert svae.held_out_source_ids is not None
+    np.testing.assert_array_equal(np.unique(ids[val]), svae.held_out_source_ids)
+    np.testing.assert_array_equal(labels.svae.held_out_source_ids, svae.held_out_source_ids)
 
 
 def test_a_split_seed_holds_out_the_same_stars_for_every_seed(small_library):
@@ -103,8 +115,8 @@ def test_a_table_of_stars_whose_labels_the_svae_learnt_is_warned_of(joint, small
     """Only learnt stars: the sigma can only be calibrated on them, and the user is told
     so and what to do. label_calibration stars the sVAE learnt train the head instead."""
     learnt = small_library.subset(np.flatnonzero(~_held_out(joint, small_library)))
-    with pytest.warns(UserWarning, match="the sVAE learnt the labels of all but 0 of its "
-                                         "600 labelled stars"):
+    with pytest.warns(UserWarning, match="the sVAE learnt the labels of all but 0 of the "
+                                         "table's 600 labelled stars"):
         LabelModel.fit(joint, learnt.subset(np.arange(600)), config=QUICK, holes=False)
     table = small_library.subset(np.arange(1000))
     marked = np.zeros(len(table), dtype=bool)
@@ -125,7 +137,7 @@ def test_a_table_of_stars_whose_labels_the_svae_learnt_is_warned_of(joint, small
     np.testing.assert_array_equal(model.fitted[1], apart_from_training(marked, table.source_id))
 
 
-def test_the_train_command_takes_a_split_seed(small_library, tmp_path):
+def test_the_train_command_takes_a_split_seed(small_library, tmp_path, capsys):
     table = labelled_table(small_library.subset(np.arange(600)), tmp_path / "t.parquet")
     out = str(tmp_path / "model")
     with warnings.catch_warnings():
@@ -135,3 +147,5 @@ def test_the_train_command_takes_a_split_seed(small_library, tmp_path):
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["training"]["seed"] == 3 and config["training"]["split_seed"] == 7
     assert SVAE.load(out).held_out_source_ids is not None
+    assert main(["info", out]) == 0
+    assert "seed 3, split_seed 7" in capsys.readouterr().out

@@ -145,6 +145,9 @@ def shipped_model_differences(directory: str = BUILTIN_MODEL_DIR) -> list:
     recorded = model.training_source_ids
     if recorded is None or not np.array_equal(recorded, np.unique(library.source_id)):
         differences.append("its recorded training stars are not the library's stars")
+    if model.held_out_source_ids is None:
+        differences.append("it does not record which stars it held out (trained before it "
+                           "did): a label model on it cannot tell which stars' labels it learnt")
     if data.get("source") != LIBRARY_NAME:
         differences.append(f"data {data.get('source')!r}, not {LIBRARY_NAME!r}")
     if model.info.get("kind") != library.kind or \

@@ -91,8 +91,9 @@ class SVAE:
         """Fit standardisation and network on the given (training) stars.
 
         A validation share (``train_config.val_fraction``, drawn from its
-        ``validation_seed``) is held out, and recorded with the stars fitted on; the standardisation is fitted on the rest. Partial spectra are left
-        out (and counted): the model fills their holes when it encodes them.
+        ``validation_seed``) is held out, and recorded with the stars fitted on; the
+        standardisation is fitted on the rest. Partial spectra are left out (and
+        counted): the model fills their holes when it encodes them.
 
         Args:
             spectra: a :class:`SpectraSet`, or an array (n_stars, n_inputs)

@@ -155,7 +155,7 @@ def _model(path: str) -> dict:
            "normalisation": info.get("normalisation"),
            "recipe": {k: training.get(k) for k in (
                "optimizer", "lr", "batch_size", "epochs", "calibrate_epochs", "loss_form",
-               "seed", "spike_clip") if k in training},
+               "seed", "split_seed", "spike_clip") if training.get(k) is not None},
            "label_weight": training.get("label_weight"),
            "data": info.get("data", {})}
     history = _history(os.path.join(path, HISTORY_NAME))

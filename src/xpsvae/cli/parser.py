@@ -9,8 +9,9 @@ from ..core.constants import ACTIVATION_NAMES, LOSS_FORMS, NORMS, RECIPES, SCATT
 #: TrainConfig fields settable from the command line (flag name = field name with dashes).
 TRAIN_OPTIONS = {"optimizer": str, "lr": float, "batch_size": int, "epochs": int,
                  "weight_decay": float, "momentum": float, "lr_decay": float,
-                 "loss_form": str, "seed": int, "split_seed": int, "val_fraction": float, "device": str,
-                 "grad_clip": float, "spike_clip": float, "threads": int, "calibrate_epochs": int,
+                 "loss_form": str, "seed": int, "split_seed": int, "val_fraction": float,
+                 "device": str, "grad_clip": float, "spike_clip": float, "threads": int,
+                 "calibrate_epochs": int,
                  "lr_scaling": str, "lr_reference_batch": int, "mask_fraction": float,
                  "label_weight": float}
 
@@ -245,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--no-high-alpha", dest="high_alpha", action="store_false",
                     help="no high_alpha_prob: the head does not learn the high/low-alpha class "
                          "(learnt by default where the labels include fe_h and alpha_m)")
-    lf.add_argument("--seed", type=int, default=0)
+    lf.add_argument("--seed", type=int, default=0,
+                    help="the heads' seed; the validation share is drawn from it among the "
+                         "stars whose labels the sVAE did not learn (on the sVAE's own table: "
+                         "the stars it held out, whatever the seed)")
     lf.add_argument("--threads", type=int, default=0)
     lf.add_argument("--out", required=True, help="label model directory")
     lf.add_argument("--device", default="cpu", help="where the sVAE runs")

@@ -50,6 +50,7 @@ from .calibration import IntervalScale, SigmaScale, residuals, within_interval
 from .classes import HIGH_ALPHA_COLUMN
 from .model import EXTRAPOLATED, LabelModel
 from .pseudo import surveyed
+from .validation import learnt_by
 
 #: ``format`` in the file that makes a folder a label ensemble.
 ENSEMBLE_FORMAT = "xpsvae label ensemble"
@@ -139,9 +140,11 @@ class LabelEnsemble:
         """Fit sigma's factor and the interval's k for the ensemble (module docstring) on
         the stars of ``spectra`` with a survey label (not a pseudo-label) that no member
         trained on: those a member was fitted on count only if it held them out to
-        calibrate. Members fitted with one ``seed`` of :class:`LabelHeadConfig` (``xpsvae
-        labels fit --seed``) on one table hold out the same stars; other labelled stars
-        that none of them saw serve as well. Returns what it was fitted on and, per
+        calibrate, and none whose labels a member's sVAE learnt
+        (:func:`~xpsvae.labels.validation.learnt_by`). Members fitted on one table, on
+        sVAEs trained on it with one ``split_seed``, hold out the same stars (on sVAEs
+        that learnt no labels: with one ``seed`` of :class:`LabelHeadConfig`); other
+        labelled stars that none of them saw serve as well. Returns what it was fitted on and, per
         label on those stars, std z and the share in the interval before and after."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         table = spectra.labels if spectra.labels is not None else pd.DataFrame(index=range(0))
@@ -161,15 +164,17 @@ class LabelEnsemble:
                           stacklevel=2)
         trained_by_any = np.zeros(len(y), dtype=bool)
         for name, member in zip(self.names, self.members):
+            learnt = learnt_by(member.svae, spectra)  # by its sVAE (None: not recorded)
+            trained = np.zeros(len(y), dtype=bool) if learnt is None else learnt
             if member.fitted is None:
                 warnings.warn(f"{name} does not record which stars it was fitted on (a "
                               f"label model from before): calibrate on stars it never saw",
                               stacklevel=2)
-                continue
-            ids, held_out = member.fitted
-            trained = usable & np.isin(spectra.source_id, ids[~held_out])
-            info["trained_on"][name] = int(trained.sum())
-            trained_by_any |= trained
+            else:
+                ids, held_out = member.fitted
+                trained = trained | np.isin(spectra.source_id, ids[~held_out])
+            info["trained_on"][name] = int((usable & trained).sum())
+            trained_by_any |= usable & trained
         usable &= ~trained_by_any
         counts = np.isfinite(y[usable]).sum(axis=0)
         if counts.min() < MIN_CALIBRATION_STARS:
@@ -177,9 +182,9 @@ class LabelEnsemble:
             raise SpectraError(
                 f"{source}: {int(counts.min())} stars with {short} that no member trained on; "
                 f"calibrating the ensemble takes {MIN_CALIBRATION_STARS} (set aside as a "
-                f"member's training stars: {info['trained_on']}). Members fitted on one "
-                "table with one --seed of labels fit hold out the same stars; or give "
-                "labelled stars none of them was fitted on")
+                f"member's training stars, or its sVAE's: {info['trained_on']}). Label "
+                "models fitted on one table, on sVAEs trained on it with one --split-seed, "
+                "hold out the same stars; or give labelled stars none of them learnt")
         before = self._mixture(spectra.subset(np.flatnonzero(usable)), device)
         calibration = EnsembleCalibration.fit(before, self.labels, y[usable], y_err[usable],
                                               self.columns())

@@ -120,15 +120,6 @@ class LabelHeadConfig:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
 
 
-def apart_from_training(held_out: np.ndarray, source_id: np.ndarray) -> np.ndarray:
-    """``held_out`` (bool, one per star) less the stars whose ``source_id`` a star not held
-    out shares: a Gaia source under two survey entries has one spectrum and labels alike,
-    so with one copy training the other is not held out (the APOGEE library holds 325
-    sources twice; 50 of the demo's 3,620 validation stars were such)."""
-    held_out = np.asarray(held_out, dtype=bool)
-    return held_out & ~np.isin(source_id, source_id[~held_out])
-
-
 def _loss(out: torch.Tensor, y: torch.Tensor, var: torch.Tensor, has: torch.Tensor,
           dof: float = 0.0) -> torch.Tensor:
     """:func:`head_nll` of a member's output (means, then log squared scales)."""

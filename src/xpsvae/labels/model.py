@@ -52,9 +52,10 @@ from .classes import (
     high_alpha,
 )
 from .features import noise_features, side_columns, svae_features
-from .head import LabelHead, LabelHeadConfig, apart_from_training
+from .head import LabelHead, LabelHeadConfig
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 from .pseudo import calibration, surveyed
+from .validation import learnt_by, validation_share
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
 DEFAULT_LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -154,8 +155,8 @@ class LabelModel:
                               f"[alpha/M]; the classifier needs {MIN_CLASS_STARS} of each",
                               stacklevel=2)
         head = LabelHead(config)
-        val = _validation_share(head, stars, survey, None if calibrating is None
-                                else calibrating[labelled], _learnt(svae, stars), source)
+        val = validation_share(head, stars, survey, None if calibrating is None
+                               else calibrating[labelled], learnt_by(svae, stars), source)
         head.fit(features, y[labelled], y_err[labelled], classes, val)
         # the flag says "unlike the stars a survey labelled": pseudo-labels do not widen it
         ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))
@@ -354,48 +355,6 @@ def _ranges_from_json(ranges: object, labels: Sequence[str], path: str
                                      f"[min, max]; got {other!r}: {bounds!r}{fix}")
     return {name: {other: [float(b) for b in bounds] for other, bounds in entry.items()}
             for name, entry in ranges.items()}
-
-
-def _learnt(svae: SVAE, stars: SpectraSet) -> Optional[np.ndarray]:
-    """Per star, whether ``svae`` learnt its labels (trained with labels, on it, not held
-    out); None where the sVAE does not record which stars it held out (trained before it
-    did, or the table has no source_id)."""
-    if not svae.config.labels or not svae.train_config.label_weight > 0:
-        return np.zeros(len(stars), dtype=bool)
-    if svae.held_out_source_ids is None or stars.source_id is None:
-        return None
-    return np.isin(stars.source_id, svae.training_source_ids) \
-        & ~np.isin(stars.source_id, svae.held_out_source_ids)
-
-
-def _validation_share(head: LabelHead, stars: SpectraSet, survey: np.ndarray,
-                      calibrating: Optional[np.ndarray], learnt: Optional[np.ndarray],
-                      source: str) -> np.ndarray:
-    """The stars the head holds out to calibrate its sigma (bool per star): the
-    ``label_calibration`` stars where given, else the head's validation share of the
-    stars a survey labelled; never a star whose labels the sVAE learnt (``learnt``), so
-    that the share is the sVAE's own validation share where the table is the sVAE's, or
-    a star whose Gaia source a training star shares."""
-    if learnt is None or not learnt.any():
-        val = head.validation(len(stars), None if survey.all() else survey) \
-            if calibrating is None else calibrating
-        return apart_from_training(val, stars.source_id)
-    if calibrating is not None:
-        if (calibrating & learnt).any():
-            warnings.warn(f"{source}: {int((calibrating & learnt).sum())} of the "
-                          f"{int(calibrating.sum())} label_calibration stars train the head "
-                          "instead: the sVAE learnt their labels", stacklevel=3)
-        return apart_from_training(calibrating & ~learnt, stars.source_id)
-    wanted, pool = int(head.config.val_fraction * survey.sum()), survey & ~learnt
-    if pool.sum() < wanted / 2:
-        warnings.warn(f"{source}: the sVAE learnt the labels of all but {int(pool.sum())} of "
-                      f"its {int(survey.sum())} labelled stars, and the label model's sigma is "
-                      f"calibrated on {'them' if pool.any() else 'stars it learnt'}, where "
-                      f"{wanted} were wanted; fit it on a table with stars the sVAE did not "
-                      "train on (or train the sVAE with a --val-fraction)", stacklevel=3)
-    if not pool.any():
-        return apart_from_training(head.validation(len(stars), survey), stars.source_id)
-    return apart_from_training(head.validation(len(stars), pool, wanted), stars.source_id)
 
 
 def _ood_thresholds(svae: SVAE, stars: SpectraSet, device: str) -> Dict[str, object]:

@@ -51,7 +51,8 @@ from ..io.spectra import SpectraSet
 from ..model.preprocess import Standardizer
 from ..model.supervision import CALIBRATION_COLUMN, label_columns, true_or_false
 from .features import side_columns
-from .head import LabelHead, LabelHeadConfig, apart_from_training
+from .head import LabelHead, LabelHeadConfig
+from .validation import apart_from_training
 
 #: Suffix of the bool column that marks a label as the teacher's, not the survey's.
 PSEUDO_SUFFIX = "_pseudo"
@@ -163,7 +164,7 @@ def calibration_stars(spectra: SpectraSet, labels: Sequence[str],
                       config: LabelHeadConfig) -> np.ndarray:
     """(n,) bool: ``config.val_fraction`` of the complete stars that have every label,
     drawn from ``config.seed``, less any whose Gaia source another star shares
-    (:func:`~xpsvae.labels.head.apart_from_training`): survey labels that only calibrate
+    (:func:`~xpsvae.labels.validation.apart_from_training`): survey labels that only calibrate
     (module docstring)."""
     y, _ = _labels(spectra, labels, _source(spectra))
     drawn = LabelHead(config).validation(len(spectra),

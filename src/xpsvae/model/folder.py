@@ -149,8 +149,9 @@ def read_weights(directory: str, expected: Dict[str, torch.Tensor]) -> Dict[str,
 def training_stars_record(source_id: Optional[np.ndarray], held_out: Optional[np.ndarray] = None
                           ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """The sorted, unique source_ids to record for a fit on ``source_id``, and of those the
-    ones its validation share held out (``held_out``, bool per star; None: not known): a
-    Gaia source with a copy among the training stars is not held out. (None, None) when
+    ones it held out (``held_out``, bool per star: its validation share and any stars whose
+    labels it did not learn; None: not known): a Gaia source with a copy among the
+    training stars is not held out. (None, None) when
     there are none to record (no ids given, or more than :data:`MAX_RECORDED_STARS`)."""
     if source_id is None or len(source_id) > MAX_RECORDED_STARS:
         return None, None
