@@ -36,8 +36,11 @@ def _tables(out):
 def test_local_cluster_equals_single_process_row_for_row(tmp_path, store_and_model):
     store, model_dir = store_and_model
     one = encode_store(model_dir, store, str(tmp_path / "one"), progress=False)
+    environ = dict(os.environ)
     two = encode_store(model_dir, store, str(tmp_path / "two"), scheduler="local", workers=2,
                        progress=False)
+    # the cluster's one-thread settings for its workers do not stay in this process
+    assert dict(os.environ) == environ
     assert one["complete"] and two["complete"] and one["rows"] == two["rows"] > 1900
     a, b = _tables(str(tmp_path / "one")), _tables(str(tmp_path / "two"))
     assert list(a) == list(b) and len(a) == 4
@@ -70,9 +73,14 @@ def test_remote_scheduler_address(tmp_path, store_and_model):
     from dask.distributed import LocalCluster
     store, model_dir = store_and_model
     encode_store(model_dir, store, str(tmp_path / "here"), progress=False)
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
-        encode_store(model_dir, store, str(tmp_path / "there"),
-                     scheduler=cluster.scheduler_address, progress=False)
+    environ = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+            encode_store(model_dir, store, str(tmp_path / "there"),
+                         scheduler=cluster.scheduler_address, progress=False)
+    finally:  # Dask leaves one-thread settings for its workers in this process's environment
+        os.environ.clear()
+        os.environ.update(environ)
     a, b = _tables(str(tmp_path / "here")), _tables(str(tmp_path / "there"))
     assert all(a[n].equals(b[n]) for n in a)
 

@@ -255,6 +255,10 @@ def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], worker
         return [encode_shard(model_dir, s, o, labels_dir)
                 for s, o in tqdm(todo, desc="encode", unit="shard", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed  # optional: [dask]
+    # Dask writes OMP/MKL/OPENBLAS_NUM_THREADS=1 into this process's environment for its
+    # workers; put it back after, or every process started later inherits one thread
+    # (a demo lane then rounds otherwise than the same work in this process)
+    environ = dict(os.environ)
     cluster = None
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers or default_encode_workers(len(todo)),
@@ -275,3 +279,5 @@ def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], worker
         client.close()
         if cluster is not None:
             cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)

@@ -116,7 +116,8 @@ class LabelModel:
                 the survey gives errors (taken as 0 where absent). Labels marked in
                 ``<label>_pseudo`` columns (:func:`xpsvae.labels.pseudo.pseudo_labels`)
                 only train; the validation share is its ``label_calibration`` stars,
-                or, without that column, drawn from the other stars.
+                or, without that column, drawn from the other stars; never a star whose
+                labels the sVAE learnt (:mod:`xpsvae.labels.validation`).
             labels: label columns to learn.
             side: optional side columns (``j-h``: a difference of two columns).
             config: the head's recipe.

@@ -68,9 +68,9 @@ def validation_share(head: LabelHead, stars: SpectraSet, survey: np.ndarray,
     wanted, pool = int(head.config.val_fraction * survey.sum()), survey & ~learnt
     if pool.sum() < wanted / 2:
         warnings.warn(f"{source}: the sVAE learnt the labels of all but {int(pool.sum())} of "
-                      f"the table's {int(survey.sum())} labelled stars, and the label model's sigma is "
-                      f"calibrated on {'them' if pool.any() else 'stars it learnt'}, where "
-                      f"{wanted} were wanted; fit it on a table with stars the sVAE did not "
+                      f"the table's {int(survey.sum())} labelled stars, and the label model's "
+                      f"sigma is calibrated on {'them' if pool.any() else 'stars it learnt'}, "
+                      f"where {wanted} were wanted; fit it on a table with stars the sVAE did not "
                       "train on (or train the sVAE with a --val-fraction)", stacklevel=3)
     if not pool.any():
         return apart_from_training(head.validation(len(stars), survey), stars.source_id)
