@@ -44,7 +44,7 @@ from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.runtime import distributed_rank_world, resolve_device
 from .model.stream import StoreStream, refuse_a_part_too_large
-from .model.supervision import calibration_stars, label_targets
+from .model.supervision import calibration_marks, label_targets
 from .model.trainer import Trainer
 
 #: Training options that may change when a run is resumed.
@@ -129,9 +129,10 @@ class SVAE:
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         # held out: the validation share and, learning labels, a pseudo-label table's
         # calibration stars (xpsvae.labels.pseudo), whose labels the label term leaves out
+        held_out = np.isin(np.arange(n), val_idx)
+        marked = calibration_marks(spectra.labels, source) if labels else None
         self.training_source_ids, self.held_out_source_ids = training_stars_record(
-            spectra.source_id, np.isin(np.arange(n), val_idx)
-            | calibration_stars(spectra.labels if labels else None, source, n))
+            spectra.source_id, held_out if marked is None else held_out | marked)
         rank, world = distributed_rank_world()
         data_description = {"source": spectra.accounting.source if spectra.accounting else None,
                             "n_stars": n, "n_train": len(train_idx), "n_val": n_val,

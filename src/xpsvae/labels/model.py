@@ -41,7 +41,7 @@ from ..core.files import LABEL_HEAD_CONFIG as HEAD_CONFIG
 from ..core.files import LABEL_HEAD_WEIGHTS as HEAD_WEIGHTS
 from ..core.files import LABEL_SVAE_FOLDER as SVAE_FOLDER
 from ..io.spectra import SpectraSet
-from ..model.supervision import label_columns
+from ..model.supervision import calibration_marks, label_columns
 from ..svae import SVAE
 from .classes import (
     HIGH_ALPHA_BOUNDARY,
@@ -54,7 +54,7 @@ from .classes import (
 from .features import noise_features, side_columns, svae_features
 from .head import LabelHead, LabelHeadConfig
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
-from .pseudo import calibration, surveyed
+from .pseudo import surveyed
 from .validation import learnt_by, validation_share
 
 #: The labels the embedded APOGEE library holds, each with ``<label>_err``.
@@ -140,7 +140,7 @@ class LabelModel:
         stars = spectra.subset(np.flatnonzero(labelled))
         # pseudo-labels (xpsvae.labels.pseudo) train; survey labels alone calibrate
         survey = surveyed(table, labels, len(table), source)[labelled]
-        calibrating = calibration(table, source)
+        calibrating = calibration_marks(table, source)
         features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
         classes = None

@@ -229,15 +229,6 @@ def with_labels(spectra: SpectraSet, labels: pd.DataFrame, source: str) -> Spect
     return replace(spectra, labels=table)
 
 
-def calibration(table: Optional[pd.DataFrame], source: str = "the table"
-                ) -> Optional[np.ndarray]:
-    """(n,) bool: the calibration stars of a table :func:`pseudo_labels` made (None: the
-    table has no ``label_calibration`` column)."""
-    if table is None or CALIBRATION_COLUMN not in table:
-        return None
-    return true_or_false(table, CALIBRATION_COLUMN, source)
-
-
 def surveyed(table: Optional[pd.DataFrame], labels: Sequence[str], n: int,
              source: str = "the table") -> np.ndarray:
     """(n,) bool: the stars none of whose ``labels`` is a pseudo-label (all, where the table

@@ -151,8 +151,8 @@ def training_stars_record(source_id: Optional[np.ndarray], held_out: Optional[np
     """The sorted, unique source_ids to record for a fit on ``source_id``, and of those the
     ones it held out (``held_out``, bool per star: its validation share and any stars whose
     labels it did not learn; None: not known): a Gaia source with a copy among the
-    training stars is not held out. (None, None) when
-    there are none to record (no ids given, or more than :data:`MAX_RECORDED_STARS`)."""
+    training stars is not held out. (None, None) when there are none to record (no ids
+    given, or more than :data:`MAX_RECORDED_STARS`)."""
     if source_id is None or len(source_id) > MAX_RECORDED_STARS:
         return None, None
     ids = np.asarray(source_id, dtype=np.int64)

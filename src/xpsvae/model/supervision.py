@@ -54,11 +54,13 @@ def label_columns(table: pd.DataFrame, labels: Sequence[str]) -> Tuple[np.ndarra
     return y, y_err
 
 
-def calibration_stars(table: Optional[pd.DataFrame], source: str, n: int = 0) -> np.ndarray:
-    """(rows,) bool: the stars whose labels the label term leaves out, those marked in a
-    ``label_calibration`` column (none without one; ``n`` rows where there is no table)."""
+def calibration_marks(table: Optional[pd.DataFrame], source: str = "the table"
+                      ) -> Optional[np.ndarray]:
+    """(rows,) bool: the calibration stars a ``label_calibration`` column marks (a table of
+    :func:`xpsvae.labels.pseudo.pseudo_labels`), whose labels the label term leaves out
+    and a label model calibrates on; None where the table has no such column."""
     if table is None or CALIBRATION_COLUMN not in table:
-        return np.zeros(n if table is None else len(table), dtype=bool)
+        return None
     return true_or_false(table, CALIBRATION_COLUMN, source)
 
 
@@ -84,7 +86,9 @@ def label_targets(table: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
         missing = [name for name in labels if table is None or name not in table]
         raise SpectraError(f"{source}: no label column {missing[0]!r} to train with; "
                            f"columns present: {present}")
-    held = calibration_stars(table, source)
+    held = calibration_marks(table, source)
+    if held is None:
+        held = np.zeros(len(table), dtype=bool)
     every, _ = label_columns(table.iloc[all_rows], labels)
     every[held[all_rows]] = np.nan  # the calibration stars' labels: held out (above)
     counts = np.isfinite(every).sum(axis=0)
