@@ -828,6 +828,36 @@ def test_the_report_says_which_labels_the_flag_misses_and_why():
     assert flag_line().endswith("Flagged stars have larger |z| (the goal): reached.")
 
 
+def test_the_flag_line_says_when_the_flagged_stars_errors_are_no_larger():
+    """Machine E's demo (2026-12-07): the flagged stars' [alpha/M] errors were smaller than
+    the others' (0.0198 against 0.0235 dex), so "their errors are larger" would be false:
+    the report gives each missed label its own reason, and the share beyond 3 sigma of
+    each group where the metrics have it."""
+    from xpsvae.evaluation.label_report import labels_section
+
+    def cell(z_flagged, z_rest, r_flagged, r_rest, tail=None):
+        out = {"median_abs_z_flagged": z_flagged, "median_abs_z_unflagged": z_rest,
+               "median_abs_residual_flagged": r_flagged,
+               "median_abs_residual_unflagged": r_rest,
+               "std_z_flagged": 1.5, "std_z_unflagged": 1.0}
+        if tail:
+            out.update(share_beyond_3_flagged=tail[0], share_beyond_3_unflagged=tail[1])
+        return out
+
+    block = {"labels": ["teff", "logg", "alpha_m"],
+             "svae_label_model": {n: {"test": {"robust_sigma": 0.1}}
+                                  for n in ("teff", "logg", "alpha_m")},
+             "ood": {"n_flagged": 81, "share_flagged": 0.0201,
+                     "teff": cell(0.40, 0.46, 80.2, 40.6, (0.05, 0.01)),
+                     "logg": cell(0.71, 0.57, 0.19, 0.11, (0.04, 0.01)),
+                     "alpha_m": cell(0.47, 0.51, 0.0198, 0.0235, (0.0625, 0.0125))}}
+    line = [x for x in labels_section(block) if x.startswith("- Out of distribution")][0]
+    assert "is **not reached** for Teff: their errors are larger, but the predicted σ grows " \
+        "more; for [α/M]: the flagged stars' errors are no larger than the others'" in line
+    assert "log g:" not in line.split("**not reached**")[1].split("std z")[0]
+    assert "Beyond 3σ: Teff 5.0% vs 1.0%; log g 4.0% vs 1.0%; [α/M] 6.2% vs 1.2%." in line
+
+
 def test_the_flag_block_gives_each_group_its_std_z():
     """std z of the flagged and the other stars, as label_metrics defines it (np.std of z,
     the survey's error in quadrature), beside the median |z| the goal reads; exact sums of
@@ -845,6 +875,10 @@ def test_the_flag_block_gives_each_group_its_std_z():
     assert teff["std_z_unflagged"] == pytest.approx(np.std([-0.5, 1.0]), rel=1e-12)  # NaN out
     assert teff["median_abs_z_flagged"] == pytest.approx(0.375, rel=1e-12)
     assert teff["median_abs_residual_flagged"] == pytest.approx(150.0, rel=1e-12)
+    # |z| 0, 0.75 flagged and 0.5, 1 not: none beyond 3; the fifth star (NaN) counts nowhere
+    assert teff["share_beyond_3_flagged"] == 0.0 and teff["share_beyond_3_unflagged"] == 0.0
+    predicted.loc[1, "teff"] = 5500.0  # 500 K off at sigma 100 K: |z| 5 among the unflagged
+    assert _ood_block(predicted, truth, ["teff"])["teff"]["share_beyond_3_unflagged"] == 0.5
 
 
 def test_a_placeholder_in_a_side_column_is_warned_of_by_row(library):

@@ -409,7 +409,8 @@ def write_label_figures(fig_dir: str, predicted: pd.DataFrame, truth: pd.DataFra
 
 def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str]) -> dict:
     """How many test stars are flagged, and whether their |z| is larger (it should be), with
-    the std z of each group, which says whether a smaller |z| is a sigma that grew."""
+    the std z of each group, which says whether a smaller |z| is a sigma that grew, and the
+    share of each beyond 3 sigma: whether the flag finds the stars far off their sigma."""
     flagged = predicted["labels_ood"].to_numpy()
     out = {"n_flagged": int(flagged.sum()), "share_flagged": float(flagged.mean())}
     for name in (n for n in labels if n in truth):
@@ -421,7 +422,9 @@ def _ood_block(predicted: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
                      "median_abs_residual_flagged": _or_none(np.median, r[ok & flagged]),
                      "median_abs_residual_unflagged": float(np.median(r[ok & ~flagged])),
                      "std_z_flagged": _or_none(np.std, signed[ok & flagged]),
-                     "std_z_unflagged": float(np.std(signed[ok & ~flagged]))}
+                     "std_z_unflagged": float(np.std(signed[ok & ~flagged])),
+                     "share_beyond_3_flagged": _or_none(np.mean, z[ok & flagged] > 3),
+                     "share_beyond_3_unflagged": float(np.mean(z[ok & ~flagged] > 3))}
     return out
 
 
