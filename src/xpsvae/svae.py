@@ -39,7 +39,7 @@ from .model.folder import (
     write_weights,
 )
 from .model.network import ScatterVAE, SVAEConfig
-from .model.partial import SPREAD_DRAWS, imputation_variance, impute, median_scale
+from .model.partial import SPREAD_DRAWS, imputation_variance, median_scale, run_filled
 from .model.preprocess import Standardizer
 from .model.recipe import TrainConfig
 from .model.runtime import distributed_rank_world, resolve_device
@@ -287,27 +287,10 @@ class SVAE:
                                f"({self.info.get('kind', 'unknown')} inputs)")
         return values
 
-    @torch.no_grad()
     def _run(self, fn: Callable[[torch.Tensor], Tuple[torch.Tensor, ...]], array: np.ndarray,
-             device: str = "cpu", chunk: int = 65536) -> Tuple[np.ndarray, ...]:
-        """Apply ``fn`` to float32 chunks of ``array`` on ``device``; concatenate the outputs.
-
-        A chunk with unmeasured inputs (NaN) reaches ``fn`` with them filled in by the
-        model (:func:`~xpsvae.model.partial.impute`); a complete chunk as it is.
-        """
-        dev = resolve_device(device)
-        # The network stays where it last ran: a catalogue is encoded shard by shard.
-        if next(self.network.parameters()).device != dev:
-            self.network.to(dev)
-        self.network.eval()
-        parts = []
-        for i in range(0, array.shape[0], chunk):
-            t = torch.from_numpy(np.ascontiguousarray(array[i:i + chunk], dtype=np.float32)).to(dev)
-            observed = torch.isfinite(t)
-            if not bool(observed.all()):
-                t = impute(self.network, t, observed)
-            parts.append([o.float().cpu().numpy() for o in fn(t)])
-        return tuple(np.concatenate(p) for p in zip(*parts))
+             device: str = "cpu") -> Tuple[np.ndarray, ...]:
+        """``fn`` of the network's input, chunk by chunk, holes filled (:func:`run_filled`)."""
+        return run_filled(self.network, fn, array, resolve_device(device))
 
     def encode(self, spectra, device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
         """Latent mean and standard deviation per star.

@@ -2,7 +2,8 @@
 
 A spectrum with inputs unmeasured (NaN: a masked sample, a band missing) is
 encoded from a complete one, its holes filled by the model itself
-(:func:`impute`); the likelihood then leaves the filled inputs out
+(:func:`impute`; every pass of the model over stars, :func:`run_filled`, does so);
+the likelihood then leaves the filled inputs out
 (``observed`` in :func:`~xpsvae.model.network.svae_loss`). A model whose
 spectra were divided by their median flux also needs the median of the
 complete spectrum, which a partial one does not show: :func:`median_scale`
@@ -92,6 +93,27 @@ def impute(network: ScatterVAE, x: torch.Tensor, observed: torch.Tensor,
         filled[rows[ran_away]] = best[active[ran_away]]
         active = active[(move >= IMPUTE_TOLERANCE) & ~ran_away]
     return filled
+
+
+@torch.no_grad()
+def run_filled(network: ScatterVAE, fn: Callable[[torch.Tensor], tuple], array: np.ndarray,
+               device: torch.device, chunk: int = 65536) -> tuple:
+    """``fn`` applied to float32 chunks of ``array`` on ``device``, the outputs as arrays
+    joined along the stars. A chunk with unmeasured inputs (NaN) reaches ``fn`` with them
+    filled in by the model (:func:`impute`); a complete chunk as it is. The network stays
+    on ``device`` after: a catalogue is encoded shard by shard."""
+    if next(network.parameters()).device != device:
+        network.to(device)
+    network.eval()
+    parts = []
+    for i in range(0, array.shape[0], chunk):
+        t = torch.from_numpy(np.ascontiguousarray(array[i:i + chunk], dtype=np.float32)
+                             ).to(device)
+        observed = torch.isfinite(t)
+        if not bool(observed.all()):
+            t = impute(network, t, observed)
+        parts.append([o.float().cpu().numpy() for o in fn(t)])
+    return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 def draw_observed(x: torch.Tensor, fraction: float, generator: torch.Generator
