@@ -716,6 +716,42 @@ def test_the_report_says_what_limits_a_calibration_with_heavy_tails():
     assert _tails({**heavy, "coverage_3sigma": 0.996}) == ""  # tails a Gaussian's, near enough
 
 
+def test_std_z_comes_with_how_well_the_stars_pin_it_down():
+    """Gaussian z and the same with one star at |z| 35 (Machine E's demo had one in Teff):
+    the bootstrap interval brackets std z and is the same on a second call (seeded); the
+    star's share of z's variance is exact arithmetic; the outlier widens the interval past
+    the goal's 0.9-1.1 on both sides, as on E's test stars (0.92-1.36)."""
+    from xpsvae.evaluation.labels import std_z_spread
+    z = np.random.default_rng(3).standard_normal(3963)
+    calm = label_metrics(z, np.zeros_like(z), np.ones_like(z))
+    low, high = calm["std_z_interval"]
+    assert low < calm["std_z"] < high and high - low < 0.1  # Gaussian: sd of std z ~ 0.011
+    assert std_z_spread(z) == std_z_spread(z)
+    z[0] = 35.0
+    wild = label_metrics(z, np.zeros_like(z), np.ones_like(z))
+    share = 35.0 ** 2 / np.sum(z ** 2)
+    assert wild["largest_abs_z"] == 35.0
+    assert wild["largest_z_variance_share"] == pytest.approx(share, rel=1e-12)
+    low, high = wild["std_z_interval"]
+    # drawn 0 times (37% of resamples) std z ~1.00; twice or more (26%) 1.27 and up
+    assert low < 1.05 and high > 1.25
+    assert std_z_spread(np.array([1.0])) == {}
+
+
+def test_the_report_says_when_the_test_stars_cannot_pin_std_z_down():
+    from xpsvae.evaluation.label_report import _std_z_spread
+    teff = {"std_z": 1.125, "std_z_interval": [0.92, 1.357], "largest_abs_z": 34.8,
+            "largest_z_variance_share": 0.241}
+    assert _std_z_spread(teff) == (
+        " Over bootstrap resamples of these stars std z spans 0.92–1.36 (90%), and the star "
+        "of largest |z| (34.8) carries 24% of z's variance: these stars cannot tell std z "
+        "from the goal's range.")
+    assert _std_z_spread({**teff, "std_z_interval": [1.15, 1.3]}).endswith(
+        "std z lies outside the goal's range in nearly every resample.")
+    assert _std_z_spread({**teff, "std_z": 1.05}) == ""  # within the goal: nothing to add
+    assert _std_z_spread({"std_z": 1.2}) == ""  # metrics from before the bootstrap
+
+
 def test_the_report_says_what_limits_an_accuracy_goal_not_reached():
     """Each goal missed is told with the same run's figure that limits it; one reached, not."""
     from xpsvae.evaluation.label_report import labels_section
@@ -953,6 +989,10 @@ def test_the_report_says_how_brightness_limits_an_accuracy_goal():
     del block["baselines"]  # xpsvae evaluate: the brightness alone says what limits it
     goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
     assert goals["- [Fe/H]"].endswith("the spectra's signal-to-noise limits it too.")
+    # Machine E's demo: Teff as well known for the faint stars (60.5 K) as the bright (61.1)
+    block["by_magnitude"]["labels"]["fe_h"]["faint"] = cell(0.0850, 1641)
+    goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}
+    assert goals["- [Fe/H]"].endswith("the faint stars' noisier spectra do not set it.")
     del block["by_magnitude"]  # metrics from before: neither
     lines = labels_section(block)
     assert not any("By brightness" in line or "By Gaia G" in line for line in lines)
