@@ -198,6 +198,32 @@ def test_the_shipped_label_model_labels_library_stars(small_library):
     assert np.median(factor[~giant]) > 1.2 * np.median(factor[giant])
 
 
+def test_the_shipped_label_model_flags_a_spectrum_no_star_has(library):
+    """Alien spectra from real parts: a hot star's blue half (below 640 nm, BP's side of the
+    junction) joined to a cool giant's red half, scaled to meet at the join and divided by
+    the median as the library's are. No star looks like that: the flag marks every one of
+    20 such, and none of their 40 real parents, which the shipped model trained on. The
+    margin is wide: the aliens' anomaly scores run from 0.7 to 108, the parents' from -3.7
+    to -2.4, and the flag's cut is -0.26."""
+    from xpsvae.io.spectra import SpectraSet
+    from xpsvae.labels import LabelModel
+    model = LabelModel.pretrained()
+    t = library.labels
+    hot = np.flatnonzero(t["teff"] > 10000)[:20]
+    cool = np.flatnonzero((t["teff"] < 3800) & (t["logg"] < 1.5))[:20]
+    blue = library.wavelength_nm < 640
+    join = np.flatnonzero(~blue)[0]
+    values, errors = library.values[cool].copy(), library.errors[cool].copy()
+    scale = library.values[cool, join] / library.values[hot, join]
+    values[:, blue] = library.values[hot][:, blue] * scale[:, None]
+    errors[:, blue] = library.errors[hot][:, blue] * scale[:, None]
+    median = np.median(values, axis=1, keepdims=True)
+    aliens = SpectraSet(values / median, errors / median, np.arange(20), library.kind,
+                        library.wavelength_nm, None, library.normalisation)
+    assert model.predict(aliens)["labels_ood"].all()
+    assert not model.predict(library.subset(np.concatenate([hot, cool])))["labels_ood"].any()
+
+
 def test_the_label_commands_take_the_shipped_label_model_by_name(calspec_store, tmp_path):
     """`labels predict builtin` (of the store's shard, and of the store folder) and `encode
     builtin --labels builtin` on the CALSPEC archive records: one label table, the same
