@@ -752,6 +752,32 @@ def test_the_report_says_when_the_test_stars_cannot_pin_std_z_down():
     assert _std_z_spread({"std_z": 1.2}) == ""  # metrics from before the bootstrap
 
 
+def test_the_report_says_when_a_robust_sigma_is_within_its_error_of_the_goal():
+    """Machine E's demo: Teff 60.6 K on 3,963 stars, whose robust sigma has a standard error
+    of 60.6 sqrt(1.36 / 3963) = 1.12 K: 0.5 of them from the goal, which the report says,
+    missed or met (Machine D's 59.8 K); log g's 0.160 dex is 3.4 of its 0.003 away: nothing."""
+    from xpsvae.evaluation.label_report import labels_section
+
+    def cell(robust):
+        return {"robust_sigma": robust, "n_stars": 3963, "rmse": 2 * robust, "bias": 0.0,
+                **{f"coverage_{k}sigma": 0.9 for k in (1, 2, 3)}}
+
+    def goals(teff, logg):
+        block = {"labels": ["teff", "logg"],
+                 "svae_label_model": {"teff": {"test": cell(teff)},
+                                      "logg": {"test": cell(logg)}}}
+        return {line.split(":")[0]: line for line in labels_section(block)
+                if line.startswith("- ")}
+
+    missed = goals(60.6, 0.160)
+    assert "**not reached**. Its standard error over these 3,963 stars is ±1.1 K: it lies " \
+        "0.5 of them from the goal, which these stars cannot tell it from." in missed["- Teff"]
+    assert "standard error" not in missed["- log g"]
+    assert "reached. Its standard error over these 3,963 stars is ±1.1 K: it lies 0.2 of " \
+        "them" in goals(59.8, 0.160)["- Teff"]
+    assert goals(40.0, 0.160)["- Teff"].endswith("against the goal 60 K: reached.")
+
+
 def test_the_report_says_what_limits_an_accuracy_goal_not_reached():
     """Each goal missed is told with the same run's figure that limits it; one reached, not."""
     from xpsvae.evaluation.label_report import labels_section

@@ -60,6 +60,20 @@ def _std_z_spread(t: dict) -> str:
                "std z lies outside the goal's range in nearly every resample."))
 
 
+def _near_goal(figure: str, value: float, n: Optional[int], goal: float, unit: str) -> str:
+    """Where a robust sigma lies within two of its standard errors of the goal, says so:
+    these stars cannot tell it from the goal. The error is the large-sample one of
+    1.4826 MAD for Gaussian residuals, sigma sqrt(1.36 / n) (MAD's efficiency 37%)."""
+    if figure != "robust_sigma" or not n:
+        return ""
+    error = value * (1.36 / n) ** 0.5
+    if abs(value - goal) >= 2 * error:
+        return ""
+    return (f" Its standard error over these {n:,} stars is ±{error:.2g} {unit}: it lies "
+            f"{abs(value - goal) / error:.1f} of them from the goal, which these stars "
+            "cannot tell it from.")
+
+
 def _brightness(name: str, unit: str, goal: float, by_magnitude: Optional[dict]) -> str:
     """`` By brightness: ...``: the robust sigma of the stars brighter and fainter than the
     block's cut, whether the bright ones meet the ``goal``, and whether the faint ones'
@@ -264,9 +278,12 @@ def labels_section(block: dict) -> List[str]:
         value = ours.get(name, {}).get(subset, {}).get(figure)
         if value is None:
             continue
-        verdict = "reached." if value <= goal else "**not reached**." + _accuracy_limit(
-            name, figure, subset, unit, ours, block.get("baselines") or {}, epochs,
-            _brightness(name, unit, goal, block.get("by_magnitude")))
+        verdict = ("reached." if value <= goal else "**not reached**.") + _near_goal(
+            figure, value, ours.get(name, {}).get(subset, {}).get("n_stars"), goal, unit)
+        if value > goal:
+            verdict += _accuracy_limit(name, figure, subset, unit, ours,
+                                       block.get("baselines") or {}, epochs,
+                                       _brightness(name, unit, goal, block.get("by_magnitude")))
         lines.append(f"- {NAMES[name]}: {figure.replace('_', ' ')} on {subset} {value:.3g} {unit} "
                      f"against the goal {goal:g} {unit}: {verdict}")
     if generative:
