@@ -886,8 +886,8 @@ def test_the_report_says_which_labels_the_flag_misses_and_why():
 
     line = flag_line()
     assert "is **not reached** for Teff: their errors are larger, but the predicted σ grows " \
-        "more: std z of the flagged stars against the rest Teff 0.86 vs 1.01; [Fe/H] 1.05 " \
-        "vs 1.05 (docs/labels.md)." in line
+        "more (std z of the flagged stars against the rest: Teff 0.86 vs 1.01; [Fe/H] 1.05 " \
+        "vs 1.05; docs/labels.md)." in line
     for name in ("teff", "fe_h"):  # metrics from before the std z: the reason without it
         block["ood"][name] = cell(block["ood"][name]["median_abs_z_flagged"],
                                   block["ood"][name]["median_abs_z_unflagged"])

@@ -181,17 +181,17 @@ def _flag_line(ood: dict, shown: list) -> str:
         reasons.append(", ".join(same) + ": the flagged stars' errors are no larger than "
                        "the others'")
     return (line + " The goal, larger |z| for flagged stars, is **not reached** for "
-            + "; for ".join(reasons) + _flagged_std_z(ood, shown) + " (docs/labels.md).")
+            + "; for ".join(reasons) + " (" + _flagged_std_z(ood, shown) + "docs/labels.md).")
 
 
 def _flagged_std_z(ood: dict, shown: list) -> str:
-    """``: std z of the flagged stars against the rest, ...`` (metrics from before: "")."""
+    """``std z of the flagged stars against the rest: ...; `` (metrics from before: "")."""
     have = [n for n in shown if ood[n].get("std_z_flagged") is not None]
     if not have:
         return ""
-    return ": std z of the flagged stars against the rest " + "; ".join(
+    return "std z of the flagged stars against the rest: " + "; ".join(
         f"{NAMES.get(n, n)} {ood[n]['std_z_flagged']:.2f} vs {ood[n]['std_z_unflagged']:.2f}"
-        for n in have)
+        for n in have) + "; "
 
 
 def _alpha_limit(bins: dict, judged: dict, epochs: Optional[int] = None) -> str:
