@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xpsvae import SVAE, TrainConfig, read_spectra
-from xpsvae.catalog import encode_store
+from xpsvae.catalog import encode_store, environment_kept
 from xpsvae.ingestion.pipeline import ingest
 
 from .conftest import shared_file
@@ -73,14 +73,11 @@ def test_remote_scheduler_address(tmp_path, store_and_model):
     from dask.distributed import LocalCluster
     store, model_dir = store_and_model
     encode_store(model_dir, store, str(tmp_path / "here"), progress=False)
-    environ = dict(os.environ)
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
-            encode_store(model_dir, store, str(tmp_path / "there"),
-                         scheduler=cluster.scheduler_address, progress=False)
-    finally:  # Dask leaves one-thread settings for its workers in this process's environment
-        os.environ.clear()
-        os.environ.update(environ)
+    # Dask leaves one-thread settings for its workers in this process's environment
+    with environment_kept(), LocalCluster(n_workers=2, threads_per_worker=1,
+                                          dashboard_address=None) as cluster:
+        encode_store(model_dir, store, str(tmp_path / "there"),
+                     scheduler=cluster.scheduler_address, progress=False)
     a, b = _tables(str(tmp_path / "here")), _tables(str(tmp_path / "there"))
     assert all(a[n].equals(b[n]) for n in a)
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import List, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -255,29 +256,38 @@ def _run(model_dir: str, todo: Sequence[tuple], scheduler: Optional[str], worker
         return [encode_shard(model_dir, s, o, labels_dir)
                 for s, o in tqdm(todo, desc="encode", unit="shard", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed  # optional: [dask]
-    # Dask writes OMP/MKL/OPENBLAS_NUM_THREADS=1 into this process's environment for its
-    # workers; put it back after, or every process started later inherits one thread
-    # (a demo lane then rounds otherwise than the same work in this process)
+    with environment_kept():
+        cluster = None
+        if scheduler == "local":
+            cluster = LocalCluster(n_workers=workers or default_encode_workers(len(todo)),
+                                   threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler)
+        try:
+            futures = [client.submit(encode_shard, model_dir, s, o, labels_dir, pure=False)
+                       for s, o in todo]
+            results = []
+            for future in tqdm(as_completed(futures), total=len(futures), desc="encode",
+                               unit="shard", disable=not progress):
+                results.append(future.result())
+            return results
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextmanager
+def environment_kept() -> Iterator[None]:
+    """This process's environment put back as it was after a block. Dask writes
+    OMP/MKL/OPENBLAS_NUM_THREADS=1 into it for its workers; left there, every process
+    started later inherits one thread (a demo lane then rounds otherwise than the same
+    work in this process)."""
     environ = dict(os.environ)
-    cluster = None
-    if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers or default_encode_workers(len(todo)),
-                               threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
     try:
-        futures = [client.submit(encode_shard, model_dir, s, o, labels_dir, pure=False)
-                   for s, o in todo]
-        results = []
-        for future in tqdm(as_completed(futures), total=len(futures), desc="encode",
-                           unit="shard", disable=not progress):
-            results.append(future.result())
-        return results
+        yield
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
         os.environ.clear()
         os.environ.update(environ)
