@@ -32,7 +32,7 @@ def one_member(config, k, n_out, loss, x, *targets):
     AdamW steps as in ``train_members``, in a plain loop over one ``nn.Sequential``."""
     import torch
 
-    from xpsvae.labels.head import mlp
+    from xpsvae.labels.members import mlp
     from xpsvae.model.runtime import fused_optimizer
     c = config
     generator = torch.Generator().manual_seed(c.seed + 7919 * k)
@@ -75,7 +75,8 @@ def main() -> None:
     from xpsvae import SVAE, benchmark_split, load_apogee_library
     from xpsvae.labels import DEFAULT_LABELS, LabelHeadConfig, label_columns
     from xpsvae.labels.features import svae_features
-    from xpsvae.labels.head import _loss, feature_statistics, standardise, train_members
+    from xpsvae.labels.head import _loss, feature_statistics, standardise
+    from xpsvae.labels.members import train_members
     torch.set_num_threads(args.threads)
     library = load_apogee_library()
     train = library.subset(benchmark_split(len(library))[0])

@@ -92,7 +92,8 @@ def test_members_trained_together_are_those_trained_one_at_a_time(split):
     AdamW steps. Real features of 600 stars, 2 members, 3 epochs (9 steps each). Batched and
     single matrix products may round differently on another BLAS: float32's 1e-7 grown
     over 9 steps stays far inside 1e-4."""
-    from xpsvae.labels.head import _loss, feature_statistics, standardise, train_members
+    from xpsvae.labels.head import _loss, feature_statistics, standardise
+    from xpsvae.labels.members import train_members
     stars = split[0].subset(np.arange(600))
     features = svae_features(SVAE.pretrained(), stars)
     x = torch.from_numpy(standardise(features, *feature_statistics(features)))

@@ -330,7 +330,9 @@ def format_description(d: dict) -> str:
                      + (f"Student-t likelihood (nu = {h['dof']:g})" if h.get("dof")
                         else "Gaussian likelihood")
                      + (", reading each spectrum's signal-to-noise" if d["noise_features"]
-                        else ""))
+                        else "")
+                     + (f"; each MLP tuned a copy of the sVAE's encoder (peak rate "
+                        f"{h['encoder_lr']:g})" if h.get("encoder_lr") else ""))
         if d.get("data"):
             lines.append(f"  fitted on {d['data']['n_stars']:,} stars of {d['data']['source']}"
                          " (with each label: " + ", ".join(

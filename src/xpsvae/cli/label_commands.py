@@ -17,7 +17,8 @@ def cmd_labels_fit(args) -> int:
     from ..svae import SVAE
     # the recipe first: a bad option is refused before the sVAE and the table are read
     config = LabelHeadConfig(members=args.members, epochs=args.epochs, seed=args.seed,
-                             threads=args.threads, high_alpha=args.high_alpha)
+                             threads=args.threads, high_alpha=args.high_alpha,
+                             encoder_lr=args.tune_encoder)
     svae = SVAE.load(args.model)
     spectra = read_path_for_model(args.data, contract(svae.info, svae.config.input_dim))
     print(spectra.accounting.summary(), file=sys.stderr)

@@ -246,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--no-high-alpha", dest="high_alpha", action="store_false",
                     help="no high_alpha_prob: the head does not learn the high/low-alpha class "
                          "(learnt by default where the labels include fe_h and alpha_m)")
+    lf.add_argument("--tune-encoder", type=float, default=0.0, metavar="LR",
+                    help="each member also trains a copy of the sVAE's encoder, at this peak "
+                         "rate (e.g. 2e-3): log g, [Fe/H] and [alpha/M] a few per cent "
+                         "better, for about twice the time (docs/labels.md); default 0: the "
+                         "sVAE's features as they are")
     lf.add_argument("--seed", type=int, default=0,
                     help="the heads' seed; the validation share is drawn from it among the "
                          "stars whose labels the sVAE did not learn (on the sVAE's own table: "

@@ -26,16 +26,8 @@ import torch
 from torch import nn
 
 from ..model.runtime import torch_threads
-from .head import (
-    LabelHead,
-    LabelHeadConfig,
-    config_from_json,
-    feature_statistics,
-    load_members,
-    member_arrays,
-    standardise,
-    train_members,
-)
+from .head import LabelHead, LabelHeadConfig, config_from_json, feature_statistics, standardise
+from .members import load_members, member_arrays, train_members
 
 #: The column of a label model's prediction that holds the probability.
 HIGH_ALPHA_COLUMN = "high_alpha_prob"

@@ -52,7 +52,7 @@ from .classes import (
     high_alpha,
 )
 from .features import noise_features, side_columns, svae_features
-from .head import LabelHead, LabelHeadConfig
+from .head import LabelHead, LabelHeadConfig, head_files
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 from .pseudo import surveyed
 from .validation import learnt_by, validation_share
@@ -141,8 +141,9 @@ class LabelModel:
         # pseudo-labels (xpsvae.labels.pseudo) train; survey labels alone calibrate
         survey = surveyed(table, labels, len(table), source)[labelled]
         calibrating = calibration_marks(table, source)
-        features = cls._features(svae, stars, side, source, device, noise=True)
         config = config or LabelHeadConfig()
+        tuned = config.encoder_lr > 0  # the head reads the spectrum, and tunes the encoder
+        features = cls._features(svae, stars, side, source, device, noise=True, tuned=tuned)
         classes = None
         if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha:
             fe_h, alpha_m = (y[labelled, list(labels).index(n)] for n in ("fe_h", "alpha_m"))
@@ -158,7 +159,8 @@ class LabelModel:
         head = LabelHead(config)
         val = validation_share(head, stars, survey, None if calibrating is None
                                else calibrating[labelled], learnt_by(svae, stars), source)
-        head.fit(features, y[labelled], y_err[labelled], classes, val)
+        head.fit(features, y[labelled], y_err[labelled], classes, val,
+                 encoder=svae.network.encoder if tuned else None)
         # the flag says "unlike the stars a survey labelled": pseudo-labels do not widen it
         ood_stars = stars if survey.all() else stars.subset(np.flatnonzero(survey))
         model = cls(svae, head, labels, side, _ood_thresholds(svae, ood_stars, device),
@@ -178,14 +180,16 @@ class LabelModel:
                               stacklevel=2)
             model.holes = HoleCost.measure(
                 lambda holed: head.predict(cls._features(svae, holed, side, source, device,
-                                                         noise=True)),
+                                                         noise=True, tuned=tuned)),
                 stars.subset(measured), y[labelled][measured], y_err[labelled][measured])
         return model
 
     @staticmethod
     def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
-                  device: str, noise: bool) -> np.ndarray:
-        features = svae_features(svae, spectra, device)
+                  device: str, noise: bool, tuned: bool = False) -> np.ndarray:
+        # a tuned head (xpsvae.labels.tuned) runs its own copy of the encoder on the spectrum
+        features = svae.apply(lambda t: (t,), spectra, device)[0] if tuned else \
+            svae_features(svae, spectra, device)
         if noise:
             features = np.hstack([features, noise_features(spectra)])
         if not side:
@@ -197,10 +201,12 @@ class LabelModel:
                                                  spectra.input_row)])
 
     def features(self, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
-        """What the head reads of each star: the sVAE's features, the spectrum's noise
-        (where the model reads it) and the side columns, (n, n_features) float."""
+        """What the head reads of each star: the sVAE's features (the sVAE-standardised
+        spectrum, for a head that tunes the encoder), the spectrum's noise (where the model
+        reads it) and the side columns, (n, n_features) float."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
-        return self._features(self.svae, spectra, self.side, source, device, self.noise)
+        return self._features(self.svae, spectra, self.side, source, device, self.noise,
+                              tuned=self.head.config.encoder_lr > 0)
 
     def predict(self, spectra: SpectraSet, device: str = "cpu",
                 scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
@@ -292,8 +298,9 @@ class LabelModel:
     def load(cls, directory: str) -> "LabelModel":
         """A folder :meth:`save` wrote, or ``builtin``: the shipped label model."""
         directory = model_folder(directory, BUILTIN_LABEL_MODEL_DIR)
-        head, meta, arrays = LabelHead.load(directory)
+        head_files(directory)  # a folder that is no label model is told so first
         svae = SVAE.load(os.path.join(directory, SVAE_FOLDER))
+        head, meta, arrays = LabelHead.load(directory, svae.network.encoder)
         classifier = ClassHead.from_arrays(meta["high_alpha"], arrays, _CLASS_PREFIX) \
             if "config" in meta.get("high_alpha", {}) else None  # one of its own
         holes = HoleCost.from_json(meta["hole_variance"], len(meta["labels"]),
