@@ -10,6 +10,8 @@ from xpsvae import SVAE
 from xpsvae.cli import main
 from xpsvae.cli.describe import describe, format_description
 from xpsvae.core.errors import ModelFileError
+from xpsvae.evaluation.label_report import labels_section
+from xpsvae.evaluation.labels import score_label_model
 from xpsvae.labels import LabelHeadConfig, LabelModel
 from xpsvae.labels.features import svae_features
 from xpsvae.labels.head import LabelHead, feature_statistics, standardise
@@ -86,6 +88,10 @@ def test_a_tuned_label_model_loads_back_to_the_same_predictions(tuned_model, spl
         LabelHead.load(str(tmp_path / "tuned"))  # its members need the encoder's shape
     assert "each MLP tuned a copy of the sVAE's encoder (peak rate 0.002)" in \
         format_description(describe(str(tmp_path / "tuned")))
+    block, _ = score_label_model(again, split[1].subset(np.arange(300)))
+    assert block["head"]["encoder_lr"] == 2e-3
+    assert "MLPs (each also training a copy of the encoder, peak rate 0.002), a Student-t" \
+        in "\n".join(labels_section(block))
 
 
 def test_a_tuned_head_needs_the_encoder_and_a_rate_not_below_zero():

@@ -224,7 +224,9 @@ def labels_section(block: dict) -> List[str]:
                   if head.get("dof") else "a Gaussian likelihood")
     lines = ["## Labels", "",
              f"A label model on the sVAE's encoder (its hidden layers and latent) with side "
-             f"columns {side}: an ensemble of {head.get('members', '?')} MLPs, "
+             f"columns {side}: an ensemble of {head.get('members', '?')} MLPs"
+             + (f" (each also training a copy of the encoder, peak rate "
+                f"{head['encoder_lr']:g})" if head.get("encoder_lr") else "") + ", "
              f"{likelihood} with APOGEE's error added in quadrature, the predicted σ "
              "scaled on the validation share by a factor that follows the star's predicted "
              "labels. z = (predicted − APOGEE) / √(σ² + σ_APOGEE²).", ""]

@@ -237,7 +237,7 @@ def model_guesses(label_model: Union[LabelModel, LabelEnsemble],
 def _head_block(config: LabelHeadConfig) -> dict:
     """The head's recipe, as the ``labels`` block and the report give it."""
     return {"members": config.members, "epochs": config.epochs,
-            "hidden": list(config.hidden), "dof": config.dof}
+            "hidden": list(config.hidden), "dof": config.dof, "encoder_lr": config.encoder_lr}
 
 
 def _one_input(config: LabelHeadConfig) -> LabelHeadConfig:
