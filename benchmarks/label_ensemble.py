@@ -28,7 +28,7 @@ import os
 import time
 
 from xpsvae import SVAE, TrainConfig, load_apogee_library
-from xpsvae.evaluation.labels import DEMO_SIDE, score_label_model
+from xpsvae.evaluation.labels import DEMO_SIDE, headline, score_label_model
 from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import DEFAULT_LABELS, LabelEnsemble, LabelHeadConfig, LabelModel
 
@@ -36,13 +36,9 @@ from xpsvae.labels import DEFAULT_LABELS, LabelEnsemble, LabelHeadConfig, LabelM
 def summary(block: dict) -> dict:
     """The figures printed and kept of one ``labels`` block."""
     scored = block["svae_label_model"]
-    out = {"alpha_m_rmse_giants": round(scored["alpha_m"]["giants"]["rmse"], 4),
-           "high_low_alpha": {b: round(v["label_model"], 3)
-                              for b, v in block["alpha_classes"]["bins"].items()}}
+    out = headline(block, ("robust_sigma", "std_z", "coverage_1sigma", "coverage_2sigma",
+                           "coverage_interval"))
     for name in DEFAULT_LABELS:
-        test = scored[name]["test"]
-        out[name] = {k: round(test[k], 4) for k in ("robust_sigma", "std_z", "coverage_1sigma",
-                                                    "coverage_2sigma", "coverage_interval")}
         out[name]["interval_by_subset"] = {sub: round(m["coverage_interval"], 3)
                                            for sub, m in scored[name].items()
                                            if "coverage_interval" in m}

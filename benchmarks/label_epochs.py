@@ -25,7 +25,7 @@ import json
 import time
 
 from xpsvae import SVAE, TrainConfig, load_apogee_library
-from xpsvae.evaluation.labels import DEMO_SIDE, score_label_model
+from xpsvae.evaluation.labels import DEMO_SIDE, headline, score_label_model
 from xpsvae.evaluation.metrics import evaluate_svae
 from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import DEFAULT_LABELS, LabelHeadConfig, LabelModel
@@ -56,16 +56,10 @@ def main() -> None:
         labels = LabelModel.fit(model, train, DEFAULT_LABELS, DEMO_SIDE,
                                 LabelHeadConfig(seed=args.seed, threads=args.threads))
         block, predicted = score_label_model(labels, test)
-        scored = block["svae_label_model"]
-        entry = {"epochs": epochs, "seed": args.seed, "train_seconds": None if args.model else round(seconds, 1),
+        entry = {"epochs": epochs, "seed": args.seed,
+                 "train_seconds": None if args.model else round(seconds, 1),
                  "test_mean_nll": round(svae["mean_nll"], 2), "std_r": round(svae["std_r"], 4),
-                 "alpha_m_rmse_giants": round(scored["alpha_m"]["giants"]["rmse"], 4),
-                 "high_low_alpha": {b: round(v["label_model"], 3)
-                                    for b, v in block["alpha_classes"]["bins"].items()}}
-        for name in DEFAULT_LABELS:
-            test_block = scored[name]["test"]
-            entry[name] = {k: round(test_block[k], 4) for k in (
-                "robust_sigma", "std_z", "coverage_1sigma", "coverage_2sigma", "coverage_3sigma")}
+                 **headline(block)}
         print(json.dumps(entry), flush=True)
         results.append(entry)
     print(json.dumps({"benchmark": "label_epochs", "side_columns": list(DEMO_SIDE),

@@ -23,22 +23,9 @@ import time
 from dataclasses import replace
 
 from xpsvae import SVAE, TrainConfig, load_apogee_library
-from xpsvae.evaluation.labels import DEMO_SIDE, score_label_model
+from xpsvae.evaluation.labels import DEMO_SIDE, headline, score_label_model
 from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import DEFAULT_LABELS, LabelHeadConfig, LabelModel
-
-
-def scored(model: LabelModel, test) -> dict:
-    block, _ = score_label_model(model, test)
-    labels = block["svae_label_model"]
-    entry = {"alpha_m_rmse_giants": round(labels["alpha_m"]["giants"]["rmse"], 4),
-             "high_low_alpha": {b: round(v["label_model"], 3)
-                                for b, v in block["alpha_classes"]["bins"].items()}}
-    for name in DEFAULT_LABELS:
-        cell = labels[name]["test"]
-        entry[name] = {k: round(cell[k], 4) for k in (
-            "robust_sigma", "std_z", "coverage_1sigma", "coverage_2sigma", "coverage_3sigma")}
-    return entry
 
 
 def main() -> None:
@@ -61,7 +48,7 @@ def main() -> None:
         start = time.perf_counter()
         model = LabelModel.fit(svae, train, DEFAULT_LABELS, DEMO_SIDE, config)
         seconds = time.perf_counter() - start
-        results[name] = {"fit_seconds": round(seconds, 1), **scored(model, test)}
+        results[name] = {"fit_seconds": round(seconds, 1), **headline(score_label_model(model, test)[0])}
         print(json.dumps({name: results[name]}), flush=True)
     ratio = {name: round(results["tuned"][name]["robust_sigma"]
                          / results["frozen"][name]["robust_sigma"], 4) for name in DEFAULT_LABELS}

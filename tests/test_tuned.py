@@ -11,7 +11,7 @@ from xpsvae.cli import main
 from xpsvae.cli.describe import describe, format_description
 from xpsvae.core.errors import ModelFileError
 from xpsvae.evaluation.label_report import labels_section
-from xpsvae.evaluation.labels import score_label_model
+from xpsvae.evaluation.labels import headline, score_label_model
 from xpsvae.labels import LabelHeadConfig, LabelModel
 from xpsvae.labels.features import svae_features
 from xpsvae.labels.head import LabelHead, feature_statistics, standardise
@@ -90,6 +90,10 @@ def test_a_tuned_label_model_loads_back_to_the_same_predictions(tuned_model, spl
         format_description(describe(str(tmp_path / "tuned")))
     block, _ = score_label_model(again, split[1].subset(np.arange(300)))
     assert block["head"]["encoder_lr"] == 2e-3
+    # what the benchmarks print of it
+    figures = headline(block)
+    assert figures["fe_h"]["std_z"] == round(block["svae_label_model"]["fe_h"]["test"]["std_z"], 4)
+    assert set(figures["high_low_alpha"]) == set(block["alpha_classes"]["bins"])
     assert "MLPs (each also training a copy of the encoder, peak rate 0.002), a Student-t" \
         in "\n".join(labels_section(block))
 

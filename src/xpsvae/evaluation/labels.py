@@ -418,6 +418,20 @@ def score_label_model(label_model: Union[LabelModel, LabelEnsemble],
     return block, predicted
 
 
+def headline(block: dict, keys: Sequence[str] = ("robust_sigma", "std_z", "coverage_1sigma",
+                                                 "coverage_2sigma", "coverage_3sigma")) -> dict:
+    """The figures a benchmark prints of a :func:`score_label_model` block, rounded: per label
+    its ``keys`` on the test stars, the giants' [alpha/M] RMSE and the high/low-alpha
+    balanced accuracy per [Fe/H] bin."""
+    scored = block["svae_label_model"]
+    out = {"alpha_m_rmse_giants": round(scored["alpha_m"]["giants"]["rmse"], 4),
+           "high_low_alpha": {b: round(v["label_model"], 3)
+                              for b, v in block["alpha_classes"]["bins"].items()}}
+    for name in block["labels"]:
+        out[name] = {k: round(scored[name]["test"][k], 4) for k in keys}
+    return out
+
+
 def write_label_figures(fig_dir: str, predicted: pd.DataFrame, truth: pd.DataFrame,
                         labels: Sequence[str], unlabelled: Optional[pd.DataFrame] = None
                         ) -> None:
