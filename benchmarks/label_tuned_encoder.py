@@ -8,8 +8,9 @@ columns J-H, J-K and BP-RP, 4 members) is fitted on it twice from the same seed:
 frozen features, and with ``encoder_lr`` (``labels fit --tune-encoder``). Scored on the
 3,963 test stars: per label, robust sigma (1.4826 x MAD), std z and the share within 1, 2
 and 3 sigma; the RMSE of [alpha/M] on giants; the high/low-alpha balanced accuracy in the
-two judged [Fe/H] bins; the fitting time of each, and the ratios, tuned over frozen. The
-last line is a JSON object.
+two judged [Fe/H] bins; std z in each sub-population (giants, dwarfs, metal-poor, cool);
+the fitting time of each, and the ratios, tuned over frozen. The last line is a JSON
+object.
 
     python benchmarks/label_tuned_encoder.py                    # ~8 min on 2 cores
     python benchmarks/label_tuned_encoder.py --model SPLIT_SVAE --encoder-lr 1e-3
@@ -48,7 +49,13 @@ def main() -> None:
         start = time.perf_counter()
         model = LabelModel.fit(svae, train, DEFAULT_LABELS, DEMO_SIDE, config)
         seconds = time.perf_counter() - start
-        results[name] = {"fit_seconds": round(seconds, 1), **headline(score_label_model(model, test)[0])}
+        block = score_label_model(model, test)[0]
+        results[name] = {"fit_seconds": round(seconds, 1), **headline(block),
+                         "std_z_by_subset": {label: {sub: round(cell["std_z"], 3)
+                                                     for sub, cell in cells.items()
+                                                     if "std_z" in cell}
+                                             for label, cells in
+                                             block["svae_label_model"].items()}}
         print(json.dumps({name: results[name]}), flush=True)
     ratio = {name: round(results["tuned"][name]["robust_sigma"]
                          / results["frozen"][name]["robust_sigma"], 4) for name in DEFAULT_LABELS}
