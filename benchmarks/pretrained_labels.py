@@ -14,6 +14,7 @@ object.
 
     python benchmarks/pretrained_labels.py --save-model SPLIT_SVAE   # ~17 min on 2 cores
     python benchmarks/pretrained_labels.py --model SPLIT_SVAE        # ~2 min
+    python benchmarks/pretrained_labels.py --model SPLIT_SVAE --encoder-lr 2e-3   # tuned
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ def main() -> None:
                                    "split's training stars (default: train it here)")
     p.add_argument("--save-model", help="keep the sVAE trained here in this folder")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--encoder-lr", type=float, default=0.0,
+                   help="a head that tunes the encoder at this rate (docs/labels.md), in place "
+                        "of the shipped recipe's")
     args = p.parse_args()
     from xpsvae import SVAE, benchmark_sets, load_apogee_library
     from xpsvae.evaluation.labels import score_label_model
     from xpsvae.evaluation.metrics import evaluate_svae
+    from xpsvae.labels import LabelHeadConfig
     from xpsvae.model.recipe import TrainConfig
     from xpsvae.pretrained import RECIPE, SHIPPED_LABELS, build_pretrained_labels
     library = load_apogee_library()
@@ -47,7 +52,9 @@ def main() -> None:
         svae.save(args.save_model)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        model = build_pretrained_labels(folder, threads=args.threads, svae=svae, stars=train)
+        head = LabelHeadConfig(threads=args.threads, encoder_lr=args.encoder_lr)
+        model = build_pretrained_labels(folder, threads=args.threads, svae=svae, stars=train,
+                                        config=head)
         fit_seconds = time.perf_counter() - start
     block, _ = score_label_model(model, test)
     generative = evaluate_svae(svae, test)["test"]

@@ -74,16 +74,18 @@ def build_pretrained(out_dir: str, progress: bool = True, threads: int = 0) -> S
 
 
 def build_pretrained_labels(out_dir: str, threads: int = 0, svae: Optional[SVAE] = None,
-                            stars: Optional[SpectraSet] = None) -> LabelModel:
+                            stars: Optional[SpectraSet] = None,
+                            config: Optional[LabelHeadConfig] = None) -> LabelModel:
     """Fit the shipped label model again into ``out_dir`` (module docstring): the default
     label head on the shipped sVAE, from every labelled library star. ``svae`` and
     ``stars``: fit on these instead (the same recipe on the benchmark split's training
-    stars is how docs/pretrained.md measured it: ``benchmarks/pretrained_labels.py``)."""
+    stars is how docs/pretrained.md measured it: ``benchmarks/pretrained_labels.py``);
+    ``config``: another head recipe than the shipped one, to measure it so."""
     if stars is None:
         stars = load_apogee_library()
         stars.accounting.source = LIBRARY_NAME  # as for the shipped sVAE
     model = LabelModel.fit(svae or SVAE.pretrained(), stars, DEFAULT_LABELS, (),
-                           LabelHeadConfig(threads=threads))
+                           config or LabelHeadConfig(threads=threads))
     model.save(out_dir)
     return model
 
