@@ -49,18 +49,20 @@ NOISE_FEATURES = ("log_snr", "log_snr_blue_half", "log_snr_red_half")
 def svae_features(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
     """(n_stars, n_features) float32: the output of every module of the encoder's hidden
     stack, the latent mean and ln of the latent standard deviation, for each star."""
-    hidden_stack, head = model.network.encoder[0], model.network.encoder[1]
+    (features,) = model.apply(lambda t: (encoder_features(model.network.encoder, t),),
+                              spectra, device)
+    return features.astype(np.float32)
 
-    def fn(t):
-        outputs = []
-        for layer in hidden_stack:
-            t = layer(t)
-            outputs.append(t)  # each layer's output: the linear maps' and the activations'
-        mean, logvar = head(t).chunk(2, dim=-1)  # as the network's encode() bounds it
-        return (torch.cat(outputs, dim=1), mean,
-                0.5 * logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
-    hidden, mean, log_std = model.apply(fn, spectra, device)
-    return np.concatenate([hidden, mean, log_std], axis=1).astype(np.float32)
+
+def encoder_features(encoder: torch.nn.Sequential, spectrum: torch.Tensor) -> torch.Tensor:
+    """:func:`svae_features` of standardised spectra, from an sVAE network's ``encoder`` (a
+    hidden stack, then the linear map to the latent mean and log variance) or a copy."""
+    outputs, t = [], spectrum
+    for layer in encoder[0]:
+        t = layer(t)
+        outputs.append(t)  # each layer's output: the linear maps' and the activations'
+    mean, logvar = encoder[1](t).chunk(2, dim=-1)  # as the network's encode() bounds it
+    return torch.cat(outputs + [mean, 0.5 * logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)], -1)
 
 
 def noise_features(spectra: SpectraSet) -> np.ndarray:

@@ -21,7 +21,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..model.network import hidden_layers
 from ..model.runtime import fused_optimizer
-from .tuned import TunedMember, is_encoder_parameter, mlp_inputs
+from .tuned import TunedMember, Tuning, is_encoder_parameter, mlp_inputs
 
 
 @dataclass
@@ -106,8 +106,7 @@ def mlp(n_in: int, hidden: Tuple[int, ...], n_out: int) -> nn.Sequential:
 
 def train_members(config: LabelHeadConfig, count: int, n_out: int, loss: Callable,
                   x: torch.Tensor, *targets: torch.Tensor, history: Optional[list] = None,
-                  build: Optional[Callable[[nn.Sequential], nn.Module]] = None
-                  ) -> List[nn.Module]:
+                  build: Optional[Tuning] = None) -> List[nn.Module]:
     """``count`` members of an ensemble, trained side by side: MLPs of ``config.hidden``
     from ``x`` to ``n_out`` numbers, each on ``loss(out, *targets)`` over its own batches
     (AdamW, cosine-decayed rate). Member k starts from seed ``config.seed + 7919 k`` and
@@ -192,9 +191,10 @@ def load_members(arrays: Dict[str, np.ndarray], prefix: str, count: int, n_in: i
     """The ``count`` members :func:`member_arrays` wrote, ready to predict (tuned members
     of ``encoder``'s shape where it is given)."""
     members = []
+    n_mlp = n_in if encoder is None else mlp_inputs(encoder, n_in)
     for k in range(count):
-        member = mlp(n_in, hidden, n_out) if encoder is None else \
-            TunedMember(encoder, mlp(mlp_inputs(encoder, n_in), hidden, n_out))
+        member = mlp(n_mlp, hidden, n_out) if encoder is None else \
+            TunedMember(encoder, mlp(n_mlp, hidden, n_out))
         member.load_state_dict({name: torch.from_numpy(arrays[f"{prefix}member{k}.{name}"])
                                 for name in member.state_dict()})
         members.append(member.eval())

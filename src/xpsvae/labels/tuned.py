@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.network import LOGVAR_BOUND
+from .features import encoder_features
 
 
 class TunedMember(nn.Module):
@@ -51,14 +51,9 @@ class TunedMember(nn.Module):
         self.register_buffer("feature_std", torch.ones(n_features, dtype=dtype))
 
     def features(self, spectrum: torch.Tensor) -> torch.Tensor:
-        """The encoder's features of standardised spectra, as ``svae_features`` gives them
-        (before this member's standardisation of them)."""
-        outputs, t = [], spectrum
-        for layer in self.encoder[0]:
-            t = layer(t)
-            outputs.append(t)
-        mean, logvar = self.encoder[1](t).chunk(2, dim=-1)
-        return torch.cat(outputs + [mean, 0.5 * logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)], -1)
+        """The encoder copy's features of standardised spectra, as ``svae_features`` gives
+        them (before this member's standardisation of them)."""
+        return encoder_features(self.encoder, spectrum)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         features = (self.features(rows[:, :self.n_inputs]) - self.feature_mean) / \
