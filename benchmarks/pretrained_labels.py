@@ -5,8 +5,8 @@ library star, so it has no held-out figures of its own. This fits the same
 recipe on the benchmark split's training stars: the shipped sVAE's recipe
 (``long``, 1,000 epochs) trained on them, with their labels (or ``--model``, an
 sVAE of that recipe already trained on them, as ``--save-model`` keeps one),
-then the default label head on its features, no side columns
-(``xpsvae.pretrained.build_pretrained_labels``). It scores the 3,963 test
+then the shipped head recipe (each member tuning a copy of the encoder), no
+side columns (``xpsvae.pretrained.build_pretrained_labels``). It scores the 3,963 test
 stars as ``xpsvae evaluate --labels`` does: the sVAE's test NLL and std r; per
 label and sub-population robust sigma, std z and coverage; the high/low-alpha
 balanced accuracy; and the out-of-distribution flag. The last line is a JSON
@@ -14,7 +14,7 @@ object.
 
     python benchmarks/pretrained_labels.py --save-model SPLIT_SVAE   # ~17 min on 2 cores
     python benchmarks/pretrained_labels.py --model SPLIT_SVAE        # ~2 min
-    python benchmarks/pretrained_labels.py --model SPLIT_SVAE --encoder-lr 2e-3   # tuned
+    python benchmarks/pretrained_labels.py --model SPLIT_SVAE --encoder-lr 0   # frozen head
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 
 
 def main() -> None:
@@ -31,16 +32,16 @@ def main() -> None:
                                    "split's training stars (default: train it here)")
     p.add_argument("--save-model", help="keep the sVAE trained here in this folder")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--encoder-lr", type=float, default=0.0,
-                   help="a head that tunes the encoder at this rate (docs/labels.md), in place "
-                        "of the shipped recipe's")
+    p.add_argument("--encoder-lr", type=float, default=None,
+                   help="the rate the head's members tune their copy of the encoder at "
+                        "(docs/labels.md; 0: a head on the frozen features), in place of the "
+                        "shipped recipe's")
     args = p.parse_args()
     from xpsvae import SVAE, benchmark_sets, load_apogee_library
     from xpsvae.evaluation.labels import score_label_model
     from xpsvae.evaluation.metrics import evaluate_svae
-    from xpsvae.labels import LabelHeadConfig
     from xpsvae.model.recipe import TrainConfig
-    from xpsvae.pretrained import RECIPE, SHIPPED_LABELS, build_pretrained_labels
+    from xpsvae.pretrained import RECIPE, SHIPPED_HEAD, SHIPPED_LABELS, build_pretrained_labels
     library = load_apogee_library()
     train, test = benchmark_sets(library)
     start = time.perf_counter()
@@ -52,7 +53,9 @@ def main() -> None:
         svae.save(args.save_model)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        head = LabelHeadConfig(threads=args.threads, encoder_lr=args.encoder_lr)
+        head = replace(SHIPPED_HEAD, threads=args.threads)
+        if args.encoder_lr is not None:
+            head = replace(head, encoder_lr=args.encoder_lr)
         model = build_pretrained_labels(folder, threads=args.threads, svae=svae, stars=train,
                                         config=head)
         fit_seconds = time.perf_counter() - start

@@ -137,7 +137,7 @@ def test_sampled_spectra_on_another_grid_are_refused_by_name(small_library, tmp_
 #: robust sigma of predicted - APOGEE on the 3,963 held-out stars, the shipped label model's
 #: recipe fitted on the benchmark split's training stars (benchmarks/pretrained_labels.py,
 #: docs/pretrained.md)
-HELD_OUT_ROBUST_SIGMA = {"teff": 59.8, "logg": 0.155, "fe_h": 0.097, "alpha_m": 0.032}
+HELD_OUT_ROBUST_SIGMA = {"teff": 58.1, "logg": 0.151, "fe_h": 0.091, "alpha_m": 0.030}
 
 
 def test_the_shipped_label_model_is_safetensors_and_json():
@@ -147,7 +147,9 @@ def test_the_shipped_label_model_is_safetensors_and_json():
     assert {os.path.basename(f) for f in files} >= {"head.json", "head.safetensors",
                                                      CONFIG_FILE, MODEL_FILE}
     assert not [f for f in files if f.endswith((".pkl", ".pt", ".pth"))]
-    assert sum(os.path.getsize(f) for f in files) < 4 * 2**20  # package data: small
+    # package data: small. The four members' MLPs are ~2.4 MB, their encoder copies ~0.5 MB,
+    # the record of the stars it was fitted on ~0.4 MB and the sVAE's copy ~1 MB: ~4.2 MiB
+    assert sum(os.path.getsize(f) for f in files) < 5 * 2**20
 
 
 def test_the_shipped_label_model_matches_its_recorded_recipe_and_data(library):
