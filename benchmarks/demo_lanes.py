@@ -28,9 +28,9 @@ import time
 import numpy as np
 
 
-def _demo(out: str, lanes: int, max_stars: int) -> float:
-    command = [sys.executable, "-m", "xpsvae", "--quiet", "demo", "--out", out,
-               "--lanes", str(lanes)]
+def demo_seconds(out: str, max_stars: int, *options: str) -> float:
+    """The wall seconds of ``xpsvae demo --out OUT OPTIONS...`` in a fresh process."""
+    command = [sys.executable, "-m", "xpsvae", "--quiet", "demo", "--out", out, *options]
     if max_stars:
         command += ["--max-stars", str(max_stars)]
     start = time.perf_counter()
@@ -55,7 +55,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for lanes in ((2, 1) if repeat % 2 else (1, 2)):
                 out = os.path.join(tmp, f"lanes{lanes}_{repeat}")
-                seconds[lanes].append(_demo(out, lanes, args.max_stars))
+                seconds[lanes].append(demo_seconds(out, args.max_stars, "--lanes", str(lanes)))
                 figures[lanes] = _label_figures(out)
                 print(f"lanes {lanes}: {seconds[lanes][-1]:.1f} s", flush=True)
     one, two = (float(np.median(seconds[k])) for k in (1, 2))

@@ -839,7 +839,8 @@ def test_the_report_says_what_limits_an_accuracy_goal_not_reached():
     # a head on the frozen features is told what tuning the encoder did; a tuned one, not
     for goal in ("- [α/M]", "- High/low α"):
         assert goals[goal].endswith('(docs/labels.md, "Tuning the encoder").')
-    assert "A head that tunes the encoder (`labels fit --tune-encoder 2e-3`) reached it in " \
+    assert "A head that tunes the encoder (`--tune-encoder 2e-3` to `labels fit` or `demo`) " \
+        "reached it in " \
         "two runs of the three measured" in goals["- High/low α"]
     block["head"] = {"members": 4, "encoder_lr": 2e-3}
     goals = {line.split(":")[0]: line for line in labels_section(block) if line.startswith("- ")}

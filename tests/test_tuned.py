@@ -109,3 +109,32 @@ def test_labels_fit_tunes_the_encoder_when_asked(split, tmp_path):
     assert LabelModel.load(out).head.config.encoder_lr == 1e-3
     assert main(["--quiet", "labels", "fit", "builtin", table, "--tune-encoder", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_demos_scoring_tunes_both_heads_and_leaves_the_baselines_without_an_encoder(
+        split):
+    """With a tuned recipe, the label model and the same head on the other sVAE tune their
+    copies; the baselines that read no sVAE (the MLP on the spectrum, the head on a PCA, the
+    survey's labels alone) take the recipe without the encoder, which they have not got."""
+    from xpsvae.evaluation.labels import assess_labels
+    model = SVAE.pretrained()
+    train, test = split[0].subset(np.arange(800)), split[1].subset(np.arange(200))
+    block, label_model, _ = assess_labels(model, train, test, side=(), config=TUNED,
+                                          unsupervised=model)
+    assert label_model.head.config.encoder_lr == TUNED.encoder_lr
+    assert block["head"]["encoder_lr"] == TUNED.encoder_lr
+    assert set(block["baselines"]) >= {"head_on_unsupervised_svae", "mlp_spectrum",
+                                       "pca6_head", "alpha_from_fe_h"}
+    ours = block["baselines"]["head_on_unsupervised_svae"]["teff"]["test"]["robust_sigma"]
+    assert np.isfinite(ours) and ours > 0
+
+
+def test_the_demo_command_passes_the_encoders_rate_on(tmp_path, monkeypatch):
+    import xpsvae.evaluation.demo as demo
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(kw) or {})
+    assert main(["--quiet", "demo", "--out", str(tmp_path / "d"), "--tune-encoder",
+                 "2e-3"]) == 0
+    assert seen["encoder_lr"] == 2e-3
+    assert main(["--quiet", "demo", "--out", str(tmp_path / "e")]) == 0
+    assert seen["encoder_lr"] == 0.0

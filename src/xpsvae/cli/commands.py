@@ -208,7 +208,7 @@ def cmd_demo(args) -> int:
     from ..evaluation.demo import run_demo  # PyTorch: only here
     run_demo(args.out, epochs=args.epochs, max_stars=args.max_stars, device=args.device,
              paper_recipe=not args.skip_paper_recipe, progress=not args.quiet,
-             threads=args.threads, lanes=args.lanes)
+             threads=args.threads, lanes=args.lanes, encoder_lr=args.tune_encoder)
     print(f"report: {os.path.join(args.out, REPORT_FILE)}")
     return 0
 

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "default on a CPU of 2 cores or more); 1: one after the other")
     d.add_argument("--skip-paper-recipe", action="store_true",
                    help="do not also train the paper's SGD recipe for comparison")
+    d.add_argument("--tune-encoder", type=float, default=0.0, metavar="LR",
+                   help="the label model, and the same head on the unsupervised sVAE, each "
+                        "also train a copy of their sVAE's encoder at this peak rate (e.g. "
+                        "2e-3; docs/labels.md): better labels, for about a minute more on 2 "
+                        "cores; default 0: the sVAEs' features as they are")
     _add_overwrite(d)
     d.set_defaults(func="demo")
 

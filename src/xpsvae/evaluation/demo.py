@@ -73,7 +73,7 @@ def default_lanes(device: str) -> int:
 def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int] = None,
              device: str = "cpu", paper_recipe: bool = True, progress: bool = True,
              threads: int = 0, label_epochs: int = LabelHeadConfig.epochs,
-             lanes: int = 0) -> dict:
+             lanes: int = 0, encoder_lr: float = 0.0) -> dict:
     """Train, evaluate and report on the embedded library (see module docstring).
 
     Args:
@@ -88,6 +88,9 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
         label_epochs: epochs of the label heads (quick looks, tests).
         lanes: 2 runs the labelled work in a second process beside the rest, 1 in this
             one after it (0: :func:`default_lanes`).
+        encoder_lr: above 0, the label model and the same head on the unsupervised sVAE
+            tune a copy of their sVAE's encoder at this peak rate (``LabelHeadConfig``); the
+            baselines that read no sVAE are the same either way.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -103,7 +106,8 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
     if epochs:
         overrides["epochs"] = epochs
     config = TrainConfig.preset("fast", **overrides)
-    head_config = LabelHeadConfig(threads=lane_threads, epochs=label_epochs)
+    head_config = LabelHeadConfig(threads=lane_threads, epochs=label_epochs,
+                                  encoder_lr=encoder_lr)
     metrics = {
         "xpsvae_version": VERSION,
         "data": {"file": os.path.basename(library_path()), "n_stars": len(library),

@@ -35,8 +35,9 @@ def _trained_shorter(epochs: Optional[int]) -> bool:
 def _untuned(tuned: bool, what: str) -> str:
     """Where the head read the frozen features, what tuning the encoder did for ``what`` in
     docs/labels.md's runs ("Tuning the encoder")."""
-    return "" if tuned else (f" A head that tunes the encoder (`labels fit --tune-encoder "
-                             f"2e-3`) {what} (docs/labels.md, \"Tuning the encoder\").")
+    return "" if tuned else (f" A head that tunes the encoder (`--tune-encoder 2e-3` to "
+                             f"`labels fit` or `demo`) {what} (docs/labels.md, \"Tuning the "
+                             "encoder\").")
 
 
 def _f(value, digits=3) -> str:

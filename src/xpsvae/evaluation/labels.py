@@ -283,9 +283,10 @@ def spectrum_baselines(model: SVAE, train: SpectraSet, test: SpectraSet,
                        labels: Sequence[str], side: Sequence[str], config: LabelHeadConfig
                        ) -> Dict[str, dict]:
     """The baselines that see the spectrum (in ``model``'s standardised units), not the
-    sVAE: the head as a supervised MLP on the spectrum, and on its 6-component PCA."""
+    sVAE: the head as a supervised MLP on the spectrum, and on its 6-component PCA (one
+    member each, and no encoder to tune)."""
     y, e = label_columns(train.labels, labels)
-    single = replace(config, members=1)
+    single = replace(config, members=1, encoder_lr=0.0)
     sides = [side_columns(s.labels, side, "library") for s in (train, test)]
     spectra = [model.standardizer.transform(s.values) for s in (train, test)]
     out = {"mlp_spectrum": label_blocks(_head_baseline(
@@ -312,7 +313,7 @@ def survey_baselines(train: SpectraSet, test: SpectraSet, labels: Sequence[str],
     """
     if "fe_h" not in labels or "alpha_m" not in labels:
         return {}, {}
-    single = replace(config, members=1)
+    single = replace(config, members=1, encoder_lr=0.0)  # no encoder to tune
     fe = [np.asarray(s.labels["fe_h"], np.float64)[:, None] for s in (train, test)]
     y, e = label_columns(train.labels, ["alpha_m"])
     alpha = _head_baseline(fe[0], np.nan_to_num(fe[1], nan=0.0), y, e, ["alpha_m"],
