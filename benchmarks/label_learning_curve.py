@@ -7,6 +7,8 @@ each number of labelled stars (500, 1k, 2k, 4k, 8k, 16k and all; ``--seeds`` dra
 labelled stars at the sizes up to 4k), side by side on the same labelled stars:
 
 * ``svae_label_model``: the label head on the sVAE's encoder features (xpsvae.labels);
+* ``svae_tuned_label_model`` (with ``--encoder-lr LR``): the same head, each member
+  tuning a copy of the sVAE's encoder at that rate on those stars (xpsvae.labels.tuned);
 * ``mlp_spectrum``: the same head on the standardised spectrum (a supervised MLP);
 * ``cannon``: the Cannon (Teff, log g, [Fe/H]) fitted on those stars, its test step;
 * ``svae_joint_label_model`` (with ``--joint``): an sVAE trained semi-supervised, on all the
@@ -28,6 +30,8 @@ and 2-sigma coverage per label say whether its sigmas hold with so few survey la
     python benchmarks/label_learning_curve.py --sizes 1000,4000 --seeds 1
     python benchmarks/label_learning_curve.py --sizes 1000,4000,all --seeds 1 --joint
     python benchmarks/label_learning_curve.py --sizes 1000,4000 --pseudo   # ~40 min
+    python benchmarks/label_learning_curve.py --model DEMO/model --sizes 1000,4000 \
+        --encoder-lr 2e-3                                      # the head tuning the encoder
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -64,6 +69,8 @@ def main() -> None:
                    help="also train an sVAE semi-supervised on each draw's labels (~35 s each)")
     p.add_argument("--pseudo", action="store_true",
                    help="also the recipe for few labels, pseudo-labels (~3 min each)")
+    p.add_argument("--encoder-lr", type=float, default=0.0,
+                   help="also the head that tunes a copy of the sVAE's encoder at this rate")
     args = p.parse_args()
     library = load_apogee_library()
     train, test = benchmark_sets(library)
@@ -74,6 +81,9 @@ def main() -> None:
     side = () if args.no_side else DEMO_SIDE
     features = {"svae_label_model": [svae_features(model, s) for s in (train, test)],
                 "mlp_spectrum": [model.standardizer.transform(s.values) for s in (train, test)]}
+    if args.encoder_lr:  # a tuned head reads the sVAE-standardised spectrum
+        features["svae_tuned_label_model"] = [model.apply(lambda t: (t,), s)[0]
+                                              for s in (train, test)]
     if side:
         sides = [side_columns(s.labels, side, "library") for s in (train, test)]
         features = {k: [np.hstack([f, c]) for f, c in zip(v, sides)] for k, v in features.items()}
@@ -89,7 +99,11 @@ def main() -> None:
                                      epochs=max(40, min(400, 40 * 16000 // n)))
             for name, (f_train, f_test) in features.items():
                 start = time.perf_counter()
-                head = LabelHead(config).fit(f_train[rows], y[rows], e[rows])
+                tuned = name == "svae_tuned_label_model"
+                head = LabelHead(replace(config, encoder_lr=args.encoder_lr) if tuned
+                                 else config).fit(f_train[rows], y[rows], e[rows],
+                                                  encoder=model.network.encoder if tuned
+                                                  else None)
                 entry[name] = robust(head.predict(f_test)[0], test, LABELS)
                 entry[name]["seconds"] = round(time.perf_counter() - start, 1)
             if args.joint:
