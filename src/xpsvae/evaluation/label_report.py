@@ -305,7 +305,7 @@ def labels_section(block: dict) -> List[str]:
                                        block.get("baselines") or {}, epochs,
                                        _brightness(name, unit, goal, block.get("by_magnitude")))
             verdict += _untuned(tuned, "did better on every label in each run measured, "
-                                       "by 1–6% in robust σ")
+                                       "by 1–7% in robust σ")
         lines.append(f"- {NAMES[name]}: {figure.replace('_', ' ')} on {subset} "
                      f"{_beside(value, goal)} {unit} "
                      f"against the goal {goal:g} {unit}: {verdict}")
