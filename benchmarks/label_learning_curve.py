@@ -49,7 +49,7 @@ from xpsvae import SVAE, Cannon, TrainConfig, load_apogee_library
 from xpsvae.evaluation.labels import DEMO_SIDE, label_metrics
 from xpsvae.io.library import benchmark_sets
 from xpsvae.labels import LabelHead, LabelHeadConfig, LabelModel, label_columns
-from xpsvae.labels.features import side_columns, svae_features
+from xpsvae.labels.features import side_columns, svae_features, tuned_inputs
 from xpsvae.labels.pseudo import CALIBRATION_COLUMN, Teacher, calibration_stars, with_labels
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -84,8 +84,7 @@ def main() -> None:
     features = {"svae_label_model": [svae_features(model, s) for s in (train, test)],
                 "mlp_spectrum": [model.standardizer.transform(s.values) for s in (train, test)]}
     if args.encoder_lr:  # a tuned head reads the sVAE-standardised spectrum
-        features["svae_tuned_label_model"] = [model.apply(lambda t: (t,), s)[0]
-                                              for s in (train, test)]
+        features["svae_tuned_label_model"] = [tuned_inputs(model, s) for s in (train, test)]
     if side:
         sides = [side_columns(s.labels, side, "library") for s in (train, test)]
         features = {k: [np.hstack([f, c]) for f, c in zip(v, sides)] for k, v in features.items()}

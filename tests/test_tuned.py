@@ -13,7 +13,7 @@ from xpsvae.core.errors import ModelFileError
 from xpsvae.evaluation.label_report import labels_section
 from xpsvae.evaluation.labels import headline, score_label_model
 from xpsvae.labels import LabelHeadConfig, LabelModel
-from xpsvae.labels.features import encoder_features, svae_features
+from xpsvae.labels.features import encoder_features, svae_features, tuned_inputs
 from xpsvae.labels.head import LabelHead, feature_statistics, standardise
 from xpsvae.labels.tuned import Tuning
 
@@ -33,7 +33,7 @@ def test_a_tuned_member_starts_from_the_frozen_features(split):
     import copy
     model = SVAE.pretrained()
     stars = split[0].subset(np.arange(1000))
-    (spectrum,) = model.apply(lambda t: (t,), stars)
+    spectrum = tuned_inputs(model, stars)
     mean, std = feature_statistics(spectrum)
     rows = standardise(spectrum, mean, std)
     encoder64 = copy.deepcopy(model.network.encoder).double()

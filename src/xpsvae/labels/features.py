@@ -65,6 +65,14 @@ def encoder_features(encoder: torch.nn.Sequential, spectrum: torch.Tensor) -> to
     return torch.cat(outputs + [mean, 0.5 * logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)], -1)
 
 
+def tuned_inputs(model: SVAE, spectra: SpectraSet, device: str = "cpu") -> np.ndarray:
+    """(n_stars, n_inputs) float32: what a head that tunes the encoder reads in place of
+    :func:`svae_features` (:mod:`xpsvae.labels.tuned`): each spectrum standardised as the
+    sVAE's encoder reads it, its holes filled by the sVAE as for encoding."""
+    (spectrum,) = model.apply(lambda t: (t,), spectra, device)
+    return spectrum.astype(np.float32, copy=False)
+
+
 def noise_features(spectra: SpectraSet) -> np.ndarray:
     """(n_stars, 3) float32: log10 of the median |value| / error over the measured inputs,
     the bluest half of the inputs and the reddest half (NaN where none is measured)."""

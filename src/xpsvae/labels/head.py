@@ -164,11 +164,11 @@ class LabelHead:
             self.class_prior = float(np.nanmean(classes[~val]))
             targets.append(torch.from_numpy(classes[~val].astype(np.float32)))
             loss = partial(_loss_with_class, dof=c.dof)
-        if c.encoder_lr > 0 and encoder is None:
+        if c.tunes_encoder and encoder is None:
             raise ValueError("a head with encoder_lr > 0 tunes a copy of the sVAE's encoder: "
                              "pass encoder= (LabelModel.fit does)")
         build = Tuning(encoder, self.feature_mean, self.feature_std, tensors[0]) \
-            if c.encoder_lr > 0 else None
+            if c.tunes_encoder else None
         with torch_threads(c.threads, idle=True):
             self.members = train_members(c, c.members, 2 * y.shape[1] + (classes is not None),
                                          loss, tensors[0][~val], *targets,
@@ -310,13 +310,13 @@ class LabelHead:
                 arrays, "interval_scale", n, n, weights_path) \
                 if IntervalScale.stored(arrays, "interval_scale") else \
                 IntervalScale.constant(head.interval_scale, n)
-        if head.config.encoder_lr > 0 and encoder is None:
+        if head.config.tunes_encoder and encoder is None:
             raise ModelFileError(f"{config_path}: this head tuned the sVAE's encoder; load it "
                                  "with its label model (LabelModel.load)")
         head.members = load_members(arrays, "", head.config.members, len(head.feature_mean),
                                     head.config.hidden,
                                     2 * len(head.label_mean) + (head.class_prior is not None),
-                                    encoder if head.config.encoder_lr > 0 else None)
+                                    encoder if head.config.tunes_encoder else None)
         return head, meta, arrays
 
 

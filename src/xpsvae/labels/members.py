@@ -98,6 +98,13 @@ class LabelHeadConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
 
+    @property
+    def tunes_encoder(self) -> bool:
+        """Whether the members train a copy of the sVAE's encoder (``encoder_lr`` above 0),
+        and so read the sVAE-standardised spectrum (:func:`~xpsvae.labels.features.
+        tuned_inputs`) in place of its features."""
+        return self.encoder_lr > 0
+
 
 def mlp(n_in: int, hidden: Tuple[int, ...], n_out: int) -> nn.Sequential:
     """A member: GELU hidden layers of widths ``hidden``, then a linear map to ``n_out``."""

@@ -51,7 +51,7 @@ from .classes import (
     HeadClass,
     high_alpha,
 )
-from .features import noise_features, side_columns, svae_features
+from .features import noise_features, side_columns, svae_features, tuned_inputs
 from .head import LabelHead, LabelHeadConfig, head_files
 from .holes import HOLE_STARS, MIN_HOLE_STARS, HoleCost
 from .pseudo import surveyed
@@ -142,7 +142,7 @@ class LabelModel:
         survey = surveyed(table, labels, len(table), source)[labelled]
         calibrating = calibration_marks(table, source)
         config = config or LabelHeadConfig()
-        tuned = config.encoder_lr > 0  # the head reads the spectrum, and tunes the encoder
+        tuned = config.tunes_encoder  # the head reads the spectrum, and tunes the encoder
         features = cls._features(svae, stars, side, source, device, noise=True, tuned=tuned)
         classes = None
         if {"fe_h", "alpha_m"} <= set(labels) and config.high_alpha:
@@ -188,8 +188,7 @@ class LabelModel:
     def _features(svae: SVAE, spectra: SpectraSet, side: Sequence[str], source: str,
                   device: str, noise: bool, tuned: bool = False) -> np.ndarray:
         # a tuned head (xpsvae.labels.tuned) runs its own copy of the encoder on the spectrum
-        features = svae.apply(lambda t: (t,), spectra, device)[0] if tuned else \
-            svae_features(svae, spectra, device)
+        features = (tuned_inputs if tuned else svae_features)(svae, spectra, device)
         if noise:
             features = np.hstack([features, noise_features(spectra)])
         if not side:
@@ -206,7 +205,7 @@ class LabelModel:
         reads it) and the side columns, (n, n_features) float."""
         source = spectra.accounting.source if spectra.accounting else "the stars given"
         return self._features(self.svae, spectra, self.side, source, device, self.noise,
-                              tuned=self.head.config.encoder_lr > 0)
+                              tuned=self.head.config.tunes_encoder)
 
     def predict(self, spectra: SpectraSet, device: str = "cpu",
                 scores: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
