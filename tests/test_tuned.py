@@ -138,3 +138,10 @@ def test_the_demo_command_passes_the_encoders_rate_on(tmp_path, monkeypatch):
     assert seen["encoder_lr"] == 2e-3
     assert main(["--quiet", "demo", "--out", str(tmp_path / "e")]) == 0
     assert seen["encoder_lr"] == 0.0
+
+
+def test_the_demo_refuses_a_negative_rate_before_it_writes_anything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--quiet", "demo", "--out", str(out), "--tune-encoder", "-1"]) == 2
+    assert "encoder_lr must be >= 0" in capsys.readouterr().err
+    assert not out.exists()

@@ -95,19 +95,20 @@ def run_demo(out_dir: str, epochs: Optional[int] = None, max_stars: Optional[int
     Returns:
         The metrics written to ``metrics.json``.
     """
-    os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
     lanes = lanes or default_lanes(device)
     if lanes not in (1, 2):
         raise ValueError(f"lanes must be 1 or 2, not {lanes}")
     # Two lanes share the cores; one keeps the caller's choice (0: torch's, or the idle cores)
     lane_threads = max(1, (threads or usable_cores()) // 2) if lanes == 2 else threads
-    library, train, test = _benchmark(max_stars)
     overrides = {"device": device, "threads": lane_threads}
     if epochs:
         overrides["epochs"] = epochs
+    # the recipes first: a bad option is refused before anything is read or written
     config = TrainConfig.preset("fast", **overrides)
     head_config = LabelHeadConfig(threads=lane_threads, epochs=label_epochs,
                                   encoder_lr=encoder_lr)
+    os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
+    library, train, test = _benchmark(max_stars)
     metrics = {
         "xpsvae_version": VERSION,
         "data": {"file": os.path.basename(library_path()), "n_stars": len(library),
